@@ -68,7 +68,10 @@ mod tests {
         assert!(!list_allows(&l(&["beta"]), "gpt-y", &groups));
         assert!(list_allows(&l(&["openai/*"]), "openai/gpt-4o", &groups));
         assert!(!list_allows(&l(&["openai/*"]), "anthropic/claude", &groups));
-        assert!(wildcard_match("bedrock/anthropic.*", "bedrock/anthropic.claude-v2"));
+        assert!(wildcard_match(
+            "bedrock/anthropic.*",
+            "bedrock/anthropic.claude-v2"
+        ));
         assert!(wildcard_match("*-mini", "gpt-4o-mini"));
         assert!(!wildcard_match("a*b*c", "abx"));
     }

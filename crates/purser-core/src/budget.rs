@@ -105,7 +105,10 @@ impl BudgetDuration {
             let step = n * unit_secs;
             let (base, offset) = if step < period {
                 let period_start = since_midnight - since_midnight.rem_euclid(period);
-                (midnight + Duration::seconds(period_start), since_midnight - period_start)
+                (
+                    midnight + Duration::seconds(period_start),
+                    since_midnight - period_start,
+                )
             } else {
                 (midnight, since_midnight)
             };
@@ -139,7 +142,11 @@ impl BudgetDuration {
         let mut steps = 0;
         while next <= now {
             steps += 1;
-            next = if steps > 1000 { self.next_reset(now) } else { self.next_reset(next) };
+            next = if steps > 1000 {
+                self.next_reset(now)
+            } else {
+                self.next_reset(next)
+            };
         }
         next
     }
@@ -154,12 +161,17 @@ fn next_monday(midnight: DateTime<Utc>) -> DateTime<Utc> {
 }
 
 fn first_of_next_month(t: DateTime<Utc>) -> DateTime<Utc> {
-    let (y, m) = if t.month() == 12 { (t.year() + 1, 1) } else { (t.year(), t.month() + 1) };
+    let (y, m) = if t.month() == 12 {
+        (t.year() + 1, 1)
+    } else {
+        (t.year(), t.month() + 1)
+    };
     Utc.with_ymd_and_hms(y, m, 1, 0, 0, 0).single().unwrap_or(t)
 }
 
 fn add_months(t: DateTime<Utc>, months: u32) -> DateTime<Utc> {
-    t.checked_add_months(chrono::Months::new(months)).unwrap_or(t)
+    t.checked_add_months(chrono::Months::new(months))
+        .unwrap_or(t)
 }
 
 #[cfg(test)]
@@ -176,13 +188,58 @@ mod tests {
 
     #[test]
     fn grammar() {
-        assert_eq!(d("30s"), BudgetDuration { count: 30, unit: Unit::Seconds });
-        assert_eq!(d("1hr"), BudgetDuration { count: 1, unit: Unit::Hours });
-        assert_eq!(d("1mo"), BudgetDuration { count: 1, unit: Unit::Months });
-        assert_eq!(d("Monthly"), BudgetDuration { count: 30, unit: Unit::Days });
-        assert_eq!(d("2w"), BudgetDuration { count: 2, unit: Unit::Weeks });
-        for bad in ["", "30", "0d", "d", "-1d", "2mo", "1y", "99999999999d", "🙂", "1🙂", "36600000d"] {
-            assert!(BudgetDuration::parse(bad).is_err(), "{bad} should be rejected");
+        assert_eq!(
+            d("30s"),
+            BudgetDuration {
+                count: 30,
+                unit: Unit::Seconds
+            }
+        );
+        assert_eq!(
+            d("1hr"),
+            BudgetDuration {
+                count: 1,
+                unit: Unit::Hours
+            }
+        );
+        assert_eq!(
+            d("1mo"),
+            BudgetDuration {
+                count: 1,
+                unit: Unit::Months
+            }
+        );
+        assert_eq!(
+            d("Monthly"),
+            BudgetDuration {
+                count: 30,
+                unit: Unit::Days
+            }
+        );
+        assert_eq!(
+            d("2w"),
+            BudgetDuration {
+                count: 2,
+                unit: Unit::Weeks
+            }
+        );
+        for bad in [
+            "",
+            "30",
+            "0d",
+            "d",
+            "-1d",
+            "2mo",
+            "1y",
+            "99999999999d",
+            "🙂",
+            "1🙂",
+            "36600000d",
+        ] {
+            assert!(
+                BudgetDuration::parse(bad).is_err(),
+                "{bad} should be rejected"
+            );
         }
     }
 
@@ -198,17 +255,32 @@ mod tests {
         assert_eq!(d("7d").next_reset(now), at("2026-11-30T00:00:00Z"));
         assert_eq!(d("1w").next_reset(now), at("2026-11-30T00:00:00Z"));
         assert_eq!(d("30d").next_reset(now), at("2026-12-01T00:00:00Z"));
-        assert_eq!(d("1mo").next_reset(at("2026-12-31T23:59:59Z")), at("2027-01-01T00:00:00Z"));
+        assert_eq!(
+            d("1mo").next_reset(at("2026-12-31T23:59:59Z")),
+            at("2027-01-01T00:00:00Z")
+        );
         assert_eq!(d("3d").next_reset(now), at("2026-11-30T00:00:00Z"));
-        assert_eq!(d("90s").next_reset(at("2026-11-27T00:01:00Z")), at("2026-11-27T00:01:30Z"));
+        assert_eq!(
+            d("90s").next_reset(at("2026-11-27T00:01:00Z")),
+            at("2026-11-27T00:01:30Z")
+        );
         // exactly on a boundary moves to the next one
-        assert_eq!(d("30s").next_reset(at("2026-11-27T10:18:00Z")), at("2026-11-27T10:18:30Z"));
-        assert_eq!(d("7d").next_reset(at("2026-11-30T00:00:00Z")), at("2026-12-07T00:00:00Z"));
+        assert_eq!(
+            d("30s").next_reset(at("2026-11-27T10:18:00Z")),
+            at("2026-11-27T10:18:30Z")
+        );
+        assert_eq!(
+            d("7d").next_reset(at("2026-11-30T00:00:00Z")),
+            at("2026-12-07T00:00:00Z")
+        );
     }
 
     #[test]
     fn never_drifts_and_always_advances() {
-        let durations = ["1s", "7s", "30s", "45m", "1h", "5h", "24h", "1d", "3d", "7d", "1w", "30d", "1mo", "90s", "48h"];
+        let durations = [
+            "1s", "7s", "30s", "45m", "1h", "5h", "24h", "1d", "3d", "7d", "1w", "30d", "1mo",
+            "90s", "48h",
+        ];
         for s in durations {
             let dur = d(s);
             let mut t = at("2026-01-30T13:14:15Z");
@@ -219,6 +291,9 @@ mod tests {
             }
         }
         let prev = at("2026-11-27T10:00:00Z");
-        assert_eq!(d("1h").next_reset_after(prev, at("2026-11-27T13:30:00Z")), at("2026-11-27T14:00:00Z"));
+        assert_eq!(
+            d("1h").next_reset_after(prev, at("2026-11-27T13:30:00Z")),
+            at("2026-11-27T14:00:00Z")
+        );
     }
 }

@@ -11,7 +11,10 @@ pub const MIN_CUSTOM_KEY_LEN: usize = 16;
 /// Generates a new raw key: `sk-` followed by 16 OS-random bytes, URL-safe base64 without padding.
 pub fn generate_key() -> String {
     let bytes: [u8; 16] = rand::random();
-    format!("sk-{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes))
+    format!(
+        "sk-{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+    )
 }
 
 /// sha256 hex of the raw key: the only form ever stored.
@@ -21,12 +24,23 @@ pub fn hash_key(raw: &str) -> String {
 
 /// Accepts either a raw `sk-` key or an already-hashed token, as LiteLLM lookup APIs do.
 pub fn token_of(raw_or_hash: &str) -> String {
-    if raw_or_hash.starts_with("sk-") { hash_key(raw_or_hash) } else { raw_or_hash.to_ascii_lowercase() }
+    if raw_or_hash.starts_with("sk-") {
+        hash_key(raw_or_hash)
+    } else {
+        raw_or_hash.to_ascii_lowercase()
+    }
 }
 
 /// Display form stored as `key_name`: `sk-...` plus the last four characters.
 pub fn key_name(raw: &str) -> String {
-    let tail: String = raw.chars().rev().take(4).collect::<Vec<_>>().into_iter().rev().collect();
+    let tail: String = raw
+        .chars()
+        .rev()
+        .take(4)
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+        .collect();
     format!("sk-...{tail}")
 }
 
@@ -82,7 +96,10 @@ mod tests {
     fn hash_matches_litellm_hash_token() {
         // hashlib.sha256(b"sk-1234").hexdigest()
         assert_eq!(hash_key("sk-1234").len(), 64);
-        assert_eq!(hash_key("abc"), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+        assert_eq!(
+            hash_key("abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
         assert_eq!(token_of("sk-x"), hash_key("sk-x"));
         assert_eq!(token_of("ABCDEF"), "abcdef");
     }
@@ -90,9 +107,18 @@ mod tests {
     #[test]
     fn custom_keys() {
         assert!(validate_custom_key("sk-0123456789abcdef").is_ok());
-        assert_eq!(validate_custom_key("sk-short"), Err(CustomKeyError::TooShort));
-        assert!(matches!(validate_custom_key("pk-0123456789abcdef"), Err(CustomKeyError::Prefix(_))));
-        assert_eq!(validate_custom_key("sk-0123456789 abcdef"), Err(CustomKeyError::Charset));
+        assert_eq!(
+            validate_custom_key("sk-short"),
+            Err(CustomKeyError::TooShort)
+        );
+        assert!(matches!(
+            validate_custom_key("pk-0123456789abcdef"),
+            Err(CustomKeyError::Prefix(_))
+        ));
+        assert_eq!(
+            validate_custom_key("sk-0123456789 abcdef"),
+            Err(CustomKeyError::Charset)
+        );
         assert_eq!(key_name("sk-abcdefgh"), "sk-...efgh");
         assert_eq!(abbreviate("sk-abcdefghijkl"), "sk-****ijkl");
     }

@@ -7,7 +7,9 @@ use serde::{Deserialize, Serialize};
 pub const NANOS_PER_USD: i64 = 1_000_000_000;
 
 /// An amount of US dollars in nano-USD. `i64` nanos reach about $9.2 billion.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize,
+)]
 #[serde(transparent)]
 pub struct Nanos(pub i64);
 
@@ -68,8 +70,14 @@ pub fn price_per_token_pico(usd_per_token: f64) -> Result<i64, MoneyError> {
 }
 
 /// Cost of a call in nano-USD: tokens × pico-USD prices, rounded once to the nearest nano.
-pub fn cost_of(prompt_tokens: u64, completion_tokens: u64, input_pico: i64, output_pico: i64) -> Nanos {
-    let pico = (prompt_tokens as i128) * (input_pico as i128) + (completion_tokens as i128) * (output_pico as i128);
+pub fn cost_of(
+    prompt_tokens: u64,
+    completion_tokens: u64,
+    input_pico: i64,
+    output_pico: i64,
+) -> Nanos {
+    let pico = (prompt_tokens as i128) * (input_pico as i128)
+        + (completion_tokens as i128) * (output_pico as i128);
     let nanos = (pico + 500) / 1000;
     Nanos(nanos.min(i64::MAX as i128) as i64)
 }
@@ -103,6 +111,9 @@ mod tests {
         assert_eq!(cost_of(1000, 1000, inp, out), Nanos(750_000));
         // summing a thousand tiny costs stays exact
         let one = cost_of(1, 0, price_per_token_pico(1e-6).unwrap(), 0);
-        assert_eq!(Nanos((0..1000).map(|_| one.0).sum()), Nanos::from_usd(0.001).unwrap());
+        assert_eq!(
+            Nanos((0..1000).map(|_| one.0).sum()),
+            Nanos::from_usd(0.001).unwrap()
+        );
     }
 }

@@ -14,8 +14,12 @@ pub enum UserRole {
 }
 
 impl UserRole {
-    pub const ALL: [UserRole; 4] =
-        [UserRole::ProxyAdmin, UserRole::ProxyAdminViewer, UserRole::InternalUser, UserRole::InternalUserViewer];
+    pub const ALL: [UserRole; 4] = [
+        UserRole::ProxyAdmin,
+        UserRole::ProxyAdminViewer,
+        UserRole::InternalUser,
+        UserRole::InternalUserViewer,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -32,7 +36,8 @@ impl UserRole {
 
     /// Stored role text → role; anything unknown is an internal user (reference §2.1).
     pub fn from_stored(s: Option<&str>) -> UserRole {
-        s.and_then(UserRole::parse).unwrap_or(UserRole::InternalUser)
+        s.and_then(UserRole::parse)
+            .unwrap_or(UserRole::InternalUser)
     }
 
     pub fn is_admin(self) -> bool {
@@ -79,7 +84,10 @@ mod tests {
         for r in UserRole::ALL {
             assert_eq!(UserRole::parse(r.as_str()), Some(r));
         }
-        assert_eq!(UserRole::from_stored(Some("org_admin")), UserRole::InternalUser);
+        assert_eq!(
+            UserRole::from_stored(Some("org_admin")),
+            UserRole::InternalUser
+        );
         assert_eq!(UserRole::from_stored(None), UserRole::InternalUser);
         assert_eq!(TeamRole::parse("admin"), Some(TeamRole::Admin));
         assert_eq!(TeamRole::parse("owner"), None);

@@ -1,0 +1,152 @@
+//! Authentication middleware and route gate. Reads the credential (reference §1.1 order:
+//! `x-litellm-api-key`, `Authorization: Bearer`, `api-key`, `x-api-key`), resolves the caller,
+//! applies the route's [`Gate`] and hands the [`Caller`] to the handler via request extensions.
+
+use axum::extract::{FromRequestParts, MatchedPath, Request, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, Method, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use purser_core::roles::UserRole;
+
+use super::Gate;
+use super::error::ApiError;
+use crate::app::AppState;
+use crate::service::caller::Caller;
+
+pub async fn authenticate(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
+    let path = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_default();
+    let gate = state.gates.get(req.method(), &path).unwrap_or(Gate::Admin);
+    if gate == Gate::Public {
+        return next.run(req).await;
+    }
+    let caller = match credential(req.headers()) {
+        Err(e) => return e.into_response(),
+        Ok(cred) => match crate::service::auth::resolve(&state, &cred).await {
+            Ok(c) => c,
+            Err(e) => return e.into_response(),
+        },
+    };
+    if let Err(e) = check_gate(gate, req.method(), &path, &caller) {
+        return e.into_response();
+    }
+    req.extensions_mut().insert(caller);
+    next.run(req).await
+}
+
+/// Extracts the presented credential, or the reference's 401 for a missing/malformed one.
+fn credential(headers: &HeaderMap) -> Result<String, ApiError> {
+    let text = |name: &str| {
+        headers
+            .get(name)
+            .map(|v| v.to_str().map(str::trim).unwrap_or(""))
+    };
+    if let Some(v) = text("x-litellm-api-key") {
+        return non_empty(v.strip_prefix("Bearer ").unwrap_or(v));
+    }
+    if let Some(v) = text("authorization") {
+        return match v
+            .strip_prefix("Bearer ")
+            .or_else(|| v.strip_prefix("bearer "))
+        {
+            Some(k) => non_empty(k.trim()),
+            None => Err(ApiError::auth(
+                "Malformed API Key passed in. Ensure Key has `Bearer ` prefix.",
+            )),
+        };
+    }
+    for h in ["api-key", "x-api-key"] {
+        if let Some(v) = text(h) {
+            return non_empty(v);
+        }
+    }
+    Err(ApiError::auth(
+        "Authentication Error, No api key passed in.",
+    ))
+}
+
+fn non_empty(k: &str) -> Result<String, ApiError> {
+    if k.is_empty() {
+        Err(ApiError::auth(
+            "Authentication Error, No api key passed in.",
+        ))
+    } else {
+        Ok(k.to_string())
+    }
+}
+
+/// Route-level check for callers that are not proxy admins (reference §2.3).
+pub fn check_gate(
+    gate: Gate,
+    method: &Method,
+    path: &str,
+    caller: &Caller,
+) -> Result<(), ApiError> {
+    if caller.is_proxy_admin() {
+        return Ok(());
+    }
+    let read = method == Method::GET || method == Method::HEAD;
+    let role = caller.role;
+    let allowed = match gate {
+        Gate::Public | Gate::SelfManaged => true,
+        Gate::Llm => {
+            if role == UserRole::ProxyAdminViewer {
+                return Err(ApiError::proxy(
+                    StatusCode::FORBIDDEN,
+                    "auth_error",
+                    format!(
+                        "user not allowed to access this OpenAI routes, role= {}",
+                        role.as_str()
+                    ),
+                ));
+            }
+            true
+        }
+        Gate::InternalUser => match role {
+            UserRole::InternalUser => true,
+            UserRole::InternalUserViewer | UserRole::ProxyAdminViewer => read,
+            UserRole::ProxyAdmin => true,
+        },
+        Gate::Admin => role == UserRole::ProxyAdminViewer && read,
+    };
+    if allowed {
+        return Ok(());
+    }
+    if role == UserRole::ProxyAdminViewer {
+        return Err(ApiError::proxy(
+            StatusCode::FORBIDDEN,
+            "auth_error",
+            format!(
+                "user not allowed to access this route, role= {}. Trying to access: {path}",
+                role.as_str()
+            ),
+        ));
+    }
+    Err(ApiError::auth(format!(
+        "Authentication Error, Only proxy admin can be used to generate, delete, update info for new keys/users/teams. \
+         Route={path}. Your role={}. Your user_id={}",
+        role.as_str(),
+        caller
+            .user_id
+            .as_deref()
+            .map(purser_core::keys::abbreviate)
+            .unwrap_or_else(|| "None".into())
+    )))
+}
+
+/// The authenticated caller, put in place by [`authenticate`].
+impl<S: Send + Sync> FromRequestParts<S> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        parts
+            .extensions
+            .get::<Caller>()
+            .cloned()
+            .ok_or_else(|| ApiError::auth("Authentication Error, No api key passed in."))
+    }
+}

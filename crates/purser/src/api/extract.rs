@@ -1,0 +1,239 @@
+//! Request extractors that turn every malformed input into a FastAPI-shaped 4xx JSON error
+//! naming the offending field: JSON bodies, query strings, and the three-state `Patch` field
+//! (absent / explicit `null` / value) that update routes need.
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::StatusCode;
+use axum::http::request::Parts;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Deserializer};
+use serde_json::{Value, json};
+
+use super::error::ApiError;
+
+/// A JSON request body. Syntax errors, wrong types and missing required fields become 422
+/// `{"detail": [{"type", "loc": ["body", …], "msg"}]}`; a body over the limit becomes 413.
+/// The Content-Type header is not required (LiteLLM clients and curl users often omit it).
+pub struct JsonBody<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let bytes = Bytes::from_request(req, state)
+            .await
+            .map_err(body_rejection)?;
+        parse_json(&bytes).map(JsonBody)
+    }
+}
+
+/// Parses JSON bytes into `T` with FastAPI-shaped errors.
+pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Err(ApiError::validation(
+            vec![json!("body")],
+            "missing",
+            "Field required",
+        ));
+    }
+    let de = &mut serde_json::Deserializer::from_slice(bytes);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let inner = e.inner();
+        let mut loc = vec![json!("body")];
+        if inner.is_syntax() || inner.is_eof() {
+            loc.push(json!(inner.column()));
+            return ApiError::validation(
+                loc,
+                "json_invalid",
+                format!("JSON decode error: {inner}"),
+            );
+        }
+        for seg in e.path().iter() {
+            match seg {
+                serde_path_to_error::Segment::Seq { index } => loc.push(json!(index)),
+                serde_path_to_error::Segment::Map { key } => loc.push(json!(key)),
+                serde_path_to_error::Segment::Enum { variant } => loc.push(json!(variant)),
+                serde_path_to_error::Segment::Unknown => {}
+            }
+        }
+        let msg = inner.to_string();
+        let msg = msg.split(" at line ").next().unwrap_or(&msg).to_string();
+        let kind = if msg.starts_with("missing field") {
+            "missing"
+        } else {
+            "type_error"
+        };
+        let field = e.path().to_string();
+        ApiError::validation(
+            loc,
+            kind,
+            if field == "." {
+                msg
+            } else {
+                format!("{field}: {msg}")
+            },
+        )
+    })
+}
+
+fn body_rejection(r: BytesRejection) -> ApiError {
+    let status = r.status();
+    if status == StatusCode::PAYLOAD_TOO_LARGE {
+        ApiError::proxy(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "request_too_large",
+            "Request body is larger than the configured limit",
+        )
+    } else {
+        ApiError::proxy(
+            StatusCode::BAD_REQUEST,
+            "bad_request_error",
+            format!("Could not read request body: {r}"),
+        )
+    }
+}
+
+/// Query parameters with FastAPI-shaped 422 errors naming the parameter.
+pub struct QueryParams<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for QueryParams<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        let query = parts.uri.query().unwrap_or("");
+        let de = serde_urlencoded::Deserializer::new(form_urlencoded::parse(query.as_bytes()));
+        serde_path_to_error::deserialize(de)
+            .map(QueryParams)
+            .map_err(|e| {
+                let field = e.path().to_string();
+                let msg = e.inner().to_string();
+                let kind = if msg.starts_with("missing field") {
+                    "missing"
+                } else {
+                    "type_error"
+                };
+                let loc = if field == "." {
+                    vec![json!("query"), json!(msg.split('`').nth(1).unwrap_or(""))]
+                } else {
+                    vec![json!("query"), json!(field)]
+                };
+                ApiError::validation(loc, kind, msg)
+            })
+    }
+}
+
+/// A field of an update request: absent (leave unchanged), `null` (clear), or a value.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub enum Patch<T> {
+    #[default]
+    Absent,
+    Null,
+    Value(T),
+}
+
+impl<T> Patch<T> {
+    pub fn is_absent(&self) -> bool {
+        matches!(self, Patch::Absent)
+    }
+
+    pub fn is_present(&self) -> bool {
+        !self.is_absent()
+    }
+
+    /// The new column value if the field was sent: `Some(None)` clears, `Some(Some(v))` sets.
+    pub fn as_update(&self) -> Option<Option<&T>> {
+        match self {
+            Patch::Absent => None,
+            Patch::Null => Some(None),
+            Patch::Value(v) => Some(Some(v)),
+        }
+    }
+
+    pub fn value(&self) -> Option<&T> {
+        match self {
+            Patch::Value(v) => Some(v),
+            _ => None,
+        }
+    }
+
+    /// Applies the patch to a current value.
+    pub fn apply_to(self, current: Option<T>) -> Option<T> {
+        match self {
+            Patch::Absent => current,
+            Patch::Null => None,
+            Patch::Value(v) => Some(v),
+        }
+    }
+}
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Patch<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Ok(match Option::<T>::deserialize(d)? {
+            None => Patch::Null,
+            Some(v) => Patch::Value(v),
+        })
+    }
+}
+
+/// Accepts JSON `null` for a field that defaults when absent (pydantic's `list = []` style).
+pub fn null_as_default<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de> + Default,
+{
+    Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
+}
+
+/// Serialises an absent `Value` as `null` (helper for echo responses).
+pub fn or_null<T: serde::Serialize>(v: &Option<T>) -> Value {
+    v.as_ref()
+        .map(|x| serde_json::to_value(x).unwrap_or(Value::Null))
+        .unwrap_or(Value::Null)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, Deserialize)]
+    struct Req {
+        team_id: String,
+        #[serde(default)]
+        max_budget: Patch<f64>,
+        #[serde(default)]
+        models: Option<Vec<String>>,
+    }
+
+    #[test]
+    fn patch_states() {
+        let r: Req = parse_json(br#"{"team_id":"t"}"#).unwrap();
+        assert_eq!(r.max_budget, Patch::Absent);
+        let r: Req = parse_json(br#"{"team_id":"t","max_budget":null}"#).unwrap();
+        assert_eq!(r.max_budget, Patch::Null);
+        let r: Req = parse_json(br#"{"team_id":"t","max_budget":5}"#).unwrap();
+        assert_eq!(r.max_budget, Patch::Value(5.0));
+        assert!(r.models.is_none());
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let e = parse_json::<Req>(br#"{"team_id":"t","models":[1]}"#).unwrap_err();
+        let ApiError::Detail { status, detail } = e else {
+            panic!()
+        };
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+        assert_eq!(detail[0]["loc"], json!(["body", "models", 0]));
+        let ApiError::Detail { detail, .. } = parse_json::<Req>(b"{}").unwrap_err() else {
+            panic!()
+        };
+        assert_eq!(detail[0]["type"], "missing");
+        assert!(detail[0]["msg"].as_str().unwrap().contains("team_id"));
+        let ApiError::Detail { detail, .. } = parse_json::<Req>(b"{not json").unwrap_err() else {
+            panic!()
+        };
+        assert_eq!(detail[0]["type"], "json_invalid");
+        assert!(parse_json::<Req>(b"").is_err());
+    }
+}

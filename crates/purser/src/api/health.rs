@@ -1,0 +1,59 @@
+//! Health checks (unauthenticated): liveliness answers while the process runs; readiness
+//! reports whether the database answers.
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use serde_json::json;
+
+use super::{Gate, Route};
+use crate::app::AppState;
+
+pub fn routes() -> Vec<Route> {
+    vec![
+        Route::get(
+            "/health/liveliness",
+            Gate::Public,
+            "health",
+            "Liveness probe",
+            health_liveliness,
+        ),
+        Route::get(
+            "/health/liveness",
+            Gate::Public,
+            "health",
+            "Liveness probe (alias)",
+            health_liveliness,
+        ),
+        Route::get(
+            "/health/readiness",
+            Gate::Public,
+            "health",
+            "Readiness probe: reports the database",
+            health_readiness,
+        ),
+    ]
+}
+
+pub async fn health_liveliness() -> Json<&'static str> {
+    Json("I'm alive!")
+}
+
+pub async fn health_readiness(State(state): State<AppState>) -> impl IntoResponse {
+    let db_ok = state.db.ping().await.is_ok();
+    let body = json!({
+        "status": if db_ok { "healthy" } else { "unhealthy" },
+        "db": if db_ok { "connected" } else { "disconnected" },
+        "db_backend": state.db.backend_name(),
+        "cache": "in-memory",
+        "litellm_version": env!("CARGO_PKG_VERSION"),
+        "success_callbacks": [],
+    });
+    let status = if db_ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(body))
+}

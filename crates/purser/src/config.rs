@@ -1,0 +1,456 @@
+//! The LiteLLM-compatible `config.yaml`: `model_list`, `general_settings`, `litellm_settings`,
+//! `router_settings`. Values written `os.environ/NAME` are read from the environment before
+//! typing. Unknown keys are kept and logged as ignored, never fatal. Invariant: a `Config` that
+//! exists has passed [`Config::validate`]; the gateway never starts half-configured.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::Deserialize;
+use yaml_serde::Value;
+
+/// A config problem, naming the file, the key and what is wrong.
+#[derive(Debug, thiserror::Error)]
+#[error("config {file}: {key}: {problem}")]
+pub struct ConfigError {
+    pub file: String,
+    pub key: String,
+    pub problem: String,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct Config {
+    pub model_list: Vec<ModelEntry>,
+    pub general_settings: GeneralSettings,
+    pub litellm_settings: LitellmSettings,
+    pub router_settings: RouterSettings,
+    #[serde(flatten)]
+    pub extra: BTreeMap<String, Value>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct ModelEntry {
+    pub model_name: String,
+    pub litellm_params: LitellmParams,
+    #[serde(default)]
+    pub model_info: ModelInfo,
+    #[serde(flatten)]
+    pub extra: BTreeMap<String, Value>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct LitellmParams {
+    /// `provider/model`, e.g. `openai/gpt-4o-mini`; the provider prefix selects the client.
+    pub model: String,
+    #[serde(default)]
+    pub api_base: Option<String>,
+    #[serde(default)]
+    pub api_key: Option<String>,
+    #[serde(default)]
+    pub rpm: Option<u64>,
+    #[serde(default)]
+    pub tpm: Option<u64>,
+    #[serde(default)]
+    pub input_cost_per_token: Option<f64>,
+    #[serde(default)]
+    pub output_cost_per_token: Option<f64>,
+    /// When set, Purser answers itself with this text (offline quickstart, tests).
+    #[serde(default)]
+    pub mock_response: Option<String>,
+    /// Whole-request timeout in seconds for non-streaming calls.
+    #[serde(default)]
+    pub timeout: Option<f64>,
+    /// Idle timeout in seconds between streamed chunks.
+    #[serde(default)]
+    pub stream_timeout: Option<f64>,
+    #[serde(flatten)]
+    pub extra: BTreeMap<String, Value>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct ModelInfo {
+    #[serde(default)]
+    pub id: Option<String>,
+    #[serde(default)]
+    pub access_groups: Vec<String>,
+    #[serde(default)]
+    pub input_cost_per_token: Option<f64>,
+    #[serde(default)]
+    pub output_cost_per_token: Option<f64>,
+    #[serde(flatten)]
+    pub extra: BTreeMap<String, Value>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct GeneralSettings {
+    pub master_key: Option<String>,
+    pub database_url: Option<String>,
+    /// Seconds between batched spend writes (LiteLLM default 10).
+    pub proxy_batch_write_at: Option<f64>,
+    /// Bounds in seconds of the budget reset job's tick.
+    pub proxy_budget_rescheduler_min_time: Option<f64>,
+    pub proxy_budget_rescheduler_max_time: Option<f64>,
+    pub disable_reset_budget: Option<bool>,
+    pub disable_auto_add_proxy_admin_to_teams: Option<bool>,
+    pub apply_user_budget_to_team_keys: Option<bool>,
+    /// Fields team admins may change through `/team/update`.
+    pub team_admin_editable_team_fields: Option<Vec<String>>,
+    /// Request body limit in MiB (default 10).
+    pub max_request_size_mb: Option<f64>,
+    #[serde(flatten)]
+    pub extra: BTreeMap<String, Value>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct LitellmSettings {
+    pub default_internal_user_params: Option<DefaultInternalUserParams>,
+    /// HTTP status of budget-exceeded errors (default 422).
+    pub budget_exceeded_status_code: Option<u16>,
+    pub max_internal_user_budget: Option<f64>,
+    pub internal_user_budget_duration: Option<String>,
+    #[serde(flatten)]
+    pub extra: BTreeMap<String, Value>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct DefaultInternalUserParams {
+    /// Teams any internal user may join by themselves as role `user`.
+    pub available_teams: Vec<String>,
+    pub user_role: Option<String>,
+    pub max_budget: Option<f64>,
+    pub budget_duration: Option<String>,
+    pub models: Option<Vec<String>>,
+    #[serde(flatten)]
+    pub extra: BTreeMap<String, Value>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct RouterSettings {
+    pub redis_host: Option<String>,
+    pub redis_port: Option<u16>,
+    pub redis_password: Option<String>,
+    #[serde(flatten)]
+    pub extra: BTreeMap<String, Value>,
+}
+
+impl Config {
+    /// Reads, resolves `os.environ/` references, types and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: file.clone(),
+            key: "(file)".into(),
+            problem: format!("cannot read: {e}"),
+        })?;
+        Config::parse(&text, &file)
+    }
+
+    /// Parses config text; `file` names the source in errors.
+    pub fn parse(text: &str, file: &str) -> Result<Config, ConfigError> {
+        let err = |key: String, problem: String| ConfigError {
+            file: file.to_string(),
+            key,
+            problem,
+        };
+        let mut raw: Value =
+            yaml_serde::from_str(text).map_err(|e| err("(document)".into(), e.to_string()))?;
+        if raw.is_null() {
+            raw = Value::Mapping(Default::default());
+        }
+        resolve_env(&mut raw, "").map_err(|(k, p)| err(k, p))?;
+        let config: Config = serde_path_to_error::deserialize(raw).map_err(|e| {
+            let path = e.path().to_string();
+            err(
+                if path == "." {
+                    "(document)".into()
+                } else {
+                    path
+                },
+                e.into_inner().to_string(),
+            )
+        })?;
+        config.validate().map_err(|(k, p)| err(k, p))?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), (String, String)> {
+        for (i, m) in self.model_list.iter().enumerate() {
+            let at = |k: &str| format!("model_list[{i}].{k}");
+            if m.model_name.trim().is_empty() {
+                return Err((at("model_name"), "must not be empty".into()));
+            }
+            if m.litellm_params.model.trim().is_empty() {
+                return Err((at("litellm_params.model"), "must not be empty".into()));
+            }
+            for (k, v) in [
+                (
+                    "litellm_params.input_cost_per_token",
+                    m.litellm_params.input_cost_per_token,
+                ),
+                (
+                    "litellm_params.output_cost_per_token",
+                    m.litellm_params.output_cost_per_token,
+                ),
+                (
+                    "model_info.input_cost_per_token",
+                    m.model_info.input_cost_per_token,
+                ),
+                (
+                    "model_info.output_cost_per_token",
+                    m.model_info.output_cost_per_token,
+                ),
+            ] {
+                if let Some(v) = v
+                    && purser_core::money::price_per_token_pico(v).is_err()
+                {
+                    return Err((
+                        at(k),
+                        format!("must be a non-negative finite price, got {v}"),
+                    ));
+                }
+            }
+            for (k, v) in [
+                ("litellm_params.timeout", m.litellm_params.timeout),
+                (
+                    "litellm_params.stream_timeout",
+                    m.litellm_params.stream_timeout,
+                ),
+            ] {
+                if let Some(v) = v
+                    && !(v.is_finite() && v > 0.0)
+                {
+                    return Err((
+                        at(k),
+                        format!("must be a positive number of seconds, got {v}"),
+                    ));
+                }
+            }
+            if m.litellm_params.mock_response.is_none() && !m.litellm_params.model.contains('/') {
+                return Err((
+                    at("litellm_params.model"),
+                    format!(
+                        "'{}' needs a provider prefix such as 'openai/'",
+                        m.litellm_params.model
+                    ),
+                ));
+            }
+        }
+        let g = &self.general_settings;
+        if let Some(k) = &g.master_key
+            && !k.starts_with("sk-")
+        {
+            return Err((
+                "general_settings.master_key".into(),
+                "must start with 'sk-'".into(),
+            ));
+        }
+        for (k, v) in [
+            (
+                "general_settings.proxy_batch_write_at",
+                g.proxy_batch_write_at,
+            ),
+            (
+                "general_settings.proxy_budget_rescheduler_min_time",
+                g.proxy_budget_rescheduler_min_time,
+            ),
+            (
+                "general_settings.proxy_budget_rescheduler_max_time",
+                g.proxy_budget_rescheduler_max_time,
+            ),
+            (
+                "general_settings.max_request_size_mb",
+                g.max_request_size_mb,
+            ),
+        ] {
+            if let Some(v) = v
+                && !(v.is_finite() && v > 0.0)
+            {
+                return Err((k.into(), format!("must be a positive number, got {v}")));
+            }
+        }
+        if let (Some(min), Some(max)) = (
+            g.proxy_budget_rescheduler_min_time,
+            g.proxy_budget_rescheduler_max_time,
+        ) && min > max
+        {
+            return Err((
+                "general_settings.proxy_budget_rescheduler_max_time".into(),
+                "must be >= min_time".into(),
+            ));
+        }
+        if let Some(code) = self.litellm_settings.budget_exceeded_status_code
+            && !(400..600).contains(&code)
+        {
+            return Err((
+                "litellm_settings.budget_exceeded_status_code".into(),
+                format!("must be an HTTP error status, got {code}"),
+            ));
+        }
+        if let Some(d) = &self.litellm_settings.internal_user_budget_duration
+            && let Err(e) = purser_core::budget::BudgetDuration::parse(d)
+        {
+            return Err((
+                "litellm_settings.internal_user_budget_duration".into(),
+                e.to_string(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Every key the config carried that Purser does not act on, as dotted paths.
+    pub fn ignored_keys(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut add = |prefix: &str, extra: &BTreeMap<String, Value>| {
+            out.extend(extra.keys().map(|k| {
+                if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                }
+            }));
+        };
+        add("", &self.extra);
+        add("general_settings", &self.general_settings.extra);
+        add("litellm_settings", &self.litellm_settings.extra);
+        add("router_settings", &self.router_settings.extra);
+        if let Some(p) = &self.litellm_settings.default_internal_user_params {
+            add("litellm_settings.default_internal_user_params", &p.extra);
+        }
+        for (i, m) in self.model_list.iter().enumerate() {
+            add(&format!("model_list[{i}]"), &m.extra);
+            add(
+                &format!("model_list[{i}].litellm_params"),
+                &m.litellm_params.extra,
+            );
+            add(&format!("model_list[{i}].model_info"), &m.model_info.extra);
+        }
+        out
+    }
+
+    pub fn available_teams(&self) -> &[String] {
+        self.litellm_settings
+            .default_internal_user_params
+            .as_ref()
+            .map(|p| p.available_teams.as_slice())
+            .unwrap_or(&[])
+    }
+
+    pub fn budget_exceeded_status(&self) -> u16 {
+        self.litellm_settings
+            .budget_exceeded_status_code
+            .unwrap_or(422)
+    }
+
+    /// Redis URL from `router_settings`, if configured there.
+    pub fn redis_url(&self) -> Option<String> {
+        let r = &self.router_settings;
+        let host = r.redis_host.as_ref()?;
+        let port = r.redis_port.unwrap_or(6379);
+        Some(match &r.redis_password {
+            Some(p) => format!("redis://:{p}@{host}:{port}"),
+            None => format!("redis://{host}:{port}"),
+        })
+    }
+}
+
+/// Replaces every string `os.environ/NAME` with the variable's value; an unset variable is an
+/// error naming the key that referenced it.
+fn resolve_env(v: &mut Value, path: &str) -> Result<(), (String, String)> {
+    match v {
+        Value::String(s) => {
+            if let Some(name) = s.strip_prefix("os.environ/") {
+                let value = std::env::var(name).map_err(|_| {
+                    (
+                        path.to_string(),
+                        format!("environment variable {name} is not set"),
+                    )
+                })?;
+                *s = value;
+            }
+        }
+        Value::Sequence(items) => {
+            for (i, item) in items.iter_mut().enumerate() {
+                resolve_env(item, &format!("{path}[{i}]"))?;
+            }
+        }
+        Value::Mapping(map) => {
+            for (k, item) in map.iter_mut() {
+                let key = k
+                    .as_str()
+                    .map(str::to_string)
+                    .unwrap_or_else(|| format!("{k:?}"));
+                let child = if path.is_empty() {
+                    key
+                } else {
+                    format!("{path}.{key}")
+                };
+                resolve_env(item, &child)?;
+            }
+        }
+        Value::Tagged(t) => resolve_env(&mut t.value, path)?,
+        _ => {}
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_a_litellm_config() {
+        let text = r#"
+model_list:
+  - model_name: fake-gpt
+    litellm_params:
+      model: openai/fake
+      api_base: http://127.0.0.1:1/v1
+      api_key: sk-upstream
+      rpm: 100
+      input_cost_per_token: 0.000001
+    model_info:
+      access_groups: [beta]
+general_settings:
+  master_key: sk-1234
+  proxy_batch_write_at: 1
+  alerting: [slack]
+litellm_settings:
+  budget_exceeded_status_code: 400
+  default_internal_user_params:
+    available_teams: [t1]
+  drop_params: true
+"#;
+        let c = Config::parse(text, "x.yaml").unwrap();
+        assert_eq!(c.model_list[0].litellm_params.rpm, Some(100));
+        assert_eq!(c.available_teams(), ["t1".to_string()]);
+        assert_eq!(c.budget_exceeded_status(), 400);
+        let ignored = c.ignored_keys();
+        assert!(ignored.contains(&"general_settings.alerting".to_string()));
+        assert!(ignored.contains(&"litellm_settings.drop_params".to_string()));
+    }
+
+    #[test]
+    fn errors_name_file_and_key() {
+        let e = Config::parse("model_list:\n  - model_name: a\n    litellm_params:\n      model: openai/a\n      rpm: lots\n", "c.yaml")
+            .unwrap_err();
+        assert_eq!(e.file, "c.yaml");
+        assert!(e.key.contains("rpm"), "{e}");
+        let e = Config::parse(
+            "general_settings:\n  master_key: os.environ/PURSER_TEST_SURELY_UNSET\n",
+            "c.yaml",
+        )
+        .unwrap_err();
+        assert_eq!(e.key, "general_settings.master_key");
+        assert!(e.problem.contains("PURSER_TEST_SURELY_UNSET"));
+        let e = Config::parse("model_list:\n  - model_name: a\n    litellm_params:\n      model: openai/a\n      input_cost_per_token: -1\n", "c.yaml")
+            .unwrap_err();
+        assert!(e.key.ends_with("input_cost_per_token"));
+        assert!(Config::parse("general_settings: [", "c.yaml").is_err());
+        assert!(Config::parse("", "c.yaml").is_ok());
+    }
+}

@@ -1,0 +1,13 @@
+//! Purser: an LLM API gateway with team governance, wire-compatible with the LiteLLM proxy.
+//! Layers point one way: `api` (HTTP) → `service` (use cases) → `store` / `limiter` / `upstream`,
+//! with pure rules in the `purser-core` crate.
+
+pub mod api;
+pub mod app;
+pub mod cli;
+pub mod config;
+pub mod jobs;
+pub mod limiter;
+pub mod service;
+pub mod store;
+pub mod upstream;

@@ -1,0 +1,12 @@
+//! Use cases: authorization decisions, management writes in one transaction with their audit
+//! row, and cache eviction before the answer. Handlers call these; these call `store`.
+
+pub mod audit;
+pub mod auth;
+pub mod cache;
+pub mod caller;
+pub mod keys;
+pub mod members;
+pub mod spend;
+pub mod teams;
+pub mod users;

@@ -1,0 +1,174 @@
+//! `verification_tokens`: virtual keys (LiteLLM_VerificationToken). `token` is the lowercase
+//! sha256 hex of the raw key; the raw key is never stored.
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use sqlx::types::Json;
+
+use super::{Handle, Result};
+use crate::on_conn;
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct KeyRow {
+    pub token: String,
+    pub key_name: Option<String>,
+    pub key_alias: Option<String>,
+    pub spend: i64,
+    pub expires: Option<DateTime<Utc>>,
+    pub models: Json<Vec<String>>,
+    pub aliases: Json<Value>,
+    pub config: Json<Value>,
+    pub permissions: Json<Value>,
+    pub metadata: Json<Value>,
+    pub user_id: Option<String>,
+    pub team_id: Option<String>,
+    pub organization_id: Option<String>,
+    pub budget_id: Option<String>,
+    pub max_parallel_requests: Option<i64>,
+    pub tpm_limit: Option<i64>,
+    pub rpm_limit: Option<i64>,
+    pub max_budget: Option<i64>,
+    pub soft_budget: Option<i64>,
+    pub budget_duration: Option<String>,
+    pub budget_reset_at: Option<DateTime<Utc>>,
+    pub blocked: Option<bool>,
+    pub allowed_routes: Json<Vec<String>>,
+    pub key_type: Option<String>,
+    pub model_max_budget: Json<Value>,
+    pub model_spend: Json<Value>,
+    pub rotation_count: i64,
+    pub last_rotation_at: Option<DateTime<Utc>>,
+    pub created_at: DateTime<Utc>,
+    pub created_by: Option<String>,
+    pub updated_at: DateTime<Utc>,
+    pub updated_by: Option<String>,
+}
+
+/// Column list shared by every SELECT of keys.
+#[macro_export]
+macro_rules! key_columns {
+    () => {
+        "token, key_name, key_alias, spend, expires, models, aliases, config, permissions, metadata, user_id, team_id, \
+         organization_id, budget_id, max_parallel_requests, tpm_limit, rpm_limit, max_budget, soft_budget, budget_duration, \
+         budget_reset_at, blocked, allowed_routes, key_type, model_max_budget, model_spend, rotation_count, last_rotation_at, \
+         created_at, created_by, updated_at, updated_by"
+    };
+}
+
+const SELECT_BY_TOKEN: &str = concat!(
+    "SELECT ",
+    key_columns!(),
+    " FROM verification_tokens WHERE token = $1"
+);
+const SELECT_BY_TEAM: &str = concat!(
+    "SELECT ",
+    key_columns!(),
+    " FROM verification_tokens WHERE team_id = $1 ORDER BY created_at, token"
+);
+const SELECT_BY_USER: &str = concat!(
+    "SELECT ",
+    key_columns!(),
+    " FROM verification_tokens WHERE user_id = $1 ORDER BY created_at, token"
+);
+
+const INSERT: &str = concat!(
+    "INSERT INTO verification_tokens (",
+    key_columns!(),
+    ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, \
+     $24, $25, $26, $27, $28, $29, $30, $31, $32)"
+);
+
+/// Rewrites every column of the row identified by `$33` (the old token: regenerate changes the PK).
+const UPDATE: &str = "UPDATE verification_tokens SET token = $1, key_name = $2, key_alias = $3, spend = $4, expires = $5, \
+     models = $6, aliases = $7, config = $8, permissions = $9, metadata = $10, user_id = $11, team_id = $12, \
+     organization_id = $13, budget_id = $14, max_parallel_requests = $15, tpm_limit = $16, rpm_limit = $17, \
+     max_budget = $18, soft_budget = $19, budget_duration = $20, budget_reset_at = $21, blocked = $22, \
+     allowed_routes = $23, key_type = $24, model_max_budget = $25, model_spend = $26, rotation_count = $27, \
+     last_rotation_at = $28, created_at = $29, created_by = $30, updated_at = $31, updated_by = $32 WHERE token = $33";
+
+const DELETE: &str = "DELETE FROM verification_tokens WHERE token = $1";
+const DELETE_BY_TEAM: &str = "DELETE FROM verification_tokens WHERE team_id = $1 RETURNING token";
+const DELETE_BY_TEAM_AND_USER: &str =
+    "DELETE FROM verification_tokens WHERE team_id = $1 AND user_id = $2 RETURNING token";
+const DELETE_BY_USER: &str = "DELETE FROM verification_tokens WHERE user_id = $1 RETURNING token";
+
+pub async fn get(h: &mut Handle, token: &str) -> Result<Option<KeyRow>> {
+    on_conn!(h, c => sqlx::query_as::<_, KeyRow>(SELECT_BY_TOKEN).bind(token).fetch_optional(c).await)
+}
+
+pub async fn list_by_team(h: &mut Handle, team_id: &str) -> Result<Vec<KeyRow>> {
+    on_conn!(h, c => sqlx::query_as::<_, KeyRow>(SELECT_BY_TEAM).bind(team_id).fetch_all(c).await)
+}
+
+pub async fn list_by_user(h: &mut Handle, user_id: &str) -> Result<Vec<KeyRow>> {
+    on_conn!(h, c => sqlx::query_as::<_, KeyRow>(SELECT_BY_USER).bind(user_id).fetch_all(c).await)
+}
+
+macro_rules! bind_all {
+    ($q:expr, $k:expr) => {
+        $q.bind(&$k.token)
+            .bind(&$k.key_name)
+            .bind(&$k.key_alias)
+            .bind($k.spend)
+            .bind($k.expires)
+            .bind(&$k.models)
+            .bind(&$k.aliases)
+            .bind(&$k.config)
+            .bind(&$k.permissions)
+            .bind(&$k.metadata)
+            .bind(&$k.user_id)
+            .bind(&$k.team_id)
+            .bind(&$k.organization_id)
+            .bind(&$k.budget_id)
+            .bind($k.max_parallel_requests)
+            .bind($k.tpm_limit)
+            .bind($k.rpm_limit)
+            .bind($k.max_budget)
+            .bind($k.soft_budget)
+            .bind(&$k.budget_duration)
+            .bind($k.budget_reset_at)
+            .bind($k.blocked)
+            .bind(&$k.allowed_routes)
+            .bind(&$k.key_type)
+            .bind(&$k.model_max_budget)
+            .bind(&$k.model_spend)
+            .bind($k.rotation_count)
+            .bind($k.last_rotation_at)
+            .bind($k.created_at)
+            .bind(&$k.created_by)
+            .bind($k.updated_at)
+            .bind(&$k.updated_by)
+    };
+}
+
+pub async fn insert(h: &mut Handle, k: &KeyRow) -> Result<()> {
+    on_conn!(h, c => bind_all!(sqlx::query(INSERT), k).execute(c).await.map(|_| ()))
+}
+
+/// Writes every column of `k` over the row whose token is `old_token`.
+pub async fn update(h: &mut Handle, old_token: &str, k: &KeyRow) -> Result<bool> {
+    on_conn!(h, c => bind_all!(sqlx::query(UPDATE), k).bind(old_token).execute(c).await.map(|r| r.rows_affected() > 0))
+}
+
+pub async fn delete(h: &mut Handle, token: &str) -> Result<bool> {
+    on_conn!(h, c => sqlx::query(DELETE).bind(token).execute(c).await.map(|r| r.rows_affected() > 0))
+}
+
+/// Deletes every key of a team; returns the deleted tokens (for cache eviction).
+pub async fn delete_by_team(h: &mut Handle, team_id: &str) -> Result<Vec<String>> {
+    on_conn!(h, c => sqlx::query_scalar::<_, String>(DELETE_BY_TEAM).bind(team_id).fetch_all(c).await)
+}
+
+/// Deletes a member's keys for one team (member removal); returns the deleted tokens.
+pub async fn delete_by_team_and_user(
+    h: &mut Handle,
+    team_id: &str,
+    user_id: &str,
+) -> Result<Vec<String>> {
+    on_conn!(h, c => sqlx::query_scalar::<_, String>(DELETE_BY_TEAM_AND_USER).bind(team_id).bind(user_id).fetch_all(c).await)
+}
+
+/// Deletes every key owned by a user; returns the deleted tokens.
+pub async fn delete_by_user(h: &mut Handle, user_id: &str) -> Result<Vec<String>> {
+    on_conn!(h, c => sqlx::query_scalar::<_, String>(DELETE_BY_USER).bind(user_id).fetch_all(c).await)
+}

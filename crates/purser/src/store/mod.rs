@@ -1,0 +1,215 @@
+//! Persistence: one code path over embedded SQLite and PostgreSQL.
+//! Every query is a `const` SQL string valid in both dialects (`$N` placeholders), run through
+//! [`on_conn!`] which instantiates the same expression for each backend's connection type.
+//! Invariants: SQLite write transactions start with `BEGIN IMMEDIATE` (no deferred read→write
+//! upgrade can fail with SQLITE_BUSY); money is integer nano-USD; times are bound from the app.
+
+pub mod audit;
+pub mod budgets;
+pub mod keys;
+pub mod members;
+pub mod models;
+pub mod spend;
+pub mod teams;
+pub mod users;
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use chrono::{DateTime, SubsecRound, Utc};
+use sqlx::pool::PoolConnection;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{PgConnection, PgPool, Postgres, Sqlite, SqliteConnection, SqlitePool, Transaction};
+
+pub type Result<T> = std::result::Result<T, sqlx::Error>;
+
+/// The database pool, one variant per backend.
+#[derive(Clone, Debug)]
+pub enum Db {
+    Sqlite(SqlitePool),
+    Postgres(PgPool),
+}
+
+/// A checked-out connection or an open transaction; store functions take `&mut Handle`
+/// so the same function runs inside or outside a transaction.
+pub enum Handle {
+    SqliteConn(PoolConnection<Sqlite>),
+    PgConn(PoolConnection<Postgres>),
+    SqliteTx(Transaction<'static, Sqlite>),
+    PgTx(Transaction<'static, Postgres>),
+}
+
+/// Borrowed backend connection handed to query code by [`on_conn!`].
+pub enum Conn<'a> {
+    Sqlite(&'a mut SqliteConnection),
+    Postgres(&'a mut PgConnection),
+}
+
+/// Runs `$body` with `$c` bound to the concrete `&mut SqliteConnection` or `&mut PgConnection`.
+#[macro_export]
+macro_rules! on_conn {
+    ($h:expr, $c:ident => $body:expr) => {
+        match $h.conn() {
+            $crate::store::Conn::Sqlite($c) => $body,
+            $crate::store::Conn::Postgres($c) => $body,
+        }
+    };
+}
+
+impl Handle {
+    pub fn conn(&mut self) -> Conn<'_> {
+        match self {
+            Handle::SqliteConn(c) => Conn::Sqlite(&mut **c),
+            Handle::PgConn(c) => Conn::Postgres(&mut **c),
+            Handle::SqliteTx(t) => Conn::Sqlite(&mut **t),
+            Handle::PgTx(t) => Conn::Postgres(&mut **t),
+        }
+    }
+
+    pub fn is_postgres(&self) -> bool {
+        matches!(self, Handle::PgConn(_) | Handle::PgTx(_))
+    }
+
+    /// Commits a transaction; a no-op for a plain connection.
+    pub async fn commit(self) -> Result<()> {
+        match self {
+            Handle::SqliteTx(t) => t.commit().await,
+            Handle::PgTx(t) => t.commit().await,
+            Handle::SqliteConn(_) | Handle::PgConn(_) => Ok(()),
+        }
+    }
+}
+
+/// Where the store lives.
+#[derive(Clone, Debug)]
+pub enum DbUrl {
+    Sqlite(String),
+    Postgres(String),
+}
+
+impl DbUrl {
+    /// `postgres://…`/`postgresql://…` select PostgreSQL; `sqlite:…` or a plain path select SQLite.
+    pub fn parse(url: &str) -> DbUrl {
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            DbUrl::Postgres(url.to_string())
+        } else {
+            let path = url
+                .strip_prefix("sqlite://")
+                .or_else(|| url.strip_prefix("sqlite:"))
+                .unwrap_or(url);
+            DbUrl::Sqlite(path.to_string())
+        }
+    }
+}
+
+impl Db {
+    /// Connects and applies the embedded migrations of the backend.
+    pub async fn connect(url: &DbUrl, pg_schema: Option<&str>) -> anyhow::Result<Db> {
+        let db = match url {
+            DbUrl::Sqlite(path) => {
+                let opts = if path == ":memory:" {
+                    SqliteConnectOptions::from_str("sqlite::memory:")?
+                } else {
+                    SqliteConnectOptions::new().filename(path)
+                }
+                .create_if_missing(true)
+                .journal_mode(SqliteJournalMode::Wal)
+                .synchronous(SqliteSynchronous::Normal)
+                .busy_timeout(Duration::from_secs(10))
+                .foreign_keys(true);
+                let max = if path == ":memory:" { 1 } else { 8 };
+                let pool = SqlitePoolOptions::new()
+                    .max_connections(max)
+                    .connect_with(opts)
+                    .await?;
+                sqlx::migrate!("migrations/sqlite").run(&pool).await?;
+                Db::Sqlite(pool)
+            }
+            DbUrl::Postgres(url) => {
+                let mut opts = PgConnectOptions::from_str(url)?;
+                if let Some(schema) = pg_schema {
+                    opts = opts.options([("search_path", schema)]);
+                }
+                let pool = PgPoolOptions::new()
+                    .max_connections(16)
+                    .acquire_timeout(Duration::from_secs(10))
+                    .connect_with(opts)
+                    .await?;
+                sqlx::migrate!("migrations/postgres").run(&pool).await?;
+                Db::Postgres(pool)
+            }
+        };
+        Ok(db)
+    }
+
+    pub fn backend_name(&self) -> &'static str {
+        match self {
+            Db::Sqlite(_) => "sqlite",
+            Db::Postgres(_) => "postgresql",
+        }
+    }
+
+    /// A pooled connection for reads and single-statement writes.
+    pub async fn conn(&self) -> Result<Handle> {
+        Ok(match self {
+            Db::Sqlite(p) => Handle::SqliteConn(p.acquire().await?),
+            Db::Postgres(p) => Handle::PgConn(p.acquire().await?),
+        })
+    }
+
+    /// A write transaction: `BEGIN IMMEDIATE` on SQLite, plain `BEGIN` (READ COMMITTED) on
+    /// PostgreSQL, where callers take row locks (`lock_team`) for read-then-write sequences.
+    pub async fn begin_write(&self) -> Result<Handle> {
+        Ok(match self {
+            Db::Sqlite(p) => Handle::SqliteTx(p.begin_with("BEGIN IMMEDIATE").await?),
+            Db::Postgres(p) => Handle::PgTx(p.begin().await?),
+        })
+    }
+
+    /// Readiness probe: one round trip.
+    pub async fn ping(&self) -> Result<()> {
+        let mut h = self.conn().await?;
+        on_conn!(h, c => sqlx::query("SELECT 1").execute(c).await.map(|_| ()))
+    }
+
+    pub async fn close(&self) {
+        match self {
+            Db::Sqlite(p) => p.close().await,
+            Db::Postgres(p) => p.close().await,
+        }
+    }
+}
+
+/// The current time at the precision both backends store (microseconds), so a value written
+/// and read back compares equal.
+pub fn now() -> DateTime<Utc> {
+    Utc::now().trunc_subsecs(6)
+}
+
+/// True when the error is a unique/primary-key violation (duplicate id).
+pub fn is_unique_violation(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(d) if d.is_unique_violation())
+}
+
+/// True when the error is a foreign-key violation (the parent row vanished).
+pub fn is_foreign_key_violation(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(d) if d.is_foreign_key_violation())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn both_backends_have_the_same_migrations() {
+        let list = |dir: &str| {
+            let mut v: Vec<String> =
+                std::fs::read_dir(format!("{}/migrations/{dir}", env!("CARGO_MANIFEST_DIR")))
+                    .unwrap()
+                    .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                    .collect();
+            v.sort();
+            v
+        };
+        assert_eq!(list("sqlite"), list("postgres"));
+    }
+}

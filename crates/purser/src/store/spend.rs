@@ -1,0 +1,73 @@
+//! `spend_logs` (LiteLLM_SpendLogs) and the batched spend increments of keys, users, teams and
+//! memberships. Increments are `col = col + delta`, never read-modify-write, so flushes from
+//! several instances add up.
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use sqlx::types::Json;
+
+use super::{Handle, Result};
+use crate::on_conn;
+
+#[derive(Debug, Clone, serde::Serialize, sqlx::FromRow)]
+pub struct SpendLogRow {
+    pub request_id: String,
+    pub call_type: String,
+    pub api_key: String,
+    pub spend: i64,
+    pub total_tokens: i64,
+    pub prompt_tokens: i64,
+    pub completion_tokens: i64,
+    pub start_time: DateTime<Utc>,
+    pub end_time: DateTime<Utc>,
+    pub model: String,
+    pub model_id: Option<String>,
+    pub model_group: Option<String>,
+    pub custom_llm_provider: Option<String>,
+    pub api_base: Option<String>,
+    pub user_id: Option<String>,
+    pub team_id: Option<String>,
+    pub end_user: Option<String>,
+    pub status: String,
+    pub metadata: Json<Value>,
+}
+
+const INSERT_LOG: &str = "INSERT INTO spend_logs (request_id, call_type, api_key, spend, total_tokens, prompt_tokens, \
+     completion_tokens, start_time, end_time, model, model_id, model_group, custom_llm_provider, api_base, user_id, team_id, \
+     end_user, status, metadata) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19) \
+     ON CONFLICT (request_id) DO NOTHING";
+const ADD_KEY: &str = "UPDATE verification_tokens SET spend = spend + $2 WHERE token = $1";
+const ADD_USER: &str = "UPDATE users SET spend = spend + $2 WHERE user_id = $1";
+const ADD_TEAM: &str = "UPDATE teams SET spend = spend + $2 WHERE team_id = $1";
+const ADD_MEMBER: &str = "UPDATE team_memberships SET spend = spend + $3, total_spend = total_spend + $3 WHERE team_id = $1 AND user_id = $2";
+
+/// Inserts a spend log row; a replayed request id is ignored (idempotent flush).
+pub async fn insert_log(h: &mut Handle, r: &SpendLogRow) -> Result<()> {
+    on_conn!(h, c => sqlx::query(INSERT_LOG)
+        .bind(&r.request_id).bind(&r.call_type).bind(&r.api_key).bind(r.spend).bind(r.total_tokens)
+        .bind(r.prompt_tokens).bind(r.completion_tokens).bind(r.start_time).bind(r.end_time).bind(&r.model)
+        .bind(&r.model_id).bind(&r.model_group).bind(&r.custom_llm_provider).bind(&r.api_base).bind(&r.user_id)
+        .bind(&r.team_id).bind(&r.end_user).bind(&r.status).bind(&r.metadata)
+        .execute(c).await.map(|_| ()))
+}
+
+pub async fn add_key_spend(h: &mut Handle, token: &str, delta: i64) -> Result<()> {
+    on_conn!(h, c => sqlx::query(ADD_KEY).bind(token).bind(delta).execute(c).await.map(|_| ()))
+}
+
+pub async fn add_user_spend(h: &mut Handle, user_id: &str, delta: i64) -> Result<()> {
+    on_conn!(h, c => sqlx::query(ADD_USER).bind(user_id).bind(delta).execute(c).await.map(|_| ()))
+}
+
+pub async fn add_team_spend(h: &mut Handle, team_id: &str, delta: i64) -> Result<()> {
+    on_conn!(h, c => sqlx::query(ADD_TEAM).bind(team_id).bind(delta).execute(c).await.map(|_| ()))
+}
+
+pub async fn add_member_spend(
+    h: &mut Handle,
+    team_id: &str,
+    user_id: &str,
+    delta: i64,
+) -> Result<()> {
+    on_conn!(h, c => sqlx::query(ADD_MEMBER).bind(team_id).bind(user_id).bind(delta).execute(c).await.map(|_| ()))
+}
