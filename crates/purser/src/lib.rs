@@ -2,6 +2,8 @@
 //! Layers point one way: `api` (HTTP) → `service` (use cases) → `store` / `limiter` / `upstream`,
 //! with pure rules in the `purser-core` crate.
 
+#![recursion_limit = "256"]
+
 pub mod api;
 pub mod app;
 pub mod cli;

@@ -10,3 +10,4 @@ pub mod members;
 pub mod spend;
 pub mod teams;
 pub mod users;
+pub mod views;
