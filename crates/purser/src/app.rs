@@ -92,6 +92,7 @@ pub struct Inner {
     pub openapi: OpenApi,
     pub models: Registry,
     pub limiter: Limiter,
+    pub ledger: crate::service::spend::Ledger,
     pub shutdown: CancellationToken,
 }
 
@@ -133,6 +134,7 @@ impl Gateway {
             openapi,
             models,
             limiter: Limiter::new(),
+            ledger: crate::service::spend::Ledger::new(),
             shutdown: CancellationToken::new(),
         }));
         let secret_headers: Arc<[HeaderName]> = Arc::new([

@@ -16,7 +16,7 @@ pub enum ApiError {
         message: String,
         kind: String,
         param: Option<String>,
-        headers: HeaderMap,
+        headers: Option<Box<HeaderMap>>,
     },
     /// FastAPI `HTTPException`: `{"detail": <value>}`.
     Detail { status: StatusCode, detail: Value },
@@ -32,7 +32,7 @@ impl ApiError {
             message: message.into(),
             kind: kind.to_string(),
             param: None,
-            headers: HeaderMap::new(),
+            headers: None,
         }
     }
 
@@ -94,7 +94,9 @@ impl ApiError {
 
     pub fn with_header(mut self, name: HeaderName, value: HeaderValue) -> ApiError {
         if let ApiError::Proxy { headers, .. } = &mut self {
-            headers.insert(name, value);
+            headers
+                .get_or_insert_with(Default::default)
+                .insert(name, value);
         }
         self
     }
@@ -125,7 +127,7 @@ impl IntoResponse for ApiError {
                 let body = json!({
                     "error": { "message": message, "type": kind, "param": param, "code": status.as_u16().to_string() }
                 });
-                (status, headers, Json(body)).into_response()
+                (status, headers.map(|h| *h).unwrap_or_default(), Json(body)).into_response()
             }
             ApiError::Detail { status, detail } => {
                 (status, Json(json!({ "detail": detail }))).into_response()

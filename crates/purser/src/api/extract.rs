@@ -199,6 +199,7 @@ mod tests {
 
     #[derive(Debug, Deserialize)]
     struct Req {
+        #[allow(dead_code)]
         team_id: String,
         #[serde(default)]
         max_budget: Patch<f64>,

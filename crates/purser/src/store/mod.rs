@@ -60,10 +60,10 @@ macro_rules! on_conn {
 impl Handle {
     pub fn conn(&mut self) -> Conn<'_> {
         match self {
-            Handle::SqliteConn(c) => Conn::Sqlite(&mut **c),
-            Handle::PgConn(c) => Conn::Postgres(&mut **c),
-            Handle::SqliteTx(t) => Conn::Sqlite(&mut **t),
-            Handle::PgTx(t) => Conn::Postgres(&mut **t),
+            Handle::SqliteConn(c) => Conn::Sqlite(c),
+            Handle::PgConn(c) => Conn::Postgres(c),
+            Handle::SqliteTx(t) => Conn::Sqlite(t),
+            Handle::PgTx(t) => Conn::Postgres(t),
         }
     }
 

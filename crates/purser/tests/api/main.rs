@@ -2,5 +2,13 @@
 //! real SQLite files and a real PostgreSQL schema per test. The only fake is the LLM upstream.
 
 mod helpers;
+mod mock_upstream;
 
+mod audit;
 mod foundation;
+mod keys;
+mod members;
+mod proxy;
+mod spend_and_resets;
+mod teams;
+mod users;

@@ -1,0 +1,1 @@
+//! (scenarios added by their issue)

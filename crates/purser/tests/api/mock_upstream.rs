@@ -1,0 +1,1 @@
+//! In-tree OpenAI-compatible mock upstream (added by the request-path issue).
