@@ -40,7 +40,8 @@ pub struct ServeArgs {
     /// Redis URL (read now; used when several instances share counters).
     #[arg(long, env = "REDIS_URL")]
     pub redis_url: Option<String>,
-    /// Master key (admin credential). Overrides `general_settings.master_key`.
+    /// Master key (admin credential). Overrides `general_settings.master_key`; LITELLM_MASTER_KEY is
+    /// read too (PURSER_MASTER_KEY wins).
     #[arg(long, env = "PURSER_MASTER_KEY", hide_env_values = true)]
     pub master_key: Option<String>,
     /// Log as JSON lines instead of text.

@@ -5,6 +5,7 @@ mod helpers;
 mod mock_upstream;
 
 mod audit;
+mod cli;
 mod foundation;
 mod keys;
 mod members;

@@ -1,0 +1,109 @@
+//! The real `purser` binary: starts on the quickstart config with embedded SQLite, answers health
+//! and management calls, shuts down gracefully on SIGTERM, and refuses bad configs with a message
+//! naming the file and the key.
+
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_purser")
+}
+
+fn quickstart() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../examples/quickstart.yaml")
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+#[tokio::test]
+async fn quickstart_serves_and_stops_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut child = Command::new(bin())
+        .args(["serve", "--config"])
+        .arg(quickstart())
+        .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+        .current_dir(dir.path())
+        .env_remove("DATABASE_URL")
+        .env_remove("LITELLM_MASTER_KEY")
+        .env_remove("PURSER_MASTER_KEY")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let client = reqwest::Client::new();
+    let base = format!("http://127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(r) = client.get(format!("{base}/health/liveliness")).send().await
+            && r.status() == 200
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "gateway did not start");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The walkthrough's first management call works with the quickstart's master key.
+    let r = client.post(format!("{base}/user/new")).bearer_auth("sk-1234").json(&json!({"user_id": "walkthrough"})).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let body: Value = r.json().await.unwrap();
+    assert!(body["key"].as_str().unwrap().starts_with("sk-"));
+    assert!(dir.path().join("purser.db").exists(), "SQLite file created in the working directory");
+
+    let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    assert!(status.success());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let exit = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "gateway did not stop after SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(exit.success(), "graceful shutdown exits 0, got {exit:?}");
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+    assert!(!stderr.contains("sk-1234"), "the master key must never be logged");
+}
+
+#[test]
+fn bad_config_exits_non_zero_naming_file_and_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("broken.yaml");
+    std::fs::write(&cfg, "model_list:\n  - model_name: m\n    litellm_params:\n      model: openai/m\n      rpm: lots\n").unwrap();
+    let out = Command::new(bin()).args(["serve", "--config"]).arg(&cfg).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("broken.yaml") && err.contains("rpm"), "{err}");
+
+    std::fs::write(&cfg, "general_settings:\n  database_url: x.db\n").unwrap();
+    let out = Command::new(bin())
+        .args(["serve", "--config"])
+        .arg(&cfg)
+        .env_remove("LITELLM_MASTER_KEY")
+        .env_remove("PURSER_MASTER_KEY")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("master_key"), "{err}");
+
+    let out = Command::new(bin()).args(["serve", "--config"]).arg(dir.path().join("missing.yaml")).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("missing.yaml"));
+}
+
+#[test]
+fn help_documents_the_command_line() {
+    let out = Command::new(bin()).args(["serve", "--help"]).output().unwrap();
+    assert!(out.status.success());
+    let help = String::from_utf8_lossy(&out.stdout);
+    for needle in ["--config", "--host", "--port", "DATABASE_URL", "REDIS_URL", "PURSER_MASTER_KEY"] {
+        assert!(help.contains(needle), "help lacks {needle}: {help}");
+    }
+}
