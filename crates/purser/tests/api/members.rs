@@ -1138,9 +1138,9 @@ async fn adds_race_deletes(b: Backend) {
     for round in 0..6 {
         for u in &users {
             for team in ["t1", "t2"] {
-                let http = http.clone();
-                let u = u.clone();
+                let (h1, u1) = (http.clone(), u.clone());
                 tasks.push(tokio::spawn(async move {
+                    let (http, u) = (h1, u1);
                     let (path, body) = if (round + u.len()) % 2 == 0 {
                         (ADD, json!({"team_id": team, "member": {"role": "user", "user_id": u}, "max_budget_in_team": 1}))
                     } else {
@@ -1149,9 +1149,9 @@ async fn adds_race_deletes(b: Backend) {
                     let (s, body) = http.post(path, body).await;
                     (path, s, body)
                 }));
-                let http = http.clone();
-                let u = u.clone();
+                let (h2, u2) = (http.clone(), u.clone());
                 tasks.push(tokio::spawn(async move {
+                    let (http, u) = (h2, u2);
                     let (path, body) = if round % 2 == 0 {
                         (DEL, json!({"team_id": team, "user_id": u}))
                     } else {
