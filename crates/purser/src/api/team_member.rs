@@ -117,7 +117,11 @@ fn parse_member(v: Value, loc: Vec<Value>) -> ApiResult<NewMember> {
         if val.as_deref().is_some_and(|s| s.trim().is_empty()) {
             let mut l = loc.clone();
             l.push(json!(name));
-            return Err(invalid(&l, "value_error", format!("{name} must not be empty")));
+            return Err(invalid(
+                &l,
+                "value_error",
+                format!("{name} must not be empty"),
+            ));
         }
     }
     if m.user_id.is_none() && m.user_email.is_none() {
@@ -524,5 +528,7 @@ async fn team_member_info_me(
     path: Result<Path<String>, PathRejection>,
 ) -> ApiResult<Json<Value>> {
     let Path(team_id) = path.map_err(path_error)?;
-    members::member_me(&state, &caller, &team_id).await.map(Json)
+    members::member_me(&state, &caller, &team_id)
+        .await
+        .map(Json)
 }

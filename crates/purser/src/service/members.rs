@@ -271,9 +271,9 @@ pub async fn add_members_tx(
         if on_roster(&m)
             || m.user_id.as_ref().is_some_and(|id| seen_ids.contains(id))
             || (m.user_id.is_none()
-                && m.user_email.as_ref().is_some_and(|e| {
-                    seen_emails.iter().any(|x| x.eq_ignore_ascii_case(e))
-                }))
+                && m.user_email
+                    .as_ref()
+                    .is_some_and(|e| seen_emails.iter().any(|x| x.eq_ignore_ascii_case(e))))
         {
             continue;
         }
@@ -443,7 +443,10 @@ fn member_budget_for_add(
     }
     let id = uuid::Uuid::new_v4().to_string();
     let by = caller.changed_by();
-    let mut row = match (team_default, b.max_budget_in_team.is_none() && b.allowed_models.is_none()) {
+    let mut row = match (
+        team_default,
+        b.max_budget_in_team.is_none() && b.allowed_models.is_none(),
+    ) {
         (Some(d), true) => {
             let mut row = d.clone();
             row.budget_id = id;
@@ -793,7 +796,9 @@ impl MemberPatch {
             row.budget_reset_at = match v {
                 Some(d) => Some(
                     BudgetDuration::parse(d)
-                        .map_err(|e| ApiError::detail_error(StatusCode::BAD_REQUEST, e.to_string()))?
+                        .map_err(|e| {
+                            ApiError::detail_error(StatusCode::BAD_REQUEST, e.to_string())
+                        })?
                         .next_reset(now),
                 ),
                 None => None,
@@ -895,8 +900,7 @@ pub async fn member_update(
                         membership.budget_id = default_id.clone();
                         drop_budget = Some(cur.budget_id.clone());
                     }
-                } else if !row.same_limits(&cur) || (is_default && cur.model_max_budget.is_some())
-                {
+                } else if !row.same_limits(&cur) || (is_default && cur.model_max_budget.is_some()) {
                     if row.has_limits() {
                         row.budget_id = uuid::Uuid::new_v4().to_string();
                         row.created_at = now;
@@ -1040,7 +1044,11 @@ fn no_team_access() -> ApiError {
 
 /// `GET /team/{team_id}/members/me` (§5.12): the caller's own membership; 404 when not on the
 /// roster (proxy admins included), the same answer whether or not the team exists.
-pub async fn member_me(state: &AppState, caller: &Caller, team_id: &str) -> Result<Value, ApiError> {
+pub async fn member_me(
+    state: &AppState,
+    caller: &Caller,
+    team_id: &str,
+) -> Result<Value, ApiError> {
     let Some(uid) = caller.user_id.as_deref() else {
         return Err(ApiError::detail_error(
             StatusCode::BAD_REQUEST,

@@ -129,7 +129,8 @@ impl BudgetRow {
             && self.tpm_limit == o.tpm_limit
             && self.rpm_limit == o.rpm_limit
             && self.tpd_limit == o.tpd_limit
-            && self.model_max_budget.as_ref().map(|j| &j.0) == o.model_max_budget.as_ref().map(|j| &j.0)
+            && self.model_max_budget.as_ref().map(|j| &j.0)
+                == o.model_max_budget.as_ref().map(|j| &j.0)
             && self.budget_duration == o.budget_duration
             && self.allowed_models.0 == o.allowed_models.0
             && self.temp_budget_increase == o.temp_budget_increase

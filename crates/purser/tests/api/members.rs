@@ -285,7 +285,9 @@ async fn member_add_happy_path(b: Backend) {
         assert_eq!(bt["allowed_models"], json!(["fake-gpt"]));
         assert!(bt["budget_reset_at"].is_string(), "{bt}");
         assert_eq!(m["budget_id"], bt["budget_id"]);
-        let stored = budget(&app, m["budget_id"].as_str().unwrap()).await.unwrap();
+        let stored = budget(&app, m["budget_id"].as_str().unwrap())
+            .await
+            .unwrap();
         assert_eq!(stored.max_budget, Some(2_500_000_000));
     }
     // The email-only invitee got a generated id and the email.
@@ -325,7 +327,10 @@ async fn member_add_happy_path(b: Backend) {
         .await;
     assert_eq!(s, 400);
     let msg = assert_proxy_error(&body, 400, "team_member_already_in_team");
-    assert!(msg.starts_with("All users are already in team. Existing members=["), "{msg}");
+    assert!(
+        msg.starts_with("All users are already in team. Existing members=["),
+        "{msg}"
+    );
     // Partial duplicates are skipped.
     let (s, body) = app
         .post(
@@ -374,7 +379,11 @@ async fn member_add_team_default_budget(b: Backend) {
 
     // Nothing requested → linked to the team default.
     let (s, body) = app
-        .post(ADD, MASTER, json!({"team_id": "td", "member": {"role": "user", "user_id": "u1"}}))
+        .post(
+            ADD,
+            MASTER,
+            json!({"team_id": "td", "member": {"role": "user", "user_id": "u1"}}),
+        )
         .await;
     assert_eq!(s, 200, "{body}");
     assert_eq!(body["updated_team_memberships"][0]["budget_id"], "tdb");
@@ -422,7 +431,11 @@ async fn member_add_errors_change_nothing(b: Backend) {
     let before = roster(&app, "t1").await;
 
     let (s, body) = app
-        .post(ADD, MASTER, json!({"team_id": "nope", "member": {"role": "user", "user_id": "x"}}))
+        .post(
+            ADD,
+            MASTER,
+            json!({"team_id": "nope", "member": {"role": "user", "user_id": "x"}}),
+        )
         .await;
     assert_eq!(s, 404);
     assert_eq!(detail_error(&body), "Team not found for team_id=nope");
@@ -450,7 +463,11 @@ async fn member_add_errors_change_nothing(b: Backend) {
         assert!(body["detail"][0]["loc"][0] == "body", "{bad} → {body}");
     }
     let (s, body) = app
-        .post(ADD, MASTER, json!({"team_id": "t1", "member": {"role": "user"}}))
+        .post(
+            ADD,
+            MASTER,
+            json!({"team_id": "t1", "member": {"role": "user"}}),
+        )
         .await;
     assert_eq!(s, 422);
     assert!(
@@ -464,8 +481,14 @@ async fn member_add_errors_change_nothing(b: Backend) {
     assert_eq!(s, 422, "{body}");
 
     let bad_requests = [
-        (json!({"team_id": "t1", "member": null}), "No member/members passed in"),
-        (json!({"team_id": "t1", "member": []}), "No member/members passed in"),
+        (
+            json!({"team_id": "t1", "member": null}),
+            "No member/members passed in",
+        ),
+        (
+            json!({"team_id": "t1", "member": []}),
+            "No member/members passed in",
+        ),
         (
             json!({"team_id": "t1", "member": {"role": "user", "user_id": "x"}, "budget_duration": "soon"}),
             "Invalid budget_duration 'soon'. Use a format like '1h', '24h', '7d', or '30d'.",
@@ -496,9 +519,14 @@ async fn member_add_errors_change_nothing(b: Backend) {
     let huge: Vec<Value> = (0..501)
         .map(|i| json!({"role": "user", "user_id": format!("h{i}")}))
         .collect();
-    let (s, body) = app.post(ADD, MASTER, json!({"team_id": "t1", "member": huge})).await;
+    let (s, body) = app
+        .post(ADD, MASTER, json!({"team_id": "t1", "member": huge}))
+        .await;
     assert_eq!(s, 400);
-    assert_eq!(detail_error(&body), "Maximum 500 members can be added at once");
+    assert_eq!(
+        detail_error(&body),
+        "Maximum 500 members can be added at once"
+    );
 
     assert_eq!(roster(&app, "t1").await, before);
     for u in ["x", "newid", "h0", "h500"] {
@@ -526,11 +554,19 @@ async fn member_add_role_matrix(b: Backend) {
     let team_key = make_key(&app, None, Some("t1")).await;
     let member_team_key = make_key(&app, Some("tmember"), Some("t1")).await;
 
-    let add = |who: &'static str| {
-        json!({"team_id": "t1", "member": {"role": "user", "user_id": who}})
-    };
-    let denied = "Call not allowed. User not proxy admin OR team admin. route=/team/member_add, team_id=t1";
-    for key in [&viewer, &iuv, &tmember, &outsider, &other_admin, &team_key, &member_team_key] {
+    let add =
+        |who: &'static str| json!({"team_id": "t1", "member": {"role": "user", "user_id": who}});
+    let denied =
+        "Call not allowed. User not proxy admin OR team admin. route=/team/member_add, team_id=t1";
+    for key in [
+        &viewer,
+        &iuv,
+        &tmember,
+        &outsider,
+        &other_admin,
+        &team_key,
+        &member_team_key,
+    ] {
         let (s, body) = app.post(ADD, key, add("target")).await;
         assert_eq!(s, 403, "{body}");
         assert_eq!(detail_error(&body), denied);
@@ -541,9 +577,8 @@ async fn member_add_role_matrix(b: Backend) {
     let (s, body) = app.post(ADD, &tadmin, add("ghost")).await;
     assert_eq!(s, 403);
     assert!(
-        detail_error(&body).starts_with(
-            "Only proxy admins can add a user_id that does not exist yet: ghost."
-        ),
+        detail_error(&body)
+            .starts_with("Only proxy admins can add a user_id that does not exist yet: ghost."),
         "{body}"
     );
     assert!(!user_exists(&app, "ghost").await);
@@ -569,7 +604,13 @@ async fn member_add_role_matrix(b: Backend) {
         .await;
     assert_eq!(s, 200, "{body}");
     // A team admin of t2 cannot touch t1, but can manage t2.
-    let (s, _) = app.post(ADD, &other_admin, json!({"team_id": "t2", "member": {"role": "user", "user_id": "target"}})).await;
+    let (s, _) = app
+        .post(
+            ADD,
+            &other_admin,
+            json!({"team_id": "t2", "member": {"role": "user", "user_id": "target"}}),
+        )
+        .await;
     assert_eq!(s, 200);
     // A proxy_admin user key acts as proxy admin (auto-creates users).
     let (s, body) = app.post(ADD, &padmin, add("fresh")).await;
@@ -632,17 +673,28 @@ async fn member_add_available_team_self_join(b: Backend) {
     assert_eq!(ids(&roster(&app, "open").await), vec!["default_user_id"]);
 
     let (s, body) = app
-        .post(ADD, &joe, json!({"team_id": "open", "member": {"role": "user", "user_id": "joe"}}))
+        .post(
+            ADD,
+            &joe,
+            json!({"team_id": "open", "member": {"role": "user", "user_id": "joe"}}),
+        )
         .await;
     assert_eq!(s, 200, "{body}");
     assert_eq!(teams_of(&app, "joe").await, vec!["open"]);
     // Joining twice is the duplicate error, not a second row.
     let (s, body) = app
-        .post(ADD, &joe, json!({"team_id": "open", "member": {"role": "user", "user_id": "joe"}}))
+        .post(
+            ADD,
+            &joe,
+            json!({"team_id": "open", "member": {"role": "user", "user_id": "joe"}}),
+        )
         .await;
     assert_eq!(s, 400);
     assert_proxy_error(&body, 400, "team_member_already_in_team");
-    assert_eq!(ids(&roster(&app, "open").await), vec!["default_user_id", "joe"]);
+    assert_eq!(
+        ids(&roster(&app, "open").await),
+        vec!["default_user_id", "joe"]
+    );
     app.shutdown().await;
 }
 
@@ -686,13 +738,26 @@ async fn member_delete_flow(b: Backend) {
     let before = roster(&app, "t1").await;
     let (s, body) = app.post(DEL, MASTER, json!({"team_id": "t1"})).await;
     assert_eq!(s, 400);
-    assert_eq!(detail_error(&body), "Either user_id or user_email needs to be passed in");
-    let (s, body) = app.post(DEL, MASTER, json!({"team_id": "t1", "user_id": null, "user_email": null})).await;
+    assert_eq!(
+        detail_error(&body),
+        "Either user_id or user_email needs to be passed in"
+    );
+    let (s, body) = app
+        .post(
+            DEL,
+            MASTER,
+            json!({"team_id": "t1", "user_id": null, "user_email": null}),
+        )
+        .await;
     assert_eq!(s, 400, "{body}");
-    let (s, body) = app.post(DEL, MASTER, json!({"team_id": "nope", "user_id": "alice"})).await;
+    let (s, body) = app
+        .post(DEL, MASTER, json!({"team_id": "nope", "user_id": "alice"}))
+        .await;
     assert_eq!(s, 400);
     assert_eq!(detail_error(&body), "Team id=nope does not exist in db");
-    let (s, body) = app.post(DEL, MASTER, json!({"team_id": "t1", "user_id": "outsider"})).await;
+    let (s, body) = app
+        .post(DEL, MASTER, json!({"team_id": "t1", "user_id": "outsider"}))
+        .await;
     assert_eq!(s, 400);
     assert_eq!(detail_error(&body), "User not found in team");
     for bad in [
@@ -705,8 +770,20 @@ async fn member_delete_flow(b: Backend) {
         assert_eq!(s, 422, "{bad} → {body}");
     }
     let denied = "Call not allowed. User not proxy admin OR team admin. route=/team/member_delete, team_id=t1";
-    for k in [&tmember, &viewer, &outsider, &alice_t2_key, &alice_t1_key] {
-        let (s, body) = app.post(DEL, k, json!({"team_id": "t1", "user_id": "alice"})).await;
+    let iuv = make_user(&app, "iuv", "internal_user_viewer", None).await;
+    let t1_team_key = make_key(&app, None, Some("t1")).await;
+    for k in [
+        &tmember,
+        &viewer,
+        &iuv,
+        &outsider,
+        &alice_t2_key,
+        &alice_t1_key,
+        &t1_team_key,
+    ] {
+        let (s, body) = app
+            .post(DEL, k, json!({"team_id": "t1", "user_id": "alice"}))
+            .await;
         assert_eq!(s, 403, "{body}");
         assert_eq!(detail_error(&body), denied);
     }
@@ -714,7 +791,11 @@ async fn member_delete_flow(b: Backend) {
 
     // A team admin removes alice by email.
     let (s, body) = app
-        .post(DEL, &tadmin, json!({"team_id": "t1", "user_email": "ALICE@example.com"}))
+        .post(
+            DEL,
+            &tadmin,
+            json!({"team_id": "t1", "user_email": "ALICE@example.com"}),
+        )
         .await;
     assert_eq!(s, 200, "{body}");
     assert_eq!(body["team_id"], "t1");
@@ -728,7 +809,10 @@ async fn member_delete_flow(b: Backend) {
     assert!(body.get("updated_users").is_none());
     assert!(member(&app, "t1", "alice").await.is_none());
     assert_eq!(teams_of(&app, "alice").await, vec!["t2"]);
-    assert!(budget(&app, &private_budget).await.is_none(), "private budget dropped");
+    assert!(
+        budget(&app, &private_budget).await.is_none(),
+        "private budget dropped"
+    );
     // Her t1 key stops working at once; her t2 key still works.
     let (s, body) = app.get("/team/t2/members/me", &alice_t1_key).await;
     assert_eq!(s, 401, "{body}");
@@ -736,7 +820,12 @@ async fn member_delete_flow(b: Backend) {
     assert_eq!(s, 200, "{body}");
     {
         let mut h = conn(&app).await;
-        assert!(store::keys::get(&mut h, &hash_key(&alice_t1_key)).await.unwrap().is_none());
+        assert!(
+            store::keys::get(&mut h, &hash_key(&alice_t1_key))
+                .await
+                .unwrap()
+                .is_none()
+        );
     }
 
     // Re-adding a removed member, also with a budget, works (§10 #11/#12).
@@ -754,9 +843,13 @@ async fn member_delete_flow(b: Backend) {
     );
     assert_eq!(teams_of(&app, "alice").await, vec!["t2", "t1"]);
     // Master removes by id; delete again → not found.
-    let (s, _) = app.post(DEL, MASTER, json!({"team_id": "t1", "user_id": "alice"})).await;
+    let (s, _) = app
+        .post(DEL, MASTER, json!({"team_id": "t1", "user_id": "alice"}))
+        .await;
     assert_eq!(s, 200);
-    let (s, body) = app.post(DEL, MASTER, json!({"team_id": "t1", "user_id": "alice"})).await;
+    let (s, body) = app
+        .post(DEL, MASTER, json!({"team_id": "t1", "user_id": "alice"}))
+        .await;
     assert_eq!(s, 400);
     assert_eq!(detail_error(&body), "User not found in team");
     app.shutdown().await;
@@ -790,11 +883,22 @@ async fn member_update_flow(b: Backend) {
         .post(ADD, MASTER, json!({"team_id": "t1", "member": {"role": "user", "user_id": "alice", "user_email": "alice@example.com"}}))
         .await;
     assert_eq!(s, 200);
-    assert_eq!(member(&app, "t1", "alice").await.unwrap().budget_id.as_deref(), Some("tdb"));
+    assert_eq!(
+        member(&app, "t1", "alice")
+            .await
+            .unwrap()
+            .budget_id
+            .as_deref(),
+        Some("tdb")
+    );
 
     // Role admin is allowed (no premium gate); echo response.
     let (s, body) = app
-        .post(UPD, MASTER, json!({"team_id": "t1", "user_email": "alice@example.com", "role": "admin"}))
+        .post(
+            UPD,
+            MASTER,
+            json!({"team_id": "t1", "user_email": "alice@example.com", "role": "admin"}),
+        )
         .await;
     assert_eq!(s, 200, "{body}");
     assert_eq!(
@@ -805,11 +909,22 @@ async fn member_update_flow(b: Backend) {
                "model_max_budget": null})
     );
     assert_eq!(member(&app, "t1", "alice").await.unwrap().role, "admin");
-    assert_eq!(member(&app, "t1", "alice").await.unwrap().budget_id.as_deref(), Some("tdb"));
+    assert_eq!(
+        member(&app, "t1", "alice")
+            .await
+            .unwrap()
+            .budget_id
+            .as_deref(),
+        Some("tdb")
+    );
 
     // A patch of the shared team default clones it; the window carries over, the default stays.
     let (s, body) = app
-        .post(UPD, &tadmin, json!({"team_id": "t1", "user_id": "alice", "max_budget_in_team": 2, "tpm_limit": 10}))
+        .post(
+            UPD,
+            &tadmin,
+            json!({"team_id": "t1", "user_id": "alice", "max_budget_in_team": 2, "tpm_limit": 10}),
+        )
         .await;
     assert_eq!(s, 200, "{body}");
     assert_eq!(body["max_budget_in_team"], 2.0);
@@ -833,46 +948,128 @@ async fn member_update_flow(b: Backend) {
         .await;
     assert_eq!(s, 200);
     let row = budget(&app, &own).await.unwrap();
-    assert_eq!(member(&app, "t1", "alice").await.unwrap().budget_id.as_deref(), Some(own.as_str()));
+    assert_eq!(
+        member(&app, "t1", "alice")
+            .await
+            .unwrap()
+            .budget_id
+            .as_deref(),
+        Some(own.as_str())
+    );
     assert_eq!(row.tpm_limit, None);
     assert_eq!(row.max_budget, Some(2_000_000_000));
     assert_eq!(row.allowed_models.0, vec!["fake-gpt".to_string()]);
-    assert_eq!(row.budget_reset_at, Some(reset), "unchanged duration keeps the window");
+    assert_eq!(
+        row.budget_reset_at,
+        Some(reset),
+        "unchanged duration keeps the window"
+    );
     let (s, _) = app
-        .post(UPD, MASTER, json!({"team_id": "t1", "user_id": "alice", "budget_duration": "1h"}))
+        .post(
+            UPD,
+            MASTER,
+            json!({"team_id": "t1", "user_id": "alice", "budget_duration": "1h"}),
+        )
         .await;
     assert_eq!(s, 200);
     let row = budget(&app, &own).await.unwrap();
     assert_eq!(row.budget_duration.as_deref(), Some("1h"));
     let r = row.budget_reset_at.unwrap();
-    assert!(r > store::now() && r <= store::now() + chrono::Duration::hours(1), "{r}");
+    assert!(
+        r > store::now() && r <= store::now() + chrono::Duration::hours(1),
+        "{r}"
+    );
     // Clearing every limit drops the private row and falls back to the team default.
     let (s, body) = app
-        .post(UPD, MASTER, json!({"team_id": "t1", "user_id": "alice", "max_budget_in_team": null,
-                                  "budget_duration": null, "allowed_models": null}))
+        .post(
+            UPD,
+            MASTER,
+            json!({"team_id": "t1", "user_id": "alice", "max_budget_in_team": null,
+                                  "budget_duration": null, "allowed_models": null}),
+        )
         .await;
     assert_eq!(s, 200, "{body}");
-    assert_eq!(member(&app, "t1", "alice").await.unwrap().budget_id.as_deref(), Some("tdb"));
+    assert_eq!(
+        member(&app, "t1", "alice")
+            .await
+            .unwrap()
+            .budget_id
+            .as_deref(),
+        Some("tdb")
+    );
     assert!(budget(&app, &own).await.is_none());
 
-    // Errors change nothing.
+    // Absent fields (and `role: null`) change nothing.
     let snapshot = member(&app, "t1", "alice").await.unwrap();
-    let (s, body) = app.post(UPD, MASTER, json!({"team_id": "t1", "user_id": "nobody", "role": "user"})).await;
+    let (s, body) = app
+        .post(
+            UPD,
+            MASTER,
+            json!({"team_id": "t1", "user_id": "alice", "role": null}),
+        )
+        .await;
+    assert_eq!(s, 200, "{body}");
+    let same = member(&app, "t1", "alice").await.unwrap();
+    assert_eq!(
+        (&same.role, &same.budget_id),
+        (&snapshot.role, &snapshot.budget_id)
+    );
+    assert_eq!(
+        budget(&app, "tdb").await.unwrap().max_budget,
+        Some(5_000_000_000)
+    );
+
+    // Errors change nothing.
+    let (s, body) = app
+        .post(
+            UPD,
+            MASTER,
+            json!({"team_id": "t1", "user_id": "nobody", "role": "user"}),
+        )
+        .await;
     assert_eq!(s, 404);
-    assert_eq!(detail_error(&body), "User nobody is not a member of team t1");
-    let (s, body) = app.post(UPD, MASTER, json!({"team_id": "t1", "user_email": "zz@example.com"})).await;
+    assert_eq!(
+        detail_error(&body),
+        "User nobody is not a member of team t1"
+    );
+    let (s, body) = app
+        .post(
+            UPD,
+            MASTER,
+            json!({"team_id": "t1", "user_email": "zz@example.com"}),
+        )
+        .await;
     assert_eq!(s, 400);
-    assert!(detail_error(&body).starts_with("User id doesn't exist in team table. Data="), "{body}");
-    let (s, body) = app.post(UPD, MASTER, json!({"team_id": "t1", "role": "user"})).await;
+    assert!(
+        detail_error(&body).starts_with("User id doesn't exist in team table. Data="),
+        "{body}"
+    );
+    let (s, body) = app
+        .post(UPD, MASTER, json!({"team_id": "t1", "role": "user"}))
+        .await;
     assert_eq!(s, 400);
-    assert_eq!(detail_error(&body), "Either user_id or user_email needs to be passed in");
-    let (s, body) = app.post(UPD, MASTER, json!({"team_id": "nope", "user_id": "alice"})).await;
+    assert_eq!(
+        detail_error(&body),
+        "Either user_id or user_email needs to be passed in"
+    );
+    let (s, body) = app
+        .post(UPD, MASTER, json!({"team_id": "nope", "user_id": "alice"}))
+        .await;
     assert_eq!(s, 400);
     assert_eq!(detail_error(&body), "Team id=nope does not exist in db");
     for (bad, msg) in [
-        (json!({"team_id": "t1", "user_id": "alice", "max_budget_in_team": -5}), "max_budget_in_team must be a non-negative finite number"),
-        (json!({"team_id": "t1", "user_id": "alice", "tpm_limit": -1}), "tpm_limit must be >= 0, got -1"),
-        (json!({"team_id": "t1", "user_id": "alice", "budget_duration": "0d"}), "Invalid budget_duration '0d'. Use a format like '1h', '24h', '7d', or '30d'."),
+        (
+            json!({"team_id": "t1", "user_id": "alice", "max_budget_in_team": -5}),
+            "max_budget_in_team must be a non-negative finite number",
+        ),
+        (
+            json!({"team_id": "t1", "user_id": "alice", "tpm_limit": -1}),
+            "tpm_limit must be >= 0, got -1",
+        ),
+        (
+            json!({"team_id": "t1", "user_id": "alice", "budget_duration": "0d"}),
+            "Invalid budget_duration '0d'. Use a format like '1h', '24h', '7d', or '30d'.",
+        ),
     ] {
         let (s, body) = app.post(UPD, MASTER, bad.clone()).await;
         assert_eq!(s, 400, "{bad}");
@@ -890,12 +1087,21 @@ async fn member_update_flow(b: Backend) {
     }
     let denied = "Call not allowed. User not proxy admin OR team admin. route=/team/member_delete, team_id=t1";
     for k in [&tmember, &viewer] {
-        let (s, body) = app.post(UPD, k, json!({"team_id": "t1", "user_id": "tmember", "role": "admin"})).await;
+        let (s, body) = app
+            .post(
+                UPD,
+                k,
+                json!({"team_id": "t1", "user_id": "tmember", "role": "admin"}),
+            )
+            .await;
         assert_eq!(s, 403);
         assert_eq!(detail_error(&body), denied);
     }
     let after = member(&app, "t1", "alice").await.unwrap();
-    assert_eq!((after.role, after.budget_id), (snapshot.role, snapshot.budget_id));
+    assert_eq!(
+        (after.role, after.budget_id),
+        (snapshot.role, snapshot.budget_id)
+    );
     assert_eq!(member(&app, "t1", "tmember").await.unwrap().role, "user");
     app.shutdown().await;
 }
@@ -911,21 +1117,45 @@ async fn bulk_member_add_flow(b: Backend) {
     let viewer = make_user(&app, "viewer", "proxy_admin_viewer", None).await;
     put_member(&app, "t1", "iu", "admin").await;
 
-    let (s, body) = app.post(BULK, &iu, json!({"team_id": "t1", "members": [{"role": "user", "user_id": "x"}]})).await;
+    let (s, body) = app
+        .post(
+            BULK,
+            &iu,
+            json!({"team_id": "t1", "members": [{"role": "user", "user_id": "x"}]}),
+        )
+        .await;
     assert_eq!(s, 401, "{body}");
     assert_proxy_error(&body, 401, "auth_error");
-    let (s, body) = app.post(BULK, &viewer, json!({"team_id": "t1", "members": [{"role": "user", "user_id": "x"}]})).await;
+    let (s, body) = app
+        .post(
+            BULK,
+            &viewer,
+            json!({"team_id": "t1", "members": [{"role": "user", "user_id": "x"}]}),
+        )
+        .await;
     assert_eq!(s, 403, "{body}");
     let (s, body) = app.post(BULK, MASTER, json!({"team_id": "t1"})).await;
     assert_eq!(s, 400);
     assert_eq!(detail_error(&body), "No member/members passed in");
-    let many: Vec<Value> = (0..501).map(|i| json!({"role": "user", "user_id": format!("b{i}")})).collect();
-    let (s, body) = app.post(BULK, MASTER, json!({"team_id": "t1", "members": many})).await;
+    let many: Vec<Value> = (0..501)
+        .map(|i| json!({"role": "user", "user_id": format!("b{i}")}))
+        .collect();
+    let (s, body) = app
+        .post(BULK, MASTER, json!({"team_id": "t1", "members": many}))
+        .await;
     assert_eq!(s, 400);
-    assert_eq!(detail_error(&body), "Maximum 500 members can be added at once");
-    let (s, _) = app.post(BULK, MASTER, json!({"team_id": "t1", "members": "x"})).await;
+    assert_eq!(
+        detail_error(&body),
+        "Maximum 500 members can be added at once"
+    );
+    let (s, _) = app
+        .post(BULK, MASTER, json!({"team_id": "t1", "members": "x"}))
+        .await;
     assert_eq!(s, 422);
-    assert_eq!(ids(&roster(&app, "t1").await), vec!["default_user_id", "iu"]);
+    assert_eq!(
+        ids(&roster(&app, "t1").await),
+        vec!["default_user_id", "iu"]
+    );
 
     let (s, body) = app
         .post(BULK, MASTER, json!({"team_id": "t1", "members": [
@@ -940,25 +1170,45 @@ async fn bulk_member_add_flow(b: Backend) {
     let r = body["results"].as_array().unwrap();
     assert_eq!(r[0]["success"], true);
     assert_eq!(r[0]["updated_user"]["user_id"], "b1");
-    assert_eq!(r[0]["updated_team_membership"]["litellm_budget_table"]["max_budget"], 1.0);
+    assert_eq!(
+        r[0]["updated_team_membership"]["litellm_budget_table"]["max_budget"],
+        1.0
+    );
     assert_eq!(r[1]["success"], false);
     assert_eq!(r[1]["error"], "User already in team");
     assert_eq!(r[2]["success"], true);
     assert_eq!(r[2]["updated_user"]["user_email"], "b2@example.com");
-    assert_eq!(body["updated_team"]["members_with_roles"].as_array().unwrap().len(), 4);
+    assert_eq!(
+        body["updated_team"]["members_with_roles"]
+            .as_array()
+            .unwrap()
+            .len(),
+        4
+    );
 
     // all_users adds every user row as role user.
-    let (s, body) = app.post(BULK, MASTER, json!({"team_id": "t1", "all_users": true})).await;
+    let (s, body) = app
+        .post(BULK, MASTER, json!({"team_id": "t1", "all_users": true}))
+        .await;
     assert_eq!(s, 200, "{body}");
     let r = roster(&app, "t1").await;
     assert!(ids(&r).contains(&"viewer"));
     assert_eq!(r.iter().find(|(u, _)| u == "viewer").unwrap().1, "user");
     assert_eq!(body["successful_additions"], 1, "{body}");
     // A failure of the add itself answers 200 with every result failed.
-    let (s, body) = app.post(BULK, MASTER, json!({"team_id": "nope", "members": [{"role": "user", "user_id": "z"}]})).await;
+    let (s, body) = app
+        .post(
+            BULK,
+            MASTER,
+            json!({"team_id": "nope", "members": [{"role": "user", "user_id": "z"}]}),
+        )
+        .await;
     assert_eq!(s, 200);
     assert_eq!(body["successful_additions"], 0);
-    assert_eq!(body["results"][0]["error"], "Team not found for team_id=nope");
+    assert_eq!(
+        body["results"][0]["error"],
+        "Team not found for team_id=nope"
+    );
     assert!(body["updated_team"].is_null());
     app.shutdown().await;
 }
@@ -969,7 +1219,10 @@ async fn bulk_member_add_flow(b: Backend) {
 
 async fn set_spend(app: &TestApp, team_id: &str, user_id: &str, spend: i64) {
     let mut h = tx(app).await;
-    let mut m = store::members::get(&mut h, team_id, user_id).await.unwrap().unwrap();
+    let mut m = store::members::get(&mut h, team_id, user_id)
+        .await
+        .unwrap()
+        .unwrap();
     m.spend = spend;
     store::members::update(&mut h, &m).await.unwrap();
     h.commit().await.unwrap();
@@ -992,30 +1245,68 @@ async fn reset_spend_and_me(b: Backend) {
 
     let (s, body) = app.post(url, &tmember, json!({"reset_to": 0})).await;
     assert_eq!(s, 403);
-    assert_eq!(body, json!({"detail": "You do not have access to this team"}));
+    assert_eq!(
+        body,
+        json!({"detail": "You do not have access to this team"})
+    );
     let (s, _) = app.post(url, &outsider, json!({"reset_to": 0})).await;
     assert_eq!(s, 403);
-    let (s, body) = app.post("/team/t1/member/tadmin/reset_spend", &tadmin, json!({"reset_to": 0})).await;
+    let (s, body) = app
+        .post(
+            "/team/t1/member/tadmin/reset_spend",
+            &tadmin,
+            json!({"reset_to": 0}),
+        )
+        .await;
     assert_eq!(s, 403);
-    assert_eq!(detail_error(&body), "Cannot reset your own spend. Ask a proxy admin.");
-    let (s, body) = app.post("/team/t1/member/outsider/reset_spend", MASTER, json!({"reset_to": 0})).await;
+    assert_eq!(
+        detail_error(&body),
+        "Cannot reset your own spend. Ask a proxy admin."
+    );
+    let (s, body) = app
+        .post(
+            "/team/t1/member/outsider/reset_spend",
+            MASTER,
+            json!({"reset_to": 0}),
+        )
+        .await;
     assert_eq!(s, 404);
-    assert_eq!(detail_error(&body), "User outsider is not a member of team t1.");
-    let (s, body) = app.post("/team/nope/member/x/reset_spend", MASTER, json!({"reset_to": 0})).await;
+    assert_eq!(
+        detail_error(&body),
+        "User outsider is not a member of team t1."
+    );
+    let (s, body) = app
+        .post(
+            "/team/nope/member/x/reset_spend",
+            MASTER,
+            json!({"reset_to": 0}),
+        )
+        .await;
     assert_eq!(s, 404, "{body}");
-    for bad in [json!({"reset_to": true}), json!({"reset_to": "0"}), json!({}), json!({"reset_to": null})] {
+    for bad in [
+        json!({"reset_to": true}),
+        json!({"reset_to": "0"}),
+        json!({}),
+        json!({"reset_to": null}),
+    ] {
         let (s, body) = app.post(url, MASTER, bad.clone()).await;
         assert_eq!(s, 422, "{bad} → {body}");
     }
     for (v, msg) in [
         (json!(-1), "reset_to must be a finite number >= 0"),
-        (json!(5), "reset_to (5) cannot be greater than the member's current spend (4)."),
+        (
+            json!(5),
+            "reset_to (5) cannot be greater than the member's current spend (4).",
+        ),
     ] {
         let (s, body) = app.post(url, MASTER, json!({"reset_to": v})).await;
         assert_eq!(s, 400);
         assert_eq!(detail_error(&body), msg);
     }
-    assert_eq!(member(&app, "t1", "tmember").await.unwrap().spend, 4_000_000_000);
+    assert_eq!(
+        member(&app, "t1", "tmember").await.unwrap().spend,
+        4_000_000_000
+    );
 
     let (s, body) = app.post(url, &tadmin, json!({"reset_to": 1.5})).await;
     assert_eq!(s, 200, "{body}");
@@ -1029,11 +1320,22 @@ async fn reset_spend_and_me(b: Backend) {
     set_spend(&app, "t1", "tmember", 20_000_000_000).await;
     let (s, body) = app.post(url, MASTER, json!({"reset_to": 11})).await;
     assert_eq!(s, 400);
-    assert_eq!(detail_error(&body), "reset_to (11) cannot be greater than the member's max_budget (10).");
+    assert_eq!(
+        detail_error(&body),
+        "reset_to (11) cannot be greater than the member's max_budget (10)."
+    );
     // The conditional UPDATE refuses a stale read (what the handler answers 409 for).
     let mut h = conn(&app).await;
-    assert!(!store::members::reset_spend(&mut h, "t1", "tmember", 4_000_000_000, 0).await.unwrap());
-    assert!(store::members::reset_spend(&mut h, "t1", "tmember", 20_000_000_000, 0).await.unwrap());
+    assert!(
+        !store::members::reset_spend(&mut h, "t1", "tmember", 4_000_000_000, 0)
+            .await
+            .unwrap()
+    );
+    assert!(
+        store::members::reset_spend(&mut h, "t1", "tmember", 20_000_000_000, 0)
+            .await
+            .unwrap()
+    );
     drop(h);
     let m = member(&app, "t1", "tmember").await.unwrap();
     assert_eq!((m.spend, m.total_spend), (0, 20_000_000_000));
@@ -1053,7 +1355,10 @@ async fn reset_spend_and_me(b: Backend) {
     assert_eq!(body["role"], "admin");
     let (s, body) = app.get("/team/t1/members/me", &outsider).await;
     assert_eq!(s, 404);
-    assert_eq!(detail_error(&body), "User outsider is not a member of team t1.");
+    assert_eq!(
+        detail_error(&body),
+        "User outsider is not a member of team t1."
+    );
     let (s, _) = app.get("/team/nope/members/me", &outsider).await;
     assert_eq!(s, 404);
     let team_key = make_key(&app, None, Some("t1")).await;
@@ -1115,7 +1420,10 @@ async fn parallel_adds(b: Backend) {
     let got: BTreeSet<&str> = ids(&r).into_iter().collect();
     let mut want: BTreeSet<String> = (0..40).map(|i| format!("p{i:02}")).collect();
     want.insert("default_user_id".into());
-    assert_eq!(got, want.iter().map(String::as_str).collect::<BTreeSet<&str>>());
+    assert_eq!(
+        got,
+        want.iter().map(String::as_str).collect::<BTreeSet<&str>>()
+    );
     assert_eq!(r.len(), 41);
     for i in 0..40 {
         let u = format!("p{i:02}");
@@ -1155,7 +1463,10 @@ async fn adds_race_deletes(b: Backend) {
                     let (path, body) = if round % 2 == 0 {
                         (DEL, json!({"team_id": team, "user_id": u}))
                     } else {
-                        (ADD, json!({"team_id": team, "member": {"role": "user", "user_id": u}}))
+                        (
+                            ADD,
+                            json!({"team_id": team, "member": {"role": "user", "user_id": u}}),
+                        )
                     };
                     let (s, body) = http.post(path, body).await;
                     (path, s, body)
@@ -1169,7 +1480,10 @@ async fn adds_race_deletes(b: Backend) {
         match s.as_u16() {
             200 => ok += 1,
             400 if path == ADD => {
-                assert_eq!(body["error"]["type"], "team_member_already_in_team", "{body}")
+                assert_eq!(
+                    body["error"]["type"], "team_member_already_in_team",
+                    "{body}"
+                )
             }
             400 => assert_eq!(detail_error(&body), "User not found in team"),
             _ => panic!("{path} answered {s}: {body}"),
@@ -1234,12 +1548,18 @@ async fn adds_race_team_delete(b: Backend) {
         }
     }
     assert_eq!(ok + gone, 30);
-    assert!(roster(&app, "doomed").await.is_empty(), "no dangling memberships");
+    assert!(
+        roster(&app, "doomed").await.is_empty(),
+        "no dangling memberships"
+    );
     for i in 0..30 {
         assert!(teams_of(&app, &format!("d{i}")).await.is_empty());
     }
     let (s, body) = http
-        .post(ADD, json!({"team_id": "doomed", "member": {"role": "user", "user_id": "late"}}))
+        .post(
+            ADD,
+            json!({"team_id": "doomed", "member": {"role": "user", "user_id": "late"}}),
+        )
         .await;
     assert_eq!(s, 404);
     assert_eq!(detail_error(&body), "Team not found for team_id=doomed");
