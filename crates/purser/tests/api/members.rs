@@ -1566,7 +1566,106 @@ async fn adds_race_team_delete(b: Backend) {
     app.shutdown().await;
 }
 
+// ----------------------------------------------------------------------------------------------
+// Cache eviction and audit
+// ----------------------------------------------------------------------------------------------
+
+async fn cached_member(
+    app: &TestApp,
+    team_id: &str,
+    user_id: &str,
+) -> Option<(String, Option<f64>)> {
+    app.state
+        .cache
+        .member(&app.state.db, team_id, user_id)
+        .await
+        .unwrap()
+        .map(|e| {
+            (
+                e.membership.role.clone(),
+                e.budget
+                    .as_ref()
+                    .and_then(|b| b.max_budget)
+                    .map(|n| n as f64 / 1e9),
+            )
+        })
+}
+
+async fn writes_evict_caches_and_audit(b: Backend) {
+    let app = TestApp::spawn(b).await;
+    make_team(&app, "t1").await;
+    make_user(&app, "alice", "internal_user", None).await;
+    // A negative entry is cached before the add …
+    assert_eq!(cached_member(&app, "t1", "alice").await, None);
+    let (s, _) = app
+        .post(
+            ADD,
+            MASTER,
+            json!({"team_id": "t1", "member": {"role": "user", "user_id": "alice"}}),
+        )
+        .await;
+    assert_eq!(s, 200);
+    // … and the add evicted it.
+    assert_eq!(
+        cached_member(&app, "t1", "alice").await,
+        Some(("user".into(), None))
+    );
+    let (s, _) = app
+        .post(
+            UPD,
+            MASTER,
+            json!({"team_id": "t1", "user_id": "alice", "role": "admin", "max_budget_in_team": 7}),
+        )
+        .await;
+    assert_eq!(s, 200);
+    assert_eq!(
+        cached_member(&app, "t1", "alice").await,
+        Some(("admin".into(), Some(7.0)))
+    );
+    let (s, _) = app
+        .post(DEL, MASTER, json!({"team_id": "t1", "user_id": "alice"}))
+        .await;
+    assert_eq!(s, 200);
+    assert_eq!(cached_member(&app, "t1", "alice").await, None);
+
+    // Every roster change left an audit row of the team with before/after rosters.
+    let mut h = conn(&app).await;
+    let f = store::audit::AuditFilter {
+        object_id: Some("t1".into()),
+        table_name: Some("LiteLLM_TeamTable".into()),
+        ..Default::default()
+    };
+    let (rows, total) = store::audit::list(&mut h, &f, 100, 0).await.unwrap();
+    assert_eq!(total, 3, "add, role change, delete");
+    let rosters: Vec<usize> = rows
+        .iter()
+        .map(|r| {
+            r.updated_values.as_ref().unwrap().0["members_with_roles"]
+                .as_array()
+                .unwrap()
+                .len()
+        })
+        .collect();
+    let mut sorted = rosters.clone();
+    sorted.sort_unstable();
+    assert_eq!(sorted, vec![1, 2, 2]);
+    assert!(
+        rows.iter()
+            .all(|r| r.changed_by == "default_user_id" && r.action == "updated")
+    );
+    let f = store::audit::AuditFilter {
+        object_id: Some("t1:alice".into()),
+        ..Default::default()
+    };
+    let (rows, _) = store::audit::list(&mut h, &f, 100, 0).await.unwrap();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].table_name, "LiteLLM_TeamMembership");
+    drop(h);
+    app.shutdown().await;
+}
+
 both_backends!(
+    writes_evict_caches_and_audit,
     member_add_happy_path,
     member_add_team_default_budget,
     member_add_errors_change_nothing,
