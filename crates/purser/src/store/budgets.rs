@@ -92,3 +92,48 @@ impl BudgetRow {
         }
     }
 }
+
+/// How many memberships and keys point at a budget row: a row used by more than one owner (or
+/// the team-default member budget) is shared and must be cloned before a per-member change.
+const REF_COUNT: &str = "SELECT (SELECT COUNT(*) FROM team_memberships WHERE budget_id = $1) \
+     + (SELECT COUNT(*) FROM verification_tokens WHERE budget_id = $1)";
+
+pub async fn ref_count(h: &mut Handle, budget_id: &str) -> Result<i64> {
+    on_conn!(h, c => sqlx::query_scalar::<_, i64>(REF_COUNT).bind(budget_id).fetch_one(c).await)
+}
+
+impl BudgetRow {
+    /// True when any limit is set (LiteLLM: a value counts unless null or an empty list/map).
+    pub fn has_limits(&self) -> bool {
+        self.max_budget.is_some()
+            || self.soft_budget.is_some()
+            || self.max_parallel_requests.is_some()
+            || self.tpm_limit.is_some()
+            || self.rpm_limit.is_some()
+            || self.tpd_limit.is_some()
+            || self
+                .model_max_budget
+                .as_ref()
+                .is_some_and(|m| !(m.0.is_null() || m.0.as_object().is_some_and(|o| o.is_empty())))
+            || self.budget_duration.is_some()
+            || !self.allowed_models.0.is_empty()
+            || self.temp_budget_increase.is_some()
+            || self.temp_budget_expiry.is_some()
+    }
+
+    /// Whether two rows carry the same limits (ids, reset instants and authorship aside).
+    pub fn same_limits(&self, o: &BudgetRow) -> bool {
+        self.max_budget == o.max_budget
+            && self.soft_budget == o.soft_budget
+            && self.max_parallel_requests == o.max_parallel_requests
+            && self.tpm_limit == o.tpm_limit
+            && self.rpm_limit == o.rpm_limit
+            && self.tpd_limit == o.tpd_limit
+            && self.model_max_budget.as_ref().map(|j| &j.0)
+                == o.model_max_budget.as_ref().map(|j| &j.0)
+            && self.budget_duration == o.budget_duration
+            && self.allowed_models.0 == o.allowed_models.0
+            && self.temp_budget_increase == o.temp_budget_increase
+            && self.temp_budget_expiry == o.temp_budget_expiry
+    }
+}

@@ -67,3 +67,48 @@ pub async fn update(h: &mut Handle, m: &MembershipRow) -> Result<bool> {
 pub async fn delete(h: &mut Handle, team_id: &str, user_id: &str) -> Result<bool> {
     on_conn!(h, c => sqlx::query(DELETE).bind(team_id).bind(user_id).execute(c).await.map(|r| r.rows_affected() > 0))
 }
+
+/// Single-statement spend reset (`/team/{id}/member/{uid}/reset_spend`): applies only if the
+/// member's spend is still `expected` (what the caller read), so a concurrent spend write or
+/// reset makes it affect 0 rows instead of being overwritten. Lifetime spend keeps the larger
+/// of itself and the spend being reset.
+const RESET_SPEND: &str = "UPDATE team_memberships SET \
+     total_spend = CASE WHEN total_spend > spend THEN total_spend ELSE spend END, spend = $4 \
+     WHERE team_id = $1 AND user_id = $2 AND spend = $3 AND spend >= $4";
+
+pub async fn reset_spend(
+    h: &mut Handle,
+    team_id: &str,
+    user_id: &str,
+    expected: i64,
+    reset_to: i64,
+) -> Result<bool> {
+    on_conn!(h, c => sqlx::query(RESET_SPEND).bind(team_id).bind(user_id).bind(expected).bind(reset_to)
+        .execute(c).await.map(|r| r.rows_affected() > 0))
+}
+
+/// Every user's identity, oldest first (`/team/bulk_member_add` with `all_users`).
+const ALL_USERS: &str = "SELECT user_id, user_email FROM users ORDER BY created_at, user_id";
+
+pub async fn all_user_identities(h: &mut Handle) -> Result<Vec<(String, Option<String>)>> {
+    on_conn!(h, c => sqlx::query_as::<_, (String, Option<String>)>(ALL_USERS).fetch_all(c).await)
+}
+
+/// Inserts a user row unless one with that id exists (a concurrent member add on another team
+/// may create the same user; on PostgreSQL a plain INSERT would abort our transaction).
+/// Returns whether this call inserted it.
+const INSERT_USER_IF_ABSENT: &str = concat!(
+    "INSERT INTO users (",
+    crate::user_columns!(),
+    ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19) \
+     ON CONFLICT (user_id) DO NOTHING"
+);
+
+pub async fn insert_user_if_absent(h: &mut Handle, u: &super::users::UserRow) -> Result<bool> {
+    on_conn!(h, c => sqlx::query(INSERT_USER_IF_ABSENT)
+        .bind(&u.user_id).bind(&u.user_alias).bind(&u.user_email).bind(&u.user_role).bind(&u.organization_id)
+        .bind(&u.sso_user_id).bind(u.max_budget).bind(u.spend).bind(&u.models).bind(&u.metadata)
+        .bind(u.max_parallel_requests).bind(u.tpm_limit).bind(u.rpm_limit).bind(&u.budget_duration)
+        .bind(u.budget_reset_at).bind(&u.model_max_budget).bind(&u.model_spend).bind(u.created_at).bind(u.updated_at)
+        .execute(c).await.map(|r| r.rows_affected() > 0))
+}
