@@ -172,8 +172,9 @@ pub fn check_models_in_team(models: &[String], team: &TeamRow) -> Result<(), Api
             continue;
         }
         return Err(bad_request(format!(
-            "Model '{m}' is not in the models of team={}. Allowed team models={allowed:?}",
-            team.team_id
+            "Model '{m}' is not in the models of team={}. Allowed team models: {}",
+            team.team_id,
+            allowed.join(", ")
         )));
     }
     Ok(())
