@@ -106,7 +106,9 @@ async fn key_generate_hostile_input(b: Backend) {
         assert_eq!(s.as_u16(), status, "{bad} → {body}");
         assert!(body.to_string().contains(needle), "{bad} → {body}");
     }
-    let (s, body) = app.post_raw("/key/generate", MASTER, "{\"key_alias\": ").await;
+    let (s, body) = app
+        .post_raw("/key/generate", MASTER, "{\"key_alias\": ")
+        .await;
     assert_eq!(s, 422);
     assert_eq!(assert_detail(&body)[0]["type"], "json_invalid");
     let big = format!("{{\"key_alias\": \"{}\"}}", "a".repeat(11 * 1024 * 1024));
@@ -524,7 +526,81 @@ async fn key_block_unblock_regenerate(b: Backend) {
     app.shutdown().await;
 }
 
+async fn key_team_writes(b: Backend) {
+    let app = TestApp::spawn(b).await;
+    insert_team(&app, "t", &[], &[]).await;
+    insert_team(&app, "other", &[], &[]).await;
+    let ta = app.user_with_key("ta", "internal_user").await;
+    let tm = app.user_with_key("tm", "internal_user").await;
+    let oa = app.user_with_key("oa", "internal_user").await;
+    add_member(&app, "t", "ta", "admin").await;
+    add_member(&app, "t", "tm", "user").await;
+    add_member(&app, "other", "oa", "admin").await;
+    let (_, body) = generate(&app, MASTER, json!({"team_id": "t", "user_id": "tm"})).await;
+    let member_key = body["key"].as_str().unwrap().to_string();
+    let (_, body) = generate(&app, MASTER, json!({"team_id": "t"})).await;
+    let service_key = body["key"].as_str().unwrap().to_string();
+
+    // A plain member may not touch the team's service key without the permission.
+    let (s, body) = app
+        .post(
+            "/key/update",
+            &tm,
+            json!({"key": service_key, "tpm_limit": 1}),
+        )
+        .await;
+    assert_eq!(s, 401, "{body}");
+    assert!(assert_proxy_error(&body, 401, "team_member_permission_error").contains("/key/update"));
+    let (s, body) = app
+        .post("/key/delete", &tm, json!({"keys": [service_key]}))
+        .await;
+    assert_eq!(s, 401, "{body}");
+    // An admin of another team may not read or change it.
+    let (s, _) = app.get(&format!("/key/info?key={service_key}"), &oa).await;
+    assert_eq!(s, 403);
+    let (s, _) = app
+        .post(
+            "/key/update",
+            &oa,
+            json!({"key": service_key, "tpm_limit": 1}),
+        )
+        .await;
+    assert_eq!(s, 403);
+    // The team admin may update and delete team keys; the member may update its own.
+    let (s, body) = app
+        .post(
+            "/key/update",
+            &ta,
+            json!({"key": service_key, "tpm_limit": 9}),
+        )
+        .await;
+    assert_eq!(s, 200, "{body}");
+    assert_eq!(body["tpm_limit"], 9);
+    let (s, _) = app
+        .post(
+            "/key/update",
+            &tm,
+            json!({"key": member_key, "rpm_limit": 3}),
+        )
+        .await;
+    assert_eq!(s, 200);
+    let (s, body) = app
+        .post(
+            "/key/delete",
+            &ta,
+            json!({"keys": [service_key, member_key]}),
+        )
+        .await;
+    assert_eq!(s, 200, "{body}");
+    for k in [&service_key, &member_key] {
+        let (s, _) = app.get("/key/info", k).await;
+        assert_eq!(s, 401);
+    }
+    app.shutdown().await;
+}
+
 both_backends!(
+    key_team_writes,
     key_generate_happy_path,
     key_generate_hostile_input,
     key_generate_team_rules,
