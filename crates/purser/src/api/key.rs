@@ -4,6 +4,7 @@
 
 use axum::Json;
 use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use serde::Deserialize;
@@ -320,8 +321,13 @@ pub async fn key_regenerate_path(
     State(state): State<AppState>,
     caller: Caller,
     Path(key): Path<String>,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Json<Value>> {
+    // The body is optional here, so it is read as bytes; keep JsonBody's error shapes.
+    let body = body.map_err(|r| {
+        let status = r.status();
+        ApiError::proxy(status, super::error::type_for_status(status), r.body_text())
+    })?;
     let req: RegenerateRequest = if body.iter().all(u8::is_ascii_whitespace) {
         RegenerateRequest::default()
     } else {

@@ -598,6 +598,13 @@ pub async fn update_tx(
         k.aliases = obj(v);
     }
     if let Some(v) = req.blocked.as_update() {
+        // Unblocking is `/key/unblock`'s job (proxy admins); an owner may only block.
+        if !caller.is_proxy_admin() && v != Some(&true) && before.blocked == Some(true) {
+            return Err(ApiError::wrapped(
+                StatusCode::FORBIDDEN,
+                "Only proxy admins can unblock a key. Use /key/unblock.",
+            ));
+        }
         k.blocked = v.copied();
     }
     if let Some(v) = req.allowed_routes.as_update() {

@@ -373,6 +373,26 @@ async fn key_update_exclude_unset(b: Backend) {
     let (s, body) = app.get("/key/info", &raw).await;
     assert_eq!(s, 401);
     assert!(assert_proxy_error(&body, 401, "auth_error").contains("Key is blocked"));
+    // The owner cannot unblock it through /key/update with another key.
+    let (s, _) = generate(
+        &app,
+        MASTER,
+        json!({"user_id": "owner", "key": "sk-owner-second-key-01"}),
+    )
+    .await;
+    assert_eq!(s, 200);
+    for v in [json!(false), json!(null)] {
+        let (s, body) = app
+            .post(
+                "/key/update",
+                "sk-owner-second-key-01",
+                json!({"key": raw, "blocked": v}),
+            )
+            .await;
+        assert_eq!(s, 403, "{body}");
+    }
+    let (s, _) = app.get("/key/info", &raw).await;
+    assert_eq!(s, 401);
     app.shutdown().await;
 }
 
