@@ -139,6 +139,25 @@ pub async fn create_tx(
 ) -> Result<Created, ApiError> {
     refuse_password(&req.password)?;
     let now = store::now();
+    // Unset fields take `default_internal_user_params` / `max_internal_user_budget` /
+    // `internal_user_budget_duration` from the config, as the member-add path does.
+    let settings = &state.config.litellm_settings;
+    let defaults = settings
+        .default_internal_user_params
+        .clone()
+        .unwrap_or_default();
+    let mut req = req.clone();
+    req.user_role = req.user_role.or(defaults.user_role);
+    req.max_budget = req
+        .max_budget
+        .or(defaults.max_budget)
+        .or(settings.max_internal_user_budget);
+    req.budget_duration = req
+        .budget_duration
+        .or(defaults.budget_duration)
+        .or(settings.internal_user_budget_duration.clone());
+    req.models = req.models.or(defaults.models);
+    let req = &req;
     let role = match &req.user_role {
         Some(r) => parse_role(r)?,
         None => UserRole::InternalUser,

@@ -569,7 +569,36 @@ async fn user_delete_removes_keys_and_memberships(b: Backend) {
     app.shutdown().await;
 }
 
+async fn user_new_config_defaults(b: Backend) {
+    let yaml = format!(
+        "{DEFAULT_CONFIG}litellm_settings:\n  max_internal_user_budget: 3\n  default_internal_user_params:\n    user_role: internal_user_viewer\n    budget_duration: 1d\n    models: [fake-gpt]\n"
+    );
+    let app = TestApp::spawn_with(b, &yaml).await;
+    let (s, body) = app
+        .post("/user/new", MASTER, json!({"user_id": "d1"}))
+        .await;
+    assert_eq!(s, 200, "{body}");
+    assert_eq!(body["user_role"], "internal_user_viewer");
+    assert_eq!(body["max_budget"], 3.0);
+    assert_eq!(body["budget_duration"], "1d");
+    assert_eq!(body["models"], json!(["fake-gpt"]));
+    // Explicit values win over the defaults.
+    let (s, body) = app
+        .post(
+            "/user/new",
+            MASTER,
+            json!({"user_id": "d2", "user_role": "internal_user", "max_budget": 9, "models": []}),
+        )
+        .await;
+    assert_eq!(s, 200, "{body}");
+    assert_eq!(body["user_role"], "internal_user");
+    assert_eq!(body["max_budget"], 9.0);
+    assert_eq!(body["models"], json!([]));
+    app.shutdown().await;
+}
+
 both_backends!(
+    user_new_config_defaults,
     user_new_creates_user_and_key,
     user_new_errors_change_nothing,
     user_new_with_teams,
