@@ -1,1 +1,546 @@
-//! (filled in by its issue)
+//! Internal user management (reference §6.4, §6.5): create (with an optional first key and team
+//! memberships), read, list, update, delete. Invariants: a user's `teams` is derived from
+//! `team_memberships` and never stored; creation of the user, its memberships and its key is one
+//! transaction (an unknown team leaves nothing behind); deleting a user deletes its keys and
+//! (by foreign-key cascade) its memberships; every write has its audit row in the same
+//! transaction, and the handler evicts the touched cache entries after commit.
+
+use axum::http::StatusCode;
+use purser_core::roles::{TeamRole, UserRole};
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+use sqlx::types::Json;
+
+use crate::api::error::ApiError;
+use crate::api::extract::{Patch, null_as_default};
+use crate::app::AppState;
+use crate::service::audit::{self, action, table};
+use crate::service::caller::Caller;
+use crate::service::keys::{
+    self, GenerateKeyRequest, bad_request, budget_reset, limit_field, money_field,
+};
+use crate::service::members::{self, Added, MemberBudget, NewMember, OnDuplicate};
+use crate::service::views;
+use crate::store::keys::KeyRow;
+use crate::store::users::UserRow;
+use crate::store::{self, Handle};
+
+/// One entry of `teams` in `/user/new`: a bare team id or an object.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum TeamSpec {
+    Id(String),
+    Full {
+        team_id: String,
+        #[serde(default)]
+        user_role: Option<TeamRole>,
+        #[serde(default)]
+        max_budget_in_team: Option<f64>,
+    },
+}
+
+/// Body of `POST /user/new`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct NewUserRequest {
+    pub user_id: Option<String>,
+    pub user_email: Option<String>,
+    pub user_alias: Option<String>,
+    pub user_role: Option<String>,
+    #[serde(deserialize_with = "null_as_default")]
+    pub teams: Vec<TeamSpec>,
+    pub team_id: Option<String>,
+    pub max_budget: Option<f64>,
+    pub budget_duration: Option<String>,
+    pub models: Option<Vec<String>>,
+    pub tpm_limit: Option<i64>,
+    pub rpm_limit: Option<i64>,
+    pub max_parallel_requests: Option<i64>,
+    pub auto_create_key: Option<bool>,
+    pub duration: Option<String>,
+    pub key_alias: Option<String>,
+    pub metadata: Option<Map<String, Value>>,
+    pub model_max_budget: Option<Map<String, Value>>,
+    pub organization_id: Option<String>,
+    pub sso_user_id: Option<String>,
+    /// Refused (reference: `password` → 422); Purser never stores passwords.
+    pub password: Option<Value>,
+}
+
+/// Body of `POST /user/update` (exclude-unset: only sent fields change; `null` clears).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct UpdateUserRequest {
+    pub user_id: Option<String>,
+    pub user_email: Patch<String>,
+    pub user_alias: Patch<String>,
+    pub user_role: Patch<String>,
+    pub max_budget: Patch<f64>,
+    pub budget_duration: Patch<String>,
+    pub models: Patch<Vec<String>>,
+    pub tpm_limit: Patch<i64>,
+    pub rpm_limit: Patch<i64>,
+    pub max_parallel_requests: Patch<i64>,
+    pub metadata: Patch<Map<String, Value>>,
+    pub model_max_budget: Patch<Map<String, Value>>,
+    pub organization_id: Patch<String>,
+    pub password: Option<Value>,
+}
+
+/// 422 for `password` (Purser has no password login; the field is refused, never stored).
+pub fn refuse_password(p: &Option<Value>) -> Result<(), ApiError> {
+    if p.as_ref().is_some_and(|v| !v.is_null()) {
+        return Err(ApiError::validation(
+            vec![json!("body"), json!("password")],
+            "extra_forbidden",
+            "password is not accepted: Purser does not store passwords",
+        ));
+    }
+    Ok(())
+}
+
+fn parse_role(r: &str) -> Result<UserRole, ApiError> {
+    UserRole::parse(r).ok_or_else(|| {
+        ApiError::validation(
+            vec![json!("body"), json!("user_role")],
+            "enum",
+            format!(
+                "Input should be 'proxy_admin', 'proxy_admin_viewer', 'internal_user' or 'internal_user_viewer'. Received={r}"
+            ),
+        )
+    })
+}
+
+fn conflict(field: &str, value: &str) -> ApiError {
+    ApiError::wrapped(
+        StatusCode::CONFLICT,
+        &format!("User with {field} {value} already exists"),
+    )
+}
+
+pub fn user_not_found(user_id: &str) -> ApiError {
+    ApiError::wrapped(StatusCode::NOT_FOUND, &format!("User {user_id} not found"))
+}
+
+/// Result of `/user/new`: the user, its key (raw + row) and what the membership adds touched.
+pub struct Created {
+    pub user: UserRow,
+    pub teams: Vec<String>,
+    pub key: Option<(String, KeyRow)>,
+    pub added: Vec<(String, Vec<Added>)>,
+}
+
+/// Creates a user (and memberships, and a key) in the open write transaction `h`.
+pub async fn create_tx(
+    h: &mut Handle,
+    state: &AppState,
+    caller: &Caller,
+    req: &NewUserRequest,
+) -> Result<Created, ApiError> {
+    refuse_password(&req.password)?;
+    let now = store::now();
+    // Unset fields take `default_internal_user_params` / `max_internal_user_budget` /
+    // `internal_user_budget_duration` from the config, as the member-add path does.
+    let settings = &state.config.litellm_settings;
+    let defaults = settings
+        .default_internal_user_params
+        .clone()
+        .unwrap_or_default();
+    let mut req = req.clone();
+    req.user_role = req.user_role.or(defaults.user_role);
+    req.max_budget = req
+        .max_budget
+        .or(defaults.max_budget)
+        .or(settings.max_internal_user_budget);
+    req.budget_duration = req
+        .budget_duration
+        .or(defaults.budget_duration)
+        .or(settings.internal_user_budget_duration.clone());
+    req.models = req.models.or(defaults.models);
+    let req = &req;
+    let role = match &req.user_role {
+        Some(r) => parse_role(r)?,
+        None => UserRole::InternalUser,
+    };
+    if role.can_read_all() && !caller.is_proxy_admin() {
+        return Err(ApiError::wrapped(
+            StatusCode::FORBIDDEN,
+            &format!(
+                "Only proxy admins can create users with role {}",
+                role.as_str()
+            ),
+        ));
+    }
+    let user_id = match &req.user_id {
+        Some(u) if u.trim().is_empty() => return Err(bad_request("user_id must not be empty")),
+        Some(u) => u.clone(),
+        None => uuid::Uuid::new_v4().to_string(),
+    };
+    if let Some(e) = &req.user_email
+        && e.trim().is_empty()
+    {
+        return Err(bad_request("user_email must not be empty"));
+    }
+    let mut u = UserRow::new(user_id.clone(), now);
+    u.user_role = role.as_str().to_string();
+    u.user_email = req.user_email.clone();
+    u.user_alias = req.user_alias.clone();
+    u.organization_id = req.organization_id.clone();
+    u.sso_user_id = req.sso_user_id.clone();
+    u.max_budget = req
+        .max_budget
+        .map(|v| money_field("max_budget", v))
+        .transpose()?;
+    u.tpm_limit = req
+        .tpm_limit
+        .map(|v| limit_field("tpm_limit", v))
+        .transpose()?;
+    u.rpm_limit = req
+        .rpm_limit
+        .map(|v| limit_field("rpm_limit", v))
+        .transpose()?;
+    u.max_parallel_requests = req
+        .max_parallel_requests
+        .map(|v| limit_field("max_parallel_requests", v))
+        .transpose()?;
+    if let Some(d) = &req.budget_duration {
+        u.budget_reset_at = Some(budget_reset(d, now)?);
+        u.budget_duration = Some(d.clone());
+    }
+    if let Some(m) = &req.models {
+        u.models = Json(m.clone());
+    }
+    if let Some(m) = &req.metadata {
+        u.metadata = Json(Value::Object(m.clone()));
+    }
+    if let Some(m) = &req.model_max_budget {
+        u.model_max_budget = Json(Value::Object(m.clone()));
+    }
+
+    // Team list: `team_id` (as role user) first, then `teams`, each once.
+    let mut wanted: Vec<(String, TeamRole, Option<f64>)> = Vec::new();
+    if let Some(t) = &req.team_id {
+        wanted.push((t.clone(), TeamRole::User, None));
+    }
+    for t in &req.teams {
+        let entry = match t {
+            TeamSpec::Id(id) => (id.clone(), TeamRole::User, None),
+            TeamSpec::Full {
+                team_id,
+                user_role,
+                max_budget_in_team,
+            } => (
+                team_id.clone(),
+                user_role.unwrap_or(TeamRole::User),
+                *max_budget_in_team,
+            ),
+        };
+        if !wanted.iter().any(|w| w.0 == entry.0) {
+            wanted.push(entry);
+        }
+    }
+    for w in &wanted {
+        if let Some(b) = w.2 {
+            money_field("max_budget_in_team", b)?;
+        }
+    }
+
+    if store::users::get(h, &user_id).await?.is_some() {
+        return Err(conflict("user_id", &user_id));
+    }
+    if let Some(e) = &u.user_email
+        && !store::users::find_by_email(h, e).await?.is_empty()
+    {
+        return Err(conflict("user_email", e));
+    }
+    store::users::insert(h, &u).await.map_err(|e| {
+        if store::is_unique_violation(&e) {
+            conflict("user_id", &user_id)
+        } else {
+            e.into()
+        }
+    })?;
+    audit::record(
+        h,
+        caller,
+        action::CREATED,
+        table::USER,
+        &u.user_id,
+        None,
+        Some(views::user_json(&u, &[])),
+    )
+    .await?;
+
+    let mut added = Vec::new();
+    for (team_id, team_role, budget) in &wanted {
+        if !store::teams::lock(h, team_id).await? {
+            return Err(ApiError::wrapped(
+                StatusCode::NOT_FOUND,
+                &format!("Team not found for team_id={team_id}. Nothing was created."),
+            ));
+        }
+        let Some(team) = store::teams::get(h, team_id).await? else {
+            return Err(ApiError::wrapped(
+                StatusCode::NOT_FOUND,
+                &format!("Team not found for team_id={team_id}. Nothing was created."),
+            ));
+        };
+        let member = NewMember {
+            user_id: Some(user_id.clone()),
+            user_email: u.user_email.clone(),
+            role: *team_role,
+        };
+        let mb = MemberBudget {
+            max_budget_in_team: budget
+                .map(|b| purser_core::money::Nanos::from_usd(b).unwrap_or_default()),
+            ..Default::default()
+        };
+        let a = members::add_members_tx(
+            h,
+            state,
+            caller,
+            &team,
+            &[member],
+            &mb,
+            OnDuplicate::Skip,
+            true,
+        )
+        .await?;
+        added.push((team_id.clone(), a));
+    }
+
+    let key = if req.auto_create_key.unwrap_or(true) {
+        let kr = GenerateKeyRequest {
+            key_alias: req.key_alias.clone(),
+            duration: req.duration.clone(),
+            models: req.models.clone().unwrap_or_default(),
+            user_id: Some(user_id.clone()),
+            team_id: req.team_id.clone(),
+            ..Default::default()
+        };
+        Some(keys::generate_tx(h, state, caller, &kr).await?)
+    } else {
+        None
+    };
+    let teams = store::users::teams_of(h, &user_id).await?;
+    Ok(Created {
+        user: u,
+        teams,
+        key,
+        added,
+    })
+}
+
+/// `NewUserResponse`: the key fields (raw `key` shown once) + the user fields + derived `teams`.
+pub fn created_response(c: &Created, duration: Option<&str>) -> Value {
+    let mut v = match &c.key {
+        Some((raw, k)) => keys::generate_response(Some(raw), k, duration),
+        None => {
+            json!({"key": null, "token": null, "token_id": null, "key_name": null, "expires": null, "key_alias": null})
+        }
+    };
+    let u = views::user_json(&c.user, &c.teams);
+    for f in [
+        "user_id",
+        "user_email",
+        "user_role",
+        "user_alias",
+        "max_budget",
+        "spend",
+        "models",
+        "metadata",
+        "tpm_limit",
+        "rpm_limit",
+        "max_parallel_requests",
+        "budget_duration",
+        "budget_reset_at",
+        "model_max_budget",
+        "organization_id",
+        "sso_user_id",
+        "teams",
+        "created_at",
+        "updated_at",
+    ] {
+        v[f] = u[f].clone();
+    }
+    v
+}
+
+/// Applies an update in the open write transaction; returns (before, after).
+pub async fn update_tx(
+    h: &mut Handle,
+    caller: &Caller,
+    req: &UpdateUserRequest,
+) -> Result<(UserRow, UserRow), ApiError> {
+    refuse_password(&req.password)?;
+    let before = match (&req.user_id, req.user_email.value()) {
+        (Some(id), _) => store::users::get(h, id)
+            .await?
+            .ok_or_else(|| user_not_found(id))?,
+        (None, Some(email)) => store::users::find_by_email(h, email)
+            .await?
+            .into_iter()
+            .next()
+            .ok_or_else(|| user_not_found(email))?,
+        (None, None) => return Err(bad_request("user_id or user_email is required")),
+    };
+    let now = store::now();
+    let mut u = before.clone();
+    if let Some(v) = req.user_role.as_update() {
+        let role = match v {
+            Some(r) => parse_role(r)?,
+            None => UserRole::InternalUser,
+        };
+        u.user_role = role.as_str().to_string();
+    }
+    if let Some(v) = req.user_email.as_update() {
+        if let Some(e) = v {
+            if e.trim().is_empty() {
+                return Err(bad_request("user_email must not be empty"));
+            }
+            if store::users::find_by_email(h, e)
+                .await?
+                .iter()
+                .any(|o| o.user_id != u.user_id)
+            {
+                return Err(conflict("user_email", e));
+            }
+        }
+        u.user_email = v.cloned();
+    }
+    if let Some(v) = req.user_alias.as_update() {
+        u.user_alias = v.cloned();
+    }
+    if let Some(v) = req.organization_id.as_update() {
+        u.organization_id = v.cloned();
+    }
+    if let Some(v) = req.max_budget.as_update() {
+        u.max_budget = v.map(|x| money_field("max_budget", *x)).transpose()?;
+    }
+    if let Some(v) = req.tpm_limit.as_update() {
+        u.tpm_limit = v.map(|x| limit_field("tpm_limit", *x)).transpose()?;
+    }
+    if let Some(v) = req.rpm_limit.as_update() {
+        u.rpm_limit = v.map(|x| limit_field("rpm_limit", *x)).transpose()?;
+    }
+    if let Some(v) = req.max_parallel_requests.as_update() {
+        u.max_parallel_requests = v
+            .map(|x| limit_field("max_parallel_requests", *x))
+            .transpose()?;
+    }
+    if let Some(v) = req.budget_duration.as_update() {
+        // Re-sending the same duration keeps the running period (reference bug §10 #24).
+        if v.map(String::as_str) != before.budget_duration.as_deref() {
+            u.budget_reset_at = v.map(|d| budget_reset(d, now)).transpose()?;
+            u.budget_duration = v.cloned();
+        }
+    }
+    if let Some(v) = req.models.as_update() {
+        u.models = Json(v.cloned().unwrap_or_default());
+    }
+    if let Some(v) = req.metadata.as_update() {
+        u.metadata = Json(Value::Object(v.cloned().unwrap_or_default()));
+    }
+    if let Some(v) = req.model_max_budget.as_update() {
+        u.model_max_budget = Json(Value::Object(v.cloned().unwrap_or_default()));
+    }
+    u.updated_at = now;
+    store::users::update(h, &u).await?;
+    let teams = store::users::teams_of(h, &u.user_id).await?;
+    audit::record(
+        h,
+        caller,
+        action::UPDATED,
+        table::USER,
+        &u.user_id,
+        Some(views::user_json(&before, &teams)),
+        Some(views::user_json(&u, &teams)),
+    )
+    .await?;
+    Ok((before, u))
+}
+
+/// What a user deletion touched, for cache eviction after commit.
+#[derive(Default)]
+pub struct Deleted {
+    pub tokens: Vec<String>,
+    /// (team_id, user_id) memberships removed by the cascade.
+    pub memberships: Vec<(String, String)>,
+}
+
+/// Deletes users (all must exist, else nothing is deleted), their keys and memberships.
+pub async fn delete_tx(
+    h: &mut Handle,
+    caller: &Caller,
+    user_ids: &[String],
+) -> Result<Deleted, ApiError> {
+    let mut out = Deleted::default();
+    let mut rows = Vec::new();
+    for id in user_ids {
+        match store::users::get(h, id).await? {
+            Some(u) => rows.push(u),
+            None => {
+                return Err(ApiError::detail_error(
+                    StatusCode::NOT_FOUND,
+                    format!("User {id} not found. Nothing was deleted."),
+                ));
+            }
+        }
+    }
+    for u in rows {
+        let teams = store::users::teams_of(h, &u.user_id).await?;
+        for k in store::keys::list_by_user(h, &u.user_id).await? {
+            audit::record(
+                h,
+                caller,
+                action::DELETED,
+                table::KEY,
+                &k.token,
+                Some(views::key_json(&k, false)),
+                None,
+            )
+            .await?;
+        }
+        out.tokens
+            .extend(store::keys::delete_by_user(h, &u.user_id).await?);
+        // Memberships go with the user row (ON DELETE CASCADE).
+        store::users::delete(h, &u.user_id).await?;
+        audit::record(
+            h,
+            caller,
+            action::DELETED,
+            table::USER,
+            &u.user_id,
+            Some(views::user_json(&u, &teams)),
+            None,
+        )
+        .await?;
+        out.memberships
+            .extend(teams.into_iter().map(|t| (t, u.user_id.clone())));
+    }
+    Ok(out)
+}
+
+/// Evicts everything a user creation touched (call after commit).
+pub async fn evict_created(state: &AppState, c: &Created) {
+    state.cache.evict_user(&c.user.user_id).await;
+    for (team_id, added) in &c.added {
+        members::evict_added(state, team_id, added).await;
+        state.cache.evict_member(team_id, &c.user.user_id).await;
+    }
+    if let Some((_, k)) = &c.key {
+        state.cache.evict_key(&k.token).await;
+    }
+}
+
+/// Evicts everything a user deletion touched (call after commit).
+pub async fn evict_deleted(state: &AppState, user_ids: &[String], d: &Deleted) {
+    state.cache.evict_keys(&d.tokens).await;
+    for (t, u) in &d.memberships {
+        state.cache.evict_member(t, u).await;
+        state.cache.evict_team(t).await;
+    }
+    for u in user_ids {
+        state.cache.evict_user(u).await;
+    }
+}

@@ -172,3 +172,56 @@ pub async fn delete_by_team_and_user(
 pub async fn delete_by_user(h: &mut Handle, user_id: &str) -> Result<Vec<String>> {
     on_conn!(h, c => sqlx::query_scalar::<_, String>(DELETE_BY_USER).bind(user_id).fetch_all(c).await)
 }
+
+const SELECT_BY_ALIAS: &str = concat!(
+    "SELECT ",
+    key_columns!(),
+    " FROM verification_tokens WHERE key_alias = $1 ORDER BY created_at, token"
+);
+
+/// Keys carrying this alias (aliases are not unique), oldest first.
+pub async fn find_by_alias(h: &mut Handle, alias: &str) -> Result<Vec<KeyRow>> {
+    on_conn!(h, c => sqlx::query_as::<_, KeyRow>(SELECT_BY_ALIAS).bind(alias).fetch_all(c).await)
+}
+
+/// Filter for [`list`]; every field is optional and they combine with AND.
+#[derive(Debug, Default, Clone)]
+pub struct KeyFilter {
+    pub user_id: Option<String>,
+    pub team_id: Option<String>,
+    pub key_alias: Option<String>,
+}
+
+/// Oldest first (stable pages); returns the page and the total count of matching keys.
+pub async fn list(
+    h: &mut Handle,
+    f: &KeyFilter,
+    limit: i64,
+    offset: i64,
+) -> Result<(Vec<KeyRow>, i64)> {
+    fn push_where<DB: sqlx::Database>(qb: &mut sqlx::QueryBuilder<DB>, f: &KeyFilter)
+    where
+        for<'t> String: sqlx::Encode<'t, DB> + sqlx::Type<DB>,
+    {
+        qb.push(" WHERE 1=1");
+        for (col, v) in [
+            ("user_id", &f.user_id),
+            ("team_id", &f.team_id),
+            ("key_alias", &f.key_alias),
+        ] {
+            if let Some(v) = v {
+                qb.push(format_args!(" AND {col} = ")).push_bind(v.clone());
+            }
+        }
+    }
+    on_conn!(h, c => {
+        let mut qb = sqlx::QueryBuilder::new(concat!("SELECT ", key_columns!(), " FROM verification_tokens"));
+        push_where(&mut qb, f);
+        qb.push(" ORDER BY created_at, token LIMIT ").push_bind(limit).push(" OFFSET ").push_bind(offset);
+        let rows = qb.build_query_as::<KeyRow>().fetch_all(&mut *c).await?;
+        let mut qb = sqlx::QueryBuilder::new("SELECT COUNT(*) FROM verification_tokens");
+        push_where(&mut qb, f);
+        let total: i64 = qb.build_query_scalar().fetch_one(&mut *c).await?;
+        Ok((rows, total))
+    })
+}

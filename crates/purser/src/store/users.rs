@@ -125,3 +125,71 @@ impl UserRow {
         }
     }
 }
+
+/// Filter for [`list`] (LiteLLM `/user/list`); fields combine with AND.
+#[derive(Debug, Default, Clone)]
+pub struct UserFilter {
+    pub user_ids: Option<Vec<String>>,
+    pub role: Option<String>,
+    /// Only members of this team.
+    pub team: Option<String>,
+    /// Case-insensitive substring of the email.
+    pub email_contains: Option<String>,
+}
+
+/// Oldest first; returns the page and the total count of matching users.
+pub async fn list(
+    h: &mut Handle,
+    f: &UserFilter,
+    limit: i64,
+    offset: i64,
+) -> Result<(Vec<UserRow>, i64)> {
+    fn push_where<DB: sqlx::Database>(qb: &mut sqlx::QueryBuilder<DB>, f: &UserFilter)
+    where
+        for<'t> String: sqlx::Encode<'t, DB> + sqlx::Type<DB>,
+    {
+        qb.push(" WHERE 1=1");
+        if let Some(ids) = &f.user_ids {
+            if ids.is_empty() {
+                qb.push(" AND 1=0");
+            } else {
+                qb.push(" AND user_id IN (");
+                let mut sep = qb.separated(", ");
+                for id in ids {
+                    sep.push_bind(id.clone());
+                }
+                qb.push(")");
+            }
+        }
+        if let Some(r) = &f.role {
+            qb.push(" AND user_role = ").push_bind(r.clone());
+        }
+        if let Some(t) = &f.team {
+            qb.push(" AND user_id IN (SELECT user_id FROM team_memberships WHERE team_id = ")
+                .push_bind(t.clone())
+                .push(")");
+        }
+        if let Some(e) = &f.email_contains {
+            let pattern = format!(
+                "%{}%",
+                e.to_lowercase()
+                    .replace('\\', "\\\\")
+                    .replace('%', "\\%")
+                    .replace('_', "\\_")
+            );
+            qb.push(" AND lower(user_email) LIKE ")
+                .push_bind(pattern)
+                .push(" ESCAPE '\\'");
+        }
+    }
+    on_conn!(h, c => {
+        let mut qb = sqlx::QueryBuilder::new(concat!("SELECT ", user_columns!(), " FROM users"));
+        push_where(&mut qb, f);
+        qb.push(" ORDER BY created_at, user_id LIMIT ").push_bind(limit).push(" OFFSET ").push_bind(offset);
+        let rows = qb.build_query_as::<UserRow>().fetch_all(&mut *c).await?;
+        let mut qb = sqlx::QueryBuilder::new("SELECT COUNT(*) FROM users");
+        push_where(&mut qb, f);
+        let total: i64 = qb.build_query_scalar().fetch_one(&mut *c).await?;
+        Ok((rows, total))
+    })
+}

@@ -32,3 +32,61 @@ async fn health_and_errors(b: Backend) {
 }
 
 both_backends!(health_and_errors);
+
+/// Virtual keys through every credential header, malformed headers, and expiry.
+async fn virtual_key_credentials(b: Backend) {
+    let app = TestApp::spawn(b).await;
+    let key = app.user_with_key("cred", "internal_user").await;
+    for header in ["x-litellm-api-key", "api-key", "x-api-key"] {
+        let r = app
+            .client
+            .get(app.url("/user/info"))
+            .header(header, &key)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{header}");
+        let body: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(body["user_id"], "cred");
+    }
+    let r = app
+        .client
+        .get(app.url("/user/info"))
+        .header("authorization", format!("Basic {key}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert!(assert_proxy_error(&body, 401, "auth_error").contains("Malformed API Key"));
+    let (s, body) = app.get("/user/info", "not-a-virtual-key").await;
+    assert_eq!(s, 401);
+    let msg = assert_proxy_error(&body, 401, "auth_error");
+    assert!(msg.contains("expected to start with 'sk-'"), "{msg}");
+    assert!(!msg.contains("not-a-virtual-key"));
+    let (s, body) = app.get_anon("/user/info").await;
+    assert_eq!(s, 401);
+    assert!(assert_proxy_error(&body, 401, "auth_error").contains("No api key passed in"));
+
+    // An expired key is refused with expired_key, and never echoed in full.
+    let (s, body) = app
+        .post(
+            "/key/generate",
+            MASTER,
+            json!({"user_id": "cred", "duration": "1s"}),
+        )
+        .await;
+    assert_eq!(s, 200, "{body}");
+    let short = body["key"].as_str().unwrap().to_string();
+    tokio::time::sleep(std::time::Duration::from_millis(1300)).await;
+    let (s, body) = app.get("/user/info", &short).await;
+    assert_eq!(s, 401);
+    assert_proxy_error(&body, 401, "expired_key");
+    assert!(!body.to_string().contains(&short));
+    let (s, info) = app.get(&format!("/key/info?key={short}"), MASTER).await;
+    assert_eq!(s, 200);
+    assert_eq!(info["info"]["status"], "expired");
+    app.shutdown().await;
+}
+
+both_backends!(virtual_key_credentials);
