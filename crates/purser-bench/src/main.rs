@@ -255,7 +255,7 @@ async fn seed(a: SeedArgs) -> anyhow::Result<()> {
         }
     }
     let now = purser::store::now();
-    let mut rng = Rng(0x5EED_0F_BE4C);
+    let mut rng = Rng(0x005E_ED0F_BE4C);
     let day = chrono::Duration::days(1);
 
     let users: Vec<UserGen> = (0..a.users)

@@ -140,6 +140,13 @@ pub async fn global_spend_teams(State(state): State<AppState>) -> ApiResult<Json
     Ok(Json(global_spend_json(&rows)))
 }
 
+/// One team's spend over the window and how it is labelled.
+struct TeamTotal {
+    alias: Option<String>,
+    label: String,
+    nanos: i64,
+}
+
 /// Builds the `/global/spend/teams` body from (team, day) sums.
 fn global_spend_json(rows: &[spend::TeamDaySpend]) -> Value {
     let label = |r: &spend::TeamDaySpend| -> String {
@@ -150,8 +157,7 @@ fn global_spend_json(rows: &[spend::TeamDaySpend]) -> Value {
     };
     // day → label → nanos, in day order (rows arrive ordered by day).
     let mut days: Vec<(String, Vec<(String, i64)>)> = Vec::new();
-    // team_id → (alias, label, nanos)
-    let mut totals: HashMap<Option<String>, (Option<String>, String, i64)> = HashMap::new();
+    let mut totals: HashMap<Option<String>, TeamTotal> = HashMap::new();
     for r in rows {
         let l = label(r);
         if days.last().is_none_or(|(d, _)| *d != r.day) {
@@ -166,8 +172,12 @@ fn global_spend_json(rows: &[spend::TeamDaySpend]) -> Value {
         }
         let t = totals
             .entry(r.team_id.clone())
-            .or_insert_with(|| (r.team_alias.clone(), l, 0));
-        t.2 = t.2.saturating_add(r.spend);
+            .or_insert_with(|| TeamTotal {
+                alias: r.team_alias.clone(),
+                label: l,
+                nanos: 0,
+            });
+        t.nanos = t.nanos.saturating_add(r.spend);
     }
     let daily: Vec<Value> = days
         .into_iter()
@@ -180,18 +190,17 @@ fn global_spend_json(rows: &[spend::TeamDaySpend]) -> Value {
             Value::Object(m)
         })
         .collect();
-    let mut totals: Vec<(Option<String>, (Option<String>, String, i64))> =
-        totals.into_iter().collect();
-    totals.sort_by(|a, b| b.1.2.cmp(&a.1.2).then_with(|| a.0.cmp(&b.0)));
+    let mut totals: Vec<(Option<String>, TeamTotal)> = totals.into_iter().collect();
+    totals.sort_by(|a, b| b.1.nanos.cmp(&a.1.nanos).then_with(|| a.0.cmp(&b.0)));
     let mut labels: Vec<String> = Vec::new();
-    for (_, (_, l, _)) in &totals {
-        if !labels.contains(l) {
-            labels.push(l.clone());
+    for (_, t) in &totals {
+        if !labels.contains(&t.label) {
+            labels.push(t.label.clone());
         }
     }
     let per_team: Vec<Value> = totals
         .into_iter()
-        .map(|(id, (alias, _, n))| json!({"team_id": id, "team_alias": alias, "total_spend": usd(n)}))
+        .map(|(id, t)| json!({"team_id": id, "team_alias": t.alias, "total_spend": usd(t.nanos)}))
         .collect();
     json!({"daily_spend": daily, "teams": labels, "total_spend_per_team": per_team})
 }
