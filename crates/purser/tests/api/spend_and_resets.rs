@@ -508,7 +508,53 @@ async fn invalid_duration_is_skipped(b: Backend) {
     app.shutdown().await;
 }
 
+/// More stuck rows than one page (500) must not hide a due row behind them: the tick pages on.
+async fn tick_pages_past_stuck_rows(b: Backend) {
+    let app = TestApp::spawn_with(b, NO_RESET_CONFIG).await;
+    let now = store::now();
+    let stuck_at = now - chrono::Duration::hours(3);
+    let mut h = app.state.db.begin_write().await.unwrap();
+    for i in 0..520 {
+        let mut t = team_row(&format!("stuck-{i:04}"), None, now);
+        t.spend = 1;
+        t.budget_duration = Some("nonsense".into());
+        t.budget_reset_at = Some(stuck_at);
+        store::teams::insert(&mut h, &t).await.unwrap();
+    }
+    let old = due_hourly_team_at(now - chrono::Duration::hours(1));
+    let mut t = team_row("zz-due-last", None, now);
+    t.spend = 8;
+    t.budget_duration = Some("1h".into());
+    t.budget_reset_at = Some(old);
+    store::teams::insert(&mut h, &t).await.unwrap();
+    h.commit().await.unwrap();
+
+    let r = Resetter::new(app.state.clone()).tick(now).await.unwrap();
+    assert_eq!((r.teams, r.invalid), (1, 520), "{r:?}");
+    let after = team(&app, "zz-due-last").await;
+    assert_eq!(after.spend, 0);
+    assert_eq!(
+        after.budget_reset_at,
+        Some(
+            BudgetDuration::parse("1h")
+                .unwrap()
+                .next_reset_after(old, now)
+        )
+    );
+    assert_eq!(team(&app, "stuck-0519").await.spend, 1);
+    app.shutdown().await;
+}
+
+/// The start of the hour containing `t`.
+fn due_hourly_team_at(t: DateTime<Utc>) -> DateTime<Utc> {
+    t.with_minute(0)
+        .and_then(|t| t.with_second(0))
+        .and_then(|t| t.with_nanosecond(0))
+        .unwrap()
+}
+
 both_backends!(
+    tick_pages_past_stuck_rows,
     team_budget_resets_within_seconds,
     keys_and_users_reset_within_seconds,
     member_budget_resets_linked_memberships,
