@@ -3,10 +3,10 @@
 //! - `GET /spend/logs` — spend log rows, newest first, filtered by `api_key` (raw `sk-` key or
 //!   its hash), `user_id`, `team_id`, `request_id`, `start_date`/`end_date` (`YYYY-MM-DD`, whole
 //!   UTC days, both inclusive; or RFC 3339 instants, both inclusive). Always bounded: `page`
-//!   (default 1) and `page_size` (default and max 1000). Deviation: LiteLLM returns every row when
-//!   no filter is given and a per-day summary when both dates are given (`summarize=true`);
-//!   Purser always returns rows (as with `summarize=false`) and never unbounded. Invalid dates are
-//!   a 400 (LiteLLM answers 500).
+//!   (default 1) and `page_size` (default and max 1000); LiteLLM returns every row, unbounded.
+//!   When both dates are given and `summarize` is not false (LiteLLM's default), the answer is
+//!   LiteLLM's per-day summary instead (see [`summary_json`]); its end day is inclusive (LiteLLM
+//!   cuts it at midnight). Invalid dates are a 400 (LiteLLM answers 500).
 //! - `GET /global/spend/teams` — spend of the last 30 UTC days (today included) per team:
 //!   `{"daily_spend": [{"date": "YYYY-MM-DD", "<team label>": usd, …}], "teams": [labels…],
 //!   "total_spend_per_team": [{"team_id", "team_alias", "total_spend"}]}` where a team's label
@@ -68,6 +68,7 @@ pub struct SpendLogsQuery {
     end_date: Option<String>,
     page: Option<i64>,
     page_size: Option<i64>,
+    summarize: Option<String>,
 }
 
 pub async fn spend_logs(
@@ -90,6 +91,22 @@ pub async fn spend_logs(
             format!("Input should be between 1 and {MAX_PAGE_SIZE}"),
         ));
     }
+    let summarize = match q
+        .summarize
+        .as_deref()
+        .map(str::to_ascii_lowercase)
+        .as_deref()
+    {
+        None | Some("true" | "1" | "yes" | "on") => true,
+        Some("false" | "0" | "no" | "off") => false,
+        Some(_) => {
+            return Err(ApiError::validation(
+                vec![json!("query"), json!("summarize")],
+                "bool_parsing",
+                "Input should be a valid boolean, unable to interpret input",
+            ));
+        }
+    };
     let start = parse_bound("start_date", q.start_date.as_deref(), false)?;
     let end = parse_bound("end_date", q.end_date.as_deref(), true)?;
     if let (Some(s), Some(e)) = (start, end)
@@ -123,9 +140,14 @@ pub async fn spend_logs(
     if has_nul {
         return Ok(Json(json!([])));
     }
+    let mut h = state.db.conn().await?;
+    if summarize && let (Some(_), Some(end)) = (start, end) {
+        let rows = spend::summarize_logs(&mut h, &filter).await?;
+        let last_day = (end - Duration::microseconds(1)).date_naive();
+        return Ok(Json(summary_json(&rows, last_day)));
+    }
     // Saturating: a huge page yields an empty page, never an overflow.
     let offset = (page - 1).saturating_mul(page_size);
-    let mut h = state.db.conn().await?;
     let rows = spend::list_logs(&mut h, &filter, page_size, offset).await?;
     Ok(Json(Value::Array(
         rows.iter().map(spend_log_json).collect(),
@@ -138,6 +160,69 @@ pub async fn global_spend_teams(State(state): State<AppState>) -> ApiResult<Json
     let mut h = state.db.conn().await?;
     let rows = spend::team_daily_spend(&mut h, since).await?;
     Ok(Json(global_spend_json(&rows)))
+}
+
+/// LiteLLM's `summarize` view: one object per day with data, `{"startTime": "YYYY-MM-DD",
+/// "spend": total, "<api_key>": spend, "users": {user: spend}, "models": {model: spend}}`
+/// (a log without user counts under "null", as Python renders a `None` key), followed by zero
+/// entries for the days after the last one with data up to `last_day`.
+fn summary_json(rows: &[spend::LogDaySpend], last_day: NaiveDate) -> Value {
+    // day → (total, per key, per user, per model), in day order.
+    type Sums = (
+        i64,
+        Vec<(String, i64)>,
+        Vec<(String, i64)>,
+        Vec<(String, i64)>,
+    );
+    fn add(v: &mut Vec<(String, i64)>, k: &str, n: i64) {
+        match v.iter_mut().find(|(x, _)| x == k) {
+            Some((_, m)) => *m = m.saturating_add(n),
+            None => v.push((k.to_string(), n)),
+        }
+    }
+    let mut days: Vec<(String, Sums)> = Vec::new();
+    for r in rows {
+        if days.last().is_none_or(|(d, _)| *d != r.day) {
+            days.push((r.day.clone(), (0, vec![], vec![], vec![])));
+        }
+        if let Some((_, s)) = days.last_mut() {
+            s.0 = s.0.saturating_add(r.spend);
+            add(&mut s.1, &r.api_key, r.spend);
+            add(&mut s.2, r.user_id.as_deref().unwrap_or("null"), r.spend);
+            add(&mut s.3, &r.model, r.spend);
+        }
+    }
+    let obj = |v: Vec<(String, i64)>| -> Value {
+        Value::Object(v.into_iter().map(|(k, n)| (k, usd(n))).collect())
+    };
+    let final_day = days
+        .last()
+        .and_then(|(d, _)| NaiveDate::parse_from_str(d, "%Y-%m-%d").ok());
+    let mut out: Vec<Value> = days
+        .into_iter()
+        .map(|(day, (total, keys, users, models))| {
+            let mut m = Map::new();
+            for (k, n) in keys {
+                m.insert(k, usd(n));
+            }
+            m.insert("users".into(), obj(users));
+            m.insert("models".into(), obj(models));
+            m.insert("spend".into(), usd(total));
+            m.insert("startTime".into(), Value::String(day));
+            Value::Object(m)
+        })
+        .collect();
+    if let Some(mut d) = final_day {
+        // Bounded by the request's date range; capped so a far end_date stays cheap.
+        while let Some(next) = d.succ_opt() {
+            if next > last_day || out.len() >= 10_000 {
+                break;
+            }
+            out.push(json!({"startTime": next.format("%Y-%m-%d").to_string(), "spend": 0.0, "users": {}, "models": {}}));
+            d = next;
+        }
+    }
+    Value::Array(out)
 }
 
 /// One team's spend over the window and how it is labelled.

@@ -90,6 +90,29 @@ pub struct LogFilter {
     pub end: Option<DateTime<Utc>>,
 }
 
+fn push_log_filter<DB: sqlx::Database>(qb: &mut sqlx::QueryBuilder<DB>, f: &LogFilter)
+where
+    for<'t> String: sqlx::Encode<'t, DB> + sqlx::Type<DB>,
+    for<'t> DateTime<Utc>: sqlx::Encode<'t, DB> + sqlx::Type<DB>,
+{
+    for (col, v) in [
+        ("api_key", &f.api_key),
+        ("user_id", &f.user_id),
+        ("team_id", &f.team_id),
+        ("request_id", &f.request_id),
+    ] {
+        if let Some(v) = v {
+            qb.push(format_args!(" AND {col} = ")).push_bind(v.clone());
+        }
+    }
+    if let Some(s) = f.start {
+        qb.push(" AND start_time >= ").push_bind(s);
+    }
+    if let Some(e) = f.end {
+        qb.push(" AND start_time < ").push_bind(e);
+    }
+}
+
 /// Spend logs matching `f`, newest first (ties by request id), one page.
 pub async fn list_logs(
     h: &mut Handle,
@@ -99,25 +122,34 @@ pub async fn list_logs(
 ) -> Result<Vec<SpendLogRow>> {
     on_conn!(h, c => {
         let mut qb = sqlx::QueryBuilder::new(format!("SELECT {LOG_COLUMNS} FROM spend_logs WHERE 1=1"));
-        for (col, v) in [
-            ("api_key", &f.api_key),
-            ("user_id", &f.user_id),
-            ("team_id", &f.team_id),
-            ("request_id", &f.request_id),
-        ] {
-            if let Some(v) = v {
-                qb.push(format_args!(" AND {col} = ")).push_bind(v.clone());
-            }
-        }
-        if let Some(s) = f.start {
-            qb.push(" AND start_time >= ").push_bind(s);
-        }
-        if let Some(e) = f.end {
-            qb.push(" AND start_time < ").push_bind(e);
-        }
+        push_log_filter(&mut qb, f);
         qb.push(" ORDER BY start_time DESC, request_id DESC LIMIT ").push_bind(limit)
             .push(" OFFSET ").push_bind(offset);
         qb.build_query_as::<SpendLogRow>().fetch_all(&mut *c).await
+    })
+}
+
+/// Spend summed per UTC day, key, user and model (the `summarize` view of `/spend/logs`).
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+pub struct LogDaySpend {
+    pub day: String,
+    pub api_key: String,
+    pub user_id: Option<String>,
+    pub model: String,
+    pub spend: i64,
+}
+
+/// Sums of the logs matching `f` per (day, api_key, user, model), ordered by day. The day is
+/// taken as in [`team_daily_spend`].
+pub async fn summarize_logs(h: &mut Handle, f: &LogFilter) -> Result<Vec<LogDaySpend>> {
+    on_conn!(h, c => {
+        let mut qb = sqlx::QueryBuilder::new(
+            "SELECT substr(CAST(start_time AS TEXT), 1, 10) AS day, api_key, user_id, model, \
+             CAST(SUM(spend) AS BIGINT) AS spend FROM spend_logs WHERE 1=1",
+        );
+        push_log_filter(&mut qb, f);
+        qb.push(" GROUP BY substr(CAST(start_time AS TEXT), 1, 10), api_key, user_id, model ORDER BY day, api_key, user_id, model");
+        qb.build_query_as::<LogDaySpend>().fetch_all(&mut *c).await
     })
 }
 

@@ -665,13 +665,13 @@ async fn spend_logs_filters_and_order(b: Backend) {
         ("team_id=t2", vec!["r5", "r3"]),
         ("request_id=r3", vec!["r3"]),
         (
-            "start_date=2026-11-21&end_date=2026-11-21",
+            "start_date=2026-11-21&end_date=2026-11-21&summarize=false",
             vec!["r3", "r2"],
         ),
         ("start_date=2026-11-22", vec!["r5", "r4"]),
         ("end_date=2026-11-20", vec!["r1"]),
         (
-            "start_date=2026-11-21T09:30:00Z&end_date=2026-11-22T00:00:00%2B00:00",
+            "start_date=2026-11-21T09:30:00Z&end_date=2026-11-22T00:00:00%2B00:00&summarize=0",
             vec!["r4", "r3", "r2"],
         ),
         ("user_id=u1&team_id=t2&api_key=", vec!["r5", "r3"]),
@@ -683,6 +683,55 @@ async fn spend_logs_filters_and_order(b: Backend) {
         assert_eq!(s, 200, "{q}: {body}");
         assert_eq!(ids(&body), want, "{q}");
     }
+    app.shutdown().await;
+}
+
+fn usd(n: i64) -> Value {
+    json!(purser_core::money::Nanos(n).to_usd())
+}
+
+async fn spend_logs_summary(b: Backend) {
+    let app = TestApp::spawn(b).await;
+    seed_logs(&app).await;
+    let ka = hash_key(KEY_A);
+    let kb = "b".repeat(64);
+    let (s, body) = app
+        .get(
+            "/spend/logs?start_date=2026-11-20&end_date=2026-11-23",
+            MASTER,
+        )
+        .await;
+    assert_eq!(s, 200, "{body}");
+    let mut d1 = json!({"startTime": "2026-11-20", "spend": usd(1_234_567_891),
+        "users": {"u1": usd(1_234_567_891)}, "models": {"fake-gpt": usd(1_234_567_891)}});
+    d1[&ka] = usd(1_234_567_891);
+    let mut d2 = json!({"startTime": "2026-11-21", "spend": usd(500_000_001),
+        "users": {"u2": usd(1), "u1": usd(500_000_000)}, "models": {"fake-gpt": usd(500_000_001)}});
+    d2[&ka] = usd(1);
+    d2[&kb] = usd(500_000_000);
+    let mut d3 = json!({"startTime": "2026-11-22", "spend": usd(2_000_000_003),
+        "users": {"null": usd(2_000_000_000), "u1": usd(3)}, "models": {"fake-gpt": usd(2_000_000_003)}});
+    d3[&ka] = usd(3);
+    d3[&kb] = usd(2_000_000_000);
+    let d4 = json!({"startTime": "2026-11-23", "spend": 0.0, "users": {}, "models": {}});
+    assert_eq!(body, json!([d1, d2, d3, d4]));
+    // filters apply to the summary; no matching rows → []
+    let (s, body) = app
+        .get(
+            &format!("/spend/logs?start_date=2026-11-21&end_date=2026-11-21&api_key={KEY_A}"),
+            MASTER,
+        )
+        .await;
+    assert_eq!(s, 200);
+    assert_eq!(body.as_array().unwrap().len(), 1, "{body}");
+    assert_eq!(body[0]["spend"], usd(1));
+    let (s, body) = app
+        .get(
+            "/spend/logs?start_date=2026-11-21&end_date=2026-11-21&user_id=nobody",
+            MASTER,
+        )
+        .await;
+    assert_eq!((s.as_u16(), body), (200, json!([])));
     app.shutdown().await;
 }
 
@@ -715,6 +764,7 @@ async fn spend_logs_hostile_params(b: Backend) {
         ("page_size=0", "page_size"),
         ("page_size=1001", "page_size"),
         ("page_size=1e3", "page_size"),
+        ("summarize=maybe", "summarize"),
     ] {
         let (s, body) = app.get(&format!("/spend/logs?{q}"), MASTER).await;
         assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{q}: {body}");
@@ -840,6 +890,7 @@ async fn global_spend_empty(b: Backend) {
 }
 
 both_backends!(
+    spend_logs_summary,
     spend_logs_filters_and_order,
     spend_logs_hostile_params,
     spend_routes_role_matrix,
