@@ -1,5 +1,6 @@
 //! Background jobs started with the server and stopped (with a final flush) at shutdown.
-//! The request-path issue adds the budget reset loop and the batched spend writer here.
+//! The budget reset loop (`service::resets`) runs here; the request-path issue adds the batched
+//! spend writer.
 
 use crate::app::AppState;
 
@@ -9,8 +10,12 @@ pub struct Jobs {
 }
 
 /// Starts every background job; each stops when `state.shutdown` is cancelled.
-pub fn spawn(_state: AppState) -> Jobs {
-    Jobs { tasks: Vec::new() }
+pub fn spawn(state: AppState) -> Jobs {
+    let mut tasks = Vec::new();
+    if let Some(t) = crate::service::resets::spawn(state.clone()) {
+        tasks.push(t);
+    }
+    Jobs { tasks }
 }
 
 impl Jobs {

@@ -71,3 +71,107 @@ pub async fn add_member_spend(
 ) -> Result<()> {
     on_conn!(h, c => sqlx::query(ADD_MEMBER).bind(team_id).bind(user_id).bind(delta).execute(c).await.map(|_| ()))
 }
+
+// ---- Read side (spend routes): filters, listings and per-team aggregates. ----
+
+const LOG_COLUMNS: &str = "request_id, call_type, api_key, spend, total_tokens, prompt_tokens, completion_tokens, \
+     start_time, end_time, model, model_id, model_group, custom_llm_provider, api_base, user_id, team_id, end_user, \
+     status, metadata";
+
+/// Filter of [`list_logs`]; every field is optional. Times bound `start_time` (inclusive start,
+/// exclusive end).
+#[derive(Debug, Default, Clone)]
+pub struct LogFilter {
+    pub api_key: Option<String>,
+    pub user_id: Option<String>,
+    pub team_id: Option<String>,
+    pub request_id: Option<String>,
+    pub start: Option<DateTime<Utc>>,
+    pub end: Option<DateTime<Utc>>,
+}
+
+fn push_log_filter<DB: sqlx::Database>(qb: &mut sqlx::QueryBuilder<DB>, f: &LogFilter)
+where
+    for<'t> String: sqlx::Encode<'t, DB> + sqlx::Type<DB>,
+    for<'t> DateTime<Utc>: sqlx::Encode<'t, DB> + sqlx::Type<DB>,
+{
+    for (col, v) in [
+        ("api_key", &f.api_key),
+        ("user_id", &f.user_id),
+        ("team_id", &f.team_id),
+        ("request_id", &f.request_id),
+    ] {
+        if let Some(v) = v {
+            qb.push(format_args!(" AND {col} = ")).push_bind(v.clone());
+        }
+    }
+    if let Some(s) = f.start {
+        qb.push(" AND start_time >= ").push_bind(s);
+    }
+    if let Some(e) = f.end {
+        qb.push(" AND start_time < ").push_bind(e);
+    }
+}
+
+/// Spend logs matching `f`, newest first (ties by request id), one page.
+pub async fn list_logs(
+    h: &mut Handle,
+    f: &LogFilter,
+    limit: i64,
+    offset: i64,
+) -> Result<Vec<SpendLogRow>> {
+    on_conn!(h, c => {
+        let mut qb = sqlx::QueryBuilder::new(format!("SELECT {LOG_COLUMNS} FROM spend_logs WHERE 1=1"));
+        push_log_filter(&mut qb, f);
+        qb.push(" ORDER BY start_time DESC, request_id DESC LIMIT ").push_bind(limit)
+            .push(" OFFSET ").push_bind(offset);
+        qb.build_query_as::<SpendLogRow>().fetch_all(&mut *c).await
+    })
+}
+
+/// Spend summed per UTC day, key, user and model (the `summarize` view of `/spend/logs`).
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+pub struct LogDaySpend {
+    pub day: String,
+    pub api_key: String,
+    pub user_id: Option<String>,
+    pub model: String,
+    pub spend: i64,
+}
+
+/// Sums of the logs matching `f` per (day, api_key, user, model), ordered by day. The day is
+/// taken as in [`team_daily_spend`].
+pub async fn summarize_logs(h: &mut Handle, f: &LogFilter) -> Result<Vec<LogDaySpend>> {
+    on_conn!(h, c => {
+        let mut qb = sqlx::QueryBuilder::new(
+            "SELECT substr(CAST(start_time AS TEXT), 1, 10) AS day, api_key, user_id, model, \
+             CAST(SUM(spend) AS BIGINT) AS spend FROM spend_logs WHERE 1=1",
+        );
+        push_log_filter(&mut qb, f);
+        qb.push(" GROUP BY substr(CAST(start_time AS TEXT), 1, 10), api_key, user_id, model ORDER BY day, api_key, user_id, model");
+        qb.build_query_as::<LogDaySpend>().fetch_all(&mut *c).await
+    })
+}
+
+/// Spend of one team (or of logs without a team) on one UTC day.
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+pub struct TeamDaySpend {
+    pub team_id: Option<String>,
+    pub team_alias: Option<String>,
+    /// `YYYY-MM-DD` (UTC).
+    pub day: String,
+    pub spend: i64,
+}
+
+/// Per team and UTC day since `since`, ordered by day then team. The day is the first ten
+/// characters of the timestamp's text form: RFC 3339 on SQLite, ISO in UTC on PostgreSQL (sqlx
+/// sets `TimeZone=UTC` and `DateStyle=ISO` on every connection), so one SQL serves both.
+const TEAM_DAILY: &str = "SELECT s.team_id AS team_id, t.team_alias AS team_alias, \
+     substr(CAST(s.start_time AS TEXT), 1, 10) AS day, CAST(SUM(s.spend) AS BIGINT) AS spend \
+     FROM spend_logs s LEFT JOIN teams t ON t.team_id = s.team_id WHERE s.start_time >= $1 \
+     GROUP BY s.team_id, t.team_alias, substr(CAST(s.start_time AS TEXT), 1, 10) \
+     ORDER BY day, s.team_id";
+
+pub async fn team_daily_spend(h: &mut Handle, since: DateTime<Utc>) -> Result<Vec<TeamDaySpend>> {
+    on_conn!(h, c => sqlx::query_as::<_, TeamDaySpend>(TEAM_DAILY).bind(since).fetch_all(c).await)
+}
