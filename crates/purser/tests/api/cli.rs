@@ -17,7 +17,11 @@ fn quickstart() -> PathBuf {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 #[tokio::test]
@@ -49,26 +53,44 @@ async fn quickstart_serves_and_stops_on_sigterm() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     // The walkthrough's first management call works with the quickstart's master key.
-    let r = client.post(format!("{base}/user/new")).bearer_auth("sk-1234").json(&json!({"user_id": "walkthrough"})).send().await.unwrap();
+    let r = client
+        .post(format!("{base}/user/new"))
+        .bearer_auth("sk-1234")
+        .json(&json!({"user_id": "walkthrough"}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     let body: Value = r.json().await.unwrap();
     assert!(body["key"].as_str().unwrap().starts_with("sk-"));
-    assert!(dir.path().join("purser.db").exists(), "SQLite file created in the working directory");
+    assert!(
+        dir.path().join("purser.db").exists(),
+        "SQLite file created in the working directory"
+    );
 
-    let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
     assert!(status.success());
     let deadline = Instant::now() + Duration::from_secs(20);
     let exit = loop {
         if let Some(s) = child.try_wait().unwrap() {
             break s;
         }
-        assert!(Instant::now() < deadline, "gateway did not stop after SIGTERM");
+        assert!(
+            Instant::now() < deadline,
+            "gateway did not stop after SIGTERM"
+        );
         std::thread::sleep(Duration::from_millis(50));
     };
     assert!(exit.success(), "graceful shutdown exits 0, got {exit:?}");
     let mut stderr = String::new();
     std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
-    assert!(!stderr.contains("sk-1234"), "the master key must never be logged");
+    assert!(
+        !stderr.contains("sk-1234"),
+        "the master key must never be logged"
+    );
 }
 
 #[test]
@@ -76,7 +98,11 @@ fn bad_config_exits_non_zero_naming_file_and_key() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("broken.yaml");
     std::fs::write(&cfg, "model_list:\n  - model_name: m\n    litellm_params:\n      model: openai/m\n      rpm: lots\n").unwrap();
-    let out = Command::new(bin()).args(["serve", "--config"]).arg(&cfg).output().unwrap();
+    let out = Command::new(bin())
+        .args(["serve", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("broken.yaml") && err.contains("rpm"), "{err}");
@@ -93,17 +119,31 @@ fn bad_config_exits_non_zero_naming_file_and_key() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("master_key"), "{err}");
 
-    let out = Command::new(bin()).args(["serve", "--config"]).arg(dir.path().join("missing.yaml")).output().unwrap();
+    let out = Command::new(bin())
+        .args(["serve", "--config"])
+        .arg(dir.path().join("missing.yaml"))
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("missing.yaml"));
 }
 
 #[test]
 fn help_documents_the_command_line() {
-    let out = Command::new(bin()).args(["serve", "--help"]).output().unwrap();
+    let out = Command::new(bin())
+        .args(["serve", "--help"])
+        .output()
+        .unwrap();
     assert!(out.status.success());
     let help = String::from_utf8_lossy(&out.stdout);
-    for needle in ["--config", "--host", "--port", "DATABASE_URL", "REDIS_URL", "PURSER_MASTER_KEY"] {
+    for needle in [
+        "--config",
+        "--host",
+        "--port",
+        "DATABASE_URL",
+        "REDIS_URL",
+        "PURSER_MASTER_KEY",
+    ] {
         assert!(help.contains(needle), "help lacks {needle}: {help}");
     }
 }
