@@ -9,6 +9,7 @@
 //!   `sk-bench`), warms up, then times sequential HTTP calls and writes a markdown report to
 //!   `bench/reports/team-api-<backend>.md`. Non-2xx answers are counted and reported, never fatal,
 //!   so the tool works against a build that lacks a route.
+//! - `proxy` measures the latency the gateway adds on the request path (see `proxy.rs`).
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
@@ -23,6 +24,8 @@ use purser::config::Config;
 use purser::store::{Db, DbUrl, Handle};
 use serde_json::{Value, json};
 use sqlx::types::Json;
+
+mod proxy;
 
 const MASTER_KEY: &str = "sk-bench";
 const BIG_TEAM_ALIAS: &str = "bench-big-team";
@@ -45,6 +48,8 @@ enum Command {
     Seed(SeedArgs),
     /// Start the gateway in-process on the database and time the team routes.
     Run(RunArgs),
+    /// Measure the latency the gateway adds on the request path against a direct upstream call.
+    Proxy(proxy::ProxyArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -87,6 +92,7 @@ async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Seed(a) => seed(a).await,
         Command::Run(a) => run(a).await,
+        Command::Proxy(a) => proxy::run(a).await,
     }
 }
 
