@@ -221,9 +221,7 @@ fn budget_limits(list: &[Value], now: DateTime<Utc>) -> Result<Value, ApiError> 
             )
         };
         let Some(obj) = entry.as_object() else {
-            return Err(bad(
-                "must be an object with budget_duration and max_budget",
-            ));
+            return Err(bad("must be an object with budget_duration and max_budget"));
         };
         let Some(d) = obj.get("budget_duration").and_then(Value::as_str) else {
             return Err(bad("budget_duration is required"));
@@ -1107,7 +1105,11 @@ fn caller_edit_access(state: &AppState, caller: &Caller, roster: &[MembershipRow
 
 /// `GET /team/info`: five statements at most (team, roster, roster users, budgets, keys, and
 /// the alias row when the team has one).
-pub async fn team_info(state: &AppState, caller: &Caller, team_id: &str) -> Result<Value, ApiError> {
+pub async fn team_info(
+    state: &AppState,
+    caller: &Caller,
+    team_id: &str,
+) -> Result<Value, ApiError> {
     let now = store::now();
     let mut h = state.db.conn().await?;
     let Some(team) = store::teams::get(&mut h, team_id).await? else {
@@ -1139,15 +1141,12 @@ pub async fn team_info(state: &AppState, caller: &Caller, team_id: &str) -> Resu
             .collect();
     let default_id = default_budget_id(&team);
     let ids = [team_id.to_string()];
-    let budgets: HashMap<String, BudgetRow> = store::teams::budgets_in(
-        &mut h,
-        Scope::Ids(&ids),
-        default_id.as_slice(),
-    )
-    .await?
-    .into_iter()
-    .map(|b| (b.budget_id.clone(), b))
-    .collect();
+    let budgets: HashMap<String, BudgetRow> =
+        store::teams::budgets_in(&mut h, Scope::Ids(&ids), default_id.as_slice())
+            .await?
+            .into_iter()
+            .map(|b| (b.budget_id.clone(), b))
+            .collect();
     let keys = store::teams::keys_in(&mut h, Scope::Ids(&ids), Some(now)).await?;
     let model_table = match team.model_id {
         Some(id) => store::models::get(&mut h, id).await?,
@@ -1241,7 +1240,10 @@ impl Children {
     fn team_json(&self, t: &TeamRow) -> Value {
         views::team_json(
             t,
-            self.roster.get(&t.team_id).map(Vec::as_slice).unwrap_or(&[]),
+            self.roster
+                .get(&t.team_id)
+                .map(Vec::as_slice)
+                .unwrap_or(&[]),
             t.model_id.and_then(|id| self.model_tables.get(&id)),
         )
     }
@@ -1249,7 +1251,11 @@ impl Children {
 
 /// Which user's teams a caller may list: admins and viewers anyone's (or all); others only
 /// their own (reference §5.16/§5.17).
-fn list_scope(caller: &Caller, user_id: Option<String>, force_own: bool) -> Result<Option<String>, ApiError> {
+fn list_scope(
+    caller: &Caller,
+    user_id: Option<String>,
+    force_own: bool,
+) -> Result<Option<String>, ApiError> {
     if caller.can_read_all() {
         return Ok(user_id);
     }
@@ -1401,7 +1407,12 @@ pub async fn list_team_v2(
             )
         })?,
     };
-    let desc = match q.sort_order.as_deref().map(str::to_ascii_lowercase).as_deref() {
+    let desc = match q
+        .sort_order
+        .as_deref()
+        .map(str::to_ascii_lowercase)
+        .as_deref()
+    {
         None => q.sort_by.is_none(),
         Some("asc") => false,
         Some("desc") => true,
@@ -1424,9 +1435,7 @@ pub async fn list_team_v2(
         ));
     }
     let user_id = list_scope(caller, q.user_id, true)?;
-    let empty = |total: i64| {
-        json!({"teams": [], "total": total, "page": page, "page_size": page_size, "total_pages": 0})
-    };
+    let empty = |total: i64| json!({"teams": [], "total": total, "page": page, "page_size": page_size, "total_pages": 0});
     if q.status.is_some() {
         // Deleted teams are not archived: there is never a deleted team to list.
         return Ok(empty(0));
@@ -1749,7 +1758,10 @@ mod tests {
     #[test]
     fn merge_patch_rfc7386() {
         let mut t = json!({"a": 1, "b": {"c": 2, "d": 3}, "e": [1]});
-        merge_patch(&mut t, &json!({"a": null, "b": {"c": 5, "d": null}, "f": "x"}));
+        merge_patch(
+            &mut t,
+            &json!({"a": null, "b": {"c": 5, "d": null}, "f": "x"}),
+        );
         assert_eq!(t, json!({"b": {"c": 5}, "e": [1], "f": "x"}));
         merge_patch(&mut t, &json!({"b": 7}));
         assert_eq!(t["b"], json!(7));

@@ -324,7 +324,11 @@ pub async fn list_page(
     } else {
         ""
     };
-    let tie = if pg { "team_id COLLATE \"C\"" } else { "team_id" };
+    let tie = if pg {
+        "team_id COLLATE \"C\""
+    } else {
+        "team_id"
+    };
     on_conn!(h, c => {
         let mut qb = sqlx::QueryBuilder::new(concat!("SELECT ", team_columns!(), " FROM teams"));
         push_where(&mut qb, f);
