@@ -512,6 +512,83 @@ async fn team_update_semantics(b: Backend) {
     app.shutdown().await;
 }
 
+async fn team_member_budget_created_on_update(b: Backend) {
+    let app = TestApp::spawn(b).await;
+    new_team(
+        &app,
+        json!({"team_id": "t1", "team_alias": "my team", "budget_duration": "7d"}),
+    )
+    .await;
+    user_key(&app, Some("mem"), "internal_user", None).await;
+    add_member(&app, "t1", "mem", "user").await;
+    // Only nulls: no budget row is created.
+    let (s, u) = app
+        .post(
+            "/team/update",
+            MASTER,
+            json!({"team_id": "t1", "team_member_budget": null}),
+        )
+        .await;
+    assert_eq!(s, 200);
+    assert!(
+        u["data"]["metadata"].get("team_member_budget_id").is_none(),
+        "{u}"
+    );
+    let (s, u) = app
+        .post(
+            "/team/update",
+            MASTER,
+            json!({"team_id": "t1", "team_member_budget": 4, "metadata": {"x": 1}}),
+        )
+        .await;
+    assert_eq!(s, 200, "{u}");
+    let id = u["data"]["metadata"]["team_member_budget_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(id.starts_with("team-my-team-budget-"), "{id}");
+    assert_eq!(u["data"]["metadata"]["x"], 1);
+    let (_, i) = info(&app, "t1").await;
+    let tb = &i["team_info"]["team_member_budget_table"];
+    assert_eq!(tb["max_budget"], 4.0);
+    assert_eq!(tb["budget_duration"], "7d", "inherits the team period");
+    // Existing members are linked to the new default budget.
+    for m in i["team_memberships"].as_array().unwrap() {
+        assert_eq!(m["budget_id"], id.as_str());
+        assert_eq!(m["budget_source"], "team_default");
+        assert_eq!(m["litellm_budget_table"]["max_budget"], 4.0);
+    }
+    let entry = app
+        .state
+        .cache
+        .member(&app.state.db, "t1", "mem")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        entry.budget.as_ref().unwrap().max_budget,
+        Some(4_000_000_000)
+    );
+    // A metadata-only update keeps the pointer (reference §10 #14).
+    let (_, u) = app
+        .post(
+            "/team/update",
+            MASTER,
+            json!({"team_id": "t1", "metadata": {}}),
+        )
+        .await;
+    assert_eq!(u["data"]["metadata"], json!({"team_member_budget_id": id}));
+    let (_, u) = app
+        .post(
+            "/team/update",
+            MASTER,
+            json!({"team_id": "t1", "metadata": null}),
+        )
+        .await;
+    assert_eq!(u["data"]["metadata"], json!({"team_member_budget_id": id}));
+    app.shutdown().await;
+}
+
 async fn team_admin_allow_list(b: Backend) {
     let yaml = format!(
         "{DEFAULT_CONFIG}\n  team_admin_editable_team_fields: [tpm_limit, max_budget, metadata]\n"
@@ -794,6 +871,12 @@ async fn team_lists(b: Backend) {
 
     // filter/ui: admin + viewer (GET), newest first.
     let viewer = user_key(&app, Some("view"), "proxy_admin_viewer", None).await;
+    let (s, l) = app.get("/team/list", &viewer).await;
+    assert_eq!(s, 200);
+    assert_eq!(l.as_array().unwrap().len(), 5);
+    let (s, p) = app.get("/v2/team/list?user_id=mem", &viewer).await;
+    assert_eq!(s, 200);
+    assert_eq!(p["total"], 2);
     let (s, l) = app.get("/team/filter/ui?team_alias=ALP", &viewer).await;
     assert_eq!(s, 200);
     let got: Vec<&str> = l
@@ -1083,6 +1166,7 @@ both_backends!(
     team_new_roles,
     team_update_semantics,
     team_admin_allow_list,
+    team_member_budget_created_on_update,
     team_patch_merge,
     team_info_access,
     team_lists,
