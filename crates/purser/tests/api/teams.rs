@@ -1173,3 +1173,54 @@ both_backends!(
     team_block_delete,
     team_models_permissions_available,
 );
+
+/// The listing statements' shapes (see `store::teams`) are served by indexes, not table scans:
+/// checked with SQLite's planner, which picks indexes independent of table size.
+async fn team_queries_use_indexes(b: Backend) {
+    if b != Backend::Sqlite {
+        return;
+    }
+    let app = TestApp::spawn(b).await;
+    let purser::store::Db::Sqlite(pool) = &app.state.db else {
+        unreachable!()
+    };
+    let cases: [(&'static str, &str); 5] = [
+        (
+            "EXPLAIN QUERY PLAN SELECT team_id FROM teams ORDER BY created_at DESC, team_id DESC LIMIT 10 OFFSET 0",
+            "teams_created_idx",
+        ),
+        (
+            "EXPLAIN QUERY PLAN SELECT token FROM verification_tokens WHERE team_id IN ('a', 'b') ORDER BY team_id, created_at, token",
+            "verification_tokens_team_idx",
+        ),
+        (
+            "EXPLAIN QUERY PLAN SELECT team_id, COUNT(*) FROM verification_tokens WHERE team_id IN ('a', 'b') GROUP BY team_id",
+            "verification_tokens_team_idx",
+        ),
+        (
+            "EXPLAIN QUERY PLAN SELECT user_id FROM team_memberships WHERE team_id IN ('a', 'b') ORDER BY team_id, added_at, user_id",
+            "sqlite_autoindex_team_memberships_1",
+        ),
+        (
+            "EXPLAIN QUERY PLAN SELECT team_id FROM teams WHERE team_id IN (SELECT team_id FROM team_memberships WHERE user_id = 'u')",
+            "team_memberships_user_idx",
+        ),
+    ];
+    for (sql, index) in cases {
+        let rows: Vec<(i64, i64, i64, String)> = sqlx::query_as(sql).fetch_all(pool).await.unwrap();
+        let plan: Vec<&str> = rows.iter().map(|r| r.3.as_str()).collect();
+        assert!(
+            plan.iter().any(|p| p.contains(index)),
+            "{sql}: expected {index} in {plan:?}"
+        );
+        assert!(
+            !plan
+                .iter()
+                .any(|p| p.starts_with("SCAN ") && !p.contains("INDEX")),
+            "{sql}: full scan in {plan:?}"
+        );
+    }
+    app.shutdown().await;
+}
+
+both_backends!(team_queries_use_indexes);
