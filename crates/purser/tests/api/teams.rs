@@ -1025,6 +1025,24 @@ async fn team_block_delete(b: Backend) {
         store::users::get(&mut h, "mem").await.unwrap().is_some(),
         "users stay"
     );
+    // One audit row per change, written in the change's transaction.
+    let filter = store::audit::AuditFilter {
+        object_id: Some("t1".into()),
+        table_name: Some("LiteLLM_TeamTable".into()),
+        ..Default::default()
+    };
+    let (rows, _) = store::audit::list(&mut h, &filter, 100, 0).await.unwrap();
+    let mut actions: Vec<&str> = rows.iter().map(|r| r.action.as_str()).collect();
+    assert_eq!(actions[0], "deleted");
+    actions.sort();
+    assert_eq!(
+        actions,
+        ["blocked", "created", "deleted", "unblocked", "updated"]
+    );
+    let deleted = &rows[0];
+    assert_eq!(deleted.changed_by, "default_user_id");
+    assert_eq!(deleted.updated_values.as_ref().unwrap().0, json!({}));
+    assert_eq!(deleted.before_value.as_ref().unwrap().0["team_id"], "t1");
     drop(h);
     let (s, e) = app.get("/team/list", &key).await;
     assert_eq!(s, 401, "deleted key is refused at once: {e}");
