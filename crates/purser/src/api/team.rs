@@ -17,7 +17,6 @@ use crate::service::caller::Caller;
 use crate::service::teams::{
     self, FilterUiQuery, NewTeamRequest, TeamListV2Query, UpdateTeamRequest,
 };
-use crate::service::views;
 
 const TAG: &str = "team management";
 
@@ -161,7 +160,7 @@ pub async fn update_team(
     let u = teams::update_team(&state, &caller, &team_id, &object(&raw), req, false).await?;
     Ok(Json(json!({
         "team_id": team_id,
-        "data": views::team_json(&u.team, &u.roster, u.model_table.as_ref()),
+        "data": teams::written_team_json(&u.team, &u.roster, u.model_table.as_ref()),
     })))
 }
 
@@ -181,7 +180,7 @@ pub async fn patch_team(
         ));
     }
     let u = teams::update_team(&state, &caller, &team_id, &object(&raw), req, true).await?;
-    Ok(Json(views::team_json(
+    Ok(Json(teams::written_team_json(
         &u.team,
         &u.roster,
         u.model_table.as_ref(),

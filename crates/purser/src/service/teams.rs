@@ -279,6 +279,19 @@ fn default_budget_id(t: &TeamRow) -> Option<String> {
         .map(str::to_string)
 }
 
+/// The team row as write routes return it (`/team/update` data, block, models, permissions):
+/// the reference's update responses also carry these two relations (always null here).
+pub fn written_team_json(
+    t: &TeamRow,
+    roster: &[MembershipRow],
+    model_table: Option<&ModelTableRow>,
+) -> Value {
+    let mut v = views::team_json(t, roster, model_table);
+    v["litellm_organization_table"] = Value::Null;
+    v["projects"] = Value::Null;
+    v
+}
+
 fn empty_map() -> Json<Value> {
     Json(Value::Object(Map::new()))
 }
@@ -1580,7 +1593,7 @@ async fn save_team(
     .await?;
     h.commit().await?;
     state.cache.evict_team(&t.team_id).await;
-    Ok(views::team_json(&t, &roster, model_table.as_ref()))
+    Ok(written_team_json(&t, &roster, model_table.as_ref()))
 }
 
 /// `POST /team/block` / `/team/unblock`. The cache eviction makes the very next request of

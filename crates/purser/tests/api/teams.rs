@@ -339,6 +339,9 @@ async fn team_update_semantics(b: Backend) {
     assert_eq!(s, 200, "{u}");
     assert_eq!(u["team_id"], "t1");
     let d = &u["data"];
+    assert_eq!(d["litellm_organization_table"], Value::Null);
+    assert_eq!(d["projects"], Value::Null);
+    assert!(d.as_object().unwrap().contains_key("projects"));
     assert_eq!(d["tpm_limit"], Value::Null);
     assert_eq!(d["team_alias"], "b");
     assert_eq!(d["max_budget"], 10.0);
