@@ -1195,6 +1195,47 @@ both_backends!(
     team_models_permissions_available,
 );
 
+async fn team_concurrent_writes(b: Backend) {
+    let app = TestApp::spawn(b).await;
+    // Racing creates of one id: exactly one wins, the rest get the duplicate 400 (never a 500).
+    let bodies = (0..6).map(|i| {
+        app.post(
+            "/team/new",
+            MASTER,
+            json!({"team_id": "race", "team_alias": format!("a{i}"), "model_aliases": {"m": "fake-gpt"}}),
+        )
+    });
+    let results = futures_util::future::join_all(bodies).await;
+    let ok = results.iter().filter(|(s, _)| *s == 200).count();
+    assert_eq!(ok, 1, "{results:?}");
+    for (s, e) in results.iter().filter(|(s, _)| *s != 200) {
+        assert_eq!(*s, 400, "{e}");
+        assert!(e.to_string().contains("already exists"));
+    }
+    // Racing updates and a block all land; the final row is one of the written values.
+    let updates = (1..=8).map(|i| {
+        app.post(
+            "/team/update",
+            MASTER,
+            json!({"team_id": "race", "tpm_limit": i, "metadata": {"i": i}}),
+        )
+    });
+    let (results, (bs, _)) = tokio::join!(
+        futures_util::future::join_all(updates),
+        app.post("/team/block", MASTER, json!({"team_id": "race"}))
+    );
+    assert!(results.iter().all(|(s, _)| *s == 200), "{results:?}");
+    assert_eq!(bs, 200);
+    let (_, i) = info(&app, "race").await;
+    let tpm = i["team_info"]["tpm_limit"].as_i64().unwrap();
+    assert_eq!(
+        i["team_info"]["metadata"]["i"], tpm,
+        "one update's values, not a mix"
+    );
+    assert_eq!(i["team_info"]["blocked"], true, "no lost update");
+    app.shutdown().await;
+}
+
 /// The listing statements' shapes (see `store::teams`) are served by indexes, not table scans:
 /// checked with SQLite's planner, which picks indexes independent of table size.
 async fn team_queries_use_indexes(b: Backend) {
@@ -1244,4 +1285,4 @@ async fn team_queries_use_indexes(b: Backend) {
     app.shutdown().await;
 }
 
-both_backends!(team_queries_use_indexes);
+both_backends!(team_queries_use_indexes, team_concurrent_writes);
