@@ -167,8 +167,13 @@ impl TestApp {
         key: &str,
         body: impl Into<reqwest::Body>,
     ) -> (StatusCode, Value) {
-        let r = self
-            .client
+        // A fresh, unpooled connection: after rejecting a body (413) the server may close the
+        // connection, which must not break the next request on a pooled one.
+        let client = reqwest::Client::builder()
+            .pool_max_idle_per_host(0)
+            .build()
+            .expect("client");
+        let r = client
             .post(self.url(path))
             .bearer_auth(key)
             .header("content-type", "application/json")
