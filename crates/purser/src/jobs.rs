@@ -9,8 +9,10 @@ pub struct Jobs {
 }
 
 /// Starts every background job; each stops when `state.shutdown` is cancelled.
-pub fn spawn(_state: AppState) -> Jobs {
-    Jobs { tasks: Vec::new() }
+pub fn spawn(state: AppState) -> Jobs {
+    let mut tasks = Vec::new();
+    tasks.push(tokio::spawn(crate::service::spend::run_flusher(state.clone())));
+    Jobs { tasks }
 }
 
 impl Jobs {
