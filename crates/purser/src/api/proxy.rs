@@ -38,7 +38,13 @@ pub fn routes() -> Vec<Route> {
             "Embeddings (OpenAI-compatible)",
             embeddings,
         ),
-        Route::post("/embeddings", Gate::Llm, tag, "Embeddings (alias)", embeddings),
+        Route::post(
+            "/embeddings",
+            Gate::Llm,
+            tag,
+            "Embeddings (alias)",
+            embeddings,
+        ),
         Route::get(
             "/v1/models",
             Gate::Llm,
@@ -46,7 +52,13 @@ pub fn routes() -> Vec<Route> {
             "Models this key may call",
             model_list,
         ),
-        Route::get("/models", Gate::Llm, tag, "Models this key may call (alias)", model_list),
+        Route::get(
+            "/models",
+            Gate::Llm,
+            tag,
+            "Models this key may call (alias)",
+            model_list,
+        ),
         Route::get(
             "/model/info",
             Gate::SelfManaged,
@@ -77,7 +89,9 @@ pub async fn embeddings(
 
 pub async fn model_list(State(state): State<AppState>, caller: Caller) -> ApiResult<Json<Value>> {
     let ctx = CallContext::load(&state, &caller).await?;
-    Ok(Json(proxy::models_list(&proxy::callable_models(&state, &ctx))))
+    Ok(Json(proxy::models_list(&proxy::callable_models(
+        &state, &ctx,
+    ))))
 }
 
 pub async fn model_info(State(state): State<AppState>, caller: Caller) -> ApiResult<Json<Value>> {

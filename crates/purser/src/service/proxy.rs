@@ -280,8 +280,7 @@ fn check_scope_models(
         && let Some(u) = &ctx.user
     {
         let list = &u.models.0;
-        if list.iter().any(|m| m == NO_DEFAULT_MODELS) || !allows(list, requested, target, state)
-        {
+        if list.iter().any(|m| m == NO_DEFAULT_MODELS) || !allows(list, requested, target, state) {
             return Err(model_denied("user_model_access_denied", requested));
         }
     }
@@ -410,11 +409,7 @@ impl Drop for StreamMeter {
             prompt_tokens: self.meter.prompt_estimate,
             completion_tokens: self.tap.produced_tokens,
         });
-        let status = if self.tap.done {
-            "success"
-        } else {
-            "partial"
-        };
+        let status = if self.tap.done { "success" } else { "partial" };
         self.meter.settle(usage, status);
     }
 }
@@ -649,9 +644,7 @@ async fn dispatch(
         } else {
             let mut body = req.body.clone();
             body.insert("model".into(), Value::String(dep.upstream_model.clone()));
-            let opts = body
-                .entry("stream_options")
-                .or_insert_with(|| json!({}));
+            let opts = body.entry("stream_options").or_insert_with(|| json!({}));
             if !opts.is_object() {
                 *opts = json!({});
             }
@@ -674,26 +667,27 @@ async fn dispatch(
             idle,
             false,
         );
-        let body = futures_util::stream::unfold(st, |(mut chunks, mut m, idle, ended)| async move {
-            if ended {
-                return None;
-            }
-            match tokio::time::timeout(idle, chunks.next()).await {
-                Ok(Some(Ok(b))) => {
-                    m.tap.feed(&b);
-                    Some((Ok(b), (chunks, m, idle, false)))
+        let body =
+            futures_util::stream::unfold(st, |(mut chunks, mut m, idle, ended)| async move {
+                if ended {
+                    return None;
                 }
-                Ok(Some(Err(e))) => Some((Err(e), (chunks, m, idle, true))),
-                Ok(None) => None,
-                Err(_) => Some((
-                    Err(std::io::Error::new(
-                        std::io::ErrorKind::TimedOut,
-                        "upstream stream idle timeout",
+                match tokio::time::timeout(idle, chunks.next()).await {
+                    Ok(Some(Ok(b))) => {
+                        m.tap.feed(&b);
+                        Some((Ok(b), (chunks, m, idle, false)))
+                    }
+                    Ok(Some(Err(e))) => Some((Err(e), (chunks, m, idle, true))),
+                    Ok(None) => None,
+                    Err(_) => Some((
+                        Err(std::io::Error::new(
+                            std::io::ErrorKind::TimedOut,
+                            "upstream stream idle timeout",
+                        )),
+                        (chunks, m, idle, true),
                     )),
-                    (chunks, m, idle, true),
-                )),
-            }
-        });
+                }
+            });
         let mut resp = Response::new(Body::from_stream(body));
         let h = resp.headers_mut();
         h.insert(
@@ -798,7 +792,7 @@ fn mock_body(dep: &Deployment, model: &str, req: &CallRequest) -> (Value, Usage)
                 completion_tokens: 0,
             };
             let data: Vec<Value> = (0..n)
-                .map(|i| json!({"object": "embedding", "index": i, "embedding": [0.0; 8]}))
+                .map(|i| json!({"object": "embedding", "index": i, "embedding": vec![0.0f64; 8]}))
                 .collect();
             (
                 json!({
@@ -826,7 +820,10 @@ fn mock_stream(
         json!({"id": id, "object": "chat.completion.chunk", "created": created, "model": model,
                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
     };
-    let mut events: Vec<Value> = vec![chunk(json!({"role": "assistant", "content": ""}), Value::Null)];
+    let mut events: Vec<Value> = vec![chunk(
+        json!({"role": "assistant", "content": ""}),
+        Value::Null,
+    )];
     for word in text.split_inclusive(' ') {
         events.push(chunk(json!({"content": word}), Value::Null));
     }

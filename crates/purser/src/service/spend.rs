@@ -139,7 +139,10 @@ impl Ledger {
                 continue;
             }
             if let Some(max) = c.max {
-                let fits = counter.spend.saturating_add(counter.reserved).saturating_add(estimate)
+                let fits = counter
+                    .spend
+                    .saturating_add(counter.reserved)
+                    .saturating_add(estimate)
                     <= max;
                 let lone = counter.in_flight == 0 && counter.spend < max;
                 if !(fits || lone) {
@@ -390,7 +393,9 @@ mod tests {
         let l = Arc::new(Ledger::new());
         let team = SpendScope::Team("t".into());
         let checks = [check(team.clone(), Some(100))];
-        l.reserve(&checks, 10, true).unwrap().settle(60, log("x", 60));
+        l.reserve(&checks, 10, true)
+            .unwrap()
+            .settle(60, log("x", 60));
         let r = l.reserve(&checks, 10, true).unwrap();
         l.on_reset(&team).await;
         assert_eq!(l.spend(&team), Some(0));

@@ -171,11 +171,7 @@ async fn chat(
         }
         "nousage" if stream => sse(stream_chunks(false), Duration::from_millis(50), None),
         "nousage" => axum::Json(completion(false)).into_response(),
-        _ if stream => sse(
-            stream_chunks(wants_usage),
-            Duration::from_millis(50),
-            None,
-        ),
+        _ if stream => sse(stream_chunks(wants_usage), Duration::from_millis(50), None),
         _ => axum::Json(completion(true)).into_response(),
     }
 }
