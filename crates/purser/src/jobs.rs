@@ -10,10 +10,10 @@ pub struct Jobs {
 
 /// Starts every background job; each stops when `state.shutdown` is cancelled.
 pub fn spawn(state: AppState) -> Jobs {
-    let mut tasks = Vec::new();
-    tasks.push(tokio::spawn(crate::service::spend::run_flusher(
+    // Batched spend writer (final flush on shutdown).
+    let tasks = vec![tokio::spawn(crate::service::spend::run_flusher(
         state.clone(),
-    )));
+    ))];
     Jobs { tasks }
 }
 

@@ -399,7 +399,7 @@ mod tests {
         let r = l.reserve(&checks, 10, true).unwrap();
         l.on_reset(&team).await;
         assert_eq!(l.spend(&team), Some(0));
-        assert!(l.lock().deltas.get(&team).is_none());
+        assert!(!l.lock().deltas.contains_key(&team));
         assert_eq!(l.lock().logs.len(), 1);
         r.settle(5, log("y", 5));
         assert_eq!(l.spend(&team), Some(5));

@@ -950,7 +950,7 @@ async fn burst_against_small_budget(b: Backend) {
         ok += t.await.unwrap() as i64;
     }
     let s = spends(&app, &key, "t1", "u1").await;
-    assert!(ok >= 1 && ok <= 6, "{ok} calls passed");
+    assert!((1..=6).contains(&ok), "{ok} calls passed");
     assert_eq!(m.hits() as i64, ok);
     all_equal(&s, ok * real_cost(), ok);
     assert!(s.team <= budget_nanos + real_cost(), "{s:?}");
