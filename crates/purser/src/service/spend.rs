@@ -198,8 +198,15 @@ impl Ledger {
     /// counter becomes 0 (reservations in flight stay reserved) and unflushed deltas of the old
     /// period are dropped for that entity column (spend-log rows are kept: they are history).
     pub async fn on_reset(&self, scope: &SpendScope) {
+        self.on_spend_set(scope, 0);
+    }
+
+    /// For any management write that SETS an entity's spend column (reset_spend, a key
+    /// update with `spend`, a member removed and re-added): the counter becomes `spend` (plus
+    /// what stays reserved in flight) and unflushed deltas of that entity column are dropped.
+    pub fn on_spend_set(&self, scope: &SpendScope, spend: i64) {
         let mut g = self.lock();
-        g.counters.entry(scope.clone()).or_default().spend = 0;
+        g.counters.entry(scope.clone()).or_default().spend = spend;
         g.deltas.remove(scope);
     }
 

@@ -1293,7 +1293,46 @@ async fn shutdown_under_load_loses_nothing(b: Backend) {
     app.shutdown().await;
 }
 
+async fn deployments_balance_within_their_rpm(b: Backend) {
+    let yaml = r#"
+model_list:
+  - model_name: pair
+    litellm_params: {model: openai/a, mock_response: "from a", rpm: 1}
+    model_info: {id: dep-a}
+  - model_name: pair
+    litellm_params: {model: openai/b, mock_response: "from b", rpm: 1}
+    model_info: {id: dep-b}
+general_settings:
+  master_key: sk-1234
+  proxy_batch_write_at: 0.2
+"#;
+    let app = TestApp::spawn_with(b, yaml).await;
+    let mut seen = Vec::new();
+    for _ in 0..2 {
+        let (s, body) = app.post("/v1/chat/completions", MASTER, chat("pair")).await;
+        assert_eq!(s, 200, "{body}");
+        seen.push(
+            body["choices"][0]["message"]["content"]
+                .as_str()
+                .unwrap()
+                .to_string(),
+        );
+    }
+    seen.sort();
+    assert_eq!(seen, ["from a", "from b"], "both deployments used");
+    let (s, body) = app.post("/v1/chat/completions", MASTER, chat("pair")).await;
+    assert_eq!(s, 429, "{body}");
+    let msg = assert_proxy_error(&body, 429, "rate_limit_error");
+    assert!(
+        msg.starts_with("No deployments available for selected model=pair"),
+        "{msg}"
+    );
+    assert_eq!(app.state.ledger.in_flight(), 0);
+    app.shutdown().await;
+}
+
 both_backends!(
+    deployments_balance_within_their_rpm,
     chat_models_and_info,
     denials_never_reach_upstream,
     budgets_refuse_in_order,
