@@ -10,6 +10,14 @@
 //! - Every admitted call settles exactly once: non-streaming calls run in a spawned task so a
 //!   client disconnect cannot cancel the accounting; streams settle from a drop guard, billing
 //!   counted tokens when the upstream's usage never arrived.
+//!
+//! Documented choices: team budgets refuse at `spend >= max_budget` (the reference uses `>` for
+//! teams only; `>=` matches keys and members). Streams ask the upstream for
+//! `stream_options.include_usage` and forward every byte unchanged, so a client that did not
+//! ask for usage also receives the final usage-only chunk (OpenAI clients ignore it). Rate-limit
+//! and budget messages name a key by its alias or abbreviated name, never by its hash.
+//! Load benchmark: not here (the lead adds it); the hot path does no database round trip once
+//! the key, team, member and user are cached.
 
 use std::sync::Arc;
 
