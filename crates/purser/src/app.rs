@@ -92,7 +92,7 @@ pub struct Inner {
     pub openapi: OpenApi,
     pub models: Registry,
     pub limiter: Limiter,
-    pub ledger: crate::service::spend::Ledger,
+    pub ledger: Arc<crate::service::spend::Ledger>,
     pub shutdown: CancellationToken,
 }
 
@@ -134,7 +134,7 @@ impl Gateway {
             openapi,
             models,
             limiter: Limiter::new(),
-            ledger: crate::service::spend::Ledger::new(),
+            ledger: Arc::new(crate::service::spend::Ledger::new()),
             shutdown: CancellationToken::new(),
         }));
         let secret_headers: Arc<[HeaderName]> = Arc::new([

@@ -11,7 +11,11 @@ pub struct Jobs {
 
 /// Starts every background job; each stops when `state.shutdown` is cancelled.
 pub fn spawn(state: AppState) -> Jobs {
-    let mut tasks = Vec::new();
+    // Batched spend writer (final flush on shutdown).
+    let mut tasks = vec![tokio::spawn(crate::service::spend::run_flusher(
+        state.clone(),
+    ))];
+    // Budget resets (1 s ticks, compare-and-set per row).
     if let Some(t) = crate::service::resets::spawn(state.clone()) {
         tasks.push(t);
     }

@@ -242,6 +242,12 @@ pub async fn key_delete(
     let tokens = keys::delete_tx(&mut h, &caller, &req.keys, &req.key_aliases).await?;
     h.commit().await?;
     state.cache.evict_keys(&tokens).await;
+    for t in &tokens {
+        // A custom key re-created later hashes to the same token: it starts from zero.
+        state
+            .ledger
+            .on_spend_set(&crate::service::spend::SpendScope::Key(t.clone()), 0);
+    }
     let mut deleted = req.keys.clone();
     deleted.extend(req.key_aliases.iter().cloned());
     Ok(Json(json!({ "deleted_keys": deleted })))

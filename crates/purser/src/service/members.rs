@@ -17,6 +17,7 @@ use crate::api::extract::Patch;
 use crate::app::AppState;
 use crate::service::audit::{self, action, table};
 use crate::service::caller::Caller;
+use crate::service::spend::SpendScope;
 use crate::service::views;
 use crate::store::budgets::BudgetRow;
 use crate::store::members::MembershipRow;
@@ -419,6 +420,10 @@ pub async fn evict_added(state: &AppState, team_id: &str, added: &[Added]) {
     for a in added {
         state.cache.evict_user(&a.user.user_id).await;
         state.cache.evict_member(team_id, &a.user.user_id).await;
+        // A new membership starts at zero spend, even if the same member left earlier.
+        state
+            .ledger
+            .on_spend_set(&member_scope(team_id, &a.user.user_id), 0);
     }
 }
 
@@ -748,9 +753,15 @@ pub async fn member_delete(
     h.commit().await?;
     state.cache.evict_team(team_id).await;
     state.cache.evict_keys(&tokens).await;
+    for t in &tokens {
+        state.ledger.on_spend_set(&SpendScope::Key(t.clone()), 0);
+    }
     for m in &matched {
         state.cache.evict_member(team_id, &m.user_id).await;
         state.cache.evict_user(&m.user_id).await;
+        state
+            .ledger
+            .on_spend_set(&member_scope(team_id, &m.user_id), 0);
     }
     Ok(view)
 }
@@ -1020,13 +1031,10 @@ pub async fn reset_spend(
         ));
     }
     drop(h);
+    // The counter takes the new value (which need not be zero).
     state
         .ledger
-        .on_reset(&crate::service::spend::SpendScope::Member {
-            team_id: team_id.to_string(),
-            user_id: user_id.to_string(),
-        })
-        .await;
+        .on_spend_set(&member_scope(team_id, user_id), target.0);
     state.cache.evict_member(team_id, user_id).await;
     Ok(json!({
         "team_id": team_id,
@@ -1077,4 +1085,12 @@ pub async fn member_me(
     v["role"] = json!(m.role);
     v["user_email"] = json!(m.user_email);
     Ok(v)
+}
+
+/// The ledger scope of one membership.
+pub fn member_scope(team_id: &str, user_id: &str) -> SpendScope {
+    SpendScope::Member {
+        team_id: team_id.to_string(),
+        user_id: user_id.to_string(),
+    }
 }

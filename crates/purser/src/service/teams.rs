@@ -23,6 +23,7 @@ use crate::app::AppState;
 use crate::service::audit::{self, action, table};
 use crate::service::caller::Caller;
 use crate::service::members::{self, MemberBudget, NewMember, OnDuplicate};
+use crate::service::spend::SpendScope;
 use crate::service::views;
 use crate::store::budgets::BudgetRow;
 use crate::store::keys::KeyRow;
@@ -1752,14 +1753,23 @@ pub async fn delete_teams(
         evict_members.extend(roster.into_iter().map(|m| (m.team_id, m.user_id)));
     }
     h.commit().await?;
+    // Deleted entities forget their spend counters, so a team, key or membership created
+    // later under the same id starts from zero.
     for id in &ids {
         state.cache.evict_team(id).await;
         state.cache.evict_team_members(id);
+        state.ledger.on_spend_set(&SpendScope::Team(id.clone()), 0);
     }
     state.cache.evict_keys(&evict_tokens).await;
+    for t in &evict_tokens {
+        state.ledger.on_spend_set(&SpendScope::Key(t.clone()), 0);
+    }
     for (t, u) in &evict_members {
         state.cache.evict_member(t, u).await;
         state.cache.evict_user(u).await;
+        state
+            .ledger
+            .on_spend_set(&crate::service::members::member_scope(t, u), 0);
     }
     Ok(json!({ "deleted_teams": ids }))
 }

@@ -20,6 +20,7 @@ use crate::service::keys::{
     self, GenerateKeyRequest, bad_request, budget_reset, limit_field, money_field,
 };
 use crate::service::members::{self, Added, MemberBudget, NewMember, OnDuplicate};
+use crate::service::spend::SpendScope;
 use crate::service::views;
 use crate::store::keys::KeyRow;
 use crate::store::users::UserRow;
@@ -535,12 +536,19 @@ pub async fn evict_created(state: &AppState, c: &Created) {
 
 /// Evicts everything a user deletion touched (call after commit).
 pub async fn evict_deleted(state: &AppState, user_ids: &[String], d: &Deleted) {
+    // Deleted entities forget their spend counters (a user re-created under the same id
+    // starts from zero).
     state.cache.evict_keys(&d.tokens).await;
+    for t in &d.tokens {
+        state.ledger.on_spend_set(&SpendScope::Key(t.clone()), 0);
+    }
     for (t, u) in &d.memberships {
         state.cache.evict_member(t, u).await;
         state.cache.evict_team(t).await;
+        state.ledger.on_spend_set(&members::member_scope(t, u), 0);
     }
     for u in user_ids {
         state.cache.evict_user(u).await;
+        state.ledger.on_spend_set(&SpendScope::User(u.clone()), 0);
     }
 }

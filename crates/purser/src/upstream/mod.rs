@@ -1,13 +1,390 @@
-//! Deployments from `model_list` and the pooled upstream client (filled in by the request-path issue).
+//! Deployments from `model_list` and the ONE pooled upstream client. Deployments are grouped by
+//! `model_name`; a call picks the least busy deployment of its group whose per-deployment
+//! rpm/tpm window has room. Invariants: upstream credentials (`api_key`, `api_base`) are private
+//! to this module and never appear in an error message or a response; prices are converted once
+//! to pico-USD per token at startup.
 
+pub mod sse;
+pub mod tokens;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::http::StatusCode;
+use purser_core::access::AccessGroups;
+use purser_core::money::price_per_token_pico;
+use serde_json::Value;
+
+use crate::api::error::ApiError;
 use crate::config::Config;
+use crate::limiter::WINDOW_SECS;
+
+/// Default whole-request timeout (LiteLLM's 600 s).
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// One upstream deployment of a model group.
+pub struct Deployment {
+    pub id: String,
+    pub model_name: String,
+    /// Provider prefix (`openai`) and the model sent upstream.
+    pub provider: String,
+    pub upstream_model: String,
+    api_base: Option<String>,
+    api_key: Option<String>,
+    pub mock_response: Option<String>,
+    pub rpm: Option<u64>,
+    pub tpm: Option<u64>,
+    pub input_pico: i64,
+    pub output_pico: i64,
+    pub timeout: Duration,
+    pub stream_timeout: Duration,
+    pub access_groups: Vec<String>,
+    in_flight: AtomicU64,
+    /// (window start, requests, tokens) for the deployment's own rpm/tpm.
+    window: Mutex<(u64, u64, u64)>,
+}
+
+impl std::fmt::Debug for Deployment {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Deployment")
+            .field("id", &self.id)
+            .field("model_name", &self.model_name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Deployment {
+    /// Whether it answers in-process (`mock_response`).
+    pub fn is_mock(&self) -> bool {
+        self.mock_response.is_some()
+    }
+
+    /// True when calls cost nothing (free models skip budget checks, reference §7.2-5).
+    pub fn is_free(&self) -> bool {
+        self.input_pico == 0 && self.output_pico == 0
+    }
+
+    fn url(&self, path: &str) -> String {
+        let base = self
+            .api_base
+            .as_deref()
+            .unwrap_or("https://api.openai.com/v1")
+            .trim_end_matches('/');
+        format!("{base}/{path}")
+    }
+
+    /// Replaces any occurrence of this deployment's secrets in upstream text.
+    fn scrub(&self, text: &str) -> String {
+        let mut out = text.to_string();
+        for s in [&self.api_key, &self.api_base].into_iter().flatten() {
+            if !s.is_empty() {
+                out = out.replace(s.as_str(), "<redacted>");
+            }
+        }
+        out
+    }
+
+    fn now_window() -> u64 {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        now - now % WINDOW_SECS
+    }
+
+    /// Takes one request of the deployment's rpm if it and its tpm window have room.
+    fn try_take(&self) -> bool {
+        let mut w = self.window.lock().unwrap_or_else(|p| p.into_inner());
+        let start = Self::now_window();
+        if w.0 != start {
+            *w = (start, 0, 0);
+        }
+        if self.rpm.is_some_and(|r| w.1 >= r) || self.tpm.is_some_and(|t| w.2 >= t) {
+            return false;
+        }
+        w.1 += 1;
+        true
+    }
+
+    pub fn add_tokens(&self, tokens: u64) {
+        if self.tpm.is_none() {
+            return;
+        }
+        let mut w = self.window.lock().unwrap_or_else(|p| p.into_inner());
+        let start = Self::now_window();
+        if w.0 != start {
+            *w = (start, 0, 0);
+        }
+        w.2 = w.2.saturating_add(tokens);
+    }
+}
+
+/// A deployment chosen for one call; dropping it frees its in-flight slot.
+pub struct Slot(pub Arc<Deployment>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Which OpenAI endpoint a call targets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CallKind {
+    Chat,
+    Embeddings,
+}
+
+impl CallKind {
+    fn path(self) -> &'static str {
+        match self {
+            CallKind::Chat => "chat/completions",
+            CallKind::Embeddings => "embeddings",
+        }
+    }
+}
 
 /// The models this gateway serves.
-#[derive(Debug, Default)]
-pub struct Registry {}
+pub struct Registry {
+    /// Model names in config order.
+    names: Vec<String>,
+    groups: HashMap<String, Vec<Arc<Deployment>>>,
+    access_groups: AccessGroups,
+    client: reqwest::Client,
+    rr: AtomicUsize,
+}
+
+impl std::fmt::Debug for Registry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Registry")
+            .field("names", &self.names)
+            .finish_non_exhaustive()
+    }
+}
 
 impl Registry {
-    pub fn from_config(_config: &Config) -> anyhow::Result<Registry> {
-        Ok(Registry {})
+    pub fn from_config(config: &Config) -> anyhow::Result<Registry> {
+        let mut names = Vec::new();
+        let mut groups: HashMap<String, Vec<Arc<Deployment>>> = HashMap::new();
+        let mut access_groups = AccessGroups::new();
+        for (i, m) in config.model_list.iter().enumerate() {
+            let p = &m.litellm_params;
+            let (provider, upstream_model) = match p.model.split_once('/') {
+                Some((a, b)) => (a.to_string(), b.to_string()),
+                None => ("openai".to_string(), p.model.clone()),
+            };
+            if p.mock_response.is_none() && provider != "openai" && provider != "hosted_vllm" {
+                anyhow::bail!(
+                    "model_list[{i}].litellm_params.model: provider '{provider}' is not supported \
+                     (use 'openai/<model>' with api_base for OpenAI-compatible servers)"
+                );
+            }
+            let price = |a: Option<f64>, b: Option<f64>| -> anyhow::Result<i64> {
+                Ok(price_per_token_pico(a.or(b).unwrap_or(0.0))?)
+            };
+            let timeout = p
+                .timeout
+                .map(Duration::from_secs_f64)
+                .unwrap_or(DEFAULT_TIMEOUT);
+            let dep = Deployment {
+                id: m
+                    .model_info
+                    .id
+                    .clone()
+                    .unwrap_or_else(|| format!("{}-{i}", m.model_name)),
+                model_name: m.model_name.clone(),
+                provider,
+                upstream_model,
+                api_base: p.api_base.clone(),
+                api_key: p.api_key.clone(),
+                mock_response: p.mock_response.clone(),
+                rpm: p.rpm,
+                tpm: p.tpm,
+                input_pico: price(p.input_cost_per_token, m.model_info.input_cost_per_token)?,
+                output_pico: price(p.output_cost_per_token, m.model_info.output_cost_per_token)?,
+                timeout,
+                stream_timeout: p
+                    .stream_timeout
+                    .map(Duration::from_secs_f64)
+                    .unwrap_or(timeout),
+                access_groups: m.model_info.access_groups.clone(),
+                in_flight: AtomicU64::new(0),
+                window: Mutex::new((0, 0, 0)),
+            };
+            for g in &dep.access_groups {
+                access_groups
+                    .entry(g.clone())
+                    .or_default()
+                    .insert(m.model_name.clone());
+            }
+            if !groups.contains_key(&m.model_name) {
+                names.push(m.model_name.clone());
+            }
+            groups
+                .entry(m.model_name.clone())
+                .or_default()
+                .push(Arc::new(dep));
+        }
+        let client = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .pool_idle_timeout(Duration::from_secs(90))
+            .pool_max_idle_per_host(256)
+            .tcp_nodelay(true)
+            .tcp_keepalive(Duration::from_secs(30))
+            .build()?;
+        Ok(Registry {
+            names,
+            groups,
+            access_groups,
+            client,
+            rr: AtomicUsize::new(0),
+        })
     }
+
+    /// Public model names in config order.
+    pub fn names(&self) -> &[String] {
+        &self.names
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        self.groups.contains_key(name)
+    }
+
+    pub fn deployments(&self, name: &str) -> &[Arc<Deployment>] {
+        self.groups.get(name).map(Vec::as_slice).unwrap_or(&[])
+    }
+
+    pub fn access_groups(&self) -> &AccessGroups {
+        &self.access_groups
+    }
+
+    /// The highest (input, output) prices of a group, for pessimistic reservations.
+    pub fn max_prices(&self, name: &str) -> (i64, i64) {
+        self.deployments(name).iter().fold((0, 0), |acc, d| {
+            (acc.0.max(d.input_pico), acc.1.max(d.output_pico))
+        })
+    }
+
+    /// Least-busy deployment of the group with rpm/tpm room (round robin among ties).
+    pub fn pick(&self, name: &str) -> Option<Slot> {
+        let deps = self.deployments(name);
+        if deps.is_empty() {
+            return None;
+        }
+        let start = self.rr.fetch_add(1, Ordering::Relaxed);
+        let mut order: Vec<&Arc<Deployment>> = (0..deps.len())
+            .map(|i| &deps[(start + i) % deps.len()])
+            .collect();
+        order.sort_by_key(|d| d.in_flight.load(Ordering::Acquire));
+        for d in order {
+            if d.try_take() {
+                d.in_flight.fetch_add(1, Ordering::AcqRel);
+                return Some(Slot(Arc::clone(d)));
+            }
+        }
+        None
+    }
+
+    /// Sends a call upstream and returns the response once its headers arrived. Non-streaming
+    /// calls are bounded by the deployment `timeout` as a whole (body included); streaming calls
+    /// by `timeout` up to the headers and then by `stream_timeout` between chunks.
+    pub async fn send(
+        &self,
+        dep: &Deployment,
+        kind: CallKind,
+        body: &Value,
+        stream: bool,
+    ) -> Result<reqwest::Response, ApiError> {
+        let mut req = self.client.post(dep.url(kind.path())).json(body);
+        if let Some(k) = &dep.api_key {
+            req = req.bearer_auth(k);
+        }
+        if !stream {
+            req = req.timeout(dep.timeout);
+        }
+        let resp = match tokio::time::timeout(dep.timeout, req.send()).await {
+            Err(_) => return Err(timeout_error(dep)),
+            Ok(Err(e)) => return Err(transport_error(dep, &e)),
+            Ok(Ok(r)) => r,
+        };
+        if resp.status().is_success() {
+            return Ok(resp);
+        }
+        let status = resp.status();
+        let text = resp.text().await.unwrap_or_default();
+        Err(status_error(dep, status, &text))
+    }
+}
+
+/// 504: the upstream did not answer in time.
+pub fn timeout_error(dep: &Deployment) -> ApiError {
+    ApiError::proxy(
+        StatusCode::GATEWAY_TIMEOUT,
+        "timeout",
+        format!(
+            "litellm.Timeout: Request to model={} timed out after {}s",
+            dep.model_name,
+            dep.timeout.as_secs_f64()
+        ),
+    )
+}
+
+/// 503 (cannot connect) / 504 (timed out) / 502 (broken response) from a transport error. The
+/// reqwest error text is not used: it embeds the URL.
+pub fn transport_error(dep: &Deployment, e: &reqwest::Error) -> ApiError {
+    if e.is_timeout() {
+        return timeout_error(dep);
+    }
+    if e.is_connect() {
+        return ApiError::proxy(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "service_unavailable_error",
+            format!(
+                "litellm.ServiceUnavailableError: could not connect to the upstream of model={}",
+                dep.model_name
+            ),
+        );
+    }
+    ApiError::proxy(
+        StatusCode::BAD_GATEWAY,
+        "api_connection_error",
+        format!(
+            "litellm.APIConnectionError: the upstream of model={} failed mid-response",
+            dep.model_name
+        ),
+    )
+}
+
+/// Maps an upstream error status: client errors the caller can fix (400/404/413/422) and 429 pass
+/// through with the upstream message (scrubbed); everything else (5xx, upstream auth) is 502.
+fn status_error(dep: &Deployment, status: reqwest::StatusCode, body: &str) -> ApiError {
+    let upstream_msg = serde_json::from_str::<Value>(body)
+        .ok()
+        .and_then(|v| {
+            v.pointer("/error/message")
+                .and_then(Value::as_str)
+                .map(str::to_string)
+        })
+        .map(|m| dep.scrub(&m))
+        .unwrap_or_default();
+    let code = status.as_u16();
+    let (out, kind) = match code {
+        400 | 404 | 413 | 422 => (
+            StatusCode::from_u16(code).unwrap_or(StatusCode::BAD_REQUEST),
+            "bad_request_error",
+        ),
+        429 => (StatusCode::TOO_MANY_REQUESTS, "rate_limit_error"),
+        _ => (StatusCode::BAD_GATEWAY, "api_error"),
+    };
+    let mut message = format!(
+        "litellm.APIError: upstream of model={} returned HTTP {code}",
+        dep.model_name
+    );
+    if !upstream_msg.is_empty() {
+        message.push_str(": ");
+        message.push_str(&upstream_msg);
+    }
+    ApiError::proxy(out, kind, message)
 }

@@ -1,1 +1,207 @@
-//! In-tree OpenAI-compatible mock upstream (added by the request-path issue).
+//! A small OpenAI-compatible upstream on 127.0.0.1:0 for proxy tests. The first path segment
+//! picks the behaviour (`api_base: http://<addr>/<mode>/v1`):
+//! - `ok`: canned completion with usage (prompt 9, completion 6); streams `STREAM_WORDS` chunks
+//!   50 ms apart, then a usage chunk when `stream_options.include_usage` was asked, then DONE;
+//! - `nousage`: like `ok` without any usage;
+//! - `fail`: HTTP 500 whose message echoes the Authorization header it received;
+//! - `slow`: answers after 3 s (tests set a shorter deployment timeout);
+//! - `long`: streams 200 chunks 20 ms apart (client disconnect tests).
+//!
+//! Every call counts a hit, so tests can assert that denials never reach the upstream.
+
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use futures_util::StreamExt;
+use serde_json::{Value, json};
+
+pub const STREAM_WORDS: &[&str] = &["Hello", " from", " the", " mock", " stream", "."];
+
+#[derive(Default)]
+pub struct Seen {
+    pub hits: AtomicUsize,
+    pub bodies: Mutex<Vec<Value>>,
+    pub auth: Mutex<Vec<String>>,
+    /// Chunks of `long` streams actually written.
+    pub long_chunks_sent: AtomicUsize,
+}
+
+pub struct MockUpstream {
+    pub addr: SocketAddr,
+    pub seen: Arc<Seen>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl MockUpstream {
+    pub async fn start() -> MockUpstream {
+        let seen = Arc::new(Seen::default());
+        let app = Router::new()
+            .route("/{mode}/v1/chat/completions", post(chat))
+            .route("/{mode}/v1/embeddings", post(embeddings))
+            .with_state(seen.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        MockUpstream { addr, seen, task }
+    }
+
+    pub fn base(&self, mode: &str) -> String {
+        format!("http://{}/{mode}/v1", self.addr)
+    }
+
+    pub fn hits(&self) -> usize {
+        self.seen.hits.load(Ordering::SeqCst)
+    }
+
+    pub fn last_body(&self) -> Value {
+        self.seen
+            .bodies
+            .lock()
+            .unwrap()
+            .last()
+            .cloned()
+            .unwrap_or(Value::Null)
+    }
+}
+
+impl Drop for MockUpstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn record(seen: &Seen, headers: &HeaderMap, body: &Value) {
+    seen.hits.fetch_add(1, Ordering::SeqCst);
+    seen.bodies.lock().unwrap().push(body.clone());
+    seen.auth.lock().unwrap().push(
+        headers
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string(),
+    );
+}
+
+/// The exact SSE bytes the `ok`/`nousage` streams send, chunk by chunk.
+pub fn stream_chunks(with_usage: bool) -> Vec<String> {
+    let mut out = Vec::new();
+    for w in STREAM_WORDS {
+        let v = json!({"id": "chatcmpl-mock", "object": "chat.completion.chunk", "created": 1700000000,
+            "model": "upstream-model", "choices": [{"index": 0, "delta": {"content": w}, "finish_reason": null}]});
+        out.push(format!("data: {v}\n\n"));
+    }
+    let fin = json!({"id": "chatcmpl-mock", "object": "chat.completion.chunk", "created": 1700000000,
+        "model": "upstream-model", "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]});
+    out.push(format!("data: {fin}\n\n"));
+    if with_usage {
+        let u = json!({"id": "chatcmpl-mock", "object": "chat.completion.chunk", "created": 1700000000,
+            "model": "upstream-model", "choices": [],
+            "usage": {"prompt_tokens": 9, "completion_tokens": 6, "total_tokens": 15}});
+        out.push(format!("data: {u}\n\n"));
+    }
+    out.push("data: [DONE]\n\n".to_string());
+    out
+}
+
+fn sse(chunks: Vec<String>, delay: Duration, counter: Option<Arc<Seen>>) -> Response {
+    let s = futures_util::stream::iter(chunks).then(move |c| {
+        let counter = counter.clone();
+        async move {
+            tokio::time::sleep(delay).await;
+            if let Some(s) = counter {
+                s.long_chunks_sent.fetch_add(1, Ordering::SeqCst);
+            }
+            Ok::<Bytes, std::io::Error>(Bytes::from(c))
+        }
+    });
+    Response::builder()
+        .header("content-type", "text/event-stream")
+        .body(Body::from_stream(s))
+        .unwrap()
+}
+
+async fn chat(
+    State(seen): State<Arc<Seen>>,
+    Path(mode): Path<String>,
+    headers: HeaderMap,
+    body: axum::Json<Value>,
+) -> Response {
+    let body = body.0;
+    record(&seen, &headers, &body);
+    let stream = body["stream"] == true;
+    let wants_usage = body["stream_options"]["include_usage"] == true;
+    match mode.as_str() {
+        "fail" => {
+            let auth = headers
+                .get("authorization")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("");
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                axum::Json(json!({"error": {"message": format!("internal boom; you sent {auth}"), "type": "server_error"}})),
+            )
+                .into_response()
+        }
+        "slow" => {
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            axum::Json(completion(true)).into_response()
+        }
+        "long" => {
+            let chunks: Vec<String> = (0..200)
+                .map(|i| {
+                    let v = json!({"id": "c", "object": "chat.completion.chunk", "created": 1,
+                        "model": "m", "choices": [{"index": 0, "delta": {"content": format!("word{i} ")}, "finish_reason": null}]});
+                    format!("data: {v}\n\n")
+                })
+                .collect();
+            sse(chunks, Duration::from_millis(20), Some(seen.clone()))
+        }
+        "nousage" if stream => sse(stream_chunks(false), Duration::from_millis(50), None),
+        "nousage" => axum::Json(completion(false)).into_response(),
+        _ if stream => sse(stream_chunks(wants_usage), Duration::from_millis(50), None),
+        _ => axum::Json(completion(true)).into_response(),
+    }
+}
+
+/// The canned completion (the reference's recorded answer).
+pub fn completion(with_usage: bool) -> Value {
+    let mut v = json!({
+        "id": "chatcmpl-mock123",
+        "created": 1700000000,
+        "model": "upstream-model",
+        "object": "chat.completion",
+        "system_fingerprint": "fp_mock",
+        "choices": [{"finish_reason": "stop", "index": 0,
+            "message": {"content": "Hello from the mock upstream.", "role": "assistant"}}],
+    });
+    if with_usage {
+        v["usage"] = json!({"completion_tokens": 6, "prompt_tokens": 9, "total_tokens": 15});
+    }
+    v
+}
+
+async fn embeddings(
+    State(seen): State<Arc<Seen>>,
+    Path(_mode): Path<String>,
+    headers: HeaderMap,
+    body: axum::Json<Value>,
+) -> Response {
+    record(&seen, &headers, &body.0);
+    axum::Json(json!({"object": "list", "model": "emb",
+        "data": [{"object": "embedding", "index": 0, "embedding": [0.1, 0.2]}],
+        "usage": {"prompt_tokens": 4, "total_tokens": 4}}))
+    .into_response()
+}

@@ -1,1 +1,1353 @@
-//! (scenarios added by their issue)
+//! The request path: OpenAI-compatible routes in front of the mock upstream, every governance
+//! denial (status, type, message; the upstream is never hit), exact spend after sequential,
+//! concurrent and streamed calls, reservations under a burst, streaming passthrough, client
+//! disconnects, upstream failures and shutdown under load. Fixtures insert rows through
+//! `store::*` and evict the cache exactly like the management routes do.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use purser::service::spend::SpendScope;
+use purser::store::{
+    self, budgets::BudgetRow, keys::KeyRow, members::MembershipRow, teams::TeamRow, users::UserRow,
+};
+use purser_core::money::cost_of;
+use serde_json::{Value, json};
+use sqlx::types::Json;
+
+use crate::both_backends;
+use crate::helpers::*;
+use crate::mock_upstream::{self, MockUpstream};
+
+const SECRET: &str = "sk-upstream-secret-123";
+/// 1e-6 and 2e-6 USD per token in pico-USD.
+const IN: i64 = 1_000_000;
+const OUT: i64 = 2_000_000;
+
+fn config(m: &MockUpstream) -> String {
+    format!(
+        r#"
+model_list:
+  - model_name: fake-gpt
+    litellm_params:
+      model: openai/fake-gpt
+      mock_response: "hello from the mock"
+      input_cost_per_token: 0.000001
+      output_cost_per_token: 0.000002
+  - model_name: other-model
+    litellm_params:
+      model: openai/other
+      mock_response: "other"
+      input_cost_per_token: 0.000001
+      output_cost_per_token: 0.000002
+  - model_name: free-model
+    litellm_params:
+      model: openai/free
+      mock_response: "free"
+  - model_name: gpt-real
+    litellm_params:
+      model: openai/upstream-model
+      api_base: {ok}
+      api_key: {SECRET}
+      input_cost_per_token: 0.000001
+      output_cost_per_token: 0.000002
+    model_info:
+      access_groups: [beta]
+  - model_name: gpt-nousage
+    litellm_params:
+      model: openai/upstream-model
+      api_base: {nousage}
+      api_key: {SECRET}
+      input_cost_per_token: 0.000001
+      output_cost_per_token: 0.000002
+  - model_name: gpt-fail
+    litellm_params:
+      model: openai/upstream-model
+      api_base: {fail}
+      api_key: {SECRET}
+  - model_name: gpt-slow
+    litellm_params:
+      model: openai/upstream-model
+      api_base: {slow}
+      api_key: {SECRET}
+      timeout: 0.5
+  - model_name: gpt-down
+    litellm_params:
+      model: openai/upstream-model
+      api_base: http://127.0.0.1:9/v1
+      api_key: {SECRET}
+  - model_name: gpt-long
+    litellm_params:
+      model: openai/upstream-model
+      api_base: {long}
+      api_key: {SECRET}
+      input_cost_per_token: 0.000001
+      output_cost_per_token: 0.000002
+general_settings:
+  master_key: sk-1234
+  proxy_batch_write_at: 0.2
+"#,
+        ok = m.base("ok"),
+        nousage = m.base("nousage"),
+        fail = m.base("fail"),
+        slow = m.base("slow"),
+        long = m.base("long"),
+    )
+}
+
+async fn setup(b: Backend) -> (TestApp, MockUpstream) {
+    let m = MockUpstream::start().await;
+    let app = TestApp::spawn_with(b, &config(&m)).await;
+    (app, m)
+}
+
+fn hi() -> Value {
+    json!([{"role": "user", "content": "hi"}])
+}
+
+fn chat(model: &str) -> Value {
+    json!({"model": model, "messages": hi()})
+}
+
+/// Prompt tokens Purser counts for `hi()` (3 priming + 3 per message + "user" + "hi").
+const HI_TOKENS: u64 = 8;
+/// Completion tokens of "hello from the mock".
+const MOCK_TOKENS: u64 = 5;
+
+fn mock_cost() -> i64 {
+    cost_of(HI_TOKENS, MOCK_TOKENS, IN, OUT).0
+}
+
+fn real_cost() -> i64 {
+    cost_of(9, 6, IN, OUT).0
+}
+
+// ---------- fixtures (store writes + cache eviction, as the management routes do) ----------
+
+async fn put_user(app: &TestApp, id: &str, f: impl FnOnce(&mut UserRow)) {
+    let mut u = UserRow::new(id.into(), store::now());
+    f(&mut u);
+    let mut h = app.state.db.conn().await.unwrap();
+    store::users::insert(&mut h, &u).await.unwrap();
+    app.state.cache.evict_user(id).await;
+}
+
+async fn put_team(app: &TestApp, id: &str, f: impl FnOnce(&mut TeamRow)) {
+    let now = store::now();
+    let mut t = TeamRow {
+        team_id: id.into(),
+        team_alias: None,
+        organization_id: None,
+        metadata: Json(json!({})),
+        max_budget: None,
+        soft_budget: None,
+        spend: 0,
+        models: Json(vec![]),
+        max_parallel_requests: None,
+        tpm_limit: None,
+        rpm_limit: None,
+        tpd_limit: None,
+        budget_duration: None,
+        budget_reset_at: None,
+        blocked: false,
+        model_spend: Json(json!({})),
+        model_max_budget: Json(json!({})),
+        router_settings: Json(json!({})),
+        team_member_permissions: Json(vec![]),
+        access_group_ids: Json(vec![]),
+        policies: Json(vec![]),
+        default_team_member_models: Json(vec![]),
+        budget_limits: None,
+        model_id: None,
+        created_at: now,
+        updated_at: now,
+    };
+    f(&mut t);
+    let mut h = app.state.db.conn().await.unwrap();
+    store::teams::insert(&mut h, &t).await.unwrap();
+    app.state.cache.evict_team(id).await;
+}
+
+async fn update_team(app: &TestApp, id: &str, f: impl FnOnce(&mut TeamRow)) {
+    let mut h = app.state.db.conn().await.unwrap();
+    let mut t = store::teams::get(&mut h, id).await.unwrap().unwrap();
+    f(&mut t);
+    assert!(store::teams::update(&mut h, &t).await.unwrap());
+    app.state.cache.evict_team(id).await;
+}
+
+async fn set_team_aliases(app: &TestApp, id: &str, aliases: Value) {
+    let mut h = app.state.db.conn().await.unwrap();
+    let mid = store::models::insert(&mut h, &aliases, "test", store::now())
+        .await
+        .unwrap();
+    drop(h);
+    update_team(app, id, |t| t.model_id = Some(mid)).await;
+}
+
+async fn put_member(app: &TestApp, team: &str, user: &str, budget: Option<BudgetRow>) {
+    let mut h = app.state.db.conn().await.unwrap();
+    let budget_id = match budget {
+        Some(b) => {
+            store::budgets::insert(&mut h, &b).await.unwrap();
+            Some(b.budget_id)
+        }
+        None => None,
+    };
+    store::members::insert(
+        &mut h,
+        &MembershipRow {
+            team_id: team.into(),
+            user_id: user.into(),
+            role: "user".into(),
+            user_email: None,
+            spend: 0,
+            total_spend: 0,
+            budget_id,
+            added_at: store::now(),
+        },
+    )
+    .await
+    .unwrap();
+    app.state.cache.evict_member(team, user).await;
+}
+
+fn budget(id: &str, f: impl FnOnce(&mut BudgetRow)) -> BudgetRow {
+    let mut b = BudgetRow::new(id.into(), "test", store::now());
+    f(&mut b);
+    b
+}
+
+/// Inserts a key and returns the raw `sk-…` value.
+async fn put_key(
+    app: &TestApp,
+    user: Option<&str>,
+    team: Option<&str>,
+    f: impl FnOnce(&mut KeyRow),
+) -> String {
+    let raw = purser_core::keys::generate_key();
+    let now = store::now();
+    let mut k = KeyRow {
+        token: purser_core::keys::hash_key(&raw),
+        key_name: Some(purser_core::keys::key_name(&raw)),
+        key_alias: None,
+        spend: 0,
+        expires: None,
+        models: Json(vec![]),
+        aliases: Json(json!({})),
+        config: Json(json!({})),
+        permissions: Json(json!({})),
+        metadata: Json(json!({})),
+        user_id: user.map(str::to_string),
+        team_id: team.map(str::to_string),
+        organization_id: None,
+        budget_id: None,
+        max_parallel_requests: None,
+        tpm_limit: None,
+        rpm_limit: None,
+        max_budget: None,
+        soft_budget: None,
+        budget_duration: None,
+        budget_reset_at: None,
+        blocked: None,
+        allowed_routes: Json(vec![]),
+        key_type: None,
+        model_max_budget: Json(json!({})),
+        model_spend: Json(json!({})),
+        rotation_count: 0,
+        last_rotation_at: None,
+        created_at: now,
+        created_by: None,
+        updated_at: now,
+        updated_by: None,
+    };
+    f(&mut k);
+    let mut h = app.state.db.conn().await.unwrap();
+    store::keys::insert(&mut h, &k).await.unwrap();
+    app.state.cache.evict_key(&k.token).await;
+    raw
+}
+
+/// A team `t`, user `u` on it (optional member budget) and a team key of `u`.
+async fn team_key(app: &TestApp, t: &str, u: &str) -> String {
+    put_user(app, u, |_| {}).await;
+    put_team(app, t, |_| {}).await;
+    put_member(app, t, u, None).await;
+    put_key(app, Some(u), Some(t), |_| {}).await
+}
+
+// ---------- readers ----------
+
+#[derive(Debug, PartialEq, Eq)]
+struct Spends {
+    key: i64,
+    team: i64,
+    member: i64,
+    user: i64,
+    logs: i64,
+    log_rows: i64,
+}
+
+async fn flush(app: &TestApp) {
+    app.state.ledger.flush(&app.state.db).await.unwrap();
+}
+
+async fn spends_in(h: &mut store::Handle, raw: &str, t: &str, u: &str) -> Spends {
+    let k = store::keys::get(h, &purser_core::keys::hash_key(raw))
+        .await
+        .unwrap()
+        .map(|k| k.spend)
+        .unwrap_or(-1);
+    let team = store::teams::get(h, t)
+        .await
+        .unwrap()
+        .map(|t| t.spend)
+        .unwrap_or(-1);
+    let member = store::members::get(h, t, u)
+        .await
+        .unwrap()
+        .map(|m| m.spend)
+        .unwrap_or(-1);
+    let user = store::users::get(h, u)
+        .await
+        .unwrap()
+        .map(|u| u.spend)
+        .unwrap_or(-1);
+    let (logs, log_rows): (i64, i64) = purser::on_conn!(h, c => sqlx::query_as(
+        "SELECT CAST(COALESCE(SUM(spend), 0) AS BIGINT), COUNT(*) FROM spend_logs")
+        .fetch_one(c).await.unwrap());
+    Spends {
+        key: k,
+        team,
+        member,
+        user,
+        logs,
+        log_rows,
+    }
+}
+
+async fn spends(app: &TestApp, raw: &str, t: &str, u: &str) -> Spends {
+    flush(app).await;
+    let mut h = app.state.db.conn().await.unwrap();
+    spends_in(&mut h, raw, t, u).await
+}
+
+fn all_equal(s: &Spends, total: i64, rows: i64) {
+    assert_eq!(
+        s,
+        &Spends {
+            key: total,
+            team: total,
+            member: total,
+            user: total,
+            logs: total,
+            log_rows: rows
+        }
+    );
+}
+
+// ---------- scenarios ----------
+
+async fn chat_models_and_info(b: Backend) {
+    let (app, m) = setup(b).await;
+    let key = team_key(&app, "t1", "u1").await;
+    update_team(&app, "t1", |t| {
+        t.models = Json(vec!["fake-gpt".into(), "gpt-real".into()])
+    })
+    .await;
+    let (s, body) = app
+        .post("/v1/chat/completions", &key, chat("fake-gpt"))
+        .await;
+    assert_eq!(s, 200, "{body}");
+    assert_eq!(body["object"], "chat.completion");
+    assert_eq!(body["model"], "fake-gpt");
+    assert_eq!(
+        body["choices"][0]["message"]["content"],
+        "hello from the mock"
+    );
+    assert_eq!(body["usage"]["prompt_tokens"], HI_TOKENS);
+    assert_eq!(body["usage"]["completion_tokens"], MOCK_TOKENS);
+    let (s, body) = app.post("/chat/completions", &key, chat("gpt-real")).await;
+    assert_eq!(s, 200, "{body}");
+    assert_eq!(body, mock_upstream::completion(true), "JSON passed through");
+    let sent = m.last_body();
+    assert_eq!(sent["model"], "upstream-model");
+    assert_eq!(m.seen.auth.lock().unwrap()[0], format!("Bearer {SECRET}"));
+
+    let (s, body) = app.get("/v1/models", &key).await;
+    assert_eq!(s, 200);
+    assert_eq!(
+        body,
+        json!({"data": [
+            {"id": "fake-gpt", "object": "model", "created": 1677610602, "owned_by": "openai"},
+            {"id": "gpt-real", "object": "model", "created": 1677610602, "owned_by": "openai"}],
+            "object": "list"})
+    );
+    let (s, all) = app.get("/models", MASTER).await;
+    assert_eq!(s, 200);
+    assert_eq!(all["data"].as_array().unwrap().len(), 9);
+
+    let (s, info) = app.get("/model/info", &key).await;
+    assert_eq!(s, 200);
+    let names: Vec<&str> = info["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["model_name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["fake-gpt", "gpt-real"]);
+    let (_, info_all) = app.get("/model/info", MASTER).await;
+    let text = info_all.to_string();
+    assert!(!text.contains(SECRET) && !text.contains("api_key") && !text.contains("api_base"));
+    assert!(
+        !text.contains(&m.addr.to_string()),
+        "upstream address leaked"
+    );
+    assert_eq!(
+        info["data"][1]["model_info"]["access_groups"],
+        json!(["beta"])
+    );
+
+    let s = spends(&app, &key, "t1", "u1").await;
+    all_equal(&s, mock_cost() + real_cost(), 2);
+    app.shutdown().await;
+}
+
+async fn denials_never_reach_upstream(b: Backend) {
+    let (app, m) = setup(b).await;
+    // key allow-list
+    let key = team_key(&app, "t1", "u1").await;
+    let k2 = put_key(&app, Some("u1"), Some("t1"), |k| {
+        k.models = Json(vec!["fake-gpt".into()])
+    })
+    .await;
+    let (s, body) = app
+        .post("/v1/chat/completions", &k2, chat("gpt-real"))
+        .await;
+    assert_eq!(s, 403);
+    let msg = assert_proxy_error(&body, 403, "key_model_access_denied");
+    assert_eq!(
+        msg,
+        "The requested model 'gpt-real' is not available for this API key, or the model name is invalid. Check the models available to you and try again."
+    );
+    assert_eq!(body["error"]["param"], "model");
+    // team allow-list
+    update_team(&app, "t1", |t| t.models = Json(vec!["fake-gpt".into()])).await;
+    let (s, body) = app
+        .post("/v1/chat/completions", &key, chat("gpt-real"))
+        .await;
+    assert_eq!(s, 403);
+    assert_proxy_error(&body, 403, "team_model_access_denied");
+    // member allowed_models
+    put_user(&app, "u2", |_| {}).await;
+    put_member(
+        &app,
+        "t1",
+        "u2",
+        Some(budget("b-u2", |b| {
+            b.allowed_models = Json(vec!["other-model".into()])
+        })),
+    )
+    .await;
+    update_team(&app, "t1", |t| t.models = Json(vec![])).await;
+    let k3 = put_key(&app, Some("u2"), Some("t1"), |_| {}).await;
+    let (s, body) = app
+        .post("/v1/chat/completions", &k3, chat("gpt-real"))
+        .await;
+    assert_eq!(s, 403, "{body}");
+    assert_proxy_error(&body, 403, "team_model_access_denied");
+    let (s, _) = app
+        .post("/v1/chat/completions", &k3, chat("other-model"))
+        .await;
+    assert_eq!(s, 200);
+    // personal key: user models, no-default-models
+    put_user(&app, "solo", |u| u.models = Json(vec!["fake-gpt".into()])).await;
+    let pk = put_key(&app, Some("solo"), None, |_| {}).await;
+    let (s, body) = app
+        .post("/v1/chat/completions", &pk, chat("gpt-real"))
+        .await;
+    assert_eq!(s, 403);
+    assert_proxy_error(&body, 403, "user_model_access_denied");
+    put_user(&app, "nodef", |u| {
+        u.models = Json(vec!["no-default-models".into()])
+    })
+    .await;
+    let nk = put_key(&app, Some("nodef"), None, |_| {}).await;
+    let (s, body) = app
+        .post("/v1/chat/completions", &nk, chat("fake-gpt"))
+        .await;
+    assert_eq!(s, 403);
+    assert_proxy_error(&body, 403, "user_model_access_denied");
+    // team blocked
+    update_team(&app, "t1", |t| t.blocked = true).await;
+    let (s, body) = app
+        .post("/v1/chat/completions", &key, chat("gpt-real"))
+        .await;
+    assert_eq!(s, 401);
+    assert_eq!(
+        body,
+        json!({"error": {"message": "Authentication Error, Team=t1 is blocked. Update via `/team/unblock` if you're an admin.",
+            "type": "auth_error", "param": "None", "code": "401"}})
+    );
+    // proxy_admin_viewer keys may not call LLM routes
+    put_user(&app, "viewer", |u| {
+        u.user_role = "proxy_admin_viewer".into()
+    })
+    .await;
+    let vk = put_key(&app, Some("viewer"), None, |_| {}).await;
+    let (s, body) = app
+        .post("/v1/chat/completions", &vk, chat("gpt-real"))
+        .await;
+    assert_eq!(s, 403);
+    assert_proxy_error(&body, 403, "auth_error");
+    // unknown key
+    let (s, body) = app
+        .post("/v1/chat/completions", "sk-nope-nope", chat("gpt-real"))
+        .await;
+    assert_eq!(s, 401);
+    assert_proxy_error(&body, 401, "token_not_found_in_db");
+    assert_eq!(m.hits(), 0, "no denial may reach the upstream");
+    // only the one allowed mock call was booked
+    flush(&app).await;
+    let s = spends(&app, &k3, "t1", "u2").await;
+    assert_eq!((s.log_rows, s.logs), (1, cost_of(HI_TOKENS, 2, IN, OUT).0));
+    app.shutdown().await;
+}
+
+async fn budgets_refuse_in_order(b: Backend) {
+    let (app, m) = setup(b).await;
+    let c = mock_cost();
+    // key budget: one call fits, the next is refused (spend >= max)
+    let key = team_key(&app, "t1", "u1").await;
+    let kb = put_key(&app, Some("u1"), Some("t1"), |k| {
+        k.max_budget = Some(c);
+        k.key_alias = Some("my-key".into())
+    })
+    .await;
+    assert_eq!(
+        app.post("/v1/chat/completions", &kb, chat("fake-gpt"))
+            .await
+            .0,
+        200
+    );
+    let (s, body) = app
+        .post("/v1/chat/completions", &kb, chat("gpt-real"))
+        .await;
+    assert_eq!(s, 422);
+    let msg = assert_proxy_error(&body, 422, "budget_exceeded");
+    assert_eq!(
+        msg,
+        "Budget has been exceeded! Key=my-key Current cost: 1.8e-05, Max budget: 1.8e-05"
+    );
+    assert_eq!(body["error"]["param"], Value::Null);
+    // free models skip budget checks
+    assert_eq!(
+        app.post("/v1/chat/completions", &kb, chat("free-model"))
+            .await
+            .0,
+        200
+    );
+    // team budget (>=, documented)
+    update_team(&app, "t1", |t| t.max_budget = Some(c)).await;
+    let (s, body) = app
+        .post("/v1/chat/completions", &key, chat("gpt-real"))
+        .await;
+    assert_eq!(s, 422, "{body}");
+    let msg = assert_proxy_error(&body, 422, "budget_exceeded");
+    assert!(
+        msg.starts_with("Budget has been exceeded! Team=t1 Current cost: "),
+        "{msg}"
+    );
+    // member budget (with a temporary increase that lapsed)
+    put_team(&app, "t2", |_| {}).await;
+    put_user(&app, "u2", |_| {}).await;
+    put_member(
+        &app,
+        "t2",
+        "u2",
+        Some(budget("b2", |b| {
+            b.max_budget = Some(c);
+            b.temp_budget_increase = Some(1_000_000_000);
+            b.temp_budget_expiry = Some(chrono::Utc::now() - chrono::Duration::hours(1));
+        })),
+    )
+    .await;
+    let mk = put_key(&app, Some("u2"), Some("t2"), |_| {}).await;
+    assert_eq!(
+        app.post("/v1/chat/completions", &mk, chat("fake-gpt"))
+            .await
+            .0,
+        200
+    );
+    let (s, body) = app
+        .post("/v1/chat/completions", &mk, chat("gpt-real"))
+        .await;
+    assert_eq!(s, 422);
+    let msg = assert_proxy_error(&body, 422, "budget_exceeded");
+    assert!(
+        msg.starts_with("Budget has been exceeded! User=u2 in Team=t2 Current cost: "),
+        "{msg}"
+    );
+    // user budget: personal keys only (team keys unless apply_user_budget_to_team_keys)
+    put_user(&app, "solo", |u| u.max_budget = Some(c)).await;
+    let pk = put_key(&app, Some("solo"), None, |_| {}).await;
+    put_team(&app, "t3", |_| {}).await;
+    put_member(&app, "t3", "solo", None).await;
+    let tk = put_key(&app, Some("solo"), Some("t3"), |_| {}).await;
+    assert_eq!(
+        app.post("/v1/chat/completions", &pk, chat("fake-gpt"))
+            .await
+            .0,
+        200
+    );
+    let (s, body) = app
+        .post("/v1/chat/completions", &pk, chat("gpt-real"))
+        .await;
+    assert_eq!(s, 422);
+    let msg = assert_proxy_error(&body, 422, "budget_exceeded");
+    assert_eq!(
+        msg,
+        "ExceededBudget: User=solo over budget. Spend=1.8e-05, Budget=1.8e-05"
+    );
+    assert_eq!(
+        app.post("/v1/chat/completions", &tk, chat("fake-gpt"))
+            .await
+            .0,
+        200
+    );
+    assert_eq!(m.hits(), 0);
+    app.shutdown().await;
+}
+
+async fn budget_status_and_user_budget_on_team_keys(b: Backend) {
+    let m = MockUpstream::start().await;
+    let yaml = config(&m).replace(
+        "general_settings:\n",
+        "litellm_settings:\n  budget_exceeded_status_code: 400\ngeneral_settings:\n  apply_user_budget_to_team_keys: true\n",
+    );
+    let app = TestApp::spawn_with(b, &yaml).await;
+    put_user(&app, "u1", |u| u.max_budget = Some(1)).await;
+    put_team(&app, "t1", |_| {}).await;
+    put_member(&app, "t1", "u1", None).await;
+    let tk = put_key(&app, Some("u1"), Some("t1"), |_| {}).await;
+    assert_eq!(
+        app.post("/v1/chat/completions", &tk, chat("fake-gpt"))
+            .await
+            .0,
+        200
+    );
+    let (s, body) = app
+        .post("/v1/chat/completions", &tk, chat("fake-gpt"))
+        .await;
+    assert_eq!(s, 400);
+    assert_proxy_error(&body, 400, "budget_exceeded");
+    app.shutdown().await;
+}
+
+async fn alias_cannot_widen_access(b: Backend) {
+    let (app, m) = setup(b).await;
+    let key = team_key(&app, "t1", "u1").await;
+    // §10 #22: team alias onto a model outside the team list is refused
+    update_team(&app, "t1", |t| {
+        t.models = Json(vec!["fake-gpt".into(), "fast".into()])
+    })
+    .await;
+    set_team_aliases(&app, "t1", json!({"fast": "gpt-real"})).await;
+    let (s, body) = app.post("/v1/chat/completions", &key, chat("fast")).await;
+    assert_eq!(s, 200, "the alias is explicitly on the team list: {body}");
+    update_team(&app, "t1", |t| t.models = Json(vec!["fake-gpt".into()])).await;
+    let (s, body) = app.post("/v1/chat/completions", &key, chat("fast")).await;
+    assert_eq!(s, 403, "{body}");
+    assert_proxy_error(&body, 403, "team_model_access_denied");
+    // key restricted to some team models cannot reach an aliased target
+    update_team(&app, "t1", |t| {
+        t.models = Json(vec!["fake-gpt".into(), "gpt-real".into()])
+    })
+    .await;
+    let kr = put_key(&app, Some("u1"), Some("t1"), |k| {
+        k.models = Json(vec!["fake-gpt".into()])
+    })
+    .await;
+    let (s, body) = app.post("/v1/chat/completions", &kr, chat("fast")).await;
+    assert_eq!(s, 403);
+    assert_proxy_error(&body, 403, "key_model_access_denied");
+    assert_eq!(m.hits(), 1);
+    // allowed alias dispatches the target
+    let (s, _) = app.post("/v1/chat/completions", &key, chat("fast")).await;
+    assert_eq!(s, 200);
+    assert_eq!(m.last_body()["model"], "upstream-model");
+    // key aliases, checked the same way
+    let ka = put_key(&app, Some("u1"), Some("t1"), |k| {
+        k.aliases = Json(json!({"mine": "other-model"}));
+    })
+    .await;
+    let (s, body) = app.post("/v1/chat/completions", &ka, chat("mine")).await;
+    assert_eq!(s, 403, "other-model is not on the team list: {body}");
+    assert_proxy_error(&body, 403, "team_model_access_denied");
+    assert_eq!(m.hits(), 2);
+    app.shutdown().await;
+}
+
+async fn access_groups_wildcards_all_team_models(b: Backend) {
+    let (app, _m) = setup(b).await;
+    put_user(&app, "u1", |_| {}).await;
+    put_team(&app, "t1", |t| {
+        t.models = Json(vec!["fake-gpt".into(), "other-model".into()])
+    })
+    .await;
+    put_member(&app, "t1", "u1", None).await;
+    let grp = put_key(&app, Some("u1"), None, |k| {
+        k.models = Json(vec!["beta".into()])
+    })
+    .await;
+    assert_eq!(
+        app.post("/v1/chat/completions", &grp, chat("gpt-real"))
+            .await
+            .0,
+        200
+    );
+    assert_eq!(
+        app.post("/v1/chat/completions", &grp, chat("fake-gpt"))
+            .await
+            .0,
+        403
+    );
+    let wild = put_key(&app, Some("u1"), None, |k| {
+        k.models = Json(vec!["*-model".into()])
+    })
+    .await;
+    assert_eq!(
+        app.post("/v1/chat/completions", &wild, chat("other-model"))
+            .await
+            .0,
+        200
+    );
+    assert_eq!(
+        app.post("/v1/chat/completions", &wild, chat("fake-gpt"))
+            .await
+            .0,
+        403
+    );
+    let inherit = put_key(&app, Some("u1"), Some("t1"), |k| {
+        k.models = Json(vec!["all-team-models".into()])
+    })
+    .await;
+    assert_eq!(
+        app.post("/v1/chat/completions", &inherit, chat("other-model"))
+            .await
+            .0,
+        200
+    );
+    let (s, body) = app
+        .post("/v1/chat/completions", &inherit, chat("gpt-real"))
+        .await;
+    assert_eq!(s, 403);
+    assert_proxy_error(&body, 403, "key_model_access_denied");
+    let (_, list) = app.get("/v1/models", &inherit).await;
+    assert_eq!(list["data"].as_array().unwrap().len(), 2);
+    app.shutdown().await;
+}
+
+async fn management_writes_apply_on_next_call(b: Backend) {
+    let (app, _m) = setup(b).await;
+    let key = team_key(&app, "t1", "u1").await;
+    assert_eq!(
+        app.post("/v1/chat/completions", &key, chat("fake-gpt"))
+            .await
+            .0,
+        200
+    );
+    // block (§10 #8) and unblock take effect at once
+    update_team(&app, "t1", |t| t.blocked = true).await;
+    assert_eq!(
+        app.post("/v1/chat/completions", &key, chat("fake-gpt"))
+            .await
+            .0,
+        401
+    );
+    update_team(&app, "t1", |t| t.blocked = false).await;
+    assert_eq!(
+        app.post("/v1/chat/completions", &key, chat("fake-gpt"))
+            .await
+            .0,
+        200
+    );
+    // model list update (§10 #20)
+    update_team(&app, "t1", |t| t.models = Json(vec!["other-model".into()])).await;
+    assert_eq!(
+        app.post("/v1/chat/completions", &key, chat("fake-gpt"))
+            .await
+            .0,
+        403
+    );
+    assert_eq!(
+        app.post("/v1/chat/completions", &key, chat("other-model"))
+            .await
+            .0,
+        200
+    );
+    // key delete (§10 #9)
+    let token = purser_core::keys::hash_key(&key);
+    let mut h = app.state.db.conn().await.unwrap();
+    assert!(store::keys::delete(&mut h, &token).await.unwrap());
+    drop(h);
+    app.state.cache.evict_key(&token).await;
+    let (s, body) = app
+        .post("/v1/chat/completions", &key, chat("other-model"))
+        .await;
+    assert_eq!(s, 401);
+    assert_proxy_error(&body, 401, "token_not_found_in_db");
+    app.shutdown().await;
+}
+
+async fn rate_limits_with_headers(b: Backend) {
+    let (app, m) = setup(b).await;
+    put_user(&app, "u1", |_| {}).await;
+    put_team(&app, "t1", |t| t.tpm_limit = Some(10)).await;
+    put_member(
+        &app,
+        "t1",
+        "u1",
+        Some(budget("bm", |b| b.rpm_limit = Some(3))),
+    )
+    .await;
+    let key = put_key(&app, Some("u1"), Some("t1"), |k| {
+        k.rpm_limit = Some(2);
+        k.key_alias = Some("rk".into())
+    })
+    .await;
+    let other = put_key(&app, Some("u1"), Some("t1"), |_| {}).await;
+    let (s, _) = app
+        .post("/v1/chat/completions", &key, chat("free-model"))
+        .await;
+    assert_eq!(s, 200);
+    // team tpm: 8+1 tokens used, still under 10 → one more call, then refused
+    let (s, _) = app
+        .post("/v1/chat/completions", &key, chat("free-model"))
+        .await;
+    assert_eq!(s, 200);
+    let r = app
+        .client
+        .post(app.url("/v1/chat/completions"))
+        .bearer_auth(&key)
+        .json(&chat("gpt-real"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 429);
+    let h = r.headers().clone();
+    let body: Value = r.json().await.unwrap();
+    let msg = assert_proxy_error(&body, 429, "rate_limit_error");
+    assert!(
+        msg.starts_with("Rate limit exceeded for api_key: rk. Limit type: requests. Current limit: 2, Remaining: 0."),
+        "{msg}"
+    );
+    assert!(!msg.contains(&purser_core::keys::hash_key(&key)));
+    let retry: u64 = h["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((1..=60).contains(&retry));
+    assert_eq!(h["x-ratelimit-limit-requests"], "2");
+    assert_eq!(h["x-ratelimit-remaining-requests"], "0");
+    // the other key of the team hits the team TPM window (18 tokens ≥ 10)
+    let (s, body) = app
+        .post("/v1/chat/completions", &other, chat("free-model"))
+        .await;
+    assert_eq!(s, 429, "{body}");
+    let msg = assert_proxy_error(&body, 429, "rate_limit_error");
+    assert!(
+        msg.starts_with(
+            "Rate limit exceeded for team: t1. Limit type: tokens. Current limit: 10, Remaining: 0."
+        ),
+        "{msg}"
+    );
+    assert_eq!(m.hits(), 0);
+    // member rpm (3): a second team without tpm
+    put_team(&app, "t2", |_| {}).await;
+    put_member(
+        &app,
+        "t2",
+        "u1",
+        Some(budget("bm2", |b| b.rpm_limit = Some(1))),
+    )
+    .await;
+    let k2 = put_key(&app, Some("u1"), Some("t2"), |_| {}).await;
+    assert_eq!(
+        app.post("/v1/chat/completions", &k2, chat("free-model"))
+            .await
+            .0,
+        200
+    );
+    let (s, body) = app
+        .post("/v1/chat/completions", &k2, chat("free-model"))
+        .await;
+    assert_eq!(s, 429);
+    let msg = assert_proxy_error(&body, 429, "rate_limit_error");
+    assert!(
+        msg.starts_with("Rate limit exceeded for team_member: t2:u1. Limit type: requests."),
+        "{msg}"
+    );
+    app.shutdown().await;
+}
+
+async fn sequential_and_concurrent_spend_agree(b: Backend) {
+    let (app, _m) = setup(b).await;
+    let key = team_key(&app, "t1", "u1").await;
+    for _ in 0..3 {
+        assert_eq!(
+            app.post("/v1/chat/completions", &key, chat("gpt-real"))
+                .await
+                .0,
+            200
+        );
+    }
+    let s = spends(&app, &key, "t1", "u1").await;
+    all_equal(&s, 3 * real_cost(), 3);
+    let app = Arc::new(app);
+    let mut tasks = Vec::new();
+    for i in 0..30 {
+        let app = app.clone();
+        let key = key.clone();
+        tasks.push(tokio::spawn(async move {
+            let model = if i % 2 == 0 { "gpt-real" } else { "fake-gpt" };
+            app.post("/v1/chat/completions", &key, chat(model)).await.0
+        }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), 200);
+    }
+    let s = spends(&app, &key, "t1", "u1").await;
+    all_equal(&s, 18 * real_cost() + 15 * mock_cost(), 33);
+    assert_eq!(app.state.ledger.in_flight(), 0);
+    // the in-memory counters agree with the database
+    assert_eq!(
+        app.state.ledger.spend(&SpendScope::Team("t1".into())),
+        Some(s.team)
+    );
+    Arc::into_inner(app).unwrap().shutdown().await;
+}
+
+async fn burst_against_small_budget(b: Backend) {
+    let (app, m) = setup(b).await;
+    let key = team_key(&app, "t1", "u1").await;
+    // fits exactly 5 real calls; clients send max_tokens = 6, so estimates are accurate
+    let budget_nanos = 5 * real_cost();
+    update_team(&app, "t1", |t| t.max_budget = Some(budget_nanos)).await;
+    let body = json!({"model": "gpt-real", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 6});
+    let app = Arc::new(app);
+    let mut tasks = Vec::new();
+    for _ in 0..50 {
+        let (app, key, body) = (app.clone(), key.clone(), body.clone());
+        tasks.push(tokio::spawn(async move {
+            let (s, b) = app.post("/v1/chat/completions", &key, body).await;
+            if s != 200 {
+                assert_eq!(s, 422, "{b}");
+                assert_proxy_error(&b, 422, "budget_exceeded");
+            }
+            s == 200
+        }));
+    }
+    let mut ok = 0;
+    for t in tasks {
+        ok += t.await.unwrap() as i64;
+    }
+    let s = spends(&app, &key, "t1", "u1").await;
+    assert!((1..=6).contains(&ok), "{ok} calls passed");
+    assert_eq!(m.hits() as i64, ok);
+    all_equal(&s, ok * real_cost(), ok);
+    assert!(s.team <= budget_nanos + real_cost(), "{s:?}");
+    // accurate estimates: no false rejections — sequentially the 5 fitting calls all pass
+    let k2 = {
+        put_team(&app, "t2", |t| t.max_budget = Some(budget_nanos)).await;
+        put_member(&app, "t2", "u1", None).await;
+        put_key(&app, Some("u1"), Some("t2"), |_| {}).await
+    };
+    let mut passed = 0;
+    for _ in 0..6 {
+        if app.post("/v1/chat/completions", &k2, body.clone()).await.0 == 200 {
+            passed += 1;
+        }
+    }
+    assert_eq!(passed, 5);
+    Arc::into_inner(app).unwrap().shutdown().await;
+}
+
+async fn read_stream(r: reqwest::Response) -> Vec<u8> {
+    r.bytes().await.unwrap().to_vec()
+}
+
+async fn streaming_passthrough_and_billing(b: Backend) {
+    let (app, m) = setup(b).await;
+    let key = team_key(&app, "t1", "u1").await;
+    let body = json!({"model": "gpt-real", "messages": hi(), "stream": true});
+    let r = app
+        .client
+        .post(app.url("/v1/chat/completions"))
+        .bearer_auth(&key)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["content-type"], "text/event-stream");
+    let bytes = read_stream(r).await;
+    assert_eq!(
+        String::from_utf8(bytes).unwrap(),
+        mock_upstream::stream_chunks(true).concat(),
+        "SSE forwarded byte for byte"
+    );
+    assert_eq!(m.last_body()["stream_options"]["include_usage"], true);
+    let s = spends(&app, &key, "t1", "u1").await;
+    all_equal(&s, real_cost(), 1);
+    // no usage from upstream: bill the counted prompt and produced text
+    let body = json!({"model": "gpt-nousage", "messages": hi(), "stream": true});
+    let r = app
+        .client
+        .post(app.url("/v1/chat/completions"))
+        .bearer_auth(&key)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let bytes = read_stream(r).await;
+    assert_eq!(
+        String::from_utf8(bytes).unwrap(),
+        mock_upstream::stream_chunks(false).concat()
+    );
+    // "Hello"=2, " from", " the", " mock"=1 each, " stream"=2, "."=1
+    let fallback = cost_of(HI_TOKENS, 8, IN, OUT).0;
+    let s = spends(&app, &key, "t1", "u1").await;
+    all_equal(&s, real_cost() + fallback, 2);
+    // mock deployments stream too, with usage
+    let r = app
+        .client
+        .post(app.url("/v1/chat/completions"))
+        .bearer_auth(&key)
+        .json(&json!({"model": "fake-gpt", "messages": hi(), "stream": true}))
+        .send()
+        .await
+        .unwrap();
+    let text = String::from_utf8(read_stream(r).await).unwrap();
+    assert!(text.ends_with("data: [DONE]\n\n"));
+    assert!(text.contains("\"completion_tokens\":5"), "{text}");
+    let s = spends(&app, &key, "t1", "u1").await;
+    all_equal(&s, real_cost() + fallback + mock_cost(), 3);
+    app.shutdown().await;
+}
+
+async fn client_disconnect_mid_stream_is_billed(b: Backend) {
+    let (app, m) = setup(b).await;
+    let key = team_key(&app, "t1", "u1").await;
+    let mut r = app
+        .client
+        .post(app.url("/v1/chat/completions"))
+        .bearer_auth(&key)
+        .json(&json!({"model": "gpt-long", "messages": hi(), "stream": true}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let mut got = 0;
+    while got < 3 {
+        let c = r.chunk().await.unwrap().unwrap();
+        got += c.iter().filter(|b| **b == b'\n').count() / 2;
+    }
+    drop(r);
+    // the proxy notices the closed socket on its next write and settles
+    let mut waited = 0;
+    while app.state.ledger.in_flight() > 0 && waited < 100 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        waited += 1;
+    }
+    assert_eq!(app.state.ledger.in_flight(), 0, "stream guard settled");
+    let sent = m
+        .seen
+        .long_chunks_sent
+        .load(std::sync::atomic::Ordering::SeqCst);
+    assert!(sent < 200, "upstream stream stopped early ({sent})");
+    let s = spends(&app, &key, "t1", "u1").await;
+    assert_eq!(s.log_rows, 1);
+    assert!(s.key > cost_of(HI_TOKENS, 0, IN, OUT).0, "{s:?}");
+    all_equal(&s, s.key, 1);
+    let mut h = app.state.db.conn().await.unwrap();
+    let status: String = purser::on_conn!(h, c => sqlx::query_scalar("SELECT status FROM spend_logs")
+        .fetch_one(c).await.unwrap());
+    assert_eq!(status, "partial");
+    drop(h); // the pool only closes once every connection is back
+    app.shutdown().await;
+}
+
+async fn upstream_failures_map_and_hide_secrets(b: Backend) {
+    let (app, m) = setup(b).await;
+    let key = team_key(&app, "t1", "u1").await;
+    let (s, body) = app
+        .post("/v1/chat/completions", &key, chat("gpt-fail"))
+        .await;
+    assert_eq!(s, 502, "{body}");
+    assert_proxy_error(&body, 502, "api_error");
+    assert!(!body.to_string().contains(SECRET), "{body}");
+    assert!(body.to_string().contains("internal boom"), "{body}");
+    let (s, body) = app
+        .post("/v1/chat/completions", &key, chat("gpt-slow"))
+        .await;
+    assert_eq!(s, 504, "{body}");
+    assert_proxy_error(&body, 504, "timeout");
+    let (s, body) = app
+        .post("/v1/chat/completions", &key, chat("gpt-down"))
+        .await;
+    assert_eq!(s, 503, "{body}");
+    assert!(!body.to_string().contains(SECRET) && !body.to_string().contains("127.0.0.1:9"));
+    // streaming request to a failing upstream fails before any byte is sent
+    let (s, body) = app
+        .post(
+            "/v1/chat/completions",
+            &key,
+            json!({"model": "gpt-fail", "messages": hi(), "stream": true}),
+        )
+        .await;
+    assert_eq!(s, 502);
+    assert!(!body.to_string().contains(SECRET));
+    assert_eq!(m.hits(), 3);
+    assert_eq!(app.state.ledger.in_flight(), 0);
+    let s = spends(&app, &key, "t1", "u1").await;
+    all_equal(&s, 0, 0);
+    app.shutdown().await;
+}
+
+async fn embeddings_and_bad_input(b: Backend) {
+    let (app, m) = setup(b).await;
+    let key = team_key(&app, "t1", "u1").await;
+    let (s, body) = app
+        .post(
+            "/v1/embeddings",
+            &key,
+            json!({"model": "gpt-real", "input": "hello"}),
+        )
+        .await;
+    assert_eq!(s, 200, "{body}");
+    assert_eq!(body["usage"]["prompt_tokens"], 4);
+    let (s, body) = app
+        .post(
+            "/embeddings",
+            &key,
+            json!({"model": "fake-gpt", "input": ["a", "b"]}),
+        )
+        .await;
+    assert_eq!(s, 200);
+    assert_eq!(body["data"].as_array().unwrap().len(), 2);
+    let hits = m.hits();
+    for (path, raw) in [
+        ("/v1/chat/completions", "{not json"),
+        ("/v1/chat/completions", "[1,2]"),
+        (
+            "/v1/chat/completions",
+            r#"{"messages": [{"role":"user","content":"hi"}]}"#,
+        ),
+        ("/v1/chat/completions", r#"{"model": 7, "messages": []}"#),
+        ("/v1/chat/completions", r#"{"model": "fake-gpt"}"#),
+        (
+            "/v1/chat/completions",
+            r#"{"model": "fake-gpt", "messages": [], "stream": "yes"}"#,
+        ),
+        (
+            "/v1/chat/completions",
+            r#"{"model": "fake-gpt", "messages": [{"role":"user","content":"hi"}], "max_tokens": -1}"#,
+        ),
+        (
+            "/v1/chat/completions",
+            r#"{"model": "no-such-model", "messages": [{"role":"user","content":"hi"}]}"#,
+        ),
+        ("/v1/embeddings", r#"{"model": "fake-gpt"}"#),
+        (
+            "/v1/embeddings",
+            r#"{"model": "fake-gpt", "input": "x", "stream": true}"#,
+        ),
+    ] {
+        let (s, body) = app.post_raw(path, &key, raw).await;
+        assert_eq!(s, 400, "{raw}: {body}");
+        assert_proxy_error(&body, 400, "bad_request_error");
+    }
+    assert_eq!(m.hits(), hits);
+    let s = spends(&app, &key, "t1", "u1").await;
+    all_equal(&s, cost_of(4, 0, IN, OUT).0 + cost_of(2, 0, IN, OUT).0, 2);
+    app.shutdown().await;
+}
+
+async fn master_key_calls_are_logged(b: Backend) {
+    let (app, _m) = setup(b).await;
+    let (s, _) = app
+        .post("/v1/chat/completions", MASTER, chat("fake-gpt"))
+        .await;
+    assert_eq!(s, 200);
+    flush(&app).await;
+    let mut h = app.state.db.conn().await.unwrap();
+    let (api_key, user, spend): (String, Option<String>, i64) = purser::on_conn!(h, c => sqlx::query_as(
+        "SELECT api_key, user_id, spend FROM spend_logs").fetch_one(c).await.unwrap());
+    assert_eq!(api_key, "litellm_proxy_master_key");
+    assert_eq!(user.as_deref(), Some("default_user_id"));
+    assert_eq!(spend, mock_cost());
+    drop(h);
+    app.shutdown().await;
+}
+
+async fn budget_reset_hook(b: Backend) {
+    let (app, _m) = setup(b).await;
+    let key = team_key(&app, "t1", "u1").await;
+    update_team(&app, "t1", |t| t.max_budget = Some(mock_cost())).await;
+    assert_eq!(
+        app.post("/v1/chat/completions", &key, chat("fake-gpt"))
+            .await
+            .0,
+        200
+    );
+    assert_eq!(
+        app.post("/v1/chat/completions", &key, chat("fake-gpt"))
+            .await
+            .0,
+        422
+    );
+    // what the reset job does: zero the row, then tell the ledger
+    flush(&app).await;
+    let mut h = app.state.db.conn().await.unwrap();
+    purser::on_conn!(h, c => sqlx::query("UPDATE teams SET spend = 0 WHERE team_id = $1")
+        .bind("t1").execute(c).await.map(|_| ()).unwrap());
+    drop(h);
+    app.state
+        .ledger
+        .on_reset(&SpendScope::Team("t1".into()))
+        .await;
+    app.state.cache.evict_team("t1").await;
+    assert_eq!(
+        app.post("/v1/chat/completions", &key, chat("fake-gpt"))
+            .await
+            .0,
+        200
+    );
+    let s = spends(&app, &key, "t1", "u1").await;
+    assert_eq!(s.team, mock_cost());
+    assert_eq!(s.key, 2 * mock_cost());
+    assert_eq!(s.logs, 2 * mock_cost());
+    app.shutdown().await;
+}
+
+async fn shutdown_under_load_loses_nothing(b: Backend) {
+    let (app, _m) = setup(b).await;
+    let key = team_key(&app, "t1", "u1").await;
+    let schema: Option<String> = match &app.state.db {
+        store::Db::Postgres(p) => Some(
+            sqlx::query_scalar("SELECT current_schema()")
+                .fetch_one(p)
+                .await
+                .unwrap(),
+        ),
+        store::Db::Sqlite(_) => None,
+    };
+    let mut tasks = Vec::new();
+    for i in 0..20 {
+        let (client, url, key) = (
+            app.client.clone(),
+            app.url("/v1/chat/completions"),
+            key.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            let stream = i % 2 == 0;
+            let r = client
+                .post(url)
+                .bearer_auth(&key)
+                .json(&json!({"model": "gpt-real", "messages": [{"role":"user","content":"hi"}], "stream": stream}))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200);
+            r.bytes().await.unwrap();
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    app.state.shutdown.cancel(); // SIGTERM
+    for t in tasks {
+        t.await.unwrap();
+    }
+    // wait for serve() to finish: jobs flushed, then the pool closed
+    let closed = || match &app.state.db {
+        store::Db::Postgres(p) => p.is_closed(),
+        store::Db::Sqlite(p) => p.is_closed(),
+    };
+    let mut n = 0;
+    while !closed() && n < 400 {
+        tokio::time::sleep(Duration::from_millis(25)).await;
+        n += 1;
+    }
+    assert!(closed(), "server did not finish");
+    let db = match (&app.state.settings.database, schema) {
+        (store::DbUrl::Sqlite(path), _) => {
+            store::Db::connect(&store::DbUrl::Sqlite(path.clone()), None)
+                .await
+                .unwrap()
+        }
+        (url, Some(schema)) => store::Db::connect(url, Some(&schema)).await.unwrap(),
+        _ => unreachable!(),
+    };
+    let mut h = db.conn().await.unwrap();
+    let s = spends_in(&mut h, &key, "t1", "u1").await;
+    all_equal(&s, 20 * real_cost(), 20);
+    drop(h);
+    db.close().await;
+    app.shutdown().await;
+}
+
+async fn deployments_balance_within_their_rpm(b: Backend) {
+    let yaml = r#"
+model_list:
+  - model_name: pair
+    litellm_params: {model: openai/a, mock_response: "from a", rpm: 1}
+    model_info: {id: dep-a}
+  - model_name: pair
+    litellm_params: {model: openai/b, mock_response: "from b", rpm: 1}
+    model_info: {id: dep-b}
+general_settings:
+  master_key: sk-1234
+  proxy_batch_write_at: 0.2
+"#;
+    let app = TestApp::spawn_with(b, yaml).await;
+    let mut seen = Vec::new();
+    for _ in 0..2 {
+        let (s, body) = app.post("/v1/chat/completions", MASTER, chat("pair")).await;
+        assert_eq!(s, 200, "{body}");
+        seen.push(
+            body["choices"][0]["message"]["content"]
+                .as_str()
+                .unwrap()
+                .to_string(),
+        );
+    }
+    seen.sort();
+    assert_eq!(seen, ["from a", "from b"], "both deployments used");
+    let (s, body) = app.post("/v1/chat/completions", MASTER, chat("pair")).await;
+    assert_eq!(s, 429, "{body}");
+    let msg = assert_proxy_error(&body, 429, "rate_limit_error");
+    assert!(
+        msg.starts_with("No deployments available for selected model=pair"),
+        "{msg}"
+    );
+    assert_eq!(app.state.ledger.in_flight(), 0);
+    app.shutdown().await;
+}
+
+both_backends!(
+    deployments_balance_within_their_rpm,
+    chat_models_and_info,
+    denials_never_reach_upstream,
+    budgets_refuse_in_order,
+    budget_status_and_user_budget_on_team_keys,
+    alias_cannot_widen_access,
+    access_groups_wildcards_all_team_models,
+    management_writes_apply_on_next_call,
+    rate_limits_with_headers,
+    sequential_and_concurrent_spend_agree,
+    burst_against_small_budget,
+    streaming_passthrough_and_billing,
+    client_disconnect_mid_stream_is_billed,
+    upstream_failures_map_and_hide_secrets,
+    embeddings_and_bad_input,
+    master_key_calls_are_logged,
+    budget_reset_hook,
+    shutdown_under_load_loses_nothing,
+);

@@ -1,0 +1,151 @@
+//! In-process fixed-window counters (one instance). Each `scope:id` has its own mutex inside a
+//! DashMap; a call locks the counters it needs in sorted key order, checks all, then increments
+//! all, which makes the multi-scope decision atomic without a global lock.
+
+use std::sync::{Arc, Mutex};
+
+use dashmap::DashMap;
+
+use super::{LimitKind, RateDenied, RateLimit, WINDOW_SECS};
+
+#[derive(Debug, Default)]
+struct Window {
+    start: u64,
+    requests: u64,
+    tokens: u64,
+}
+
+impl Window {
+    /// Rolls the window forward when `now` is past it.
+    fn roll(&mut self, now: u64) {
+        let start = now - now % WINDOW_SECS;
+        if self.start != start {
+            self.start = start;
+            self.requests = 0;
+            self.tokens = 0;
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct MemoryLimiter {
+    windows: DashMap<String, Arc<Mutex<Window>>>,
+}
+
+impl MemoryLimiter {
+    fn window(&self, key: String) -> Arc<Mutex<Window>> {
+        self.windows.entry(key).or_default().clone()
+    }
+
+    pub fn acquire(&self, limits: &[RateLimit], now: u64) -> Result<(), RateDenied> {
+        let mut active: Vec<(&RateLimit, String)> = limits
+            .iter()
+            .filter(|l| l.rpm.is_some() || l.tpm.is_some())
+            .map(|l| (l, l.counter_key()))
+            .collect();
+        if active.is_empty() {
+            return Ok(());
+        }
+        // Sorted lock order: no deadlock between calls sharing scopes.
+        active.sort_by(|a, b| a.1.cmp(&b.1));
+        active.dedup_by(|a, b| a.1 == b.1);
+        let cells: Vec<Arc<Mutex<Window>>> =
+            active.iter().map(|(_, k)| self.window(k.clone())).collect();
+        let mut guards: Vec<_> = cells
+            .iter()
+            .map(|c| c.lock().unwrap_or_else(|p| p.into_inner()))
+            .collect();
+        let retry_after = WINDOW_SECS - now % WINDOW_SECS;
+        // Report refusals in the caller's descriptor order (key before team before member…).
+        for l in limits {
+            let Some(i) = active.iter().position(|(a, _)| std::ptr::eq(*a, l)) else {
+                continue;
+            };
+            let w = &mut guards[i];
+            w.roll(now);
+            let rpm_full = l.rpm.is_some_and(|r| w.requests >= r);
+            let tpm_full = l.tpm.is_some_and(|t| w.tokens >= t);
+            if rpm_full || tpm_full {
+                return Err(RateDenied {
+                    scope: l.scope,
+                    id: l.label.clone().unwrap_or_else(|| l.id.clone()),
+                    kind: if rpm_full {
+                        LimitKind::Requests
+                    } else {
+                        LimitKind::Tokens
+                    },
+                    limit_requests: l.rpm,
+                    remaining_requests: l.rpm.map(|r| r.saturating_sub(w.requests)),
+                    limit_tokens: l.tpm,
+                    remaining_tokens: l.tpm.map(|t| t.saturating_sub(w.tokens)),
+                    retry_after,
+                });
+            }
+        }
+        for w in guards.iter_mut() {
+            w.roll(now);
+            w.requests += 1;
+        }
+        Ok(())
+    }
+
+    pub fn add_tokens(&self, limits: &[RateLimit], tokens: u64, now: u64) {
+        if tokens == 0 {
+            return;
+        }
+        for l in limits.iter().filter(|l| l.tpm.is_some()) {
+            let cell = self.window(l.counter_key());
+            let mut w = cell.lock().unwrap_or_else(|p| p.into_inner());
+            w.roll(now);
+            w.tokens = w.tokens.saturating_add(tokens);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lim(scope: &'static str, id: &str, rpm: Option<u64>, tpm: Option<u64>) -> RateLimit {
+        RateLimit {
+            scope,
+            id: id.into(),
+            label: None,
+            rpm,
+            tpm,
+        }
+    }
+
+    #[test]
+    fn all_or_nothing_and_windows() {
+        let m = MemoryLimiter::default();
+        let key = lim("api_key", "k", Some(3), None);
+        let team = lim("team", "t", Some(2), None);
+        let both = [key.clone(), team.clone()];
+        assert!(m.acquire(&both, 120).is_ok());
+        assert!(m.acquire(&both, 121).is_ok());
+        let d = m.acquire(&both, 122).unwrap_err();
+        assert_eq!((d.scope, d.kind), ("team", LimitKind::Requests));
+        assert_eq!(d.remaining_requests, Some(0));
+        assert_eq!(d.retry_after, 58);
+        // the refused call counted nothing on the key: one more key-only call fits
+        assert!(m.acquire(std::slice::from_ref(&key), 123).is_ok());
+        assert!(m.acquire(std::slice::from_ref(&key), 124).is_err());
+        // next window
+        assert!(m.acquire(&both, 180).is_ok());
+    }
+
+    #[test]
+    fn tpm_refuses_once_full() {
+        let m = MemoryLimiter::default();
+        let l = [lim("user", "u", None, Some(100))];
+        assert!(m.acquire(&l, 0).is_ok());
+        m.add_tokens(&l, 99, 1);
+        assert!(m.acquire(&l, 2).is_ok());
+        m.add_tokens(&l, 50, 3);
+        let d = m.acquire(&l, 4).unwrap_err();
+        assert_eq!(d.kind, LimitKind::Tokens);
+        assert_eq!(d.remaining_tokens, Some(0));
+        assert!(m.acquire(&l, 60).is_ok());
+    }
+}
