@@ -6,6 +6,7 @@ mod mock_upstream;
 
 mod audit;
 mod cli;
+mod e2e;
 mod foundation;
 mod keys;
 mod members;
