@@ -225,3 +225,44 @@ pub async fn list(
         Ok((rows, total))
     })
 }
+
+impl KeyRow {
+    /// A key row with LiteLLM's column defaults for the stored token `token` (sha256 hex).
+    pub fn new(token: String, now: DateTime<Utc>) -> KeyRow {
+        let empty = || Json(Value::Object(Default::default()));
+        KeyRow {
+            token,
+            key_name: None,
+            key_alias: None,
+            spend: 0,
+            expires: None,
+            models: Json(vec![]),
+            aliases: empty(),
+            config: empty(),
+            permissions: empty(),
+            metadata: empty(),
+            user_id: None,
+            team_id: None,
+            organization_id: None,
+            budget_id: None,
+            max_parallel_requests: None,
+            tpm_limit: None,
+            rpm_limit: None,
+            max_budget: None,
+            soft_budget: None,
+            budget_duration: None,
+            budget_reset_at: None,
+            blocked: None,
+            allowed_routes: Json(vec![]),
+            key_type: None,
+            model_max_budget: empty(),
+            model_spend: empty(),
+            rotation_count: 0,
+            last_rotation_at: None,
+            created_at: now,
+            created_by: None,
+            updated_at: now,
+            updated_by: None,
+        }
+    }
+}

@@ -496,3 +496,38 @@ const LINK_DEFAULT_BUDGET: &str =
 pub async fn link_default_budget(h: &mut Handle, team_id: &str, budget_id: &str) -> Result<u64> {
     on_conn!(h, c => sqlx::query(LINK_DEFAULT_BUDGET).bind(team_id).bind(budget_id).execute(c).await.map(|r| r.rows_affected()))
 }
+
+impl TeamRow {
+    /// A team with LiteLLM's column defaults: no limits, all models, not blocked, zero spend.
+    pub fn new(team_id: String, now: DateTime<Utc>) -> TeamRow {
+        let empty = || Json(Value::Object(Default::default()));
+        TeamRow {
+            team_id,
+            team_alias: None,
+            organization_id: None,
+            metadata: empty(),
+            max_budget: None,
+            soft_budget: None,
+            spend: 0,
+            models: Json(vec![]),
+            max_parallel_requests: None,
+            tpm_limit: None,
+            rpm_limit: None,
+            tpd_limit: None,
+            budget_duration: None,
+            budget_reset_at: None,
+            blocked: false,
+            model_spend: empty(),
+            model_max_budget: empty(),
+            router_settings: empty(),
+            team_member_permissions: Json(vec![]),
+            access_group_ids: Json(vec![]),
+            policies: Json(vec![]),
+            default_team_member_models: Json(vec![]),
+            budget_limits: None,
+            model_id: None,
+            created_at: now,
+            updated_at: now,
+        }
+    }
+}

@@ -111,38 +111,9 @@ async fn make_key(app: &TestApp, user_id: Option<&str>, team_id: Option<&str>) -
     let raw = generate_key();
     let now = store::now();
     let k = KeyRow {
-        token: hash_key(&raw),
-        key_name: None,
-        key_alias: None,
-        spend: 0,
-        expires: None,
-        models: Json(vec![]),
-        aliases: Json(json!({})),
-        config: Json(json!({})),
-        permissions: Json(json!({})),
-        metadata: Json(json!({})),
         user_id: user_id.map(str::to_string),
         team_id: team_id.map(str::to_string),
-        organization_id: None,
-        budget_id: None,
-        max_parallel_requests: None,
-        tpm_limit: None,
-        rpm_limit: None,
-        max_budget: None,
-        soft_budget: None,
-        budget_duration: None,
-        budget_reset_at: None,
-        blocked: None,
-        allowed_routes: Json(vec![]),
-        key_type: None,
-        model_max_budget: Json(json!({})),
-        model_spend: Json(json!({})),
-        rotation_count: 0,
-        last_rotation_at: None,
-        created_at: now,
-        created_by: None,
-        updated_at: now,
-        updated_by: None,
+        ..KeyRow::new(hash_key(&raw), now)
     };
     let mut h = conn(app).await;
     store::keys::insert(&mut h, &k).await.unwrap();

@@ -134,34 +134,7 @@ async fn put_user(app: &TestApp, id: &str, f: impl FnOnce(&mut UserRow)) {
 
 async fn put_team(app: &TestApp, id: &str, f: impl FnOnce(&mut TeamRow)) {
     let now = store::now();
-    let mut t = TeamRow {
-        team_id: id.into(),
-        team_alias: None,
-        organization_id: None,
-        metadata: Json(json!({})),
-        max_budget: None,
-        soft_budget: None,
-        spend: 0,
-        models: Json(vec![]),
-        max_parallel_requests: None,
-        tpm_limit: None,
-        rpm_limit: None,
-        tpd_limit: None,
-        budget_duration: None,
-        budget_reset_at: None,
-        blocked: false,
-        model_spend: Json(json!({})),
-        model_max_budget: Json(json!({})),
-        router_settings: Json(json!({})),
-        team_member_permissions: Json(vec![]),
-        access_group_ids: Json(vec![]),
-        policies: Json(vec![]),
-        default_team_member_models: Json(vec![]),
-        budget_limits: None,
-        model_id: None,
-        created_at: now,
-        updated_at: now,
-    };
+    let mut t = TeamRow::new(id.to_string(), now);
     f(&mut t);
     let mut h = app.state.db.conn().await.unwrap();
     store::teams::insert(&mut h, &t).await.unwrap();
@@ -228,38 +201,10 @@ async fn put_key(
     let raw = purser_core::keys::generate_key();
     let now = store::now();
     let mut k = KeyRow {
-        token: purser_core::keys::hash_key(&raw),
         key_name: Some(purser_core::keys::key_name(&raw)),
-        key_alias: None,
-        spend: 0,
-        expires: None,
-        models: Json(vec![]),
-        aliases: Json(json!({})),
-        config: Json(json!({})),
-        permissions: Json(json!({})),
-        metadata: Json(json!({})),
         user_id: user.map(str::to_string),
         team_id: team.map(str::to_string),
-        organization_id: None,
-        budget_id: None,
-        max_parallel_requests: None,
-        tpm_limit: None,
-        rpm_limit: None,
-        max_budget: None,
-        soft_budget: None,
-        budget_duration: None,
-        budget_reset_at: None,
-        blocked: None,
-        allowed_routes: Json(vec![]),
-        key_type: None,
-        model_max_budget: Json(json!({})),
-        model_spend: Json(json!({})),
-        rotation_count: 0,
-        last_rotation_at: None,
-        created_at: now,
-        created_by: None,
-        updated_at: now,
-        updated_by: None,
+        ..KeyRow::new(purser_core::keys::hash_key(&raw), now)
     };
     f(&mut k);
     let mut h = app.state.db.conn().await.unwrap();

@@ -30,69 +30,16 @@ general_settings:
 
 fn team_row(id: &str, alias: Option<&str>, now: DateTime<Utc>) -> TeamRow {
     TeamRow {
-        team_id: id.into(),
         team_alias: alias.map(String::from),
-        organization_id: None,
-        metadata: Json(json!({})),
-        max_budget: None,
-        soft_budget: None,
-        spend: 0,
-        models: Json(vec![]),
-        max_parallel_requests: None,
-        tpm_limit: None,
-        rpm_limit: None,
-        tpd_limit: None,
-        budget_duration: None,
-        budget_reset_at: None,
-        blocked: false,
-        model_spend: Json(json!({})),
-        model_max_budget: Json(json!({})),
-        router_settings: Json(json!({})),
-        team_member_permissions: Json(vec![]),
-        access_group_ids: Json(vec![]),
-        policies: Json(vec![]),
-        default_team_member_models: Json(vec![]),
-        budget_limits: None,
-        model_id: None,
-        created_at: now,
-        updated_at: now,
+        ..TeamRow::new(id.to_string(), now)
     }
 }
 
 fn key_row(token: &str, user_id: Option<&str>, now: DateTime<Utc>) -> KeyRow {
     KeyRow {
-        token: token.into(),
         key_name: Some("sk-...test".into()),
-        key_alias: None,
-        spend: 0,
-        expires: None,
-        models: Json(vec![]),
-        aliases: Json(json!({})),
-        config: Json(json!({})),
-        permissions: Json(json!({})),
-        metadata: Json(json!({})),
         user_id: user_id.map(String::from),
-        team_id: None,
-        organization_id: None,
-        budget_id: None,
-        max_parallel_requests: None,
-        tpm_limit: None,
-        rpm_limit: None,
-        max_budget: None,
-        soft_budget: None,
-        budget_duration: None,
-        budget_reset_at: None,
-        blocked: None,
-        allowed_routes: Json(vec![]),
-        key_type: None,
-        model_max_budget: Json(json!({})),
-        model_spend: Json(json!({})),
-        rotation_count: 0,
-        last_rotation_at: None,
-        created_at: now,
-        created_by: None,
-        updated_at: now,
-        updated_by: None,
+        ..KeyRow::new(token.to_string(), now)
     }
 }
 

@@ -6,7 +6,6 @@ use purser::store::{self, keys::KeyRow, members::MembershipRow, users::UserRow};
 use purser_core::keys::{generate_key, hash_key, key_name};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use sqlx::types::Json;
 
 use crate::both_backends;
 use crate::helpers::*;
@@ -27,38 +26,13 @@ async fn user_key(app: &TestApp, user_id: Option<&str>, role: &str, team: Option
     }
     let raw = generate_key();
     let k = KeyRow {
-        token: hash_key(&raw),
         key_name: Some(key_name(&raw)),
-        key_alias: None,
-        spend: 0,
-        expires: None,
-        models: Json(vec![]),
-        aliases: Json(json!({})),
-        config: Json(json!({})),
-        permissions: Json(json!({})),
-        metadata: Json(json!({})),
         user_id: user_id.map(str::to_string),
         team_id: team.map(str::to_string),
-        organization_id: None,
-        budget_id: None,
-        max_parallel_requests: None,
-        tpm_limit: None,
-        rpm_limit: None,
-        max_budget: None,
-        soft_budget: None,
-        budget_duration: None,
-        budget_reset_at: None,
-        blocked: None,
-        allowed_routes: Json(vec![]),
         key_type: Some("default".into()),
-        model_max_budget: Json(json!({})),
-        model_spend: Json(json!({})),
-        rotation_count: 0,
-        last_rotation_at: None,
-        created_at: now,
         created_by: Some("default_user_id".into()),
-        updated_at: now,
         updated_by: Some("default_user_id".into()),
+        ..KeyRow::new(hash_key(&raw), now)
     };
     store::keys::insert(&mut h, &k).await.unwrap();
     raw

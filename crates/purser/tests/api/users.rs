@@ -13,32 +13,10 @@ use crate::helpers::*;
 pub async fn insert_team(app: &TestApp, team_id: &str, models: &[&str], perms: &[&str]) {
     let now = store::now();
     let t = TeamRow {
-        team_id: team_id.into(),
         team_alias: Some(format!("{team_id}-alias")),
-        organization_id: None,
-        metadata: Json(json!({})),
-        max_budget: None,
-        soft_budget: None,
-        spend: 0,
         models: Json(models.iter().map(|s| s.to_string()).collect()),
-        max_parallel_requests: None,
-        tpm_limit: None,
-        rpm_limit: None,
-        tpd_limit: None,
-        budget_duration: None,
-        budget_reset_at: None,
-        blocked: false,
-        model_spend: Json(json!({})),
-        model_max_budget: Json(json!({})),
-        router_settings: Json(json!({})),
         team_member_permissions: Json(perms.iter().map(|s| s.to_string()).collect()),
-        access_group_ids: Json(vec![]),
-        policies: Json(vec![]),
-        default_team_member_models: Json(vec![]),
-        budget_limits: None,
-        model_id: None,
-        created_at: now,
-        updated_at: now,
+        ..TeamRow::new(team_id.to_string(), now)
     };
     let mut h = app.state.db.conn().await.unwrap();
     store::teams::insert(&mut h, &t).await.unwrap();
