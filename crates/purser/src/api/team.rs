@@ -197,7 +197,7 @@ pub async fn team_info(
     State(state): State<AppState>,
     caller: Caller,
     QueryParams(q): QueryParams<TeamIdQuery>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<teams::TeamInfo>> {
     let Some(team_id) = q.team_id.filter(|t| !t.is_empty()) else {
         return Err(ApiError::proxy(
             StatusCode::UNPROCESSABLE_ENTITY,

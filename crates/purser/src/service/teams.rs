@@ -1123,7 +1123,7 @@ pub async fn team_info(
     state: &AppState,
     caller: &Caller,
     team_id: &str,
-) -> Result<Value, ApiError> {
+) -> Result<TeamInfo, ApiError> {
     let now = store::now();
     let mut h = state.db.conn().await?;
     let Some(team) = store::teams::get(&mut h, team_id).await? else {
@@ -1210,13 +1210,28 @@ pub async fn team_info(
             v
         })
         .collect();
-    Ok(json!({
-        "team_id": team_id,
-        "team_info": info,
-        // Never the key hash here: members would learn other members' key ids.
-        "keys": keys.iter().map(|k| views::key_json(k, false)).collect::<Vec<_>>(),
-        "team_memberships": memberships,
-    }))
+    Ok(TeamInfo {
+        team_id: team_id.to_string(),
+        team_info: info,
+        keys,
+        team_memberships: memberships,
+    })
+}
+
+/// `GET /team/info` response (`TeamInfoResponseObject`). Keys are serialised straight from their
+/// rows (a big team has thousands), and never with their hash: members would learn other
+/// members' key ids.
+#[derive(serde::Serialize)]
+pub struct TeamInfo {
+    team_id: String,
+    team_info: Value,
+    #[serde(serialize_with = "keys_without_token")]
+    keys: Vec<KeyRow>,
+    team_memberships: Vec<Value>,
+}
+
+fn keys_without_token<S: serde::Serializer>(keys: &[KeyRow], s: S) -> Result<S::Ok, S::Error> {
+    s.collect_seq(keys.iter().map(|k| views::KeyView::new(k, false)))
 }
 
 // ------------------------------------------------------------------------------------------

@@ -4,6 +4,8 @@
 
 use chrono::{DateTime, Utc};
 use purser_core::money::Nanos;
+use serde::ser::SerializeMap;
+use serde::{Serialize, Serializer};
 use serde_json::{Value, json};
 
 use crate::store::budgets::BudgetRow;
@@ -169,63 +171,169 @@ pub fn key_status(k: &KeyRow, now: DateTime<Utc>) -> &'static str {
 /// A key row as `/key/info` and `/key/list` show it. `with_token` adds the hash (`token`), which
 /// only the key's managers see; `/team/info` never includes it.
 pub fn key_json(k: &KeyRow, with_token: bool) -> Value {
-    let mut v = json!({
-        "key_name": k.key_name,
-        "key_alias": k.key_alias,
-        "soft_budget_cooldown": false,
-        "spend": usd(k.spend),
-        "total_spend": usd(k.spend),
-        "expires": ts_opt(k.expires),
-        "models": k.models.0,
-        "aliases": k.aliases.0,
-        "config": k.config.0,
-        "router_settings": {},
-        "user_id": k.user_id,
-        "team_id": k.team_id,
-        "agent_id": null,
-        "project_id": null,
-        "permissions": k.permissions.0,
-        "max_parallel_requests": k.max_parallel_requests,
-        "metadata": k.metadata.0,
-        "blocked": k.blocked,
-        "tpm_limit": k.tpm_limit,
-        "rpm_limit": k.rpm_limit,
-        "tpd_limit": null,
-        "max_budget": usd_opt(k.max_budget),
-        "soft_budget": usd_opt(k.soft_budget),
-        "budget_duration": k.budget_duration,
-        "budget_reset_at": ts_opt(k.budget_reset_at),
-        "allowed_cache_controls": [],
-        "allowed_routes": k.allowed_routes.0,
-        "key_type": k.key_type,
-        "policies": [],
-        "access_group_ids": [],
-        "model_spend": k.model_spend.0,
-        "model_max_budget": k.model_max_budget.0,
-        "budget_fallbacks": {},
-        "budget_id": k.budget_id,
-        "organization_id": k.organization_id,
-        "object_permission_id": null,
-        "created_at": ts(k.created_at),
-        "created_by": k.created_by,
-        "updated_at": ts(k.updated_at),
-        "updated_by": k.updated_by,
-        "settings_updated_at": null,
-        "last_active": null,
-        "rotation_count": k.rotation_count,
-        "auto_rotate": false,
-        "rotation_interval": null,
-        "last_rotation_at": ts_opt(k.last_rotation_at),
-        "key_rotation_at": null,
-        "budget_limits": null,
-        "litellm_budget_table": null,
-        "litellm_organization_table": null,
-        "litellm_project_table": null,
-        "object_permission": null,
-        "jwt_key_mappings": null,
-    });
-    if with_token {
-        v["token"] = Value::String(k.token.clone());
+    serde_json::to_value(KeyView::new(k, with_token)).unwrap_or(Value::Null)
+}
+
+/// A timestamp serialised as LiteLLM prints it, without an intermediate `String`.
+pub struct Ts(pub DateTime<Utc>);
+
+impl Serialize for Ts {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&self.0.format("%Y-%m-%dT%H:%M:%S%.6fZ"))
     }
-    v
+}
+
+/// `{}`.
+pub struct EmptyObject;
+
+impl Serialize for EmptyObject {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_map(Some(0))?.end()
+    }
+}
+
+/// The key object of `/key/info` borrowed from its row, serialised straight to the response
+/// (large listings such as `/team/info` of a team with thousands of keys build no `Value` tree).
+#[derive(Serialize)]
+pub struct KeyView<'a> {
+    key_name: &'a Option<String>,
+    key_alias: &'a Option<String>,
+    soft_budget_cooldown: bool,
+    spend: f64,
+    total_spend: f64,
+    expires: Option<Ts>,
+    models: &'a [String],
+    aliases: &'a Value,
+    config: &'a Value,
+    router_settings: EmptyObject,
+    user_id: &'a Option<String>,
+    team_id: &'a Option<String>,
+    agent_id: (),
+    project_id: (),
+    permissions: &'a Value,
+    max_parallel_requests: Option<i64>,
+    metadata: &'a Value,
+    blocked: Option<bool>,
+    tpm_limit: Option<i64>,
+    rpm_limit: Option<i64>,
+    tpd_limit: (),
+    max_budget: Option<f64>,
+    soft_budget: Option<f64>,
+    budget_duration: &'a Option<String>,
+    budget_reset_at: Option<Ts>,
+    allowed_cache_controls: [(); 0],
+    allowed_routes: &'a [String],
+    key_type: &'a Option<String>,
+    policies: [(); 0],
+    access_group_ids: [(); 0],
+    model_spend: &'a Value,
+    model_max_budget: &'a Value,
+    budget_fallbacks: EmptyObject,
+    budget_id: &'a Option<String>,
+    organization_id: &'a Option<String>,
+    object_permission_id: (),
+    created_at: Ts,
+    created_by: &'a Option<String>,
+    updated_at: Ts,
+    updated_by: &'a Option<String>,
+    settings_updated_at: (),
+    last_active: (),
+    rotation_count: i64,
+    auto_rotate: bool,
+    rotation_interval: (),
+    last_rotation_at: Option<Ts>,
+    key_rotation_at: (),
+    budget_limits: (),
+    litellm_budget_table: (),
+    litellm_organization_table: (),
+    litellm_project_table: (),
+    object_permission: (),
+    jwt_key_mappings: (),
+    #[serde(skip_serializing_if = "Option::is_none")]
+    token: Option<&'a str>,
+}
+
+impl<'a> KeyView<'a> {
+    pub fn new(k: &'a KeyRow, with_token: bool) -> KeyView<'a> {
+        let dollars = |n: i64| Nanos(n).to_usd();
+        KeyView {
+            key_name: &k.key_name,
+            key_alias: &k.key_alias,
+            soft_budget_cooldown: false,
+            spend: dollars(k.spend),
+            total_spend: dollars(k.spend),
+            expires: k.expires.map(Ts),
+            models: &k.models.0,
+            aliases: &k.aliases.0,
+            config: &k.config.0,
+            router_settings: EmptyObject,
+            user_id: &k.user_id,
+            team_id: &k.team_id,
+            agent_id: (),
+            project_id: (),
+            permissions: &k.permissions.0,
+            max_parallel_requests: k.max_parallel_requests,
+            metadata: &k.metadata.0,
+            blocked: k.blocked,
+            tpm_limit: k.tpm_limit,
+            rpm_limit: k.rpm_limit,
+            tpd_limit: (),
+            max_budget: k.max_budget.map(dollars),
+            soft_budget: k.soft_budget.map(dollars),
+            budget_duration: &k.budget_duration,
+            budget_reset_at: k.budget_reset_at.map(Ts),
+            allowed_cache_controls: [],
+            allowed_routes: &k.allowed_routes.0,
+            key_type: &k.key_type,
+            policies: [],
+            access_group_ids: [],
+            model_spend: &k.model_spend.0,
+            model_max_budget: &k.model_max_budget.0,
+            budget_fallbacks: EmptyObject,
+            budget_id: &k.budget_id,
+            organization_id: &k.organization_id,
+            object_permission_id: (),
+            created_at: Ts(k.created_at),
+            created_by: &k.created_by,
+            updated_at: Ts(k.updated_at),
+            updated_by: &k.updated_by,
+            settings_updated_at: (),
+            last_active: (),
+            rotation_count: k.rotation_count,
+            auto_rotate: false,
+            rotation_interval: (),
+            last_rotation_at: k.last_rotation_at.map(Ts),
+            key_rotation_at: (),
+            budget_limits: (),
+            litellm_budget_table: (),
+            litellm_organization_table: (),
+            litellm_project_table: (),
+            object_permission: (),
+            jwt_key_mappings: (),
+            token: with_token.then_some(k.token.as_str()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_view_renders_the_litellm_key_object() {
+        let now = chrono::DateTime::parse_from_rfc3339("2026-11-27T09:42:56.196Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        let mut k = KeyRow::new("abc".into(), now);
+        k.max_budget = Some(5_000_000_000);
+        let v = key_json(&k, false);
+        assert_eq!(v["max_budget"], json!(5.0));
+        assert_eq!(v["created_at"], json!("2026-11-27T09:42:56.196000Z"));
+        assert_eq!(v["router_settings"], json!({}));
+        assert_eq!(v["policies"], json!([]));
+        assert_eq!(v["agent_id"], Value::Null);
+        assert!(v.get("token").is_none());
+        assert_eq!(key_json(&k, true)["token"], "abc");
+        assert_eq!(v.as_object().unwrap().keys().next().unwrap(), "key_name");
+    }
 }
