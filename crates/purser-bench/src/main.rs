@@ -373,6 +373,12 @@ async fn seed(a: SeedArgs) -> anyhow::Result<()> {
     insert_keys(&mut h, &keys, &teams, &users, now).await?;
     h.commit().await?;
     let total = t0.elapsed();
+    // Planner statistics for the freshly loaded tables, as autovacuum (PostgreSQL) or an
+    // operator's ANALYZE would give a long-running database; without them PostgreSQL picks
+    // sequential scans for the listing queries.
+    let mut h = db.conn().await?;
+    purser::on_conn!(h, c => sqlx::query("ANALYZE").execute(&mut *c).await.map(|_| ()))?;
+    drop(h);
     db.close().await;
     println!(
         "seeded {} ({}): {} users, {} teams, {} memberships, {} keys in {:.2}s \
