@@ -933,16 +933,7 @@ pub async fn update_team(
     }
 
     if access == EditAccess::TeamAdmin && !changed.is_empty() {
-        let editable = state
-            .config
-            .general_settings
-            .team_admin_editable_team_fields
-            .clone()
-            .unwrap_or_default();
-        let fields: Vec<&String> = editable
-            .iter()
-            .filter(|f| !PERMISSION_TOKENS.contains(&f.as_str()))
-            .collect();
+        let (editable, fields) = team_admin_editable(state);
         if fields.is_empty() {
             return Err(ApiError::proxy(
                 StatusCode::FORBIDDEN,
@@ -1089,6 +1080,22 @@ fn info_forbidden(caller: &Caller, team_id: &str) -> ApiError {
     .with_param("None")
 }
 
+/// `general_settings.team_admin_editable_team_fields` as configured (including permission
+/// tokens such as `raise_max_budget`), and the field names among them that team admins may edit.
+fn team_admin_editable(state: &AppState) -> (&[String], Vec<&String>) {
+    let editable = state
+        .config
+        .general_settings
+        .team_admin_editable_team_fields
+        .as_deref()
+        .unwrap_or_default();
+    let fields = editable
+        .iter()
+        .filter(|f| !PERMISSION_TOKENS.contains(&f.as_str()))
+        .collect();
+    (editable, fields)
+}
+
 fn caller_edit_access(state: &AppState, caller: &Caller, roster: &[MembershipRow]) -> Value {
     if caller.is_proxy_admin() {
         return json!({"kind": "unrestricted"});
@@ -1096,16 +1103,7 @@ fn caller_edit_access(state: &AppState, caller: &Caller, roster: &[MembershipRow
     if !is_roster_admin(roster, caller) {
         return json!({"kind": "none"});
     }
-    let editable = state
-        .config
-        .general_settings
-        .team_admin_editable_team_fields
-        .clone()
-        .unwrap_or_default();
-    let fields: Vec<&String> = editable
-        .iter()
-        .filter(|f| !PERMISSION_TOKENS.contains(&f.as_str()))
-        .collect();
+    let (editable, fields) = team_admin_editable(state);
     if fields.is_empty() {
         return json!({"kind": "team_admin_disabled"});
     }
