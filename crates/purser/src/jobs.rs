@@ -1,6 +1,6 @@
-//! Background jobs started with the server and stopped (with a final flush) at shutdown.
-//! The budget reset loop (`service::resets`) runs here; the request-path issue adds the batched
-//! spend writer.
+//! Background jobs started with the server and stopped (with a final flush) at shutdown:
+//! the batched spend writer (`service::spend::run_flusher`) and the budget reset loop
+//! (`service::resets`).
 
 use crate::app::AppState;
 
