@@ -2,7 +2,7 @@
 //! key rows, memberships, budgets). Invariant: money leaves as f64 dollars and times as
 //! `YYYY-MM-DDTHH:MM:SS.ffffffZ` only here; key hashes appear only where a caller needs the id.
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, SecondsFormat, Utc};
 use purser_core::money::Nanos;
 use serde::ser::SerializeMap;
 use serde::{Serialize, Serializer};
@@ -15,9 +15,14 @@ use crate::store::models::ModelTableRow;
 use crate::store::teams::TeamRow;
 use crate::store::users::UserRow;
 
-/// A timestamp as LiteLLM prints it.
+/// A timestamp as LiteLLM prints it (`2026-11-27T09:42:56.196000Z`). chrono's fixed RFC 3339
+/// writer, not a `format` string that would be re-parsed for every timestamp of a listing.
+pub fn ts_string(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Micros, true)
+}
+
 pub fn ts(t: DateTime<Utc>) -> Value {
-    Value::String(t.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string())
+    Value::String(ts_string(t))
 }
 
 pub fn ts_opt(t: Option<DateTime<Utc>>) -> Value {
@@ -179,7 +184,7 @@ pub struct Ts(pub DateTime<Utc>);
 
 impl Serialize for Ts {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(&self.0.format("%Y-%m-%dT%H:%M:%S%.6fZ"))
+        s.serialize_str(&ts_string(self.0))
     }
 }
 
@@ -329,6 +334,13 @@ mod tests {
         let v = key_json(&k, false);
         assert_eq!(v["max_budget"], json!(5.0));
         assert_eq!(v["created_at"], json!("2026-11-27T09:42:56.196000Z"));
+        // Sub-microsecond digits are cut, whole seconds keep six zeros.
+        let nanos = now + chrono::Duration::nanoseconds(123_999);
+        assert_eq!(ts_string(nanos), "2026-11-27T09:42:56.196123Z");
+        let whole = chrono::DateTime::parse_from_rfc3339("2026-01-02T03:04:05Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        assert_eq!(ts(whole), json!("2026-01-02T03:04:05.000000Z"));
         assert_eq!(v["router_settings"], json!({}));
         assert_eq!(v["policies"], json!([]));
         assert_eq!(v["agent_id"], Value::Null);
