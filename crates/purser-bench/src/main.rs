@@ -22,6 +22,10 @@ use purser::app::{Gateway, Settings};
 use purser::cli::ServeArgs;
 use purser::config::Config;
 use purser::store::{Db, DbUrl, Handle};
+
+/// The gateway runs in-process here, so the bench uses the allocator the `purser` binary ships with.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use serde_json::{Value, json};
 use sqlx::types::Json;
 
@@ -85,6 +89,10 @@ struct RunArgs {
     /// Report folder.
     #[arg(long, default_value = "bench/reports")]
     out: PathBuf,
+    /// Time only the endpoints whose name contains this text (e.g. `team info`); the report is
+    /// then printed but not written, so a partial run never replaces a full report.
+    #[arg(long)]
+    only: Option<String>,
 }
 
 #[tokio::main]
@@ -532,6 +540,19 @@ struct Measured {
     samples: Vec<Duration>,
     statuses: BTreeMap<u16, usize>,
     bytes: usize,
+    /// CPU time of the whole process (gateway and client) per timed request: steadier than wall
+    /// time on a shared VM, where other tenants stretch latencies but not our own CPU use.
+    cpu_per_request: Option<Duration>,
+}
+
+/// User + system CPU time of this process so far (Linux `/proc/self/stat`, USER_HZ = 100).
+fn process_cpu_time() -> Option<Duration> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    Some(Duration::from_millis(ticks * 10))
 }
 
 impl Measured {
@@ -630,6 +651,9 @@ async fn run(a: RunArgs) -> anyhow::Result<()> {
 
     let mut results = Vec::new();
     for (name, path) in &endpoints {
+        if a.only.as_deref().is_some_and(|o| !name.contains(o)) {
+            continue;
+        }
         let url = format!("{base}{path}");
         for _ in 0..a.warmup {
             let _ = call(&client, &url).await;
@@ -640,7 +664,9 @@ async fn run(a: RunArgs) -> anyhow::Result<()> {
             samples: Vec::with_capacity(a.requests),
             statuses: BTreeMap::new(),
             bytes: 0,
+            cpu_per_request: None,
         };
+        let cpu_before = process_cpu_time();
         for _ in 0..a.requests {
             let t = Instant::now();
             let (status, bytes) = call(&client, &url).await;
@@ -648,12 +674,16 @@ async fn run(a: RunArgs) -> anyhow::Result<()> {
             *m.statuses.entry(status).or_default() += 1;
             m.bytes = bytes;
         }
+        if let (Some(before), Some(after)) = (cpu_before, process_cpu_time()) {
+            m.cpu_per_request = Some((after - before) / a.requests.max(1) as u32);
+        }
         println!(
-            "{:<28} median {:>8} ms  p95 {:>8} ms  max {:>8} ms  status {}  ({} bytes)",
+            "{:<28} median {:>8} ms  p95 {:>8} ms  max {:>8} ms  cpu {:>6} ms/req  status {}  ({} bytes)",
             m.name,
             ms(m.quantile(0.5)),
             ms(m.quantile(0.95)),
             ms(m.max()),
+            m.cpu_per_request.map(ms).unwrap_or_else(|| "-".into()),
             m.status_summary(),
             m.bytes
         );
@@ -668,23 +698,28 @@ async fn run(a: RunArgs) -> anyhow::Result<()> {
     md.push_str(&format!(
         "- Date: {}\n- Data: {teams} teams, {members} memberships, {keys} keys; big team `{big_team}`\n\
          - Method: in-process gateway on 127.0.0.1, one client, sequential requests; {} warm-up + {} timed \
-         requests per endpoint (`std::time::Instant` around each full HTTP round trip, body read)\n\
+         requests per endpoint (`std::time::Instant` around each full HTTP round trip, body read); \
+         CPU ms/req is the whole process's user + system time (gateway, SQLite and client) over \
+         the timed requests, divided by their number\n\
          - Build: {}\n\n",
         Utc::now().format("%Y-%m-%d %H:%M UTC"),
         a.warmup,
         a.requests,
         if cfg!(debug_assertions) { "debug" } else { "release" },
     ));
-    md.push_str("| Endpoint | Path | Median ms | p95 ms | Max ms | Statuses | Body bytes |\n");
-    md.push_str("|---|---|---:|---:|---:|---|---:|\n");
+    md.push_str(
+        "| Endpoint | Path | Median ms | p95 ms | Max ms | CPU ms/req | Statuses | Body bytes |\n",
+    );
+    md.push_str("|---|---|---:|---:|---:|---:|---|---:|\n");
     for m in &results {
         md.push_str(&format!(
-            "| {} | `{}` | {} | {} | {} | {} | {} |\n",
+            "| {} | `{}` | {} | {} | {} | {} | {} | {} |\n",
             m.name,
             m.path,
             ms(m.quantile(0.5)),
             ms(m.quantile(0.95)),
             ms(m.max()),
+            m.cpu_per_request.map(ms).unwrap_or_else(|| "-".into()),
             m.status_summary(),
             m.bytes
         ));
@@ -694,6 +729,9 @@ async fn run(a: RunArgs) -> anyhow::Result<()> {
             "\nNon-2xx statuses mean the route answered an error (e.g. 404 where the route is not \
              built into this binary); those timings measure the error path, not the route.\n",
         );
+    }
+    if a.only.is_some() {
+        return Ok(());
     }
     std::fs::create_dir_all(&a.out)?;
     let file = a.out.join(format!("team-api-{backend}.md"));
