@@ -82,6 +82,9 @@ pub async fn add_members_tx(
     on_duplicate: OnDuplicate,
     may_create_users: bool,
 ) -> Result<Vec<Added>, ApiError> {
+    // Callers holding older team locks took these already (re-taking is free); a team that is
+    // being created is invisible to everyone else, so locking after it cannot deadlock.
+    lock_member_emails(h, members).await?;
     let now = store::now();
     let roster = store::members::list_by_team(h, &team.team_id).await?;
 
@@ -592,6 +595,7 @@ pub async fn member_add(
     on_duplicate: OnDuplicate,
 ) -> Result<AddOutcome, ApiError> {
     let mut h = state.db.begin_write().await?;
+    lock_member_emails(&mut h, members).await?;
     let team = lock_team(&mut h, team_id).await?.ok_or_else(|| {
         ApiError::detail_error(
             StatusCode::NOT_FOUND,
@@ -625,6 +629,13 @@ pub async fn member_add(
         added,
         user_teams,
     })
+}
+
+/// Serialises member adds that name the same new address, so concurrent adds to different teams
+/// create one user for it, not one each (see [`store::users::lock_emails`] for the lock order).
+async fn lock_member_emails(h: &mut Handle, members: &[NewMember]) -> Result<(), ApiError> {
+    let emails = members.iter().filter_map(|m| m.user_email.as_deref());
+    Ok(store::users::lock_emails(h, emails).await?)
 }
 
 /// Locks the team row and reads it; `None` when it does not exist (or was just deleted).

@@ -246,6 +246,13 @@ pub async fn create_tx(
         }
     }
 
+    // Lock order everywhere: email addresses, then team rows in sorted order (no deadlocks).
+    store::users::lock_emails(h, u.user_email.as_deref()).await?;
+    let mut team_ids: Vec<&str> = wanted.iter().map(|w| w.0.as_str()).collect();
+    team_ids.sort_unstable();
+    for team_id in team_ids {
+        store::teams::lock(h, team_id).await?;
+    }
     if store::users::get(h, &user_id).await?.is_some() {
         return Err(conflict("user_id", &user_id));
     }
@@ -374,6 +381,9 @@ pub async fn update_tx(
     req: &UpdateUserRequest,
 ) -> Result<(UserRow, UserRow), ApiError> {
     refuse_password(&req.password)?;
+    if let Some(Some(e)) = req.user_email.as_update() {
+        store::users::lock_emails(h, [e.as_str()]).await?;
+    }
     let before = match (&req.user_id, req.user_email.value()) {
         (Some(id), _) => store::users::get(h, id)
             .await?

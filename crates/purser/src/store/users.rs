@@ -66,6 +66,29 @@ pub async fn get(h: &mut Handle, user_id: &str) -> Result<Option<UserRow>> {
     on_conn!(h, c => sqlx::query_as::<_, UserRow>(SELECT_BY_ID).bind(user_id).fetch_optional(c).await)
 }
 
+/// Inside a write transaction, before any team lock: serialises the writers that look a user up
+/// by email and may then create one or take the address (member add, `/user/new`,
+/// `/user/update`), so two of them cannot both find the address free. PostgreSQL takes a
+/// transaction-scoped advisory lock per lowercased address, in sorted order so two writers never
+/// wait on each other; re-taking one in the same transaction is free. On SQLite `BEGIN IMMEDIATE`
+/// already serialises writers.
+pub async fn lock_emails<'a>(
+    h: &mut Handle,
+    emails: impl IntoIterator<Item = &'a str>,
+) -> Result<()> {
+    if !h.is_postgres() {
+        return Ok(());
+    }
+    let mut keys: Vec<String> = emails.into_iter().map(str::to_lowercase).collect();
+    keys.sort_unstable();
+    keys.dedup();
+    for key in keys {
+        on_conn!(h, c => sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 1907))")
+            .bind(&key).execute(c).await.map(|_| ()))?;
+    }
+    Ok(())
+}
+
 /// Users whose email matches case-insensitively, oldest first.
 pub async fn find_by_email(h: &mut Handle, email: &str) -> Result<Vec<UserRow>> {
     on_conn!(h, c => sqlx::query_as::<_, UserRow>(SELECT_BY_EMAIL).bind(email).fetch_all(c).await)

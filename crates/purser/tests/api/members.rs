@@ -1404,6 +1404,61 @@ async fn parallel_adds(b: Backend) {
     app.shutdown().await;
 }
 
+/// One new address added to eight teams at once (in mixed case) while `/user/new` races to take
+/// it: exactly one user owns the address afterwards, and it is the member of all eight teams.
+/// (On PostgreSQL each add locks only its own team row; the address lock makes this hold.)
+async fn same_new_email_in_parallel(b: Backend) {
+    let app = TestApp::spawn(b).await;
+    let teams: Vec<String> = (0..8).map(|i| format!("e{i}")).collect();
+    for t in &teams {
+        make_team(&app, t).await;
+    }
+    let http = Http::of(&app);
+    let mut tasks = Vec::new();
+    for (i, t) in teams.iter().enumerate() {
+        let http = http.clone();
+        let email = if i % 2 == 0 {
+            "New.Person@example.com"
+        } else {
+            "new.person@EXAMPLE.com"
+        };
+        let body = json!({"team_id": t, "member": {"role": "user", "user_email": email}});
+        tasks.push(tokio::spawn(
+            async move { (ADD, http.post(ADD, body).await) },
+        ));
+    }
+    for _ in 0..3 {
+        let http = http.clone();
+        let body = json!({"user_email": "NEW.PERSON@example.com"});
+        tasks.push(tokio::spawn(async move {
+            ("/user/new", http.post("/user/new", body).await)
+        }));
+    }
+    for t in tasks {
+        let (path, (s, body)) = t.await.unwrap();
+        if path == ADD {
+            assert_eq!(s, 200, "{body}");
+        } else {
+            assert!(s == 200 || s == 409, "{s} {body}");
+        }
+    }
+    let owners = store::users::find_by_email(&mut conn(&app).await, "new.person@example.com")
+        .await
+        .unwrap();
+    assert_eq!(owners.len(), 1, "one user per address: {owners:?}");
+    let uid = owners[0].user_id.clone();
+    let mut joined = teams_of(&app, &uid).await;
+    joined.sort();
+    assert_eq!(joined, teams);
+    for t in &teams {
+        assert!(
+            member(&app, t, &uid).await.is_some(),
+            "membership row in {t}"
+        );
+    }
+    app.shutdown().await;
+}
+
 async fn adds_race_deletes(b: Backend) {
     let app = TestApp::spawn(b).await;
     make_team(&app, "t1").await;
@@ -1647,6 +1702,7 @@ both_backends!(
     bulk_member_add_flow,
     reset_spend_and_me,
     parallel_adds,
+    same_new_email_in_parallel,
     adds_race_deletes,
     adds_race_team_delete,
 );
