@@ -2,29 +2,102 @@
 //! naming the offending field: JSON bodies, query strings, and the three-state `Patch` field
 //! (absent / explicit `null` / value) that update routes need.
 
+use std::time::Duration;
+
 use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::StatusCode;
+use axum::http::header::CONTENT_LENGTH;
 use axum::http::request::Parts;
+use bytes::BytesMut;
+use futures_util::{Stream, StreamExt};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer};
 use serde_json::{Value, json};
 
 use super::error::ApiError;
+use crate::app::AppState;
+
+/// How much of an over-limit body is still read (and dropped) after deciding on 413, and for how
+/// long: a client that is still sending when the server closes gets a connection reset instead
+/// of the answer, so the gateway listens a little longer (nginx calls this lingering close).
+const DRAIN_MAX_BYTES: usize = 64 * 1024 * 1024;
+const DRAIN_MAX_TIME: Duration = Duration::from_secs(5);
+
+/// A request body read whole, up to `max_request_size_mb`. Larger bodies are refused with 413
+/// in the proxy error shape before they are buffered (by `Content-Length` when it is sent).
+pub struct RawBody(pub Bytes);
+
+impl FromRequest<AppState> for RawBody {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
+        read_limited(req, state.settings.body_limit_bytes)
+            .await
+            .map(RawBody)
+    }
+}
+
+async fn read_limited(req: Request, limit: usize) -> Result<Bytes, ApiError> {
+    let declared = req
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let mut stream = req.into_body().into_data_stream();
+    if declared.is_some_and(|n| n > limit as u64) {
+        drain(stream).await;
+        return Err(too_large());
+    }
+    let mut buf = BytesMut::with_capacity(declared.unwrap_or(0) as usize);
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| {
+            ApiError::proxy(
+                StatusCode::BAD_REQUEST,
+                "bad_request_error",
+                format!("Could not read request body: {e}"),
+            )
+        })?;
+        if buf.len() + chunk.len() > limit {
+            drain(stream).await;
+            return Err(too_large());
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    Ok(buf.freeze())
+}
+
+async fn drain(mut stream: impl Stream<Item = Result<Bytes, axum::Error>> + Unpin) {
+    let _ = tokio::time::timeout(DRAIN_MAX_TIME, async {
+        let mut seen = 0usize;
+        while let Some(Ok(chunk)) = stream.next().await {
+            seen += chunk.len();
+            if seen > DRAIN_MAX_BYTES {
+                break;
+            }
+        }
+    })
+    .await;
+}
+
+fn too_large() -> ApiError {
+    ApiError::proxy(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "request_too_large",
+        "Request body is larger than the configured limit",
+    )
+}
 
 /// A JSON request body. Syntax errors, wrong types and missing required fields become 422
 /// `{"detail": [{"type", "loc": ["body", …], "msg"}]}`; a body over the limit becomes 413.
 /// The Content-Type header is not required (LiteLLM clients and curl users often omit it).
 pub struct JsonBody<T>(pub T);
 
-impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
+impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
     type Rejection = ApiError;
 
-    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        let bytes = Bytes::from_request(req, state)
-            .await
-            .map_err(body_rejection)?;
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
+        let RawBody(bytes) = RawBody::from_request(req, state).await?;
         parse_json(&bytes).map(JsonBody)
     }
 }
@@ -76,23 +149,6 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
             },
         )
     })
-}
-
-fn body_rejection(r: BytesRejection) -> ApiError {
-    let status = r.status();
-    if status == StatusCode::PAYLOAD_TOO_LARGE {
-        ApiError::proxy(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "request_too_large",
-            "Request body is larger than the configured limit",
-        )
-    } else {
-        ApiError::proxy(
-            StatusCode::BAD_REQUEST,
-            "bad_request_error",
-            format!("Could not read request body: {r}"),
-        )
-    }
 }
 
 /// Query parameters with FastAPI-shaped 422 errors naming the parameter.

@@ -2,12 +2,12 @@
 //! Handlers are thin; governance, dispatch and accounting live in `service::proxy`.
 
 use axum::Json;
-use axum::body::Bytes;
 use axum::extract::State;
 use axum::response::Response;
 use serde_json::Value;
 
 use super::error::ApiResult;
+use super::extract::RawBody;
 use super::{Gate, Route};
 use crate::app::AppState;
 use crate::service::caller::Caller;
@@ -72,7 +72,7 @@ pub fn routes() -> Vec<Route> {
 pub async fn chat_completion(
     State(state): State<AppState>,
     caller: Caller,
-    body: Bytes,
+    RawBody(body): RawBody,
 ) -> ApiResult<Response> {
     let req = CallRequest::parse(CallKind::Chat, &body)?;
     proxy::handle(state, caller, req).await
@@ -81,7 +81,7 @@ pub async fn chat_completion(
 pub async fn embeddings(
     State(state): State<AppState>,
     caller: Caller,
-    body: Bytes,
+    RawBody(body): RawBody,
 ) -> ApiResult<Response> {
     let req = CallRequest::parse(CallKind::Embeddings, &body)?;
     proxy::handle(state, caller, req).await

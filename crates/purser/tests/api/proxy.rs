@@ -1110,6 +1110,27 @@ async fn embeddings_and_bad_input(b: Backend) {
         assert_eq!(s, 400, "{raw}: {body}");
         assert_proxy_error(&body, 400, "bad_request_error");
     }
+    // Over the body limit (10 MiB): a JSON 413, whether the size is declared up front or only
+    // discovered while reading a chunked upload, and the client receives it (no reset).
+    let big = format!(
+        r#"{{"model": "fake-gpt", "messages": [{{"role":"user","content":"{}"}}]}}"#,
+        "a".repeat(11 * 1024 * 1024)
+    );
+    let (s, body) = app.post_raw("/v1/chat/completions", &key, big).await;
+    assert_eq!(s, 413, "{body}");
+    assert_proxy_error(&body, 413, "request_too_large");
+    let chunks = (0..11).map(|_| Ok::<_, std::io::Error>(vec![b' '; 1024 * 1024]));
+    let r = reqwest::Client::new()
+        .post(app.url("/v1/chat/completions"))
+        .bearer_auth(&key)
+        .body(reqwest::Body::wrap_stream(futures_util::stream::iter(
+            chunks,
+        )))
+        .send()
+        .await
+        .expect("chunked upload answered");
+    assert_eq!(r.status(), 413);
+    assert_proxy_error(&r.json().await.unwrap(), 413, "request_too_large");
     assert_eq!(m.hits(), hits);
     let s = spends(&app, &key, "t1", "u1").await;
     all_equal(&s, cost_of(4, 0, IN, OUT).0 + cost_of(2, 0, IN, OUT).0, 2);
