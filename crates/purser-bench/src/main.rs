@@ -381,11 +381,16 @@ async fn seed(a: SeedArgs) -> anyhow::Result<()> {
     insert_keys(&mut h, &keys, &teams, &users, now).await?;
     h.commit().await?;
     let total = t0.elapsed();
-    // Planner statistics for the freshly loaded tables, as autovacuum (PostgreSQL) or an
-    // operator's ANALYZE would give a long-running database; without them PostgreSQL picks
-    // sequential scans for the listing queries.
+    // Planner statistics (and on PostgreSQL the visibility map) for the freshly loaded tables,
+    // as autovacuum or an operator would give a long-running database; without them PostgreSQL
+    // picks sequential scans for the listing queries.
     let mut h = db.conn().await?;
-    purser::on_conn!(h, c => sqlx::query("ANALYZE").execute(&mut *c).await.map(|_| ()))?;
+    let sql = if h.is_postgres() {
+        "VACUUM ANALYZE"
+    } else {
+        "ANALYZE"
+    };
+    purser::on_conn!(h, c => sqlx::raw_sql(sql).execute(&mut *c).await.map(|_| ()))?;
     drop(h);
     db.close().await;
     println!(
