@@ -49,7 +49,9 @@ async fn read_limited(req: Request, limit: usize) -> Result<Bytes, ApiError> {
         drain(stream).await;
         return Err(too_large());
     }
-    let mut buf = BytesMut::with_capacity(declared.unwrap_or(0) as usize);
+    // Trust the declared size only so far: a client declaring 10 MiB and sending nothing
+    // must not make the gateway reserve 10 MiB per connection.
+    let mut buf = BytesMut::with_capacity(declared.unwrap_or(0).min(1024 * 1024) as usize);
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(|e| {
             ApiError::proxy(
