@@ -22,12 +22,12 @@ use purser::app::{Gateway, Settings};
 use purser::cli::ServeArgs;
 use purser::config::Config;
 use purser::store::{Db, DbUrl, Handle};
+use serde_json::{Value, json};
+use sqlx::types::Json;
 
 /// The gateway runs in-process here, so the bench uses the allocator the `purser` binary ships with.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-use serde_json::{Value, json};
-use sqlx::types::Json;
 
 mod proxy;
 

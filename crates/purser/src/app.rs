@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use anyhow::Context;
 use axum::Router;
-use axum::extract::DefaultBodyLimit;
 use axum::http::HeaderName;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -30,6 +29,7 @@ pub struct Settings {
     pub master_key: String,
     pub database: DbUrl,
     pub redis_url: Option<String>,
+    /// `max_request_size_mb`, enforced by `api::extract::RawBody` (every body extractor).
     pub body_limit_bytes: usize,
     pub budget_exceeded_status: u16,
     /// How often buffered spend is written to the database.
@@ -124,7 +124,6 @@ impl Gateway {
         let routes = api::all_routes();
         let gates = Gates::from_routes(&routes);
         let openapi = api::openapi::document(&routes);
-        let body_limit = settings.body_limit_bytes;
         let state = AppState(Arc::new(Inner {
             config,
             settings,
@@ -144,7 +143,6 @@ impl Gateway {
             HeaderName::from_static("x-api-key"),
         ]);
         let router = api::router(state.clone(), routes)
-            .layer(DefaultBodyLimit::max(body_limit))
             .layer(TraceLayer::new_for_http())
             .layer(SetSensitiveRequestHeadersLayer::from_shared(secret_headers))
             .layer(CatchPanicLayer::custom(|_| {

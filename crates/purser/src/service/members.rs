@@ -70,7 +70,8 @@ pub struct Added {
 }
 
 /// Adds members to `team` inside the caller's open write transaction `h` (the team row must
-/// already be locked or freshly inserted in it). Creates missing users when `may_create_users`.
+/// already be locked or freshly inserted in it, and the members' addresses locked with
+/// [`lock_member_emails`]). Creates missing users when `may_create_users`.
 #[allow(clippy::too_many_arguments)]
 pub async fn add_members_tx(
     h: &mut Handle,
@@ -82,9 +83,6 @@ pub async fn add_members_tx(
     on_duplicate: OnDuplicate,
     may_create_users: bool,
 ) -> Result<Vec<Added>, ApiError> {
-    // Callers holding older team locks took these already (re-taking is free); a team that is
-    // being created is invisible to everyone else, so locking after it cannot deadlock.
-    lock_member_emails(h, members).await?;
     let now = store::now();
     let roster = store::members::list_by_team(h, &team.team_id).await?;
 
@@ -633,7 +631,8 @@ pub async fn member_add(
 
 /// Serialises member adds that name the same new address, so concurrent adds to different teams
 /// create one user for it, not one each (see [`store::users::lock_emails`] for the lock order).
-async fn lock_member_emails(h: &mut Handle, members: &[NewMember]) -> Result<(), ApiError> {
+/// Every caller of [`add_members_tx`] takes it first.
+pub async fn lock_member_emails(h: &mut Handle, members: &[NewMember]) -> Result<(), ApiError> {
     let emails = members.iter().filter_map(|m| m.user_email.as_deref());
     Ok(store::users::lock_emails(h, emails).await?)
 }

@@ -541,6 +541,9 @@ pub async fn new_team(
             role: TeamRole::Admin,
         });
     }
+    // The new team is invisible to other writers, so taking the address locks after it cannot
+    // deadlock.
+    members::lock_member_emails(&mut h, &new_members).await?;
     let added = members::add_members_tx(
         &mut h,
         state,
