@@ -17,9 +17,11 @@ use utoipa::openapi::OpenApi;
 
 use crate::api::{self, Gates};
 use crate::cli::ServeArgs;
+use crate::clock::{self, SharedClock};
 use crate::config::Config;
 use crate::limiter::Limiter;
 use crate::service::cache::Cache;
+use crate::service::spend::{Ledger, LedgerLimits};
 use crate::store::{Db, DbUrl};
 use crate::upstream::Registry;
 
@@ -34,6 +36,8 @@ pub struct Settings {
     pub budget_exceeded_status: u16,
     /// How often buffered spend is written to the database.
     pub batch_write_interval: Duration,
+    /// Sizes of the settled-call queue (backpressure bound, rows per write transaction).
+    pub ledger_limits: LedgerLimits,
 }
 
 impl Settings {
@@ -75,6 +79,19 @@ impl Settings {
             batch_write_interval: Duration::from_secs_f64(
                 config.general_settings.proxy_batch_write_at.unwrap_or(10.0),
             ),
+            ledger_limits: {
+                let d = LedgerLimits::default();
+                LedgerLimits {
+                    capacity: config
+                        .general_settings
+                        .spend_queue_capacity
+                        .unwrap_or(d.capacity),
+                    chunk_rows: config
+                        .general_settings
+                        .spend_write_chunk_rows
+                        .unwrap_or(d.chunk_rows),
+                }
+            },
         })
     }
 }
@@ -92,7 +109,9 @@ pub struct Inner {
     pub openapi: OpenApi,
     pub models: Registry,
     pub limiter: Limiter,
-    pub ledger: Arc<crate::service::spend::Ledger>,
+    pub ledger: Arc<Ledger>,
+    /// The clock of rate-limit windows, ledger idle eviction and budget resets.
+    pub clock: SharedClock,
     pub shutdown: CancellationToken,
 }
 
@@ -117,6 +136,16 @@ impl Gateway {
         settings: Settings,
         pg_schema: Option<&str>,
     ) -> anyhow::Result<Gateway> {
+        Gateway::build_with_clock(config, settings, pg_schema, clock::system()).await
+    }
+
+    /// [`Gateway::build`] with a given clock (tests move time instead of sleeping).
+    pub async fn build_with_clock(
+        config: Config,
+        settings: Settings,
+        pg_schema: Option<&str>,
+        clock: SharedClock,
+    ) -> anyhow::Result<Gateway> {
         let db = Db::connect(&settings.database, pg_schema)
             .await
             .context("connecting to the database")?;
@@ -124,6 +153,7 @@ impl Gateway {
         let routes = api::all_routes();
         let gates = Gates::from_routes(&routes);
         let openapi = api::openapi::document(&routes);
+        let ledger = Arc::new(Ledger::new(settings.ledger_limits, clock.clone()));
         let state = AppState(Arc::new(Inner {
             config,
             settings,
@@ -132,8 +162,9 @@ impl Gateway {
             gates,
             openapi,
             models,
-            limiter: Limiter::new(),
-            ledger: Arc::new(crate::service::spend::Ledger::new()),
+            limiter: Limiter::new(clock.clone()),
+            ledger,
+            clock,
             shutdown: CancellationToken::new(),
         }));
         let secret_headers: Arc<[HeaderName]> = Arc::new([

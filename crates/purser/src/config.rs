@@ -99,6 +99,11 @@ pub struct GeneralSettings {
     pub team_admin_editable_team_fields: Option<Vec<String>>,
     /// Request body limit in MiB (default 10).
     pub max_request_size_mb: Option<f64>,
+    /// Purser: settled calls that may wait for the spend writer before new calls wait
+    /// (backpressure; default 8192). See docs/reliability.md.
+    pub spend_queue_capacity: Option<usize>,
+    /// Purser: settled calls written per transaction (default 1000).
+    pub spend_write_chunk_rows: Option<usize>,
     #[serde(flatten)]
     pub extra: BTreeMap<String, Value>,
 }

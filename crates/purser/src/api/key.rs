@@ -16,6 +16,7 @@ use super::{Gate, Route};
 use crate::app::AppState;
 use crate::service::caller::Caller;
 use crate::service::keys::{self, GenerateKeyRequest, UpdateKeyRequest};
+use crate::service::spend::SpendScope;
 use crate::service::views;
 use crate::store::{self, keys::KeyFilter};
 
@@ -244,9 +245,7 @@ pub async fn key_delete(
     state.cache.evict_keys(&tokens).await;
     for t in &tokens {
         // A custom key re-created later hashes to the same token: it starts from zero.
-        state
-            .ledger
-            .on_spend_set(&crate::service::spend::SpendScope::Key(t.clone()), 0);
+        state.ledger.on_spend_set(&SpendScope::Key(t.clone()), 0);
     }
     let mut deleted = req.keys.clone();
     deleted.extend(req.key_aliases.iter().cloned());
@@ -301,10 +300,19 @@ async fn regenerate(
     key: &str,
     new_key: Option<&str>,
 ) -> ApiResult<Json<Value>> {
+    // Spend follows the key: the spend writer is held off while the row changes token, then
+    // the counter, the unwritten costs and the calls in flight move to the new token, so a key
+    // cannot shed its spend by regenerating itself.
+    let spend_write = state.ledger.spend_write().await;
     let mut h = state.db.begin_write().await?;
     let (old, raw, row) = keys::regenerate_tx(&mut h, &state, &caller, key, new_key).await?;
     h.commit().await?;
-    state.cache.evict_keys(&[old, row.token.clone()]).await;
+    state
+        .cache
+        .evict_keys(&[old.clone(), row.token.clone()])
+        .await;
+    spend_write.rename(&SpendScope::Key(old), &SpendScope::Key(row.token.clone()));
+    drop(spend_write);
     Ok(Json(keys::generate_response(Some(&raw), &row, None)))
 }
 

@@ -89,6 +89,46 @@ impl MemoryLimiter {
         Ok(())
     }
 
+    pub fn refund(&self, limits: &[RateLimit], now: u64) {
+        let mut keys: Vec<String> = limits
+            .iter()
+            .filter(|l| l.rpm.is_some() || l.tpm.is_some())
+            .map(RateLimit::counter_key)
+            .collect();
+        keys.sort();
+        keys.dedup();
+        let start = now - now % WINDOW_SECS;
+        for k in keys {
+            if let Some(cell) = self.windows.get(&k).map(|c| c.clone()) {
+                let mut w = cell.lock().unwrap_or_else(|p| p.into_inner());
+                // A window that rolled over since the acquire no longer holds that request.
+                if w.start == start {
+                    w.requests = w.requests.saturating_sub(1);
+                }
+            }
+        }
+    }
+
+    /// Removes windows that ended before the current one. A window is only removed while the
+    /// map is its sole holder (checked under the shard lock, where `window()` clones it), so no
+    /// call in progress can count into a removed window.
+    pub fn sweep(&self, now: u64) -> usize {
+        let current = now - now % WINDOW_SECS;
+        let before = self.windows.len();
+        self.windows.retain(|_, cell| {
+            if Arc::strong_count(cell) > 1 {
+                return true;
+            }
+            let w = cell.lock().unwrap_or_else(|p| p.into_inner());
+            w.start >= current
+        });
+        before.saturating_sub(self.windows.len())
+    }
+
+    pub fn window_count(&self) -> usize {
+        self.windows.len()
+    }
+
     pub fn add_tokens(&self, limits: &[RateLimit], tokens: u64, now: u64) {
         if tokens == 0 {
             return;
@@ -133,6 +173,34 @@ mod tests {
         assert!(m.acquire(std::slice::from_ref(&key), 124).is_err());
         // next window
         assert!(m.acquire(&both, 180).is_ok());
+    }
+
+    #[test]
+    fn refund_gives_back_the_request() {
+        let m = MemoryLimiter::default();
+        let l = [lim("api_key", "k", Some(1), None)];
+        assert!(m.acquire(&l, 10).is_ok());
+        assert!(m.acquire(&l, 11).is_err());
+        m.refund(&l, 12);
+        assert!(m.acquire(&l, 13).is_ok());
+        // a refund after the window rolled does not take from the new window
+        m.refund(&l, 61);
+        assert!(m.acquire(&l, 62).is_ok());
+        assert!(m.acquire(&l, 63).is_err());
+    }
+
+    #[test]
+    fn ended_windows_are_swept() {
+        let m = MemoryLimiter::default();
+        for i in 0..100 {
+            let l = [lim("api_key", &format!("k{i}"), Some(5), None)];
+            m.acquire(&l, 30).unwrap();
+        }
+        assert_eq!(m.sweep(59), 0, "current windows stay");
+        let live = [lim("api_key", "live", Some(5), None)];
+        m.acquire(&live, 60).unwrap();
+        assert_eq!(m.sweep(61), 100);
+        assert_eq!(m.window_count(), 1);
     }
 
     #[test]

@@ -4,8 +4,13 @@
 //! never deadlock); TPM is refused up front only when a window is already at/over its limit and
 //! real usage is added afterwards, so overshoot is bounded by one request per scope.
 //! [`Limiter`] is an enum so a Redis backend (same algorithm in a Lua script) can be added.
+//! Windows are read from the injected clock; windows that ended are swept (memory stays flat
+//! under key churn).
 
 mod memory;
+
+use crate::app::AppState;
+use crate::clock::SharedClock;
 
 pub use memory::MemoryLimiter;
 
@@ -51,41 +56,76 @@ pub struct RateDenied {
     pub retry_after: u64,
 }
 
-/// The rate limiter backend.
-pub enum Limiter {
+/// The rate limiter backend and its clock.
+pub struct Limiter {
+    backend: Backend,
+    clock: SharedClock,
+}
+
+enum Backend {
     Memory(MemoryLimiter),
 }
 
-impl Default for Limiter {
-    fn default() -> Self {
-        Limiter::new()
-    }
-}
-
 impl Limiter {
-    pub fn new() -> Limiter {
-        Limiter::Memory(MemoryLimiter::default())
+    pub fn new(clock: SharedClock) -> Limiter {
+        Limiter {
+            backend: Backend::Memory(MemoryLimiter::default()),
+            clock,
+        }
+    }
+
+    fn now(&self) -> u64 {
+        self.clock.unix_secs()
     }
 
     /// Counts one request against every descriptor if all of them have room (RPM below limit,
     /// TPM window below limit); otherwise counts nothing and names the first refusing scope.
     pub fn acquire(&self, limits: &[RateLimit]) -> Result<(), RateDenied> {
-        match self {
-            Limiter::Memory(m) => m.acquire(limits, now_secs()),
+        match &self.backend {
+            Backend::Memory(m) => m.acquire(limits, self.now()),
+        }
+    }
+
+    /// Gives back the request an [`Limiter::acquire`] counted, for a call refused after it
+    /// (no deployment could take it): a refused pick must not burn the caller's RPM.
+    pub fn refund(&self, limits: &[RateLimit]) {
+        match &self.backend {
+            Backend::Memory(m) => m.refund(limits, self.now()),
         }
     }
 
     /// Adds the real token usage of a finished call to every descriptor with a TPM limit.
     pub fn add_tokens(&self, limits: &[RateLimit], tokens: u64) {
-        match self {
-            Limiter::Memory(m) => m.add_tokens(limits, tokens, now_secs()),
+        match &self.backend {
+            Backend::Memory(m) => m.add_tokens(limits, tokens, self.now()),
+        }
+    }
+
+    /// Drops windows that have ended. Returns how many were dropped.
+    pub fn sweep(&self) -> usize {
+        match &self.backend {
+            Backend::Memory(m) => m.sweep(self.now()),
+        }
+    }
+
+    /// Windows held (tests).
+    pub fn windows(&self) -> usize {
+        match &self.backend {
+            Backend::Memory(m) => m.window_count(),
         }
     }
 }
 
-fn now_secs() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
+/// Sweeps ended windows every half window until shutdown.
+pub fn spawn_sweeper(state: AppState) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(std::time::Duration::from_secs(WINDOW_SECS / 2));
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        loop {
+            tokio::select! {
+                _ = state.shutdown.cancelled() => break,
+                _ = every.tick() => { state.limiter.sweep(); }
+            }
+        }
+    })
 }

@@ -39,7 +39,7 @@ pub struct Cache {
     epoch: Arc<AtomicU64>,
 }
 
-const TTL: Duration = Duration::from_secs(300);
+pub const TTL: Duration = Duration::from_secs(300);
 const CAPACITY: u64 = 200_000;
 
 impl Default for Cache {

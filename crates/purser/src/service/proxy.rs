@@ -428,6 +428,8 @@ pub async fn handle(
     caller: Caller,
     req: CallRequest,
 ) -> Result<Response, ApiError> {
+    // Backpressure: wait while the spend writer is a full queue behind (bounded memory).
+    state.ledger.admit().await;
     let ctx = CallContext::load(&state, &caller).await?;
     let requested = req.model.clone();
     let target = ctx.resolve_alias(&requested);
@@ -536,6 +538,8 @@ pub async fn handle(
     state.limiter.acquire(&limits).map_err(|d| rate_error(&d))?;
     // 12. routing
     let Some(slot) = state.models.pick(&target) else {
+        // No deployment took the call: it must not count against the caller's RPM.
+        state.limiter.refund(&limits);
         return Err(ApiError::proxy(
             StatusCode::TOO_MANY_REQUESTS,
             "rate_limit_error",
@@ -665,38 +669,16 @@ async fn dispatch(
                 .map(|r| r.map_err(std::io::Error::other))
                 .boxed()
         };
-        let idle = dep.stream_timeout;
-        let st = (
+        let body = pump_stream(
             chunks,
             StreamMeter {
                 meter,
                 tap: SseTap::default(),
             },
-            idle,
-            false,
+            dep.stream_timeout,
+            dep.timeout,
         );
-        let body =
-            futures_util::stream::unfold(st, |(mut chunks, mut m, idle, ended)| async move {
-                if ended {
-                    return None;
-                }
-                match tokio::time::timeout(idle, chunks.next()).await {
-                    Ok(Some(Ok(b))) => {
-                        m.tap.feed(&b);
-                        Some((Ok(b), (chunks, m, idle, false)))
-                    }
-                    Ok(Some(Err(e))) => Some((Err(e), (chunks, m, idle, true))),
-                    Ok(None) => None,
-                    Err(_) => Some((
-                        Err(std::io::Error::new(
-                            std::io::ErrorKind::TimedOut,
-                            "upstream stream idle timeout",
-                        )),
-                        (chunks, m, idle, true),
-                    )),
-                }
-            });
-        let mut resp = Response::new(Body::from_stream(body));
+        let mut resp = Response::new(body);
         let h = resp.headers_mut();
         h.insert(
             header::CONTENT_TYPE,
@@ -717,31 +699,116 @@ async fn dispatch(
         .models
         .send(&dep, req.kind, &Value::Object(body), false)
         .await?;
-    let bytes = match resp.bytes().await {
-        Ok(b) => b,
-        Err(e) => return Err(crate::upstream::transport_error(&dep, &e)),
+    // Read the body as it arrives: an upstream that answered and then failed mid-body (or sent
+    // something that is not JSON) still produced work: bill the counted prompt plus the text
+    // received, like an interrupted stream, and keep the log row.
+    let mut bytes = Vec::new();
+    let mut body_stream = resp.bytes_stream();
+    while let Some(part) = body_stream.next().await {
+        match part {
+            Ok(b) => bytes.extend_from_slice(&b),
+            Err(e) => {
+                meter.settle(partial_usage(&req, &bytes), "failure");
+                return Err(crate::upstream::transport_error(&dep, &e));
+            }
+        }
+    }
+    let parsed: Value = match serde_json::from_slice(&bytes) {
+        Ok(v) => v,
+        Err(_) => {
+            meter.settle(partial_usage(&req, &bytes), "failure");
+            return Err(ApiError::proxy(
+                StatusCode::BAD_GATEWAY,
+                "api_error",
+                format!(
+                    "litellm.APIError: upstream of model={} returned a body that is not JSON",
+                    dep.model_name
+                ),
+            ));
+        }
     };
-    let parsed: Value = serde_json::from_slice(&bytes).map_err(|_| {
-        ApiError::proxy(
-            StatusCode::BAD_GATEWAY,
-            "api_error",
-            format!(
-                "litellm.APIError: upstream of model={} returned a body that is not JSON",
-                dep.model_name
-            ),
-        )
-    })?;
     let usage = Usage::from_json(&parsed).unwrap_or_else(|| Usage {
         prompt_tokens: req.prompt_tokens,
         completion_tokens: produced_tokens(&parsed),
     });
     meter.settle(usage, "success");
-    let mut out = Response::new(Body::from(bytes));
+    let mut out = Response::new(Body::from(Bytes::from(bytes)));
     out.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
     );
     Ok(out)
+}
+
+/// Usage billed for a non-streaming answer cut short or unreadable: the counted prompt and the
+/// tokens of whatever text arrived.
+fn partial_usage(req: &CallRequest, received: &[u8]) -> Usage {
+    Usage {
+        prompt_tokens: req.prompt_tokens,
+        completion_tokens: count_text(&String::from_utf8_lossy(received)),
+    }
+}
+
+/// Chunks buffered between the upstream and a slow client (backpressure beyond that).
+const STREAM_BUFFER: usize = 16;
+
+/// Runs a stream in its own task, which owns the upstream body and the meter, and hands the
+/// chunks to the response body through a small channel. The task ends (settling the meter,
+/// releasing the deployment slot and closing the upstream connection) when the upstream ends,
+/// when no chunk arrives for `idle`, when the client goes away, or at the overall `deadline`
+/// — also when the client stopped reading and the channel is full, which a body that is only
+/// polled by the client could never notice.
+fn pump_stream(
+    mut chunks: BoxStream<'static, Result<Bytes, std::io::Error>>,
+    mut meter: StreamMeter,
+    idle: std::time::Duration,
+    deadline: std::time::Duration,
+) -> Body {
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(STREAM_BUFFER);
+    let end = tokio::time::Instant::now() + deadline;
+    tokio::spawn(async move {
+        let timed_out = |what: &str| {
+            Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("upstream stream {what}"),
+            ))
+        };
+        loop {
+            let next = tokio::select! {
+                n = tokio::time::timeout(idle, chunks.next()) => n,
+                _ = tokio::time::sleep_until(end) => {
+                    let _ = tx.try_send(timed_out("deadline exceeded"));
+                    break;
+                }
+            };
+            let item = match next {
+                Ok(Some(Ok(b))) => {
+                    meter.tap.feed(&b);
+                    Ok(b)
+                }
+                Ok(Some(Err(e))) => Err(e),
+                Ok(None) => break,
+                Err(_) => timed_out("idle timeout"),
+            };
+            let failed = item.is_err();
+            tokio::select! {
+                sent = tx.send(item) => if sent.is_err() { break },
+                _ = tokio::time::sleep_until(end) => break,
+            }
+            if failed {
+                break;
+            }
+        }
+        drop(chunks);
+        drop(meter);
+    });
+    Body::from_stream(tokio_stream_of(rx))
+}
+
+fn tokio_stream_of<T: Send + 'static>(
+    mut rx: tokio::sync::mpsc::Receiver<T>,
+) -> impl futures_util::Stream<Item = T> + Send + 'static {
+    futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
 }
 
 fn produced_tokens(v: &Value) -> u64 {

@@ -12,8 +12,10 @@
 //! - Rows with a `budget_duration` but no `budget_reset_at` get one initialised (no spend reset).
 //! - An unparseable stored duration (written by hand or by an old version) is skipped with one
 //!   warning per row and value; it never stops the other rows from being reset.
-//! - The in-memory ledger is told (`Ledger::on_reset`) and the cache evicted only after the
-//!   database change committed, so no request can re-read the old spend from the cache.
+//! - Each reset runs inside a ledger `SpendWrite` (the spend writer's gate, taken before the
+//!   UPDATE): the ledger is told after the change committed, costs settled meanwhile stay in the
+//!   new period, and the cache is evicted after that, so no request re-reads the old spend.
+//! - "Now" comes from the injected clock (`AppState::clock`): tests advance it.
 //!
 //! Timeliness: LiteLLM runs its reset job every `proxy_budget_rescheduler_min_time`…`max_time`
 //! seconds (597–605 s by default), so a team over budget stays blocked up to ~10 minutes after its
@@ -39,7 +41,7 @@ use tokio::task::JoinHandle;
 use crate::app::AppState;
 use crate::on_conn;
 use crate::service::spend::SpendScope;
-use crate::store::{self, Result};
+use crate::store::Result;
 
 /// How often the loop looks for due rows.
 pub const TICK: Duration = Duration::from_secs(1);
@@ -268,6 +270,9 @@ pub async fn reset_row(
     old: DateTime<Utc>,
     next: DateTime<Utc>,
 ) -> Result<(Outcome, u64)> {
+    // The write gate: no spend chunk is half-written while the column is zeroed, and calls
+    // that settle from here on count in the new period (memory and database alike).
+    let spend_write = state.ledger.spend_write().await;
     if table == Table::Budgets {
         let mut h = state.db.begin_write().await?;
         let moved = on_conn!(h, c => sqlx::query(table.cas_reset())
@@ -281,13 +286,16 @@ pub async fn reset_row(
             .bind(id).fetch_all(c).await)?;
         h.commit().await?;
         for (team_id, user_id) in &members {
-            state
-                .ledger
-                .on_reset(&SpendScope::Member {
+            spend_write.set(
+                &SpendScope::Member {
                     team_id: team_id.clone(),
                     user_id: user_id.clone(),
-                })
-                .await;
+                },
+                0,
+            );
+        }
+        drop(spend_write);
+        for (team_id, user_id) in &members {
             state.cache.evict_member(team_id, user_id).await;
         }
         return Ok((Outcome::Won, members.len() as u64));
@@ -302,19 +310,18 @@ pub async fn reset_row(
         return Ok((Outcome::Lost, 0));
     }
     let id = id.to_string();
+    let scope = match table {
+        Table::Keys => SpendScope::Key(id.clone()),
+        Table::Users => SpendScope::User(id.clone()),
+        Table::Teams => SpendScope::Team(id.clone()),
+        Table::Budgets => unreachable!("handled above"),
+    };
+    spend_write.set(&scope, 0);
+    drop(spend_write);
     match table {
-        Table::Keys => {
-            state.ledger.on_reset(&SpendScope::Key(id.clone())).await;
-            state.cache.evict_key(&id).await;
-        }
-        Table::Users => {
-            state.ledger.on_reset(&SpendScope::User(id.clone())).await;
-            state.cache.evict_user(&id).await;
-        }
-        Table::Teams => {
-            state.ledger.on_reset(&SpendScope::Team(id.clone())).await;
-            state.cache.evict_team(&id).await;
-        }
+        Table::Keys => state.cache.evict_key(&id).await,
+        Table::Users => state.cache.evict_user(&id).await,
+        Table::Teams => state.cache.evict_team(&id).await,
         Table::Budgets => unreachable!("handled above"),
     }
     Ok((Outcome::Won, 0))
@@ -509,7 +516,10 @@ pub fn spawn(state: AppState) -> Option<JoinHandle<()>> {
                 _ = state.shutdown.cancelled() => break,
                 _ = interval.tick() => {}
             }
-            match resetter.tick(store::now()).await {
+            match resetter
+                .tick(crate::store::trunc_micros(state.clock.now()))
+                .await
+            {
                 Ok(r) if !r.is_quiet() => tracing::debug!(?r, "budget reset tick"),
                 Ok(_) => {}
                 Err(e) => {

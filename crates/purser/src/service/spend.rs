@@ -1,31 +1,49 @@
 //! Spend ledger: the in-memory spend counters of keys, teams, members and users that budget
-//! enforcement reads, with in-flight reservations, and the batched writer that persists them.
+//! enforcement reads, with in-flight reservations, and the bounded queue of settled calls that
+//! the spend writer persists.
 //!
 //! Invariants:
 //! - A counter is seeded once from its database row (the first time the entity is seen) and
-//!   from then on holds `db spend + unflushed deltas`; enforcement never reads the database.
+//!   from then on holds `db spend + unwritten settled costs`; enforcement never reads the
+//!   database.
 //! - [`Ledger::reserve`] checks and reserves every budget of a call under ONE mutex: either all
 //!   scopes reserve or none does. A call is admitted when `spend + reserved + estimate <= max`,
 //!   or when nothing is in flight on a scope whose `spend < max` (so a lone request is never
 //!   refused because of a pessimistic estimate; overshoot is bounded by that one request).
 //! - A [`Reservation`] settles exactly once: explicitly with the real cost, or on drop (cost 0).
-//!   Settlement adds the same nanos to every scope and to the spend-log row, so after a flush
-//!   key, team, member, user spend and `SUM(spend_logs.spend)` agree to the nano.
-//! - The flusher writes accumulated deltas with `spend = spend + delta` and the spend-log rows in
-//!   ONE write transaction; a failed flush puts everything back for the next attempt.
+//!   A settled call is one queue entry: its log row plus the scopes its cost is charged to. The
+//!   writer takes at most [`LedgerLimits::chunk_rows`] entries per transaction and writes their
+//!   log rows and the sums of their costs per scope together, so key, team, member, user spend
+//!   and `SUM(spend_logs.spend)` agree to the nano after every committed chunk, crash or not.
+//! - The queue is bounded: [`Ledger::admit`] makes a new call wait while `capacity` settled
+//!   entries are unwritten (backpressure), so memory stays flat and an answered call's spend is
+//!   on disk within about one write interval whatever the request rate.
+//! - Every database write of a spend column other than the writer's increments (budget resets,
+//!   management spend-sets, key regeneration) runs inside a [`SpendWrite`]: it holds the write
+//!   gate, so no chunk is between "taken" and "written" while the column is replaced, and costs
+//!   settled after the write began stay counted in memory and on disk.
+//! - Lock order of the writer's transaction is the [`SpendScope`] order: teams, keys,
+//!   memberships, users — the order every other writer that touches several of them uses.
 
-use std::collections::HashMap;
+use std::borrow::Cow;
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
 use crate::app::AppState;
+use crate::clock::{SharedClock, SystemClock};
 use crate::store::{self, Db, spend::SpendLogRow};
 
-/// An entity whose spend is tracked and can be reset by the budget reset job.
+/// An entity whose spend is tracked and can be reset by the budget reset job. The variant
+/// order is the lock order of the spend writer (derived `Ord`): teams, keys, memberships, users.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum SpendScope {
-    Key(String),
     Team(String),
+    Key(String),
     Member { team_id: String, user_id: String },
     User(String),
 }
@@ -47,30 +65,139 @@ pub struct OverBudget {
     pub max: i64,
 }
 
+/// Sizes of the settled-call queue.
+#[derive(Debug, Clone, Copy)]
+pub struct LedgerLimits {
+    /// Unwritten settled calls at which new calls wait for the writer.
+    pub capacity: usize,
+    /// Settled calls written per transaction; also the backlog that wakes the writer early.
+    pub chunk_rows: usize,
+}
+
+impl Default for LedgerLimits {
+    fn default() -> Self {
+        // 8,192 entries are a few MiB; the writer empties a full queue in well under 100 ms.
+        LedgerLimits {
+            capacity: 8_192,
+            chunk_rows: 1_000,
+        }
+    }
+}
+
+/// A counter unused (no call in flight, nothing unwritten) for this long is dropped. It is
+/// longer than the governance cache's TTL, so the row a dropped counter is re-seeded from was
+/// read from the database after the counter's last spend was written.
+pub const IDLE_EVICT_AFTER: Duration =
+    Duration::from_secs(crate::service::cache::TTL.as_secs() + 60);
+
 #[derive(Debug, Default, Clone, Copy)]
 struct Counter {
     spend: i64,
     reserved: i64,
     in_flight: u32,
+    /// Unwritten queue entries charging this scope.
+    queued: u32,
+    /// Unix seconds of the last reservation or settlement.
+    last_used: i64,
+}
+
+impl Counter {
+    fn seeded(spend: i64, now: i64) -> Counter {
+        Counter {
+            spend,
+            last_used: now,
+            ..Default::default()
+        }
+    }
+}
+
+/// One settled call waiting for the writer.
+#[derive(Debug)]
+struct Settled {
+    seq: u64,
+    cost: i64,
+    /// Scopes the cost is still charged to (a spend-set after settlement removes its scope).
+    scopes: Vec<SpendScope>,
+    log: SpendLogRow,
 }
 
 #[derive(Default)]
 struct Inner {
     counters: HashMap<SpendScope, Counter>,
-    /// Unflushed entity deltas.
-    deltas: HashMap<SpendScope, i64>,
-    /// Unflushed spend-log rows.
-    logs: Vec<SpendLogRow>,
+    queue: VecDeque<Settled>,
+    next_seq: u64,
     /// Live reservations (all scopes), for the shutdown drain.
     live: usize,
+    /// Regenerated keys: old token → (new token, unix seconds of the rename). Calls that
+    /// resolved the old token before the regeneration reserve and settle on the new one; kept
+    /// for [`IDLE_EVICT_AFTER`].
+    renamed: HashMap<SpendScope, (SpendScope, i64)>,
 }
 
-/// In-memory spend counters.
-#[derive(Default)]
+impl Inner {
+    fn counter(&mut self, scope: &SpendScope) -> &mut Counter {
+        self.counters.entry(scope.clone()).or_default()
+    }
+
+    fn resolve(&mut self, scope: &SpendScope) -> SpendScope {
+        let mut s = scope.clone();
+        // Chains (regenerated twice while a call was in flight) are short; bound the walk anyway.
+        for _ in 0..8 {
+            match self.renamed.get(&s) {
+                Some((to, _)) => s = to.clone(),
+                None => break,
+            }
+        }
+        s
+    }
+
+    fn settled_since(&self, scope: &SpendScope, seq0: u64) -> i64 {
+        self.queue
+            .iter()
+            .filter(|e| e.seq >= seq0 && e.scopes.contains(scope))
+            .map(|e| e.cost)
+            .sum()
+    }
+
+    /// Removes `scope` from the entries settled before `seq0` (all entries for `u64::MAX`).
+    fn uncharge_before(&mut self, scope: &SpendScope, seq0: u64) {
+        let mut removed = 0u32;
+        for e in self.queue.iter_mut().filter(|e| e.seq < seq0) {
+            if let Some(i) = e.scopes.iter().position(|s| s == scope) {
+                e.scopes.swap_remove(i);
+                removed += 1;
+            }
+        }
+        if let Some(c) = self.counters.get_mut(scope) {
+            c.queued = c.queued.saturating_sub(removed);
+        }
+    }
+}
+
+/// Counts the writer and the admission path expose (logs, tests, benchmarks).
+#[derive(Debug, Default)]
+pub struct LedgerStats {
+    /// Calls that had to wait for queue room.
+    pub backpressure_waits: AtomicU64,
+    pub rows_written: AtomicU64,
+    pub chunks_written: AtomicU64,
+    pub write_errors: AtomicU64,
+}
+
+/// In-memory spend counters and the queue of settled calls.
 pub struct Ledger {
     inner: Mutex<Inner>,
-    /// Serialises flushes (periodic vs final).
-    flush_lock: tokio::sync::Mutex<()>,
+    /// Held by the writer from taking a chunk to committing it, and by every [`SpendWrite`].
+    gate: tokio::sync::Mutex<()>,
+    /// Signalled after a chunk is written (queue room for waiting calls).
+    room: Notify,
+    /// Signalled when the backlog reaches a chunk (wake the writer before its interval).
+    work: Notify,
+    limits: LedgerLimits,
+    clock: SharedClock,
+    pub stats: LedgerStats,
+    /// Unix seconds of the last backpressure warning (one log line per 10 s at most).
+    last_warn: AtomicI64,
 }
 
 impl std::fmt::Debug for Ledger {
@@ -79,37 +206,110 @@ impl std::fmt::Debug for Ledger {
     }
 }
 
+impl Default for Ledger {
+    fn default() -> Self {
+        Ledger::new(LedgerLimits::default(), Arc::new(SystemClock))
+    }
+}
+
 impl Ledger {
-    pub fn new() -> Ledger {
-        Ledger::default()
+    pub fn new(limits: LedgerLimits, clock: SharedClock) -> Ledger {
+        let limits = LedgerLimits {
+            capacity: limits.capacity.max(1),
+            chunk_rows: limits.chunk_rows.max(1),
+        };
+        Ledger {
+            inner: Mutex::new(Inner::default()),
+            gate: tokio::sync::Mutex::new(()),
+            room: Notify::new(),
+            work: Notify::new(),
+            limits,
+            clock,
+            stats: LedgerStats::default(),
+            last_warn: AtomicI64::new(0),
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Current spend of a scope if it has been seen (settled, including unflushed deltas).
+    fn now(&self) -> i64 {
+        self.clock.now().timestamp()
+    }
+
+    /// Current spend of a scope if it has been seen (settled, including unwritten costs).
     pub fn spend(&self, scope: &SpendScope) -> Option<i64> {
         self.lock().counters.get(scope).map(|c| c.spend)
+    }
+
+    /// Settled calls not yet written.
+    pub fn queued(&self) -> usize {
+        self.lock().queue.len()
+    }
+
+    /// Number of counters held (tests: idle eviction).
+    pub fn counters(&self) -> usize {
+        self.lock().counters.len()
+    }
+
+    /// Waits while the queue of unwritten settled calls is full (backpressure): the request
+    /// path slows to the writer's pace instead of growing memory without bound.
+    pub async fn admit(&self) {
+        let mut waited = false;
+        loop {
+            let notified = self.room.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let queued = self.lock().queue.len();
+            if queued < self.limits.capacity {
+                return;
+            }
+            if !waited {
+                waited = true;
+                self.stats
+                    .backpressure_waits
+                    .fetch_add(1, Ordering::Relaxed);
+                let now = self.now();
+                let last = self.last_warn.load(Ordering::Relaxed);
+                if now - last >= 10
+                    && self
+                        .last_warn
+                        .compare_exchange(last, now, Ordering::AcqRel, Ordering::Relaxed)
+                        .is_ok()
+                {
+                    tracing::warn!(
+                        queued,
+                        capacity = self.limits.capacity,
+                        waits = self.stats.backpressure_waits.load(Ordering::Relaxed),
+                        "spend writer behind: new calls wait for queue room"
+                    );
+                }
+            }
+            notified.await;
+        }
     }
 
     /// The first scope (in the given order) whose settled spend is already at/over its cap —
     /// the reference's `spend >= max_budget` pre-checks, read from the counters.
     pub fn first_exhausted(&self, checks: &[BudgetCheck]) -> Option<OverBudget> {
+        let now = self.now();
         let mut g = self.lock();
         for c in checks {
+            let scope = if g.renamed.is_empty() {
+                c.scope.clone()
+            } else {
+                g.resolve(&c.scope)
+            };
             let counter = g
                 .counters
-                .entry(c.scope.clone())
-                .or_insert_with(|| Counter {
-                    spend: c.seed,
-                    ..Default::default()
-                });
+                .entry(scope.clone())
+                .or_insert_with(|| Counter::seeded(c.seed, now));
             if let Some(max) = c.max
                 && counter.spend >= max
             {
                 return Some(OverBudget {
-                    scope: c.scope.clone(),
+                    scope,
                     spend: counter.spend,
                     max,
                 });
@@ -126,15 +326,25 @@ impl Ledger {
         enforce: bool,
     ) -> Result<Reservation, OverBudget> {
         let estimate = estimate.max(0);
+        let now = self.now();
         let mut g = self.lock();
-        for c in checks {
+        // A call that resolved a key just before its regeneration reserves on the new token.
+        let checks: Cow<'_, [BudgetCheck]> = if g.renamed.is_empty() {
+            Cow::Borrowed(checks)
+        } else {
+            checks
+                .iter()
+                .map(|c| BudgetCheck {
+                    scope: g.resolve(&c.scope),
+                    ..c.clone()
+                })
+                .collect()
+        };
+        for c in checks.iter() {
             let counter = *g
                 .counters
                 .entry(c.scope.clone())
-                .or_insert_with(|| Counter {
-                    spend: c.seed,
-                    ..Default::default()
-                });
+                .or_insert_with(|| Counter::seeded(c.seed, now));
             if !enforce {
                 continue;
             }
@@ -158,9 +368,10 @@ impl Ledger {
         scopes.sort();
         scopes.dedup();
         for s in &scopes {
-            let c = g.counters.get_mut(s).expect("seeded above");
+            let c = g.counter(s);
             c.reserved = c.reserved.saturating_add(estimate);
             c.in_flight += 1;
+            c.last_used = now;
         }
         g.live += 1;
         Ok(Reservation {
@@ -172,19 +383,39 @@ impl Ledger {
     }
 
     fn release(&self, scopes: &[SpendScope], estimate: i64, cost: i64, log: Option<SpendLogRow>) {
+        let now = self.now();
         let mut g = self.lock();
+        let mut charged = Vec::with_capacity(scopes.len());
         for s in scopes {
-            if let Some(c) = g.counters.get_mut(s) {
-                c.reserved = (c.reserved - estimate).max(0);
-                c.in_flight = c.in_flight.saturating_sub(1);
-                c.spend = c.spend.saturating_add(cost);
-            }
-            if cost != 0 {
-                *g.deltas.entry(s.clone()).or_default() += cost;
+            let s = if g.renamed.is_empty() {
+                s.clone()
+            } else {
+                g.resolve(s)
+            };
+            let queued = log.is_some() && cost != 0;
+            let c = g.counter(&s);
+            c.reserved = (c.reserved - estimate).max(0);
+            c.in_flight = c.in_flight.saturating_sub(1);
+            c.spend = c.spend.saturating_add(cost);
+            c.last_used = now;
+            if queued {
+                c.queued += 1;
+                charged.push(s);
             }
         }
         if let Some(log) = log {
-            g.logs.push(log);
+            let seq = g.next_seq;
+            g.next_seq += 1;
+            g.queue.push_back(Settled {
+                seq,
+                cost,
+                scopes: charged,
+                log,
+            });
+            let threshold = self.limits.chunk_rows.min(self.limits.capacity.div_ceil(2));
+            if g.queue.len() == threshold {
+                self.work.notify_one();
+            }
         }
         g.live = g.live.saturating_sub(1);
     }
@@ -194,76 +425,169 @@ impl Ledger {
         self.lock().live
     }
 
-    /// Called by the budget reset job after it zeroed `scope`'s spend in the database: the
-    /// counter becomes 0 (reservations in flight stay reserved) and unflushed deltas of the old
-    /// period are dropped for that entity column (spend-log rows are kept: they are history).
-    pub async fn on_reset(&self, scope: &SpendScope) {
-        self.on_spend_set(scope, 0);
-    }
-
-    /// For any management write that SETS an entity's spend column (reset_spend, a key
-    /// update with `spend`, a member removed and re-added): the counter becomes `spend` (plus
-    /// what stays reserved in flight) and unflushed deltas of that entity column are dropped.
+    /// For writes that replace an entity row's spend column without the write gate: a
+    /// deleted entity, or a membership re-created (its new row starts at `spend`). The counter
+    /// becomes `spend` and no unwritten cost is charged to that column any more.
     pub fn on_spend_set(&self, scope: &SpendScope, spend: i64) {
+        let now = self.now();
         let mut g = self.lock();
-        g.counters.entry(scope.clone()).or_default().spend = spend;
-        g.deltas.remove(scope);
+        g.uncharge_before(scope, u64::MAX);
+        let c = g.counter(scope);
+        c.spend = spend;
+        c.last_used = now;
     }
 
-    /// Writes every accumulated delta and spend-log row in one write transaction.
-    pub async fn flush(&self, db: &Db) -> store::Result<()> {
-        let _one = self.flush_lock.lock().await;
-        let (deltas, logs) = {
-            let mut g = self.lock();
-            (std::mem::take(&mut g.deltas), std::mem::take(&mut g.logs))
-        };
-        if deltas.is_empty() && logs.is_empty() {
-            return Ok(());
+    /// Starts a write of spend columns (reset, spend-set, key regeneration): waits until no
+    /// chunk is being written and holds the writer off until the returned guard is dropped.
+    /// Begin it BEFORE the database transaction and apply its changes after the commit.
+    pub async fn spend_write(&self) -> SpendWrite<'_> {
+        let gate = self.gate.lock().await;
+        let seq0 = self.lock().next_seq;
+        SpendWrite {
+            ledger: self,
+            _gate: gate,
+            seq0,
         }
-        match write_batch(db, &deltas, &logs).await {
-            Ok(()) => Ok(()),
-            Err(e) => {
-                // Nothing was committed: put it all back for the next attempt.
-                let mut g = self.lock();
-                for (s, d) in deltas {
-                    *g.deltas.entry(s).or_default() += d;
+    }
+
+    /// Drops counters unused for [`IDLE_EVICT_AFTER`] with nothing in flight or unwritten
+    /// (memory stays flat under key churn). Returns how many were dropped.
+    pub fn evict_idle(&self) -> usize {
+        let cutoff = self.now() - IDLE_EVICT_AFTER.as_secs() as i64;
+        let mut g = self.lock();
+        let before = g.counters.len();
+        g.counters
+            .retain(|_, c| c.in_flight > 0 || c.queued > 0 || c.last_used > cutoff);
+        g.renamed.retain(|_, (_, at)| *at > cutoff);
+        before - g.counters.len()
+    }
+
+    /// Writes one chunk (at most `chunk_rows` settled calls) in one transaction. Returns the
+    /// number of calls written; on failure they go back to the front of the queue.
+    pub async fn write_chunk(&self, db: &Db) -> store::Result<usize> {
+        let _gate = self.gate.lock().await;
+        let batch: Vec<Settled> = {
+            let mut g = self.lock();
+            let n = g.queue.len().min(self.limits.chunk_rows);
+            g.queue.drain(..n).collect()
+        };
+        if batch.is_empty() {
+            return Ok(0);
+        }
+        match write_batch(db, &batch).await {
+            Ok(()) => {
+                {
+                    let mut g = self.lock();
+                    for e in &batch {
+                        for s in &e.scopes {
+                            if let Some(c) = g.counters.get_mut(s) {
+                                c.queued = c.queued.saturating_sub(1);
+                            }
+                        }
+                    }
                 }
-                let newer = std::mem::replace(&mut g.logs, logs);
-                g.logs.extend(newer);
+                self.stats
+                    .rows_written
+                    .fetch_add(batch.len() as u64, Ordering::Relaxed);
+                self.stats.chunks_written.fetch_add(1, Ordering::Relaxed);
+                self.room.notify_waiters();
+                Ok(batch.len())
+            }
+            Err(e) => {
+                self.stats.write_errors.fetch_add(1, Ordering::Relaxed);
+                // Nothing was committed: put the chunk back, in order, for the next attempt.
+                let mut g = self.lock();
+                for entry in batch.into_iter().rev() {
+                    g.queue.push_front(entry);
+                }
                 Err(e)
             }
         }
     }
+
+    /// Writes chunks until the queue is empty (or a write fails).
+    pub async fn flush(&self, db: &Db) -> store::Result<()> {
+        loop {
+            let n = self.write_chunk(db).await?;
+            if n < self.limits.chunk_rows {
+                return Ok(());
+            }
+            // Let request handling run between chunks.
+            tokio::task::yield_now().await;
+        }
+    }
 }
 
-async fn write_batch(
-    db: &Db,
-    deltas: &HashMap<SpendScope, i64>,
-    logs: &[SpendLogRow],
-) -> store::Result<()> {
+async fn write_batch(db: &Db, batch: &[Settled]) -> store::Result<()> {
     use store::spend::*;
-    // Sorted order: concurrent flushers of several instances lock rows in the same order.
-    let mut items: Vec<(&SpendScope, i64)> = deltas
-        .iter()
-        .filter(|(_, d)| **d != 0)
-        .map(|(s, d)| (s, *d))
-        .collect();
-    items.sort_by(|a, b| a.0.cmp(b.0));
+    // BTreeMap: the SpendScope order is the lock order (teams, keys, memberships, users).
+    let mut deltas: BTreeMap<&SpendScope, i64> = BTreeMap::new();
+    for e in batch {
+        for s in &e.scopes {
+            *deltas.entry(s).or_default() += e.cost;
+        }
+    }
+    let logs: Vec<&SpendLogRow> = batch.iter().map(|e| &e.log).collect();
     let mut h = db.begin_write().await?;
-    for (scope, d) in items {
+    for (scope, d) in deltas {
+        if d == 0 {
+            continue;
+        }
         match scope {
-            SpendScope::Key(t) => add_key_spend(&mut h, t, d).await?,
             SpendScope::Team(t) => add_team_spend(&mut h, t, d).await?,
+            SpendScope::Key(t) => add_key_spend(&mut h, t, d).await?,
             SpendScope::Member { team_id, user_id } => {
                 add_member_spend(&mut h, team_id, user_id, d).await?
             }
             SpendScope::User(u) => add_user_spend(&mut h, u, d).await?,
         }
     }
-    for l in logs {
-        insert_log(&mut h, l).await?;
-    }
+    insert_logs(&mut h, &logs).await?;
     h.commit().await
+}
+
+/// A write of spend columns in progress (see [`Ledger::spend_write`]). Apply each change with
+/// [`SpendWrite::set`] / [`SpendWrite::rename`] after the database commit, then drop the guard.
+pub struct SpendWrite<'a> {
+    ledger: &'a Ledger,
+    _gate: tokio::sync::MutexGuard<'a, ()>,
+    /// Calls settled from this sequence number on happened after the write began: their cost
+    /// belongs to the new value (the writer adds it on top once the gate opens).
+    seq0: u64,
+}
+
+impl SpendWrite<'_> {
+    /// The database now holds `value` in `scope`'s spend column (a reset is `value = 0`).
+    pub fn set(&self, scope: &SpendScope, value: i64) {
+        let now = self.ledger.now();
+        let mut g = self.ledger.lock();
+        g.uncharge_before(scope, self.seq0);
+        let since = g.settled_since(scope, self.seq0);
+        let c = g.counter(scope);
+        c.spend = value.saturating_add(since);
+        c.last_used = now;
+    }
+
+    /// A key's row moved from token `from` to token `to` (regeneration): its counter, its
+    /// unwritten costs and the calls in flight on the old token follow it.
+    pub fn rename(&self, from: &SpendScope, to: &SpendScope) {
+        if from == to {
+            return;
+        }
+        let now = self.ledger.now();
+        let mut g = self.ledger.lock();
+        if let Some(c) = g.counters.remove(from) {
+            g.counters.insert(to.clone(), c);
+        }
+        g.renamed.insert(from.clone(), (to.clone(), now));
+        for e in g.queue.iter_mut() {
+            for s in e.scopes.iter_mut() {
+                if s == from {
+                    *s = to.clone();
+                }
+            }
+        }
+    }
 }
 
 /// Budget held for one call in flight. Settles exactly once (drop = released unbilled).
@@ -292,51 +616,52 @@ impl Drop for Reservation {
     }
 }
 
-/// The batched spend writer: flushes every `batch_write_interval`; on shutdown waits for the
-/// calls still in flight to settle (bounded), then does a final flush so SIGTERM loses nothing.
-pub async fn run_flusher(state: AppState) {
+/// The spend writer: writes a chunk whenever a chunk's worth of calls has settled, and
+/// everything every `batch_write_interval`. `server_stopped` is cancelled once the server has
+/// stopped accepting and every connection has finished; the writer then waits for the calls
+/// still in flight (detached dispatch tasks) to settle and writes everything, retrying a
+/// failing database with backoff: there is no deadline after which settled spend is dropped.
+pub async fn run_writer(state: AppState, server_stopped: CancellationToken) {
     let every = state.settings.batch_write_interval;
     let ledger = state.ledger.clone();
+    let mut backoff = Duration::from_millis(100);
+    let mut next = tokio::time::Instant::now() + every;
     loop {
         tokio::select! {
-            _ = state.shutdown.cancelled() => break,
-            _ = tokio::time::sleep(every) => {
-                if let Err(e) = ledger.flush(&state.db).await {
-                    tracing::warn!(error = %e, "spend flush failed; will retry");
-                }
-            }
+            _ = server_stopped.cancelled() => break,
+            _ = tokio::time::sleep_until(next) => next = tokio::time::Instant::now() + every,
+            _ = ledger.work.notified() => {}
         }
-    }
-    // Graceful shutdown: the server finishes in-flight requests (streams included) after the
-    // token is cancelled; keep flushing until no reservation has been live for a short while.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    let mut idle_since: Option<tokio::time::Instant> = None;
-    while tokio::time::Instant::now() < deadline {
-        let _ = ledger.flush(&state.db).await;
-        if ledger.in_flight() == 0 {
-            let since = *idle_since.get_or_insert_with(tokio::time::Instant::now);
-            if since.elapsed() >= Duration::from_millis(200) {
-                break;
-            }
-        } else {
-            idle_since = None;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    for attempt in 0..5 {
         match ledger.flush(&state.db).await {
-            Ok(()) => break,
+            Ok(()) => backoff = Duration::from_millis(100),
             Err(e) => {
-                tracing::error!(error = %e, attempt, "final spend flush failed");
-                tokio::time::sleep(Duration::from_millis(200)).await;
+                tracing::warn!(error = %e, queued = ledger.queued(), "spend write failed; will retry");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
             }
         }
+        ledger.evict_idle();
+    }
+    // Shutdown: the server no longer accepts; detached dispatch tasks may still settle.
+    loop {
+        let flushed = ledger.flush(&state.db).await;
+        if let Err(e) = &flushed {
+            tracing::error!(error = %e, queued = ledger.queued(), "final spend write failed; retrying");
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+            continue;
+        }
+        if ledger.in_flight() == 0 && ledger.queued() == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::clock::ManualClock;
 
     fn check(scope: SpendScope, max: Option<i64>) -> BudgetCheck {
         BudgetCheck {
@@ -371,9 +696,18 @@ mod tests {
         }
     }
 
+    fn charged(l: &Ledger, scope: &SpendScope) -> i64 {
+        l.lock()
+            .queue
+            .iter()
+            .filter(|e| e.scopes.contains(scope))
+            .map(|e| e.cost)
+            .sum()
+    }
+
     #[test]
     fn reservations_are_all_or_nothing() {
-        let l = Arc::new(Ledger::new());
+        let l = Arc::new(Ledger::default());
         let key = SpendScope::Key("k".into());
         let team = SpendScope::Team("t".into());
         let checks = [check(key.clone(), Some(100)), check(team.clone(), Some(50))];
@@ -396,20 +730,164 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn reset_keeps_in_flight_and_drops_old_deltas() {
-        let l = Arc::new(Ledger::new());
+    async fn reset_keeps_in_flight_and_drops_old_costs() {
+        let l = Arc::new(Ledger::default());
         let team = SpendScope::Team("t".into());
         let checks = [check(team.clone(), Some(100))];
         l.reserve(&checks, 10, true)
             .unwrap()
             .settle(60, log("x", 60));
         let r = l.reserve(&checks, 10, true).unwrap();
-        l.on_reset(&team).await;
+        l.spend_write().await.set(&team, 0);
         assert_eq!(l.spend(&team), Some(0));
-        assert!(!l.lock().deltas.contains_key(&team));
-        assert_eq!(l.lock().logs.len(), 1);
+        assert_eq!(charged(&l, &team), 0);
+        assert_eq!(l.queued(), 1, "the log row is history and stays queued");
         r.settle(5, log("y", 5));
         assert_eq!(l.spend(&team), Some(5));
-        assert_eq!(l.lock().deltas.get(&team), Some(&5));
+        assert_eq!(charged(&l, &team), 5);
+    }
+
+    /// A call that settles after the reset's database UPDATE but before the in-memory reset
+    /// belongs to the new period: it stays counted in memory and stays charged for the writer.
+    #[tokio::test]
+    async fn settle_between_reset_update_and_memory_reset_is_kept() {
+        let l = Arc::new(Ledger::default());
+        let key = SpendScope::Key("k".into());
+        let checks = [check(key.clone(), Some(1_000))];
+        l.reserve(&checks, 1, true)
+            .unwrap()
+            .settle(70, log("old", 70));
+        let r = l.reserve(&checks, 1, true).unwrap();
+        let w = l.spend_write().await;
+        // ... the reset's UPDATE commits here; a call settles before memory is told ...
+        r.settle(9, log("new", 9));
+        w.set(&key, 0);
+        drop(w);
+        assert_eq!(l.spend(&key), Some(9));
+        assert_eq!(charged(&l, &key), 9);
+    }
+
+    /// The writer cannot be between "taken" and "written" while a spend column is replaced.
+    #[tokio::test]
+    async fn spend_write_holds_the_writer_off() {
+        let l = Arc::new(Ledger::default());
+        let w = l.spend_write().await;
+        let l2 = l.clone();
+        let gate_free = tokio::spawn(async move {
+            let _g = l2.gate.lock().await;
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!gate_free.is_finished());
+        drop(w);
+        gate_free.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn regeneration_moves_counter_costs_and_in_flight_calls() {
+        let l = Arc::new(Ledger::default());
+        let old = SpendScope::Key("old".into());
+        let new = SpendScope::Key("new".into());
+        let team = SpendScope::Team("t".into());
+        let checks = [check(old.clone(), Some(100)), check(team.clone(), None)];
+        l.reserve(&checks, 10, true)
+            .unwrap()
+            .settle(40, log("a", 40));
+        let in_flight = l.reserve(&checks, 10, true).unwrap();
+        l.spend_write().await.rename(&old, &new);
+        assert_eq!(l.spend(&old), None);
+        assert_eq!(l.spend(&new), Some(40));
+        assert_eq!(charged(&l, &new), 40);
+        in_flight.settle(50, log("b", 50));
+        assert_eq!(l.spend(&new), Some(90));
+        assert_eq!(l.spend(&old), None);
+        assert_eq!(charged(&l, &new), 90);
+        // The regenerated key is still over its budget after one more call: no free reset.
+        let again = [check(new.clone(), Some(100)), check(team.clone(), None)];
+        l.reserve(&again, 10, true)
+            .unwrap()
+            .settle(20, log("c", 20));
+        assert!(l.first_exhausted(&again).is_some());
+        // A call that resolved the old token just before the regeneration lands on the new one.
+        let stale = [check(old.clone(), Some(100)), check(team.clone(), None)];
+        let e = l.reserve(&stale, 10, true).err().expect("over budget");
+        assert_eq!(e.scope, new);
+        assert_eq!(l.spend(&old), None);
+    }
+
+    #[tokio::test]
+    async fn admission_waits_while_the_queue_is_full() {
+        let l = Arc::new(Ledger::new(
+            LedgerLimits {
+                capacity: 2,
+                chunk_rows: 10,
+            },
+            Arc::new(SystemClock),
+        ));
+        let k = [check(SpendScope::Key("k".into()), None)];
+        for i in 0..2 {
+            l.reserve(&k, 0, true)
+                .unwrap()
+                .settle(1, log(&i.to_string(), 1));
+        }
+        let l2 = l.clone();
+        let waiting = tokio::spawn(async move { l2.admit().await });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!waiting.is_finished());
+        assert_eq!(l.stats.backpressure_waits.load(Ordering::Relaxed), 1);
+        // The writer empties the queue (simulated) and signals room.
+        l.lock().queue.clear();
+        l.room.notify_waiters();
+        tokio::time::timeout(Duration::from_secs(5), waiting)
+            .await
+            .expect("admitted after room")
+            .unwrap();
+    }
+
+    #[test]
+    fn idle_counters_are_evicted_only_when_nothing_is_pending() {
+        let clock = ManualClock::new(chrono::Utc::now());
+        let l = Arc::new(Ledger::new(LedgerLimits::default(), clock.clone()));
+        let a = [check(SpendScope::Key("a".into()), None)];
+        let b = [check(SpendScope::Key("b".into()), None)];
+        let c = [check(SpendScope::Key("c".into()), None)];
+        l.reserve(&a, 0, true).unwrap().settle(0, log("a", 0));
+        l.reserve(&b, 0, true).unwrap().settle(5, log("b", 5));
+        let held = l.reserve(&c, 0, true).unwrap();
+        clock.advance(IDLE_EVICT_AFTER + Duration::from_secs(1));
+        assert_eq!(
+            l.evict_idle(),
+            1,
+            "only the idle key with nothing unwritten goes"
+        );
+        assert_eq!(l.spend(&SpendScope::Key("a".into())), None);
+        assert_eq!(l.spend(&SpendScope::Key("b".into())), Some(5));
+        drop(held);
+        // b's cost is written (simulated), c settled: both go once idle again.
+        l.lock()
+            .counters
+            .get_mut(&SpendScope::Key("b".into()))
+            .unwrap()
+            .queued = 0;
+        clock.advance(IDLE_EVICT_AFTER + Duration::from_secs(1));
+        assert_eq!(l.evict_idle(), 2);
+        assert_eq!(l.counters(), 0);
+    }
+
+    #[test]
+    fn scope_order_is_the_lock_order() {
+        let mut v = [
+            SpendScope::User("a".into()),
+            SpendScope::Member {
+                team_id: "a".into(),
+                user_id: "a".into(),
+            },
+            SpendScope::Key("a".into()),
+            SpendScope::Team("z".into()),
+        ];
+        v.sort();
+        assert!(matches!(v[0], SpendScope::Team(_)));
+        assert!(matches!(v[1], SpendScope::Key(_)));
+        assert!(matches!(v[2], SpendScope::Member { .. }));
+        assert!(matches!(v[3], SpendScope::User(_)));
     }
 }

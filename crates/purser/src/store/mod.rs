@@ -188,7 +188,12 @@ impl Db {
 /// The current time at the precision both backends store (microseconds), so a value written
 /// and read back compares equal.
 pub fn now() -> DateTime<Utc> {
-    Utc::now().trunc_subsecs(6)
+    trunc_micros(Utc::now())
+}
+
+/// An instant as the databases store it (microseconds).
+pub fn trunc_micros(t: DateTime<Utc>) -> DateTime<Utc> {
+    t.trunc_subsecs(6)
 }
 
 /// True when the error is a unique/primary-key violation (duplicate id).

@@ -32,23 +32,43 @@ pub struct SpendLogRow {
     pub metadata: Json<Value>,
 }
 
-const INSERT_LOG: &str = "INSERT INTO spend_logs (request_id, call_type, api_key, spend, total_tokens, prompt_tokens, \
-     completion_tokens, start_time, end_time, model, model_id, model_group, custom_llm_provider, api_base, user_id, team_id, \
-     end_user, status, metadata) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19) \
-     ON CONFLICT (request_id) DO NOTHING";
 const ADD_KEY: &str = "UPDATE verification_tokens SET spend = spend + $2 WHERE token = $1";
 const ADD_USER: &str = "UPDATE users SET spend = spend + $2 WHERE user_id = $1";
 const ADD_TEAM: &str = "UPDATE teams SET spend = spend + $2 WHERE team_id = $1";
 const ADD_MEMBER: &str = "UPDATE team_memberships SET spend = spend + $3, total_spend = total_spend + $3 WHERE team_id = $1 AND user_id = $2";
 
-/// Inserts a spend log row; a replayed request id is ignored (idempotent flush).
+/// Rows per multi-row `INSERT` (19 binds each: 9,500 parameters, under SQLite's 32,766 and
+/// PostgreSQL's 65,535). A full statement's SQL text is always the same, so it stays prepared.
+pub const ROWS_PER_INSERT: usize = 500;
+
+const INSERT_LOGS_HEAD: &str = "INSERT INTO spend_logs (request_id, call_type, api_key, spend, total_tokens, prompt_tokens, \
+     completion_tokens, start_time, end_time, model, model_id, model_group, custom_llm_provider, api_base, user_id, team_id, \
+     end_user, status, metadata) ";
+
+/// Inserts spend log rows with multi-row `INSERT`s of up to [`ROWS_PER_INSERT`] rows; a
+/// replayed request id is ignored (idempotent flush).
+pub async fn insert_logs(h: &mut Handle, rows: &[&SpendLogRow]) -> Result<()> {
+    for part in rows.chunks(ROWS_PER_INSERT) {
+        on_conn!(h, c => {
+            let mut qb = sqlx::QueryBuilder::new(INSERT_LOGS_HEAD);
+            qb.push_values(part, |mut b, r| {
+                b.push_bind(&r.request_id).push_bind(&r.call_type).push_bind(&r.api_key).push_bind(r.spend)
+                    .push_bind(r.total_tokens).push_bind(r.prompt_tokens).push_bind(r.completion_tokens)
+                    .push_bind(r.start_time).push_bind(r.end_time).push_bind(&r.model).push_bind(&r.model_id)
+                    .push_bind(&r.model_group).push_bind(&r.custom_llm_provider).push_bind(&r.api_base)
+                    .push_bind(&r.user_id).push_bind(&r.team_id).push_bind(&r.end_user).push_bind(&r.status)
+                    .push_bind(&r.metadata);
+            });
+            qb.push(" ON CONFLICT (request_id) DO NOTHING");
+            qb.build().execute(&mut *c).await.map(|_| ())
+        })?;
+    }
+    Ok(())
+}
+
+/// Inserts one spend log row (tests, tools).
 pub async fn insert_log(h: &mut Handle, r: &SpendLogRow) -> Result<()> {
-    on_conn!(h, c => sqlx::query(INSERT_LOG)
-        .bind(&r.request_id).bind(&r.call_type).bind(&r.api_key).bind(r.spend).bind(r.total_tokens)
-        .bind(r.prompt_tokens).bind(r.completion_tokens).bind(r.start_time).bind(r.end_time).bind(&r.model)
-        .bind(&r.model_id).bind(&r.model_group).bind(&r.custom_llm_provider).bind(&r.api_base).bind(&r.user_id)
-        .bind(&r.team_id).bind(&r.end_user).bind(&r.status).bind(&r.metadata)
-        .execute(c).await.map(|_| ()))
+    insert_logs(h, &[r]).await
 }
 
 pub async fn add_key_spend(h: &mut Handle, token: &str, delta: i64) -> Result<()> {

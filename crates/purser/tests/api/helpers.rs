@@ -231,6 +231,29 @@ impl TestApp {
         b["key"].as_str().expect("key in /user/new").to_string()
     }
 
+    /// Stops the server gracefully and waits for it (final spend write included), keeping the
+    /// database for inspection through [`TestApp::reopen_db`].
+    pub async fn stop_server(&mut self) {
+        self.state.shutdown.cancel();
+        if let Some(s) = self.server.take() {
+            let _ = s.await;
+        }
+    }
+
+    /// A new pool on this test's database (the server's pool is closed after it stopped).
+    pub async fn reopen_db(&self) -> purser::store::Db {
+        let url = match self.backend {
+            Backend::Sqlite => self._dir.path().join("purser.db").display().to_string(),
+            Backend::Postgres => pg_url(),
+        };
+        purser::store::Db::connect(
+            &purser::store::DbUrl::parse(&url),
+            self.pg_schema.as_deref(),
+        )
+        .await
+        .expect("reopen database")
+    }
+
     /// Stops the server (graceful) and drops the PostgreSQL schema.
     pub async fn shutdown(mut self) {
         self.state.shutdown.cancel();

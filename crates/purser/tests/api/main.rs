@@ -6,6 +6,7 @@ mod mock_upstream;
 
 mod audit;
 mod cli;
+mod durability;
 mod e2e;
 mod foundation;
 mod keys;

@@ -5,7 +5,12 @@
 //! - `nousage`: like `ok` without any usage;
 //! - `fail`: HTTP 500 whose message echoes the Authorization header it received;
 //! - `slow`: answers after 3 s (tests set a shorter deployment timeout);
-//! - `long`: streams 200 chunks 20 ms apart (client disconnect tests).
+//! - `long`: streams 200 chunks 20 ms apart (client disconnect tests);
+//! - `cut`: starts a 200 answer, sends part of a JSON body, then breaks the connection;
+//! - `notjson`: a 200 answer whose body is not JSON;
+//! - `endless`: streams a chunk every 50 ms and never ends (deadline tests);
+//! - `flood`: streams 16 KiB chunks as fast as the client takes them, forever (a client that
+//!   stops reading).
 //!
 //! Every call counts a hit, so tests can assert that denials never reach the upstream.
 
@@ -168,6 +173,55 @@ async fn chat(
                 })
                 .collect();
             sse(chunks, Duration::from_millis(20), Some(seen.clone()))
+        }
+        "cut" => {
+            let parts: Vec<Result<Bytes, std::io::Error>> = vec![
+                Ok(Bytes::from_static(
+                    br#"{"id":"chatcmpl-cut","object":"chat.completion","choices":[{"index":0,"message":{"role":"assistant","content":"partial answer that never"#,
+                )),
+                Err(std::io::Error::other("upstream died mid-body")),
+            ];
+            let s = futures_util::stream::iter(parts).then(|p| async move {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                p
+            });
+            Response::builder()
+                .header("content-type", "application/json")
+                .body(Body::from_stream(s))
+                .unwrap()
+        }
+        "notjson" => Response::builder()
+            .header("content-type", "application/json")
+            .body(Body::from("<html>bad gateway page from a proxy</html>"))
+            .unwrap(),
+        "endless" => {
+            let s = futures_util::stream::unfold(0u64, |i| async move {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                let v = json!({"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "m",
+                    "choices": [{"index": 0, "delta": {"content": format!("w{i} ")}, "finish_reason": null}]});
+                Some((
+                    Ok::<Bytes, std::io::Error>(Bytes::from(format!("data: {v}\n\n"))),
+                    i + 1,
+                ))
+            });
+            Response::builder()
+                .header("content-type", "text/event-stream")
+                .body(Body::from_stream(s))
+                .unwrap()
+        }
+        "flood" => {
+            let word = json!({"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "m",
+                "choices": [{"index": 0, "delta": {"content": "x".repeat(16 * 1024)}, "finish_reason": null}]});
+            let chunk = Bytes::from(format!("data: {word}\n\n"));
+            let counter = seen.clone();
+            let s = futures_util::stream::repeat_with(move || {
+                counter.long_chunks_sent.fetch_add(1, Ordering::SeqCst);
+                Ok::<Bytes, std::io::Error>(chunk.clone())
+            });
+            Response::builder()
+                .header("content-type", "text/event-stream")
+                .body(Body::from_stream(s))
+                .unwrap()
         }
         "nousage" if stream => sse(stream_chunks(false), Duration::from_millis(50), None),
         "nousage" => axum::Json(completion(false)).into_response(),

@@ -1170,16 +1170,15 @@ async fn budget_reset_hook(b: Backend) {
             .0,
         422
     );
-    // what the reset job does: zero the row, then tell the ledger
+    // what the reset job does: take the write gate, zero the row, then tell the ledger
     flush(&app).await;
+    let w = app.state.ledger.spend_write().await;
     let mut h = app.state.db.conn().await.unwrap();
     purser::on_conn!(h, c => sqlx::query("UPDATE teams SET spend = 0 WHERE team_id = $1")
         .bind("t1").execute(c).await.map(|_| ()).unwrap());
     drop(h);
-    app.state
-        .ledger
-        .on_reset(&SpendScope::Team("t1".into()))
-        .await;
+    w.set(&SpendScope::Team("t1".into()), 0);
+    drop(w);
     app.state.cache.evict_team("t1").await;
     assert_eq!(
         app.post("/v1/chat/completions", &key, chat("fake-gpt"))
