@@ -10,6 +10,7 @@
 //!   `bench/reports/team-api-<backend>.md`. Non-2xx answers are counted and reported, never fatal,
 //!   so the tool works against a build that lacks a route.
 //! - `proxy` measures the latency the gateway adds on the request path (see `proxy.rs`).
+//! - `writer` measures the spend writer's rate (see `writer.rs`).
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
@@ -30,6 +31,7 @@ use sqlx::types::Json;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod proxy;
+mod writer;
 
 const MASTER_KEY: &str = "sk-bench";
 const BIG_TEAM_ALIAS: &str = "bench-big-team";
@@ -54,6 +56,8 @@ enum Command {
     Run(RunArgs),
     /// Measure the latency the gateway adds on the request path against a direct upstream call.
     Proxy(proxy::ProxyArgs),
+    /// Measure the spend writer's rate (spend-log rows per second) on SQLite and PostgreSQL.
+    Writer(writer::WriterArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -101,6 +105,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Seed(a) => seed(a).await,
         Command::Run(a) => run(a).await,
         Command::Proxy(a) => proxy::run(a).await,
+        Command::Writer(a) => writer::run(a).await,
     }
 }
 

@@ -1,5 +1,6 @@
 //! Health checks (unauthenticated): liveliness answers while the process runs; readiness
-//! reports whether the database answers.
+//! reports whether the database answers and how far behind the spend writer is (Purser's
+//! `spend_writer` object: queued calls, capacity, backpressure waits, write errors).
 
 use axum::Json;
 use axum::extract::State;
@@ -49,6 +50,7 @@ pub async fn health_readiness(State(state): State<AppState>) -> impl IntoRespons
         "cache": "in-memory",
         "litellm_version": env!("CARGO_PKG_VERSION"),
         "success_callbacks": [],
+        "spend_writer": state.ledger.snapshot(),
     });
     let status = if db_ok {
         StatusCode::OK

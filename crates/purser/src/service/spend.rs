@@ -248,6 +248,22 @@ impl Ledger {
         self.lock().queue.len()
     }
 
+    /// The writer's state for `/health/readiness` (Purser addition to the reference's body).
+    pub fn snapshot(&self) -> serde_json::Value {
+        let (queued, in_flight) = {
+            let g = self.lock();
+            (g.queue.len(), g.live)
+        };
+        serde_json::json!({
+            "queued": queued,
+            "capacity": self.limits.capacity,
+            "in_flight": in_flight,
+            "rows_written": self.stats.rows_written.load(Ordering::Relaxed),
+            "backpressure_waits": self.stats.backpressure_waits.load(Ordering::Relaxed),
+            "write_errors": self.stats.write_errors.load(Ordering::Relaxed),
+        })
+    }
+
     /// Number of counters held (tests: idle eviction).
     pub fn counters(&self) -> usize {
         self.lock().counters.len()

@@ -509,6 +509,12 @@ async fn full_queue_makes_new_calls_wait(b: Backend) {
             .load(std::sync::atomic::Ordering::Relaxed)
             >= 1
     );
+    let (_, ready) = app.get_anon("/health/readiness").await;
+    assert!(
+        ready["spend_writer"]["backpressure_waits"].as_u64() >= Some(1),
+        "{ready}"
+    );
+    assert_eq!(ready["spend_writer"]["capacity"], 4);
     stall.release().await;
     let status = tokio::time::timeout(Duration::from_secs(20), blocked)
         .await

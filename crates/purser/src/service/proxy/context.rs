@@ -1,0 +1,281 @@
+//! Who is calling and what they ask for: the caller's cached key, team, membership and user
+//! (`CallContext`), model allow-lists and aliases (§7.2 steps 3, 9.2–9.5, §7.4), and the parsed
+//! OpenAI request (`CallRequest`). Invariant: reads memory only.
+
+use std::sync::Arc;
+
+use axum::http::StatusCode;
+use chrono::{DateTime, Utc};
+use purser_core::access::{self, ALL_TEAM_MODELS, NO_DEFAULT_MODELS};
+use serde_json::Value;
+
+use crate::api::error::ApiError;
+use crate::app::AppState;
+use crate::service::cache::{MemberEntry, TeamEntry};
+use crate::service::caller::{Caller, MASTER_KEY_ALIAS};
+use crate::store::keys::KeyRow;
+use crate::store::users::UserRow;
+use crate::upstream::CallKind;
+use crate::upstream::tokens::{count_messages, count_value};
+
+/// Completion tokens assumed for a reservation when the client sets no `max_tokens`.
+pub const DEFAULT_COMPLETION_ESTIMATE: u64 = 256;
+
+/// Everything governance needs about the caller, all from the cache.
+pub struct CallContext {
+    pub master: bool,
+    pub key: Option<Arc<KeyRow>>,
+    pub team: Option<Arc<TeamEntry>>,
+    pub member: Option<Arc<MemberEntry>>,
+    pub user: Option<Arc<UserRow>>,
+}
+
+impl CallContext {
+    pub async fn load(state: &AppState, caller: &Caller) -> Result<CallContext, ApiError> {
+        let Some(key) = caller.key.clone() else {
+            return Ok(CallContext {
+                master: caller.is_master,
+                key: None,
+                team: None,
+                member: None,
+                user: None,
+            });
+        };
+        let team = match &key.team_id {
+            Some(t) => match state.cache.team(&state.db, t).await? {
+                Some(e) => Some(e),
+                None => {
+                    return Err(ApiError::auth(format!(
+                        "Authentication Error, Team={t} does not exist. The key's team was deleted."
+                    )));
+                }
+            },
+            None => None,
+        };
+        let member = match (&key.team_id, &key.user_id) {
+            (Some(t), Some(u)) => state.cache.member(&state.db, t, u).await?,
+            _ => None,
+        };
+        let user = match &key.user_id {
+            Some(u) => state.cache.user(&state.db, u).await?,
+            None => None,
+        };
+        Ok(CallContext {
+            master: false,
+            key: Some(key),
+            team,
+            member,
+            user,
+        })
+    }
+
+    /// The key's allow-list with `all-team-models` resolved to the team's list.
+    pub(super) fn key_models(&self) -> Vec<String> {
+        let Some(k) = &self.key else {
+            return vec![];
+        };
+        if k.models.0.iter().any(|m| m == ALL_TEAM_MODELS) {
+            return self
+                .team
+                .as_ref()
+                .map(|t| t.team.models.0.clone())
+                .unwrap_or_default();
+        }
+        k.models.0.clone()
+    }
+
+    /// Team aliases first, then key aliases (reference §7.4).
+    pub fn resolve_alias(&self, model: &str) -> String {
+        let mut target = model.to_string();
+        if let Some(t) = &self.team
+            && let Some(v) = t.model_aliases.get(&target).and_then(Value::as_str)
+        {
+            target = v.to_string();
+        }
+        if let Some(k) = &self.key
+            && let Some(v) = k.aliases.0.get(&target).and_then(Value::as_str)
+        {
+            target = v.to_string();
+        }
+        target
+    }
+
+    pub(super) fn member_budget_max(&self, now: DateTime<Utc>) -> Option<i64> {
+        let b = self.member.as_ref()?.budget.as_ref()?;
+        let mut max = b.max_budget?;
+        if let (Some(inc), Some(exp)) = (b.temp_budget_increase, b.temp_budget_expiry)
+            && exp > now
+        {
+            max = max.saturating_add(inc);
+        }
+        (max > 0).then_some(max)
+    }
+
+    pub(super) fn key_label(&self) -> String {
+        match &self.key {
+            Some(k) => k
+                .key_alias
+                .clone()
+                .or_else(|| k.key_name.clone())
+                .unwrap_or_else(|| "unknown".into()),
+            None => MASTER_KEY_ALIAS.into(),
+        }
+    }
+}
+
+pub(super) fn allows(list: &[String], requested: &str, target: &str, state: &AppState) -> bool {
+    let groups = state.models.access_groups();
+    if list.iter().any(|m| m == ALL_TEAM_MODELS) {
+        return true;
+    }
+    access::list_allows(list, requested, groups) || access::list_allows(list, target, groups)
+}
+
+pub(super) fn model_denied(kind: &str, model: &str) -> ApiError {
+    ApiError::proxy(
+        StatusCode::FORBIDDEN,
+        kind,
+        format!(
+            "The requested model '{model}' is not available for this API key, or the model name is invalid. \
+             Check the models available to you and try again."
+        ),
+    )
+    .with_param("model")
+}
+
+/// Model names (public) this caller may call, in config order (`/v1/models`).
+pub fn callable_models(state: &AppState, ctx: &CallContext) -> Vec<String> {
+    state
+        .models
+        .names()
+        .iter()
+        .filter(|m| ctx.master || check_model_lists(state, ctx, m, m).is_ok())
+        .cloned()
+        .collect()
+}
+
+/// Steps 3, 9.2, 9.3 and 9.5 of §7.2 (without the blocked check), for one requested name and
+/// its dispatched target.
+pub(super) fn check_model_lists(
+    state: &AppState,
+    ctx: &CallContext,
+    requested: &str,
+    target: &str,
+) -> Result<(), ApiError> {
+    check_key_models(state, ctx, requested, target)?;
+    check_scope_models(state, ctx, requested, target)
+}
+
+pub(super) fn check_key_models(
+    state: &AppState,
+    ctx: &CallContext,
+    requested: &str,
+    target: &str,
+) -> Result<(), ApiError> {
+    if ctx.key.is_some() && !allows(&ctx.key_models(), requested, target, state) {
+        return Err(model_denied("key_model_access_denied", requested));
+    }
+    Ok(())
+}
+
+pub(super) fn check_scope_models(
+    state: &AppState,
+    ctx: &CallContext,
+    requested: &str,
+    target: &str,
+) -> Result<(), ApiError> {
+    if let Some(t) = &ctx.team
+        && !allows(&t.team.models.0, requested, target, state)
+    {
+        return Err(model_denied("team_model_access_denied", requested));
+    }
+    if let Some(b) = ctx.member.as_ref().and_then(|m| m.budget.as_ref())
+        && !b.allowed_models.0.is_empty()
+        && !allows(&b.allowed_models.0, requested, target, state)
+    {
+        return Err(model_denied("team_model_access_denied", requested));
+    }
+    if ctx.team.is_none()
+        && let Some(u) = &ctx.user
+    {
+        let list = &u.models.0;
+        if list.iter().any(|m| m == NO_DEFAULT_MODELS) || !allows(list, requested, target, state) {
+            return Err(model_denied("user_model_access_denied", requested));
+        }
+    }
+    Ok(())
+}
+
+/// A parsed OpenAI request.
+pub struct CallRequest {
+    pub kind: CallKind,
+    pub body: serde_json::Map<String, Value>,
+    pub model: String,
+    pub stream: bool,
+    pub prompt_tokens: u64,
+    pub max_completion: u64,
+}
+
+impl CallRequest {
+    pub fn parse(kind: CallKind, bytes: &[u8]) -> Result<CallRequest, ApiError> {
+        let bad = |m: &str| ApiError::proxy(StatusCode::BAD_REQUEST, "bad_request_error", m);
+        let v: Value = serde_json::from_slice(bytes)
+            .map_err(|e| bad(&format!("Invalid JSON in request body: {e}")))?;
+        let Value::Object(body) = v else {
+            return Err(bad("Request body must be a JSON object"));
+        };
+        let model = match body.get("model") {
+            Some(Value::String(m)) if !m.trim().is_empty() => m.clone(),
+            _ => {
+                return Err(bad(
+                    "Invalid model name passed in model=None. Call `/v1/models` to view available models for your key.",
+                )
+                .with_param("model"));
+            }
+        };
+        let stream = match body.get("stream") {
+            None | Some(Value::Null) => false,
+            Some(Value::Bool(b)) => *b,
+            Some(_) => return Err(bad("stream must be a boolean").with_param("stream")),
+        };
+        let prompt_tokens = match kind {
+            CallKind::Chat => match body.get("messages") {
+                Some(m) if m.as_array().is_some_and(|l| !l.is_empty()) => count_messages(m),
+                _ => {
+                    return Err(bad("messages must be a non-empty list of chat messages")
+                        .with_param("messages"));
+                }
+            },
+            CallKind::Embeddings => match body.get("input") {
+                Some(i) if i.is_string() || i.is_array() => count_value(i),
+                _ => return Err(bad("input must be a string or a list").with_param("input")),
+            },
+        };
+        if kind == CallKind::Embeddings && stream {
+            return Err(bad("embeddings cannot be streamed").with_param("stream"));
+        }
+        let max_completion = match kind {
+            CallKind::Embeddings => 0,
+            CallKind::Chat => {
+                let field = body
+                    .get("max_completion_tokens")
+                    .filter(|v| !v.is_null())
+                    .or_else(|| body.get("max_tokens").filter(|v| !v.is_null()));
+                match field {
+                    None => DEFAULT_COMPLETION_ESTIMATE,
+                    Some(v) => v.as_u64().ok_or_else(|| {
+                        bad("max_tokens must be a non-negative integer").with_param("max_tokens")
+                    })?,
+                }
+            }
+        };
+        Ok(CallRequest {
+            kind,
+            body,
+            model,
+            stream,
+            prompt_tokens,
+            max_completion,
+        })
+    }
+}

@@ -1,0 +1,178 @@
+//! Calling the deployment and settling the call (`Meter`): non-streaming answers are read as
+//! they arrive and billed even when the upstream breaks mid-body or answers something that is
+//! not JSON. Invariant: every admitted call settles exactly once.
+
+use std::sync::Arc;
+
+use axum::body::{Body, Bytes};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use futures_util::StreamExt;
+use futures_util::stream::BoxStream;
+use purser_core::money::cost_of;
+use serde_json::{Value, json};
+
+use super::context::CallRequest;
+use super::mock::{mock_body, mock_stream};
+use super::stream::{StreamMeter, pump_stream};
+use crate::api::error::ApiError;
+use crate::app::AppState;
+use crate::limiter::RateLimit;
+use crate::service::spend::Reservation;
+use crate::store::spend::SpendLogRow;
+use crate::upstream::Slot;
+use crate::upstream::sse::{SseTap, Usage};
+use crate::upstream::tokens::count_text;
+
+/// What a settled call books.
+pub(super) struct Meter {
+    pub(super) state: AppState,
+    pub(super) reservation: Option<Reservation>,
+    pub(super) slot: Slot,
+    pub(super) limits: Vec<RateLimit>,
+    pub(super) prompt_estimate: u64,
+    pub(super) log: SpendLogRow,
+}
+
+impl Meter {
+    pub(super) fn settle(&mut self, usage: Usage, status: &str) {
+        let Some(res) = self.reservation.take() else {
+            return;
+        };
+        let dep = &self.slot.0;
+        let cost = cost_of(
+            usage.prompt_tokens,
+            usage.completion_tokens,
+            dep.input_pico,
+            dep.output_pico,
+        );
+        self.state.limiter.add_tokens(&self.limits, usage.total());
+        dep.add_tokens(usage.total());
+        let mut log = self.log.clone();
+        log.spend = cost.0;
+        log.prompt_tokens = usage.prompt_tokens as i64;
+        log.completion_tokens = usage.completion_tokens as i64;
+        log.total_tokens = usage.total() as i64;
+        log.end_time = crate::store::now();
+        log.status = status.to_string();
+        res.settle(cost.0, log);
+    }
+}
+
+pub(super) async fn dispatch(
+    state: AppState,
+    mut meter: Meter,
+    req: CallRequest,
+    requested: String,
+) -> Result<Response, ApiError> {
+    let dep = Arc::clone(&meter.slot.0);
+    if req.stream {
+        let chunks: BoxStream<'static, Result<Bytes, std::io::Error>> = if dep.is_mock() {
+            mock_stream(&dep, &requested, &req)
+        } else {
+            let mut body = req.body.clone();
+            body.insert("model".into(), Value::String(dep.upstream_model.clone()));
+            let opts = body.entry("stream_options").or_insert_with(|| json!({}));
+            if !opts.is_object() {
+                *opts = json!({});
+            }
+            opts["include_usage"] = Value::Bool(true);
+            let resp = state
+                .models
+                .send(&dep, req.kind, &Value::Object(body), true)
+                .await?;
+            resp.bytes_stream()
+                .map(|r| r.map_err(std::io::Error::other))
+                .boxed()
+        };
+        let body = pump_stream(
+            chunks,
+            StreamMeter {
+                meter,
+                tap: SseTap::default(),
+            },
+            dep.stream_timeout,
+            dep.timeout,
+        );
+        let mut resp = Response::new(body);
+        let h = resp.headers_mut();
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/event-stream"),
+        );
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+        return Ok(resp);
+    }
+
+    if dep.is_mock() {
+        let (body, usage) = mock_body(&dep, &requested, &req);
+        meter.settle(usage, "success");
+        return Ok(axum::Json(body).into_response());
+    }
+    let mut body = req.body.clone();
+    body.insert("model".into(), Value::String(dep.upstream_model.clone()));
+    let resp = state
+        .models
+        .send(&dep, req.kind, &Value::Object(body), false)
+        .await?;
+    // Read the body as it arrives: an upstream that answered and then failed mid-body (or sent
+    // something that is not JSON) still produced work: bill the counted prompt plus the text
+    // received, like an interrupted stream, and keep the log row.
+    let mut bytes = Vec::new();
+    let mut body_stream = resp.bytes_stream();
+    while let Some(part) = body_stream.next().await {
+        match part {
+            Ok(b) => bytes.extend_from_slice(&b),
+            Err(e) => {
+                meter.settle(partial_usage(&req, &bytes), "failure");
+                return Err(crate::upstream::transport_error(&dep, &e));
+            }
+        }
+    }
+    let parsed: Value = match serde_json::from_slice(&bytes) {
+        Ok(v) => v,
+        Err(_) => {
+            meter.settle(partial_usage(&req, &bytes), "failure");
+            return Err(ApiError::proxy(
+                StatusCode::BAD_GATEWAY,
+                "api_error",
+                format!(
+                    "litellm.APIError: upstream of model={} returned a body that is not JSON",
+                    dep.model_name
+                ),
+            ));
+        }
+    };
+    let usage = Usage::from_json(&parsed).unwrap_or_else(|| Usage {
+        prompt_tokens: req.prompt_tokens,
+        completion_tokens: produced_tokens(&parsed),
+    });
+    meter.settle(usage, "success");
+    let mut out = Response::new(Body::from(Bytes::from(bytes)));
+    out.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    Ok(out)
+}
+
+/// Usage billed for a non-streaming answer cut short or unreadable: the counted prompt and the
+/// tokens of whatever text arrived.
+pub(super) fn partial_usage(req: &CallRequest, received: &[u8]) -> Usage {
+    Usage {
+        prompt_tokens: req.prompt_tokens,
+        completion_tokens: count_text(&String::from_utf8_lossy(received)),
+    }
+}
+
+pub(super) fn produced_tokens(v: &Value) -> u64 {
+    v.get("choices")
+        .and_then(Value::as_array)
+        .map(|cs| {
+            cs.iter()
+                .filter_map(|c| c.pointer("/message/content").and_then(Value::as_str))
+                .map(count_text)
+                .sum()
+        })
+        .unwrap_or(0)
+}

@@ -1,0 +1,303 @@
+//! The request pipeline (`handle`): governance checks in the reference's order, budget
+//! reservation, rate limits, deployment choice, then dispatch; and the wire messages of budget
+//! and rate-limit refusals. Invariant: a denial never reaches the upstream and books nothing.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::Response;
+use chrono::Utc;
+use purser_core::money::{Nanos, cost_of};
+use serde_json::{Value, json};
+
+use super::context::{CallContext, CallRequest, check_key_models, check_scope_models};
+use super::dispatch::{Meter, dispatch};
+use crate::api::error::ApiError;
+use crate::app::AppState;
+use crate::limiter::{LimitKind, RateDenied, RateLimit};
+use crate::service::caller::Caller;
+use crate::service::spend::{BudgetCheck, OverBudget, SpendScope};
+use crate::store::spend::SpendLogRow;
+use crate::upstream::CallKind;
+
+/// Python-like float rendering for messages (`0.5`, `1e-05`).
+pub(super) fn usd(n: i64) -> String {
+    let s = format!("{:?}", Nanos(n).to_usd());
+    match s.split_once("e-") {
+        Some((m, e)) if e.len() == 1 => format!("{m}e-0{e}"),
+        _ => s,
+    }
+}
+
+pub(super) fn budget_error(state: &AppState, ctx: &CallContext, o: &OverBudget) -> ApiError {
+    let (spend, max) = (usd(o.spend), usd(o.max));
+    let msg = match &o.scope {
+        SpendScope::Key(_) => format!(
+            "Budget has been exceeded! Key={} Current cost: {spend}, Max budget: {max}",
+            ctx.key_label()
+        ),
+        SpendScope::Team(t) => {
+            format!("Budget has been exceeded! Team={t} Current cost: {spend}, Max budget: {max}")
+        }
+        SpendScope::Member { team_id, user_id } => format!(
+            "Budget has been exceeded! User={user_id} in Team={team_id} Current cost: {spend}, Max budget: {max}"
+        ),
+        SpendScope::User(u) => {
+            format!("ExceededBudget: User={u} over budget. Spend={spend}, Budget={max}")
+        }
+    };
+    let status = StatusCode::from_u16(state.settings.budget_exceeded_status)
+        .unwrap_or(StatusCode::UNPROCESSABLE_ENTITY);
+    ApiError::proxy(status, "budget_exceeded", msg)
+}
+
+pub(super) fn rate_error(d: &RateDenied) -> ApiError {
+    let (kind, limit, remaining) = match d.kind {
+        LimitKind::Requests => ("requests", d.limit_requests, d.remaining_requests),
+        LimitKind::Tokens => ("tokens", d.limit_tokens, d.remaining_tokens),
+    };
+    let reset = Utc::now() + chrono::Duration::seconds(d.retry_after as i64);
+    let mut e = ApiError::proxy(
+        StatusCode::TOO_MANY_REQUESTS,
+        "rate_limit_error",
+        format!(
+            "Rate limit exceeded for {}: {}. Limit type: {kind}. Current limit: {}, Remaining: {}. Limit resets at: {}",
+            d.scope,
+            d.id,
+            limit.unwrap_or(0),
+            remaining.unwrap_or(0),
+            reset.format("%Y-%m-%d %H:%M:%S UTC")
+        ),
+    );
+    for (name, v) in [
+        ("retry-after", Some(d.retry_after)),
+        ("x-ratelimit-limit-requests", d.limit_requests),
+        ("x-ratelimit-remaining-requests", d.remaining_requests),
+        ("x-ratelimit-limit-tokens", d.limit_tokens),
+        ("x-ratelimit-remaining-tokens", d.remaining_tokens),
+    ] {
+        if let Some(v) = v {
+            e = e.with_header(header::HeaderName::from_static(name), HeaderValue::from(v));
+        }
+    }
+    e
+}
+
+/// Runs one OpenAI call through governance and dispatch.
+pub async fn handle(
+    state: AppState,
+    caller: Caller,
+    req: CallRequest,
+) -> Result<Response, ApiError> {
+    // Backpressure: wait while the spend writer is a full queue behind (bounded memory).
+    state.ledger.admit().await;
+    let ctx = CallContext::load(&state, &caller).await?;
+    let requested = req.model.clone();
+    let target = ctx.resolve_alias(&requested);
+    let now = Utc::now();
+
+    // 3. key model access
+    if !ctx.master {
+        check_key_models(&state, &ctx, &requested, &target)?;
+    }
+    if !state.models.contains(&target) {
+        return Err(ApiError::proxy(
+            StatusCode::BAD_REQUEST,
+            "bad_request_error",
+            format!(
+                "Invalid model name passed in model={requested}. Call `/v1/models` to view available models for your key."
+            ),
+        )
+        .with_param("model"));
+    }
+    let (in_price, out_price) = state.models.max_prices(&target);
+    let free = in_price == 0 && out_price == 0;
+
+    // Budget scopes (tracked always; capped where a limit applies).
+    let key = ctx.key.clone();
+    let mut member_check = None;
+    let mut key_check = None;
+    let mut team_check = None;
+    let mut user_check = None;
+    if let Some(k) = &key {
+        key_check = Some(BudgetCheck {
+            scope: SpendScope::Key(k.token.clone()),
+            seed: k.spend,
+            max: k.max_budget,
+        });
+        if let Some(m) = &ctx.member {
+            member_check = Some(BudgetCheck {
+                scope: SpendScope::Member {
+                    team_id: m.membership.team_id.clone(),
+                    user_id: m.membership.user_id.clone(),
+                },
+                seed: m.membership.spend,
+                max: ctx.member_budget_max(now),
+            });
+        }
+        if let Some(t) = &ctx.team {
+            team_check = Some(BudgetCheck {
+                scope: SpendScope::Team(t.team.team_id.clone()),
+                seed: t.team.spend,
+                max: t.team.max_budget,
+            });
+        }
+        if let Some(u) = &ctx.user {
+            let applies = ctx.team.is_none()
+                || state
+                    .config
+                    .general_settings
+                    .apply_user_budget_to_team_keys
+                    .unwrap_or(false);
+            user_check = Some(BudgetCheck {
+                scope: SpendScope::User(u.user_id.clone()),
+                seed: u.spend,
+                max: if applies { u.max_budget } else { None },
+            });
+        }
+    }
+    let first: Vec<BudgetCheck> = [member_check.clone(), key_check.clone()]
+        .into_iter()
+        .flatten()
+        .collect();
+    let later: Vec<BudgetCheck> = [team_check.clone(), user_check.clone()]
+        .into_iter()
+        .flatten()
+        .collect();
+
+    // 6 + 8. member and key budgets
+    if !free && let Some(o) = state.ledger.first_exhausted(&first) {
+        return Err(budget_error(&state, &ctx, &o));
+    }
+    // 9.1 team blocked
+    if let Some(t) = &ctx.team
+        && t.team.blocked
+    {
+        return Err(ApiError::auth(format!(
+            "Authentication Error, Team={} is blocked. Update via `/team/unblock` if you're an admin.",
+            t.team.team_id
+        ))
+        .with_param("None"));
+    }
+    // 9.2, 9.3, 9.5 team / member / user model access
+    if !ctx.master {
+        check_scope_models(&state, &ctx, &requested, &target)?;
+    }
+    // 9.6 team and user budgets
+    if !free && let Some(o) = state.ledger.first_exhausted(&later) {
+        return Err(budget_error(&state, &ctx, &o));
+    }
+    // 10. reservation (atomic across every scope)
+    let estimate = cost_of(req.prompt_tokens, req.max_completion, in_price, out_price).0;
+    let all: Vec<BudgetCheck> = first.into_iter().chain(later).collect();
+    let reservation = state
+        .ledger
+        .reserve(&all, estimate, !free)
+        .map_err(|o| budget_error(&state, &ctx, &o))?;
+    // 11. rate limits
+    let limits = rate_limits(&ctx);
+    state.limiter.acquire(&limits).map_err(|d| rate_error(&d))?;
+    // 12. routing
+    let Some(slot) = state.models.pick(&target) else {
+        // No deployment took the call: it must not count against the caller's RPM.
+        state.limiter.refund(&limits);
+        return Err(ApiError::proxy(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limit_error",
+            format!(
+                "No deployments available for selected model={target}. All deployments are at their rpm/tpm limit."
+            ),
+        ));
+    };
+
+    let start = crate::store::now();
+    let log = SpendLogRow {
+        request_id: uuid::Uuid::new_v4().to_string(),
+        call_type: match req.kind {
+            CallKind::Chat => "acompletion".into(),
+            CallKind::Embeddings => "aembedding".into(),
+        },
+        api_key: caller.api_key_hash().to_string(),
+        spend: 0,
+        total_tokens: 0,
+        prompt_tokens: 0,
+        completion_tokens: 0,
+        start_time: start,
+        end_time: start,
+        model: slot.0.upstream_model.clone(),
+        model_id: Some(slot.0.id.clone()),
+        model_group: Some(target.clone()),
+        custom_llm_provider: Some(slot.0.provider.clone()),
+        api_base: None,
+        user_id: key
+            .as_ref()
+            .map(|k| k.user_id.clone())
+            .unwrap_or(caller.user_id.clone()),
+        team_id: key.as_ref().and_then(|k| k.team_id.clone()),
+        end_user: req
+            .body
+            .get("user")
+            .and_then(Value::as_str)
+            .map(str::to_string),
+        status: "success".into(),
+        metadata: sqlx::types::Json(json!({
+            "user_api_key_alias": key.as_ref().and_then(|k| k.key_alias.clone()),
+            "requested_model": requested,
+        })),
+    };
+    let meter = Meter {
+        state: state.clone(),
+        reservation: Some(reservation),
+        slot,
+        limits,
+        prompt_estimate: req.prompt_tokens,
+        log,
+    };
+    // Spawned: a client disconnect drops the handler, not the accounting.
+    tokio::spawn(dispatch(state, meter, req, requested))
+        .await
+        .map_err(ApiError::internal)?
+}
+
+pub(super) fn rate_limits(ctx: &CallContext) -> Vec<RateLimit> {
+    let u = |v: Option<i64>| v.and_then(|x| u64::try_from(x).ok());
+    let mut out = Vec::new();
+    if let Some(k) = &ctx.key {
+        out.push(RateLimit {
+            scope: "api_key",
+            // Counters are per key hash; messages show the alias / abbreviated key instead.
+            id: k.token.clone(),
+            label: Some(ctx.key_label()),
+            rpm: u(k.rpm_limit),
+            tpm: u(k.tpm_limit),
+        });
+    }
+    if let Some(user) = &ctx.user {
+        out.push(RateLimit {
+            scope: "user",
+            label: None,
+            id: user.user_id.clone(),
+            rpm: u(user.rpm_limit),
+            tpm: u(user.tpm_limit),
+        });
+    }
+    if let Some(t) = &ctx.team {
+        out.push(RateLimit {
+            scope: "team",
+            label: None,
+            id: t.team.team_id.clone(),
+            rpm: u(t.team.rpm_limit),
+            tpm: u(t.team.tpm_limit),
+        });
+    }
+    if let Some(m) = &ctx.member
+        && let Some(b) = &m.budget
+    {
+        out.push(RateLimit {
+            scope: "team_member",
+            label: None,
+            id: format!("{}:{}", m.membership.team_id, m.membership.user_id),
+            rpm: u(b.rpm_limit),
+            tpm: u(b.tpm_limit),
+        });
+    }
+    out
+}

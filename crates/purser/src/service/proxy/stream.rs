@@ -1,0 +1,90 @@
+//! Streams: a task per stream owns the upstream body, the meter and the deployment slot, and
+//! feeds the client through a small buffer; it ends at the upstream's end, the idle timeout, the
+//! client's disconnect or the overall deadline, settling exactly once (`StreamMeter`).
+
+use axum::body::{Body, Bytes};
+use futures_util::StreamExt;
+use futures_util::stream::BoxStream;
+
+use super::dispatch::Meter;
+use crate::upstream::sse::{SseTap, Usage};
+
+/// Settles a stream exactly once: with the upstream usage if it arrived, else with the counted
+/// prompt plus the counted text produced so far (disconnect, upstream failure).
+pub(super) struct StreamMeter {
+    pub(super) meter: Meter,
+    pub(super) tap: SseTap,
+}
+
+impl Drop for StreamMeter {
+    fn drop(&mut self) {
+        let usage = self.tap.usage.unwrap_or(Usage {
+            prompt_tokens: self.meter.prompt_estimate,
+            completion_tokens: self.tap.produced_tokens,
+        });
+        let status = if self.tap.done { "success" } else { "partial" };
+        self.meter.settle(usage, status);
+    }
+}
+
+/// Chunks buffered between the upstream and a slow client (backpressure beyond that).
+pub(super) const STREAM_BUFFER: usize = 16;
+
+/// Runs a stream in its own task, which owns the upstream body and the meter, and hands the
+/// chunks to the response body through a small channel. The task ends (settling the meter,
+/// releasing the deployment slot and closing the upstream connection) when the upstream ends,
+/// when no chunk arrives for `idle`, when the client goes away, or at the overall `deadline`
+/// — also when the client stopped reading and the channel is full, which a body that is only
+/// polled by the client could never notice.
+pub(super) fn pump_stream(
+    mut chunks: BoxStream<'static, Result<Bytes, std::io::Error>>,
+    mut meter: StreamMeter,
+    idle: std::time::Duration,
+    deadline: std::time::Duration,
+) -> Body {
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(STREAM_BUFFER);
+    let end = tokio::time::Instant::now() + deadline;
+    tokio::spawn(async move {
+        let timed_out = |what: &str| {
+            Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("upstream stream {what}"),
+            ))
+        };
+        loop {
+            let next = tokio::select! {
+                n = tokio::time::timeout(idle, chunks.next()) => n,
+                _ = tokio::time::sleep_until(end) => {
+                    let _ = tx.try_send(timed_out("deadline exceeded"));
+                    break;
+                }
+            };
+            let item = match next {
+                Ok(Some(Ok(b))) => {
+                    meter.tap.feed(&b);
+                    Ok(b)
+                }
+                Ok(Some(Err(e))) => Err(e),
+                Ok(None) => break,
+                Err(_) => timed_out("idle timeout"),
+            };
+            let failed = item.is_err();
+            tokio::select! {
+                sent = tx.send(item) => if sent.is_err() { break },
+                _ = tokio::time::sleep_until(end) => break,
+            }
+            if failed {
+                break;
+            }
+        }
+        drop(chunks);
+        drop(meter);
+    });
+    Body::from_stream(tokio_stream_of(rx))
+}
+
+pub(super) fn tokio_stream_of<T: Send + 'static>(
+    mut rx: tokio::sync::mpsc::Receiver<T>,
+) -> impl futures_util::Stream<Item = T> + Send + 'static {
+    futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
