@@ -99,6 +99,12 @@ pub struct GeneralSettings {
     pub team_admin_editable_team_fields: Option<Vec<String>>,
     /// Request body limit in MiB (default 10).
     pub max_request_size_mb: Option<f64>,
+    /// Seconds to receive a complete request head (default 10; see `server::Timeouts`).
+    pub http_header_read_timeout: Option<f64>,
+    /// Seconds allowed between two reads of a request body (default 60).
+    pub http_body_read_timeout: Option<f64>,
+    /// Seconds an idle kept-alive connection stays open (default 75).
+    pub http_keepalive_timeout: Option<f64>,
     #[serde(flatten)]
     pub extra: BTreeMap<String, Value>,
 }
@@ -265,6 +271,18 @@ impl Config {
             (
                 "general_settings.max_request_size_mb",
                 g.max_request_size_mb,
+            ),
+            (
+                "general_settings.http_header_read_timeout",
+                g.http_header_read_timeout,
+            ),
+            (
+                "general_settings.http_body_read_timeout",
+                g.http_body_read_timeout,
+            ),
+            (
+                "general_settings.http_keepalive_timeout",
+                g.http_keepalive_timeout,
             ),
         ] {
             if let Some(v) = v

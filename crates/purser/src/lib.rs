@@ -10,6 +10,7 @@ pub mod cli;
 pub mod config;
 pub mod jobs;
 pub mod limiter;
+pub mod server;
 pub mod service;
 pub mod store;
 pub mod upstream;
