@@ -41,9 +41,10 @@ pub async fn authenticate(State(state): State<AppState>, mut req: Request, next:
     }
 }
 
-/// Answers `e` after draining the request body, or with `Connection: close` if it could not be
-/// drained within bounds (hyper then closes instead of resetting mid-upload). HTTP/2 needs
-/// neither: an unread body only resets its own stream.
+/// Answers `e` after draining the request body, or, if it could not be drained within bounds,
+/// with `Connection: close`: hyper closes a connection whose body was left unread, and the
+/// header tells the client so instead of leaving it to find out on its next request. HTTP/2
+/// needs neither: an unread body only resets its own stream.
 async fn refuse(req: Request, e: ApiError) -> Response {
     if req.version() >= axum::http::Version::HTTP_2 {
         return e.into_response();
