@@ -604,6 +604,7 @@ async fn run(a: RunArgs) -> anyhow::Result<()> {
         redis_url: None,
         master_key: Some(MASTER_KEY.to_string()),
         log_json: false,
+        timeouts: Default::default(),
     };
     let settings = Settings::resolve(&config, &args, "purser-bench")?;
     let gateway = Gateway::build(config, settings, None).await?;

@@ -64,6 +64,7 @@ pub async fn run(a: ProxyArgs) -> anyhow::Result<()> {
         redis_url: None,
         master_key: None,
         log_json: false,
+        timeouts: Default::default(),
     };
     let settings = Settings::resolve(&config, &args, "purser-bench proxy")?;
     let gateway = Gateway::build(config, settings, None).await?;

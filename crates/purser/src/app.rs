@@ -1,5 +1,6 @@
 //! Application assembly: resolved settings, shared state, the router with its middleware, and
-//! serving with graceful shutdown (in-flight requests finish, background writers flush).
+//! serving with graceful shutdown (in-flight requests finish, background writers flush). The
+//! accept loop and connection timeouts live in `server`.
 
 use std::ops::Deref;
 use std::sync::Arc;
@@ -12,6 +13,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
+use tower_http::timeout::RequestBodyTimeoutLayer;
 use tower_http::trace::TraceLayer;
 use utoipa::openapi::OpenApi;
 
@@ -20,6 +22,7 @@ use crate::cli::ServeArgs;
 use crate::clock::{self, SharedClock};
 use crate::config::Config;
 use crate::limiter::Limiter;
+use crate::server::Timeouts;
 use crate::service::cache::Cache;
 use crate::service::spend::{Ledger, LedgerLimits};
 use crate::store::{Db, DbUrl};
@@ -38,6 +41,8 @@ pub struct Settings {
     pub batch_write_interval: Duration,
     /// Sizes of the settled-call queue (backpressure bound, rows per write transaction).
     pub ledger_limits: LedgerLimits,
+    /// HTTP server timeouts (header read, body read, keep-alive idle).
+    pub timeouts: Timeouts,
 }
 
 impl Settings {
@@ -70,6 +75,38 @@ impl Settings {
             .or_else(|| config.general_settings.database_url.clone())
             .unwrap_or_else(|| "purser.db".to_string());
         let mb = config.general_settings.max_request_size_mb.unwrap_or(10.0);
+        let g = &config.general_settings;
+        let t = &args.timeouts;
+        let defaults = Timeouts::default();
+        // Flag or environment (clap) > config file > default. Config values were validated
+        // positive; flags are checked here.
+        let secs = |name: &str, arg: Option<f64>, conf: Option<f64>, default: Duration| match arg {
+            Some(v) if !(v.is_finite() && v > 0.0) => {
+                anyhow::bail!("--{name}: must be a positive number of seconds, got {v}")
+            }
+            Some(v) => Ok(Duration::from_secs_f64(v)),
+            None => Ok(conf.map(Duration::from_secs_f64).unwrap_or(default)),
+        };
+        let timeouts = Timeouts {
+            header_read: secs(
+                "header-read-timeout",
+                t.header_read_timeout,
+                g.http_header_read_timeout,
+                defaults.header_read,
+            )?,
+            body_read: secs(
+                "body-read-timeout",
+                t.body_read_timeout,
+                g.http_body_read_timeout,
+                defaults.body_read,
+            )?,
+            keepalive: secs(
+                "keepalive-timeout",
+                t.keepalive_timeout,
+                g.http_keepalive_timeout,
+                defaults.keepalive,
+            )?,
+        };
         Ok(Settings {
             master_key,
             database: DbUrl::parse(&database),
@@ -92,6 +129,7 @@ impl Settings {
                         .unwrap_or(d.chunk_rows),
                 }
             },
+            timeouts,
         })
     }
 }
@@ -174,6 +212,11 @@ impl Gateway {
             HeaderName::from_static("x-api-key"),
         ]);
         let router = api::router(state.clone(), routes)
+            // Per read, not per body: an upload that keeps moving is never cut. The error
+            // surfaces in `api::extract` as a 408.
+            .layer(RequestBodyTimeoutLayer::new(
+                state.settings.timeouts.body_read,
+            ))
             .layer(TraceLayer::new_for_http())
             .layer(SetSensitiveRequestHeadersLayer::from_shared(secret_headers))
             .layer(CatchPanicLayer::custom(|_| {
@@ -184,21 +227,76 @@ impl Gateway {
         Ok(Gateway { state, router })
     }
 
-    /// Serves until `state.shutdown` is cancelled, then lets in-flight requests finish and
-    /// flushes buffered writes before returning.
+    /// Serves until `state.shutdown` is cancelled, then lets in-flight requests and streams
+    /// finish (no deadline) and flushes buffered writes before returning.
     pub async fn serve(self, listener: TcpListener) -> anyhow::Result<()> {
-        use axum::serve::ListenerExt;
         let state = self.state.clone();
         let jobs = crate::jobs::spawn(state.clone());
-        let listener = listener.tap_io(|s| {
-            let _ = s.set_nodelay(true);
-        });
-        let token = state.shutdown.clone();
-        axum::serve(listener, self.router)
-            .with_graceful_shutdown(token.cancelled_owned())
-            .await?;
+        crate::server::serve(
+            listener,
+            self.router,
+            state.settings.timeouts,
+            state.shutdown.clone(),
+        )
+        .await;
         jobs.finish().await;
         state.db.close().await;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cli::TimeoutArgs;
+
+    fn args(timeouts: TimeoutArgs) -> ServeArgs {
+        ServeArgs {
+            config: "t.yaml".into(),
+            host: "127.0.0.1".into(),
+            port: 0,
+            database_url: None,
+            redis_url: None,
+            master_key: Some("sk-1".into()),
+            log_json: false,
+            timeouts,
+        }
+    }
+
+    /// Flag (or its environment variable) > `general_settings.http_*` > default.
+    #[test]
+    fn timeout_precedence_and_validation() {
+        let config = Config::parse(
+            "general_settings:\n  http_header_read_timeout: 2\n  http_keepalive_timeout: 9\n",
+            "t.yaml",
+        )
+        .unwrap();
+        let flags = TimeoutArgs {
+            keepalive_timeout: Some(5.5),
+            ..Default::default()
+        };
+        let s = Settings::resolve(&config, &args(flags), "t.yaml").unwrap();
+        assert_eq!(
+            s.timeouts,
+            Timeouts {
+                header_read: Duration::from_secs(2),
+                body_read: Duration::from_secs(60),
+                keepalive: Duration::from_millis(5500),
+            }
+        );
+        let s = Settings::resolve(&Config::default(), &args(Default::default()), "t").unwrap();
+        assert_eq!(s.timeouts, Timeouts::default());
+        let bad = TimeoutArgs {
+            body_read_timeout: Some(0.0),
+            ..Default::default()
+        };
+        let e = Settings::resolve(&config, &args(bad), "t.yaml").unwrap_err();
+        assert!(e.to_string().contains("--body-read-timeout"), "{e}");
+        let e = Config::parse(
+            "general_settings:\n  http_keepalive_timeout: -1\n",
+            "t.yaml",
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("http_keepalive_timeout"), "{e}");
     }
 }

@@ -47,4 +47,22 @@ pub struct ServeArgs {
     /// Log as JSON lines instead of text.
     #[arg(long, env = "PURSER_LOG_JSON")]
     pub log_json: bool,
+    #[command(flatten)]
+    pub timeouts: TimeoutArgs,
+}
+
+/// HTTP server timeouts in seconds; each overrides its `general_settings.http_*` key.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct TimeoutArgs {
+    /// Seconds to receive a complete request head, from accept or from the first byte of the next
+    /// request on a kept-alive connection [default: 10].
+    #[arg(long, env = "PURSER_HEADER_READ_TIMEOUT")]
+    pub header_read_timeout: Option<f64>,
+    /// Seconds allowed between two reads of a request body; a stalled body is answered 408
+    /// [default: 60].
+    #[arg(long, env = "PURSER_BODY_READ_TIMEOUT")]
+    pub body_read_timeout: Option<f64>,
+    /// Seconds an idle kept-alive connection stays open [default: 75].
+    #[arg(long, env = "PURSER_KEEPALIVE_TIMEOUT")]
+    pub keepalive_timeout: Option<f64>,
 }

@@ -104,6 +104,12 @@ pub struct GeneralSettings {
     pub spend_queue_capacity: Option<usize>,
     /// Purser: settled calls written per transaction (default 1000).
     pub spend_write_chunk_rows: Option<usize>,
+    /// Seconds to receive a complete request head (default 10; see `server::Timeouts`).
+    pub http_header_read_timeout: Option<f64>,
+    /// Seconds allowed between two reads of a request body (default 60).
+    pub http_body_read_timeout: Option<f64>,
+    /// Seconds an idle kept-alive connection stays open (default 75).
+    pub http_keepalive_timeout: Option<f64>,
     #[serde(flatten)]
     pub extra: BTreeMap<String, Value>,
 }
@@ -271,11 +277,37 @@ impl Config {
                 "general_settings.max_request_size_mb",
                 g.max_request_size_mb,
             ),
+            (
+                "general_settings.http_header_read_timeout",
+                g.http_header_read_timeout,
+            ),
+            (
+                "general_settings.http_body_read_timeout",
+                g.http_body_read_timeout,
+            ),
+            (
+                "general_settings.http_keepalive_timeout",
+                g.http_keepalive_timeout,
+            ),
         ] {
             if let Some(v) = v
                 && !(v.is_finite() && v > 0.0)
             {
                 return Err((k.into(), format!("must be a positive number, got {v}")));
+            }
+        }
+        for (k, v) in [
+            (
+                "general_settings.spend_queue_capacity",
+                g.spend_queue_capacity,
+            ),
+            (
+                "general_settings.spend_write_chunk_rows",
+                g.spend_write_chunk_rows,
+            ),
+        ] {
+            if v == Some(0) {
+                return Err((k.into(), "must be at least 1".into()));
             }
         }
         if let (Some(min), Some(max)) = (
@@ -437,6 +469,19 @@ litellm_settings:
         let ignored = c.ignored_keys();
         assert!(ignored.contains(&"general_settings.alerting".to_string()));
         assert!(ignored.contains(&"litellm_settings.drop_params".to_string()));
+    }
+
+    #[test]
+    fn spend_queue_sizes_must_be_positive() {
+        for key in ["spend_queue_capacity", "spend_write_chunk_rows"] {
+            let e =
+                Config::parse(&format!("general_settings:\n  {key}: 0\n"), "c.yaml").unwrap_err();
+            assert_eq!(e.key, format!("general_settings.{key}"));
+            let e =
+                Config::parse(&format!("general_settings:\n  {key}: -3\n"), "c.yaml").unwrap_err();
+            assert!(e.key.contains(key), "{e}");
+            assert!(Config::parse(&format!("general_settings:\n  {key}: 5\n"), "c.yaml").is_ok());
+        }
     }
 
     #[test]

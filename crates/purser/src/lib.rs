@@ -11,6 +11,7 @@ pub mod clock;
 pub mod config;
 pub mod jobs;
 pub mod limiter;
+pub mod server;
 pub mod service;
 pub mod store;
 pub mod upstream;

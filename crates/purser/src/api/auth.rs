@@ -1,6 +1,8 @@
 //! Authentication middleware and route gate. Reads the credential (reference §1.1 order:
 //! `x-litellm-api-key`, `Authorization: Bearer`, `api-key`, `x-api-key`), resolves the caller,
 //! applies the route's [`Gate`] and hands the [`Caller`] to the handler via request extensions.
+//! A refusal is decided from the headers; the unread body is drained (bounded) before answering
+//! so the client's kept-alive connection survives the 401/403.
 
 use axum::extract::{FromRequestParts, MatchedPath, Request, State};
 use axum::http::request::Parts;
@@ -24,18 +26,38 @@ pub async fn authenticate(State(state): State<AppState>, mut req: Request, next:
     if gate == Gate::Public {
         return next.run(req).await;
     }
-    let caller = match credential(req.headers()) {
-        Err(e) => return e.into_response(),
-        Ok(cred) => match crate::service::auth::resolve(&state, &cred).await {
-            Ok(c) => c,
-            Err(e) => return e.into_response(),
-        },
+    let resolved = match credential(req.headers()) {
+        Err(e) => Err(e),
+        Ok(cred) => crate::service::auth::resolve(&state, &cred).await,
     };
-    if let Err(e) = check_gate(gate, req.method(), &path, &caller) {
+    let checked =
+        resolved.and_then(|caller| check_gate(gate, req.method(), &path, &caller).map(|()| caller));
+    match checked {
+        Ok(caller) => {
+            req.extensions_mut().insert(caller);
+            next.run(req).await
+        }
+        Err(e) => refuse(req, e).await,
+    }
+}
+
+/// Answers `e` after draining the request body, or, if it could not be drained within bounds,
+/// with `Connection: close`: hyper closes a connection whose body was left unread, and the
+/// header tells the client so instead of leaving it to find out on its next request. HTTP/2
+/// needs neither: an unread body only resets its own stream.
+async fn refuse(req: Request, e: ApiError) -> Response {
+    if req.version() >= axum::http::Version::HTTP_2 {
         return e.into_response();
     }
-    req.extensions_mut().insert(caller);
-    next.run(req).await
+    let drained = super::extract::discard_body(req).await;
+    let mut response = e.into_response();
+    if !drained {
+        response.headers_mut().insert(
+            axum::http::header::CONNECTION,
+            axum::http::HeaderValue::from_static("close"),
+        );
+    }
+    response
 }
 
 /// Extracts the presented credential, or the reference's 401 for a missing/malformed one.

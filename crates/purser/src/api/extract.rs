@@ -1,6 +1,7 @@
 //! Request extractors that turn every malformed input into a FastAPI-shaped 4xx JSON error
 //! naming the offending field: JSON bodies, query strings, and the three-state `Patch` field
-//! (absent / explicit `null` / value) that update routes need.
+//! (absent / explicit `null` / value) that update routes need. Also the bounded draining of a
+//! body that will not be used, so an early answer does not reset the client's connection.
 
 use std::time::Duration;
 
@@ -24,6 +25,12 @@ use crate::app::AppState;
 const DRAIN_MAX_BYTES: usize = 64 * 1024 * 1024;
 const DRAIN_MAX_TIME: Duration = Duration::from_secs(5);
 
+/// How much of a body is read and dropped after a refusal decided from the headers alone (401,
+/// 403). Small enough that an unauthenticated client cannot make the gateway read much; large
+/// enough for ordinary LLM requests, whose connection then survives. Larger bodies: the answer
+/// says `Connection: close` and hyper closes, as before.
+const REFUSED_DRAIN_MAX_BYTES: u64 = 1024 * 1024;
+
 /// A request body read whole, up to `max_request_size_mb`. Larger bodies are refused with 413
 /// in the proxy error shape before they are buffered (by `Content-Length` when it is sent).
 pub struct RawBody(pub Bytes);
@@ -46,7 +53,7 @@ async fn read_limited(req: Request, limit: usize) -> Result<Bytes, ApiError> {
         .and_then(|v| v.parse::<u64>().ok());
     let mut stream = req.into_body().into_data_stream();
     if declared.is_some_and(|n| n > limit as u64) {
-        drain(stream).await;
+        drain(stream, DRAIN_MAX_BYTES).await;
         return Err(too_large());
     }
     // Trust the declared size only so far: a client declaring 10 MiB and sending nothing
@@ -54,6 +61,14 @@ async fn read_limited(req: Request, limit: usize) -> Result<Bytes, ApiError> {
     let mut buf = BytesMut::with_capacity(declared.unwrap_or(0).min(1024 * 1024) as usize);
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(|e| {
+            if is_timeout(&e) {
+                // The rest of the body is never read, so hyper closes the connection after this.
+                return ApiError::proxy(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "timeout_error",
+                    "Timed out reading the request body: the client stopped sending",
+                );
+            }
             ApiError::proxy(
                 StatusCode::BAD_REQUEST,
                 "bad_request_error",
@@ -61,7 +76,7 @@ async fn read_limited(req: Request, limit: usize) -> Result<Bytes, ApiError> {
             )
         })?;
         if buf.len() + chunk.len() > limit {
-            drain(stream).await;
+            drain(stream, DRAIN_MAX_BYTES).await;
             return Err(too_large());
         }
         buf.extend_from_slice(&chunk);
@@ -69,17 +84,68 @@ async fn read_limited(req: Request, limit: usize) -> Result<Bytes, ApiError> {
     Ok(buf.freeze())
 }
 
-async fn drain(mut stream: impl Stream<Item = Result<Bytes, axum::Error>> + Unpin) {
-    let _ = tokio::time::timeout(DRAIN_MAX_TIME, async {
+/// Reads and drops up to `max` bytes for at most `DRAIN_MAX_TIME`; true if the body ended.
+async fn drain(
+    mut stream: impl Stream<Item = Result<Bytes, axum::Error>> + Unpin,
+    max: usize,
+) -> bool {
+    tokio::time::timeout(DRAIN_MAX_TIME, async {
         let mut seen = 0usize;
-        while let Some(Ok(chunk)) = stream.next().await {
-            seen += chunk.len();
-            if seen > DRAIN_MAX_BYTES {
-                break;
+        loop {
+            match stream.next().await {
+                None => return true,
+                Some(Err(_)) => return false,
+                Some(Ok(chunk)) => {
+                    seen += chunk.len();
+                    if seen > max {
+                        return false;
+                    }
+                }
             }
         }
     })
-    .await;
+    .await
+    .unwrap_or(false)
+}
+
+/// Consumes the body of a request refused before its handler ran, so that hyper can keep the
+/// connection (it closes one whose body was left unread). Bounded by
+/// `REFUSED_DRAIN_MAX_BYTES` and `DRAIN_MAX_TIME`; false when the body was not read to its end
+/// (too large, too slow, or `Expect: 100-continue`, where the client waits for a go-ahead and
+/// reading would invite the upload) and the connection should close.
+pub async fn discard_body(req: Request) -> bool {
+    use axum::body::HttpBody;
+    let headers = req.headers();
+    if headers
+        .get(axum::http::header::EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"))
+    {
+        return req.body().is_end_stream();
+    }
+    let declared = headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > REFUSED_DRAIN_MAX_BYTES) {
+        return false;
+    }
+    let body = req.into_body();
+    if body.is_end_stream() {
+        return true;
+    }
+    drain(body.into_data_stream(), REFUSED_DRAIN_MAX_BYTES as usize).await
+}
+
+/// Whether a body error is the read timeout of `RequestBodyTimeoutLayer`.
+fn is_timeout(e: &axum::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = source {
+        if err.is::<tower_http::timeout::TimeoutError>() {
+            return true;
+        }
+        source = err.source();
+    }
+    false
 }
 
 fn too_large() -> ApiError {

@@ -122,6 +122,7 @@ impl TestApp {
             redis_url: None,
             master_key: None,
             log_json: false,
+            timeouts: Default::default(),
         };
         let settings = Settings::resolve(&config, &args, "test.yaml").expect("settings");
         let gateway = Gateway::build(config, settings, pg_schema.as_deref())

@@ -12,6 +12,7 @@ mod foundation;
 mod keys;
 mod members;
 mod proxy;
+mod server;
 mod spend_and_resets;
 mod teams;
 mod users;
