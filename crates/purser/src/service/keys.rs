@@ -8,18 +8,17 @@
 use axum::http::StatusCode;
 use chrono::{DateTime, Utc};
 use purser_core::access::{ALL_PROXY_MODELS, ALL_TEAM_MODELS, AccessGroups, list_allows};
-use purser_core::budget::BudgetDuration;
 use purser_core::keys::{generate_key, hash_key, key_name, token_of, validate_custom_key};
-use purser_core::money::Nanos;
+use purser_core::validate;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 use sqlx::types::Json;
 
 use crate::api::error::ApiError;
-use crate::api::extract::{Patch, null_as_default};
 use crate::app::AppState;
 use crate::service::audit::{self, action, table};
 use crate::service::caller::Caller;
+use crate::service::patch::{Patch, null_as_default};
 use crate::service::views;
 use crate::store::keys::KeyRow;
 use crate::store::teams::TeamRow;
@@ -108,37 +107,38 @@ pub fn bad_request(msg: impl AsRef<str>) -> ApiError {
     ApiError::wrapped(StatusCode::BAD_REQUEST, msg.as_ref())
 }
 
+// Field rules are `purser_core::validate`; the key routes answer their failures in these shapes.
+
 /// Dollars from a client → nanos, or 400 naming the field.
 pub fn money_field(field: &str, usd: f64) -> Result<i64, ApiError> {
-    Nanos::from_usd(usd)
-        .map(|n| n.0)
-        .map_err(|e| bad_request(format!("{field} {e}. Received={usd}")))
+    validate::usd(usd).map_err(|e| bad_request(format!("{field} {e}. Received={usd}")))
 }
 
 /// A count limit (tpm/rpm/parallel requests) must not be negative.
 pub fn limit_field(field: &str, v: i64) -> Result<i64, ApiError> {
-    if v < 0 {
-        return Err(bad_request(format!(
+    validate::count_limit(v).map_err(|_| {
+        bad_request(format!(
             "{field} must be a non-negative integer. Received={v}"
-        )));
-    }
-    Ok(v)
+        ))
+    })
 }
 
 /// Parses a `budget_duration` and returns the first reset instant after `now`.
 pub fn budget_reset(d: &str, now: DateTime<Utc>) -> Result<DateTime<Utc>, ApiError> {
-    BudgetDuration::parse(d)
+    validate::budget_duration(d)
         .map(|p| p.next_reset(now))
         .map_err(|e| bad_request(e.to_string()))
 }
 
 /// Parses a key `duration` and returns the expiry instant.
 pub fn expiry(d: &str, now: DateTime<Utc>) -> Result<DateTime<Utc>, ApiError> {
-    BudgetDuration::parse(d).map(|p| p.after(now)).map_err(|_| {
-        bad_request(format!(
-            "Invalid duration '{d}'. Use a format like '30s', '1h', '7d', or '30d'."
-        ))
-    })
+    validate::budget_duration(d)
+        .map(|p| p.after(now))
+        .map_err(|_| {
+            bad_request(format!(
+                "Invalid duration '{d}'. Use a format like '30s', '1h', '7d', or '30d'."
+            ))
+        })
 }
 
 fn key_type_field(t: &str) -> Result<String, ApiError> {

@@ -6,13 +6,14 @@
 //! transaction, and the handler evicts the touched cache entries after commit.
 
 use axum::http::StatusCode;
+use purser_core::money::Nanos;
 use purser_core::roles::{TeamRole, UserRole};
+use purser_core::validate;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 use sqlx::types::Json;
 
 use crate::api::error::ApiError;
-use crate::api::extract::{Patch, null_as_default};
 use crate::app::AppState;
 use crate::service::audit::{self, action, table};
 use crate::service::caller::Caller;
@@ -20,6 +21,7 @@ use crate::service::keys::{
     self, GenerateKeyRequest, bad_request, budget_reset, limit_field, money_field,
 };
 use crate::service::members::{self, Added, MemberBudget, NewMember, OnDuplicate};
+use crate::service::patch::{Patch, null_as_default};
 use crate::service::spend::SpendScope;
 use crate::service::views;
 use crate::store::keys::KeyRow;
@@ -299,8 +301,7 @@ pub async fn create_tx(
             role: *team_role,
         };
         let mb = MemberBudget {
-            max_budget_in_team: budget
-                .map(|b| purser_core::money::Nanos::from_usd(b).unwrap_or_default()),
+            max_budget_in_team: budget.map(|b| Nanos(validate::usd(b).unwrap_or_default())),
             ..Default::default()
         };
         let a = members::add_members_tx(

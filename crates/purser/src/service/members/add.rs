@@ -5,9 +5,8 @@
 
 use axum::http::StatusCode;
 use chrono::{DateTime, Utc};
-use purser_core::budget::BudgetDuration;
-use purser_core::money::Nanos;
 use purser_core::roles::TeamRole;
+use purser_core::validate;
 use serde_json::Value;
 use sqlx::types::Json;
 
@@ -349,7 +348,7 @@ async fn create_user(
         .max_budget
         .or(state.config.litellm_settings.max_internal_user_budget)
     {
-        u.max_budget = Nanos::from_usd(mb).ok().map(|n| n.0);
+        u.max_budget = validate::usd(mb).ok();
     }
     let duration = defaults.budget_duration.clone().or_else(|| {
         state
@@ -359,7 +358,7 @@ async fn create_user(
             .clone()
     });
     if let Some(d) = duration
-        && let Ok(parsed) = BudgetDuration::parse(&d)
+        && let Ok(parsed) = validate::budget_duration(&d)
     {
         u.budget_reset_at = Some(parsed.next_reset(now));
         u.budget_duration = Some(d);
@@ -425,7 +424,7 @@ fn member_budget_for_add(
     row.budget_duration = None;
     row.budget_reset_at = None;
     if let Some(d) = duration {
-        let parsed = BudgetDuration::parse(&d)
+        let parsed = validate::budget_duration(&d)
             .map_err(|e| ApiError::detail_error(StatusCode::BAD_REQUEST, e.to_string()))?;
         row.budget_duration = Some(d);
         row.budget_reset_at = Some(parsed.next_reset(now));

@@ -3,6 +3,7 @@
 
 use axum::http::StatusCode;
 use purser_core::money::Nanos;
+use purser_core::validate;
 use serde_json::{Value, json};
 
 use crate::api::error::ApiError;
@@ -55,9 +56,9 @@ pub async fn reset_spend(
         ));
     };
     let bad = |msg: String| ApiError::detail_error(StatusCode::BAD_REQUEST, msg);
-    let target = Nanos::from_usd(reset_to)
-        .map_err(|_| bad("reset_to must be a finite number >= 0".into()))?;
-    if target.0 > m.spend {
+    let target =
+        validate::usd(reset_to).map_err(|_| bad("reset_to must be a finite number >= 0".into()))?;
+    if target > m.spend {
         return Err(bad(format!(
             "reset_to ({reset_to}) cannot be greater than the member's current spend ({}).",
             Nanos(m.spend).to_usd()
@@ -69,14 +70,14 @@ pub async fn reset_spend(
     };
     let max_budget = budget.as_ref().and_then(|b| b.max_budget);
     if let Some(mb) = max_budget
-        && target.0 > mb
+        && target > mb
     {
         return Err(bad(format!(
             "reset_to ({reset_to}) cannot be greater than the member's max_budget ({}).",
             Nanos(mb).to_usd()
         )));
     }
-    if !store::members::reset_spend(&mut h, team_id, user_id, m.spend, target.0).await? {
+    if !store::members::reset_spend(&mut h, team_id, user_id, m.spend, target).await? {
         return Err(ApiError::detail_error(
             StatusCode::CONFLICT,
             "Member spend changed since it was read. Retry the reset.",
@@ -86,12 +87,12 @@ pub async fn reset_spend(
     // The counter takes the new value (which need not be zero).
     state
         .ledger
-        .on_spend_set(&member_scope(team_id, user_id), target.0);
+        .on_spend_set(&member_scope(team_id, user_id), target);
     state.cache.evict_member(team_id, user_id).await;
     Ok(json!({
         "team_id": team_id,
         "user_id": user_id,
-        "spend": views::usd(target.0),
+        "spend": views::usd(target),
         "previous_spend": views::usd(m.spend),
         "max_budget": views::usd_opt(max_budget),
     }))

@@ -4,17 +4,17 @@
 
 use axum::http::StatusCode;
 use chrono::{DateTime, Utc};
-use purser_core::budget::BudgetDuration;
 use purser_core::money::Nanos;
 use purser_core::roles::TeamRole;
+use purser_core::validate;
 use serde_json::json;
 use sqlx::types::Json;
 
 use crate::api::error::ApiError;
-use crate::api::extract::Patch;
 use crate::app::AppState;
 use crate::service::audit::{self, action, table};
 use crate::service::caller::Caller;
+use crate::service::patch::Patch;
 use crate::service::views;
 use crate::store;
 use crate::store::budgets::BudgetRow;
@@ -64,7 +64,7 @@ impl MemberPatch {
         {
             row.budget_reset_at = match v {
                 Some(d) => Some(
-                    BudgetDuration::parse(d)
+                    validate::budget_duration(d)
                         .map_err(|e| {
                             ApiError::detail_error(StatusCode::BAD_REQUEST, e.to_string())
                         })?

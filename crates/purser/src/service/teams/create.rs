@@ -9,11 +9,11 @@ use serde_json::{Map, Value, json};
 use sqlx::types::Json;
 
 use crate::api::error::ApiError;
-use crate::api::extract::null_as_default;
 use crate::app::AppState;
 use crate::service::audit::{self, action, table};
 use crate::service::caller::Caller;
 use crate::service::members::{self, MemberBudget, NewMember, OnDuplicate};
+use crate::service::patch::null_as_default;
 use crate::service::views;
 use crate::store;
 use crate::store::budgets::BudgetRow;

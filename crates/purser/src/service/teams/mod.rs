@@ -12,15 +12,15 @@
 use axum::http::StatusCode;
 use chrono::{DateTime, Utc};
 use purser_core::budget::BudgetDuration;
-use purser_core::money::Nanos;
 use purser_core::roles::TeamRole;
+use purser_core::validate;
 use serde_json::{Map, Value, json};
 use sqlx::types::Json;
 
 use crate::api::error::ApiError;
-use crate::api::extract::Patch;
 use crate::app::AppState;
 use crate::service::caller::Caller;
+use crate::service::patch::Patch;
 use crate::service::views;
 use crate::store::members::MembershipRow;
 use crate::store::models::ModelTableRow;
@@ -159,8 +159,10 @@ fn py_float(x: f64) -> String {
     }
 }
 
+// Field rules are `purser_core::validate`; the team routes answer their failures in these shapes.
+
 fn money(field: &str, v: f64) -> Result<i64, ApiError> {
-    Nanos::from_usd(v).map(|n| n.0).map_err(|_| {
+    validate::usd(v).map_err(|_| {
         wrapped(
             StatusCode::BAD_REQUEST,
             &format!(
@@ -184,8 +186,8 @@ fn money_patch(field: &str, v: &Patch<f64>) -> Result<Patch<i64>, ApiError> {
 }
 
 fn non_negative(field: &str, v: Option<i64>) -> Result<(), ApiError> {
-    match v {
-        Some(n) if n < 0 => Err(ApiError::validation(
+    match v.map(validate::count_limit) {
+        Some(Err(_)) => Err(ApiError::validation(
             vec![json!("body"), json!(field)],
             "greater_than_equal",
             "Input should be greater than or equal to 0",
@@ -195,7 +197,7 @@ fn non_negative(field: &str, v: Option<i64>) -> Result<(), ApiError> {
 }
 
 fn duration(v: &str) -> Result<BudgetDuration, ApiError> {
-    BudgetDuration::parse(v).map_err(|e| wrapped(StatusCode::BAD_REQUEST, &e.to_string()))
+    validate::budget_duration(v).map_err(|e| wrapped(StatusCode::BAD_REQUEST, &e.to_string()))
 }
 
 fn validate_permissions(perms: &[String]) -> Result<(), ApiError> {

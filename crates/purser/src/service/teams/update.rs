@@ -12,10 +12,10 @@ use serde_json::{Map, Value};
 use sqlx::types::Json;
 
 use crate::api::error::ApiError;
-use crate::api::extract::Patch;
 use crate::app::AppState;
 use crate::service::audit::{self, action, table};
 use crate::service::caller::Caller;
+use crate::service::patch::Patch;
 use crate::service::views;
 use crate::store;
 use crate::store::budgets::BudgetRow;
