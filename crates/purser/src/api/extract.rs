@@ -17,6 +17,7 @@ use serde_json::{Value, json};
 
 use super::error::ApiError;
 use crate::app::AppState;
+use crate::service::paging::{Page, Paged};
 pub use crate::service::patch::{Patch, null_as_default};
 
 /// How much of an over-limit body is still read (and dropped) after deciding on 413, and for how
@@ -180,6 +181,20 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for QueryParams<T>
                 };
                 ApiError::validation(loc, kind, msg)
             })
+    }
+}
+
+/// The query of a listing route, parsed as [`QueryParams`] does, with its paging parameters
+/// checked by the route's [`Paged`] rules.
+pub struct PagedQuery<T>(pub T, pub Page);
+
+impl<S: Send + Sync, T: DeserializeOwned + Paged> FromRequestParts<S> for PagedQuery<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let QueryParams(q) = QueryParams::<T>::from_request_parts(parts, state).await?;
+        let page = Page::of(&q)?;
+        Ok(PagedQuery(q, page))
     }
 }
 

@@ -11,11 +11,12 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::error::{ApiError, ApiResult};
-use super::extract::{JsonBody, QueryParams, null_as_default, parse_json};
+use super::extract::{JsonBody, PagedQuery, QueryParams, null_as_default, parse_json};
 use super::{Gate, Route};
 use crate::app::AppState;
 use crate::service::caller::Caller;
 use crate::service::keys::{self, GenerateKeyRequest, UpdateKeyRequest};
+use crate::service::paging::{PageRules, Paged};
 use crate::service::spend::SpendScope;
 use crate::service::views;
 use crate::store::{self, keys::KeyFilter};
@@ -145,27 +146,19 @@ pub struct KeyListQuery {
     return_full_object: Option<bool>,
 }
 
+impl Paged for KeyListQuery {
+    const RULES: PageRules = PageRules::between("size", 10, 100);
+    fn paging(&self) -> (Option<i64>, Option<i64>) {
+        (self.page, self.size)
+    }
+}
+
 pub async fn key_list(
     State(state): State<AppState>,
     caller: Caller,
-    QueryParams(q): QueryParams<KeyListQuery>,
+    PagedQuery(q, paging): PagedQuery<KeyListQuery>,
 ) -> ApiResult<Json<Value>> {
-    let page = q.page.unwrap_or(1);
-    let size = q.size.unwrap_or(10);
-    if page < 1 {
-        return Err(ApiError::validation(
-            vec![json!("query"), json!("page")],
-            "greater_than_equal",
-            "Input should be greater than or equal to 1",
-        ));
-    }
-    if !(1..=100).contains(&size) {
-        return Err(ApiError::validation(
-            vec![json!("query"), json!("size")],
-            "less_than_equal",
-            "Input should be between 1 and 100",
-        ));
-    }
+    let (page, size) = (paging.number, paging.size);
     let mut filter = KeyFilter {
         user_id: q.user_id.clone(),
         team_id: q.team_id.clone(),

@@ -8,10 +8,11 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::error::{ApiError, ApiResult};
-use super::extract::{JsonBody, QueryParams};
+use super::extract::{JsonBody, PagedQuery, QueryParams};
 use super::{Gate, Route};
 use crate::app::AppState;
 use crate::service::caller::Caller;
+use crate::service::paging::{PageRules, Paged};
 use crate::service::users::{self, NewUserRequest, UpdateUserRequest};
 use crate::service::views;
 use crate::store::{self, users::UserFilter};
@@ -154,26 +155,18 @@ pub struct UserListQuery {
     user_email: Option<String>,
 }
 
+impl Paged for UserListQuery {
+    const RULES: PageRules = PageRules::between("page_size", 25, 100);
+    fn paging(&self) -> (Option<i64>, Option<i64>) {
+        (self.page, self.page_size)
+    }
+}
+
 pub async fn user_list(
     State(state): State<AppState>,
-    QueryParams(q): QueryParams<UserListQuery>,
+    PagedQuery(q, paging): PagedQuery<UserListQuery>,
 ) -> ApiResult<Json<Value>> {
-    let page = q.page.unwrap_or(1);
-    let page_size = q.page_size.unwrap_or(25);
-    if page < 1 {
-        return Err(ApiError::validation(
-            vec![json!("query"), json!("page")],
-            "greater_than_equal",
-            "Input should be greater than or equal to 1",
-        ));
-    }
-    if !(1..=100).contains(&page_size) {
-        return Err(ApiError::validation(
-            vec![json!("query"), json!("page_size")],
-            "less_than_equal",
-            "Input should be between 1 and 100",
-        ));
-    }
+    let (page, page_size) = (paging.number, paging.size);
     let filter = UserFilter {
         user_ids: q.user_ids.as_ref().map(|s| {
             s.split(',')

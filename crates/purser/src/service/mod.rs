@@ -7,6 +7,7 @@ pub mod cache;
 pub mod caller;
 pub mod keys;
 pub mod members;
+pub mod paging;
 pub mod patch;
 pub mod proxy;
 pub mod resets;

@@ -11,6 +11,7 @@ use serde_json::{Value, json};
 use crate::api::error::ApiError;
 use crate::app::AppState;
 use crate::service::caller::Caller;
+use crate::service::paging::{Page, PageRules, Paged};
 use crate::service::views;
 use crate::store::budgets::BudgetRow;
 use crate::store::keys::KeyRow;
@@ -164,6 +165,9 @@ pub async fn list_team(
     Ok(Value::Array(items))
 }
 
+/// Highest `page` the team listings accept (their offset is computed with a saturating multiply).
+const MAX_PAGE: i64 = i64::MAX / 1000;
+
 /// Query of `GET /v2/team/list`.
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]
@@ -180,23 +184,11 @@ pub struct TeamListV2Query {
     pub status: Option<String>,
 }
 
-fn query_range(field: &str, v: Option<i64>, default: i64, max: i64) -> Result<i64, ApiError> {
-    let v = v.unwrap_or(default);
-    if v < 1 {
-        return Err(ApiError::validation(
-            vec![json!("query"), json!(field)],
-            "greater_than_equal",
-            "Input should be greater than or equal to 1",
-        ));
+impl Paged for TeamListV2Query {
+    const RULES: PageRules = PageRules::bounds("page_size", 10, 100, MAX_PAGE);
+    fn paging(&self) -> (Option<i64>, Option<i64>) {
+        (self.page, self.page_size)
     }
-    if v > max {
-        return Err(ApiError::validation(
-            vec![json!("query"), json!(field)],
-            "less_than_equal",
-            format!("Input should be less than or equal to {max}"),
-        ));
-    }
-    Ok(v)
 }
 
 /// `GET /v2/team/list`: count, page, rosters, key counts, alias rows — five statements per page.
@@ -204,9 +196,9 @@ pub async fn list_team_v2(
     state: &AppState,
     caller: &Caller,
     q: TeamListV2Query,
+    paging: Page,
 ) -> Result<Value, ApiError> {
-    let page = query_range("page", q.page, 1, i64::MAX / 1000)?;
-    let page_size = query_range("page_size", q.page_size, 10, 100)?;
+    let (page, page_size) = (paging.number, paging.size);
     let sort = match q.sort_by.as_deref() {
         None => SortBy::CreatedAt,
         Some(s) => SortBy::parse(s).ok_or_else(|| {
@@ -298,10 +290,20 @@ pub struct FilterUiQuery {
     pub page_size: Option<i64>,
 }
 
+impl Paged for FilterUiQuery {
+    const RULES: PageRules = PageRules::bounds("page_size", 50, 100, MAX_PAGE);
+    fn paging(&self) -> (Option<i64>, Option<i64>) {
+        (self.page, self.page_size)
+    }
+}
+
 /// `GET /team/filter/ui`: substring search, newest first, a plain list.
-pub async fn ui_view_teams(state: &AppState, q: FilterUiQuery) -> Result<Value, ApiError> {
-    let page = query_range("page", q.page, 1, i64::MAX / 1000)?;
-    let page_size = query_range("page_size", q.page_size, 50, 100)?;
+pub async fn ui_view_teams(
+    state: &AppState,
+    q: FilterUiQuery,
+    paging: Page,
+) -> Result<Value, ApiError> {
+    let (page, page_size) = (paging.number, paging.size);
     let filter = TeamFilter {
         team_id_contains: q.team_id.filter(|s| !s.is_empty()),
         team_alias_contains: q.team_alias.filter(|s| !s.is_empty()),
