@@ -1,4 +1,5 @@
-//! Pure domain rules of Purser: money, budget periods, virtual keys, roles and model access.
+//! Pure domain rules of Purser: money, budget periods, virtual keys, roles, model access and the
+//! field rules of management requests.
 //! Nothing here performs I/O or knows about HTTP, SQL or time sources; callers pass `now` in.
 
 pub mod access;
@@ -6,3 +7,4 @@ pub mod budget;
 pub mod keys;
 pub mod money;
 pub mod roles;
+pub mod validate;

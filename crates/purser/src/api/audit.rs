@@ -9,9 +9,10 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::error::{ApiError, ApiResult};
-use super::extract::QueryParams;
+use super::extract::PagedQuery;
 use super::{Gate, Route};
 use crate::app::AppState;
+use crate::service::paging::{PageRules, Paged};
 use crate::service::views;
 use crate::store::{self, audit::AuditFilter};
 
@@ -37,6 +38,13 @@ pub struct AuditQuery {
     end_date: Option<String>,
 }
 
+impl Paged for AuditQuery {
+    const RULES: PageRules = PageRules::between("page_size", 10, 100);
+    fn paging(&self) -> (Option<i64>, Option<i64>) {
+        (self.page, self.page_size)
+    }
+}
+
 /// RFC 3339, or `YYYY-MM-DD` (start of day for `start_date`, end of day for `end_date`).
 fn parse_date(field: &str, s: &str, end_of_day: bool) -> Result<DateTime<Utc>, ApiError> {
     if let Ok(t) = DateTime::parse_from_rfc3339(s) {
@@ -58,24 +66,9 @@ fn parse_date(field: &str, s: &str, end_of_day: bool) -> Result<DateTime<Utc>, A
 
 pub async fn audit_list(
     State(state): State<AppState>,
-    QueryParams(q): QueryParams<AuditQuery>,
+    PagedQuery(q, paging): PagedQuery<AuditQuery>,
 ) -> ApiResult<Json<Value>> {
-    let page = q.page.unwrap_or(1);
-    let page_size = q.page_size.unwrap_or(10);
-    if page < 1 {
-        return Err(ApiError::validation(
-            vec![json!("query"), json!("page")],
-            "greater_than_equal",
-            "Input should be greater than or equal to 1",
-        ));
-    }
-    if !(1..=100).contains(&page_size) {
-        return Err(ApiError::validation(
-            vec![json!("query"), json!("page_size")],
-            "less_than_equal",
-            "Input should be between 1 and 100",
-        ));
-    }
+    let (page, page_size) = (paging.number, paging.size);
     let filter = AuditFilter {
         object_id: q.object_id.clone(),
         table_name: q.table_name.clone(),

@@ -1,7 +1,8 @@
 //! Request extractors that turn every malformed input into a FastAPI-shaped 4xx JSON error
-//! naming the offending field: JSON bodies, query strings, and the three-state `Patch` field
-//! (absent / explicit `null` / value) that update routes need. Also the bounded draining of a
-//! body that will not be used, so an early answer does not reset the client's connection.
+//! naming the offending field: JSON bodies and query strings; and the bounded draining of a body
+//! that will not be used, so an early answer does not reset the client's connection. The
+//! three-state `Patch` field that update routes need lives in `service::patch` (request types are
+//! service types) and is re-exported here.
 
 use std::time::Duration;
 
@@ -13,11 +14,12 @@ use axum::http::request::Parts;
 use bytes::BytesMut;
 use futures_util::{Stream, StreamExt};
 use serde::de::DeserializeOwned;
-use serde::{Deserialize, Deserializer};
 use serde_json::{Value, json};
 
 use super::error::ApiError;
 use crate::app::AppState;
+use crate::service::paging::{Page, Paged};
+pub use crate::service::patch::{Patch, null_as_default};
 
 /// How much of an over-limit body is still read (and dropped) after deciding on 413, and for how
 /// long: a client that is still sending when the server closes gets a connection reset instead
@@ -248,66 +250,18 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for QueryParams<T>
     }
 }
 
-/// A field of an update request: absent (leave unchanged), `null` (clear), or a value.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub enum Patch<T> {
-    #[default]
-    Absent,
-    Null,
-    Value(T),
-}
+/// The query of a listing route, parsed as [`QueryParams`] does, with its paging parameters
+/// checked by the route's [`Paged`] rules.
+pub struct PagedQuery<T>(pub T, pub Page);
 
-impl<T> Patch<T> {
-    pub fn is_absent(&self) -> bool {
-        matches!(self, Patch::Absent)
+impl<S: Send + Sync, T: DeserializeOwned + Paged> FromRequestParts<S> for PagedQuery<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let QueryParams(q) = QueryParams::<T>::from_request_parts(parts, state).await?;
+        let page = Page::of(&q)?;
+        Ok(PagedQuery(q, page))
     }
-
-    pub fn is_present(&self) -> bool {
-        !self.is_absent()
-    }
-
-    /// The new column value if the field was sent: `Some(None)` clears, `Some(Some(v))` sets.
-    pub fn as_update(&self) -> Option<Option<&T>> {
-        match self {
-            Patch::Absent => None,
-            Patch::Null => Some(None),
-            Patch::Value(v) => Some(Some(v)),
-        }
-    }
-
-    pub fn value(&self) -> Option<&T> {
-        match self {
-            Patch::Value(v) => Some(v),
-            _ => None,
-        }
-    }
-
-    /// Applies the patch to a current value.
-    pub fn apply_to(self, current: Option<T>) -> Option<T> {
-        match self {
-            Patch::Absent => current,
-            Patch::Null => None,
-            Patch::Value(v) => Some(v),
-        }
-    }
-}
-
-impl<'de, T: Deserialize<'de>> Deserialize<'de> for Patch<T> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        Ok(match Option::<T>::deserialize(d)? {
-            None => Patch::Null,
-            Some(v) => Patch::Value(v),
-        })
-    }
-}
-
-/// Accepts JSON `null` for a field that defaults when absent (pydantic's `list = []` style).
-pub fn null_as_default<'de, D, T>(d: D) -> Result<T, D::Error>
-where
-    D: Deserializer<'de>,
-    T: Deserialize<'de> + Default,
-{
-    Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
 }
 
 /// Serialises an absent `Value` as `null` (helper for echo responses).
@@ -319,6 +273,8 @@ pub fn or_null<T: serde::Serialize>(v: &Option<T>) -> Value {
 
 #[cfg(test)]
 mod tests {
+    use serde::Deserialize;
+
     use super::*;
 
     #[derive(Debug, Deserialize)]

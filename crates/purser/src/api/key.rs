@@ -6,17 +6,16 @@ use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::error::{ApiError, ApiResult};
-use super::extract::{JsonBody, QueryParams, null_as_default, parse_json};
+use super::extract::{JsonBody, PagedQuery, QueryParams, null_as_default, parse_json};
 use super::{Gate, Route};
 use crate::app::AppState;
 use crate::service::caller::Caller;
 use crate::service::keys::{self, GenerateKeyRequest, UpdateKeyRequest};
-use crate::service::spend::SpendScope;
+use crate::service::paging::{PageRules, Paged};
 use crate::service::views;
 use crate::store::{self, keys::KeyFilter};
 
@@ -93,11 +92,7 @@ pub async fn key_generate(
     caller: Caller,
     JsonBody(req): JsonBody<GenerateKeyRequest>,
 ) -> ApiResult<Json<Value>> {
-    let mut h = state.db.begin_write().await?;
-    let (raw, row) = keys::generate_tx(&mut h, &state, &caller, &req).await?;
-    h.commit().await?;
-    // A negative cache entry for this hash may exist (someone tried the key before it existed).
-    state.cache.evict_key(&row.token).await;
+    let (raw, row) = keys::generate(&state, &caller, &req).await?;
     Ok(Json(keys::generate_response(
         Some(&raw),
         &row,
@@ -115,21 +110,7 @@ pub async fn key_info(
     caller: Caller,
     QueryParams(q): QueryParams<KeyInfoQuery>,
 ) -> ApiResult<Json<Value>> {
-    let mut h = state.db.conn().await?;
-    let (shown, row) = match &q.key {
-        Some(k) => (k.clone(), keys::find(&mut h, k).await?),
-        None => match &caller.key {
-            Some(own) => (
-                own.token.clone(),
-                store::keys::get(&mut h, &own.token).await?,
-            ),
-            None => return Err(keys::key_not_found()),
-        },
-    };
-    let Some(row) = row else {
-        return Err(keys::key_not_found());
-    };
-    keys::authorize_read(&mut h, &caller, &row).await?;
+    let (shown, row) = keys::info(&state, &caller, q.key.as_deref()).await?;
     let mut info = views::key_json(&row, false);
     info["status"] = json!(views::key_status(&row, store::now()));
     Ok(Json(json!({ "key": shown, "info": info })))
@@ -145,50 +126,24 @@ pub struct KeyListQuery {
     return_full_object: Option<bool>,
 }
 
+impl Paged for KeyListQuery {
+    const RULES: PageRules = PageRules::between("size", 10, 100);
+    fn paging(&self) -> (Option<i64>, Option<i64>) {
+        (self.page, self.size)
+    }
+}
+
 pub async fn key_list(
     State(state): State<AppState>,
     caller: Caller,
-    QueryParams(q): QueryParams<KeyListQuery>,
+    PagedQuery(q, paging): PagedQuery<KeyListQuery>,
 ) -> ApiResult<Json<Value>> {
-    let page = q.page.unwrap_or(1);
-    let size = q.size.unwrap_or(10);
-    if page < 1 {
-        return Err(ApiError::validation(
-            vec![json!("query"), json!("page")],
-            "greater_than_equal",
-            "Input should be greater than or equal to 1",
-        ));
-    }
-    if !(1..=100).contains(&size) {
-        return Err(ApiError::validation(
-            vec![json!("query"), json!("size")],
-            "less_than_equal",
-            "Input should be between 1 and 100",
-        ));
-    }
-    let mut filter = KeyFilter {
+    let filter = KeyFilter {
         user_id: q.user_id.clone(),
         team_id: q.team_id.clone(),
         key_alias: q.key_alias.clone(),
     };
-    if !caller.can_read_all() {
-        match (&q.user_id, &caller.user_id) {
-            (Some(asked), Some(own)) if asked != own => {
-                return Err(ApiError::wrapped(
-                    StatusCode::FORBIDDEN,
-                    &format!("Only admins can list other users' keys. Your user_id={own}"),
-                ));
-            }
-            (_, Some(own)) => filter.user_id = Some(own.clone()),
-            (_, None) => {
-                return Ok(Json(
-                    json!({"keys": [], "total_count": 0, "current_page": page, "total_pages": 0}),
-                ));
-            }
-        }
-    }
-    let mut h = state.db.conn().await?;
-    let (rows, total) = store::keys::list(&mut h, &filter, size, (page - 1) * size).await?;
+    let (rows, total) = keys::list(&state, &caller, filter, paging).await?;
     let keys: Vec<Value> = rows
         .iter()
         .map(|k| {
@@ -202,8 +157,8 @@ pub async fn key_list(
     Ok(Json(json!({
         "keys": keys,
         "total_count": total,
-        "current_page": page,
-        "total_pages": (total + size - 1) / size,
+        "current_page": paging.number,
+        "total_pages": (total + paging.size - 1) / paging.size,
     })))
 }
 
@@ -212,10 +167,7 @@ pub async fn key_update(
     caller: Caller,
     JsonBody(req): JsonBody<UpdateKeyRequest>,
 ) -> ApiResult<Json<Value>> {
-    let mut h = state.db.begin_write().await?;
-    let (before, after) = keys::update_tx(&mut h, &caller, &req).await?;
-    h.commit().await?;
-    state.cache.evict_key(&before.token).await;
+    let after = keys::update(&state, &caller, &req).await?;
     let mut v = views::key_json(&after, true);
     v["key"] = json!(req.key);
     Ok(Json(v))
@@ -234,19 +186,7 @@ pub async fn key_delete(
     caller: Caller,
     JsonBody(req): JsonBody<KeyDeleteRequest>,
 ) -> ApiResult<Json<Value>> {
-    if req.keys.is_empty() && req.key_aliases.is_empty() {
-        return Err(keys::bad_request(
-            "Either keys or key_aliases must be provided",
-        ));
-    }
-    let mut h = state.db.begin_write().await?;
-    let tokens = keys::delete_tx(&mut h, &caller, &req.keys, &req.key_aliases).await?;
-    h.commit().await?;
-    state.cache.evict_keys(&tokens).await;
-    for t in &tokens {
-        // A custom key re-created later hashes to the same token: it starts from zero.
-        state.ledger.on_spend_set(&SpendScope::Key(t.clone()), 0);
-    }
+    keys::delete(&state, &caller, &req.keys, &req.key_aliases).await?;
     let mut deleted = req.keys.clone();
     deleted.extend(req.key_aliases.iter().cloned());
     Ok(Json(json!({ "deleted_keys": deleted })))
@@ -263,10 +203,7 @@ async fn set_blocked(
     key: &str,
     blocked: bool,
 ) -> ApiResult<Json<Value>> {
-    let mut h = state.db.begin_write().await?;
-    let row = keys::set_blocked_tx(&mut h, &caller, key, blocked).await?;
-    h.commit().await?;
-    state.cache.evict_key(&row.token).await;
+    let row = keys::set_blocked(&state, &caller, key, blocked).await?;
     Ok(Json(views::key_json(&row, true)))
 }
 
@@ -300,19 +237,7 @@ async fn regenerate(
     key: &str,
     new_key: Option<&str>,
 ) -> ApiResult<Json<Value>> {
-    // Spend follows the key: the spend writer is held off while the row changes token, then
-    // the counter, the unwritten costs and the calls in flight move to the new token, so a key
-    // cannot shed its spend by regenerating itself.
-    let spend_write = state.ledger.spend_write().await;
-    let mut h = state.db.begin_write().await?;
-    let (old, raw, row) = keys::regenerate_tx(&mut h, &state, &caller, key, new_key).await?;
-    h.commit().await?;
-    state
-        .cache
-        .evict_keys(&[old.clone(), row.token.clone()])
-        .await;
-    spend_write.rename(&SpendScope::Key(old), &SpendScope::Key(row.token.clone()));
-    drop(spend_write);
+    let (raw, row) = keys::regenerate(&state, &caller, key, new_key).await?;
     Ok(Json(keys::generate_response(Some(&raw), &row, None)))
 }
 

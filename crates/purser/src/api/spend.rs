@@ -27,9 +27,10 @@ use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
 use super::error::{ApiError, ApiResult};
-use super::extract::QueryParams;
+use super::extract::PagedQuery;
 use super::{Gate, Route};
 use crate::app::AppState;
+use crate::service::paging::{PageRules, Paged};
 use crate::service::views::{ts, usd};
 use crate::store::spend::{self, LogFilter, SpendLogRow};
 
@@ -71,26 +72,18 @@ pub struct SpendLogsQuery {
     summarize: Option<String>,
 }
 
+impl Paged for SpendLogsQuery {
+    const RULES: PageRules = PageRules::between("page_size", MAX_PAGE_SIZE, MAX_PAGE_SIZE);
+    fn paging(&self) -> (Option<i64>, Option<i64>) {
+        (self.page, self.page_size)
+    }
+}
+
 pub async fn spend_logs(
     State(state): State<AppState>,
-    QueryParams(q): QueryParams<SpendLogsQuery>,
+    PagedQuery(q, paging): PagedQuery<SpendLogsQuery>,
 ) -> ApiResult<Json<Value>> {
-    let page = q.page.unwrap_or(1);
-    if page < 1 {
-        return Err(ApiError::validation(
-            vec![json!("query"), json!("page")],
-            "greater_than_equal",
-            "Input should be greater than or equal to 1",
-        ));
-    }
-    let page_size = q.page_size.unwrap_or(MAX_PAGE_SIZE);
-    if !(1..=MAX_PAGE_SIZE).contains(&page_size) {
-        return Err(ApiError::validation(
-            vec![json!("query"), json!("page_size")],
-            "less_than_equal",
-            format!("Input should be between 1 and {MAX_PAGE_SIZE}"),
-        ));
-    }
+    let (page, page_size) = (paging.number, paging.size);
     let summarize = match q
         .summarize
         .as_deref()

@@ -10,7 +10,7 @@ use serde::de::DeserializeOwned;
 use serde_json::{Map, Value, json};
 
 use super::error::{ApiError, ApiResult};
-use super::extract::{JsonBody, Patch, QueryParams, parse_json};
+use super::extract::{JsonBody, PagedQuery, Patch, QueryParams, parse_json};
 use super::{Gate, Route};
 use crate::app::AppState;
 use crate::service::caller::Caller;
@@ -229,16 +229,16 @@ pub async fn list_team(
 pub async fn list_team_v2(
     State(state): State<AppState>,
     caller: Caller,
-    QueryParams(q): QueryParams<TeamListV2Query>,
+    PagedQuery(q, paging): PagedQuery<TeamListV2Query>,
 ) -> ApiResult<Json<Value>> {
-    Ok(Json(teams::list_team_v2(&state, &caller, q).await?))
+    Ok(Json(teams::list_team_v2(&state, &caller, q, paging).await?))
 }
 
 pub async fn ui_view_teams(
     State(state): State<AppState>,
-    QueryParams(q): QueryParams<FilterUiQuery>,
+    PagedQuery(q, paging): PagedQuery<FilterUiQuery>,
 ) -> ApiResult<Json<Value>> {
-    Ok(Json(teams::ui_view_teams(&state, q).await?))
+    Ok(Json(teams::ui_view_teams(&state, q, paging).await?))
 }
 
 pub async fn list_available_teams(

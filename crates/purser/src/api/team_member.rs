@@ -7,9 +7,9 @@ use axum::Json;
 use axum::extract::Path;
 use axum::extract::rejection::PathRejection;
 use axum::http::StatusCode;
-use purser_core::budget::BudgetDuration;
 use purser_core::money::Nanos;
 use purser_core::roles::TeamRole;
+use purser_core::validate;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -170,13 +170,16 @@ fn check_count(n: usize) -> ApiResult<()> {
     Ok(())
 }
 
+// Field rules are `purser_core::validate`; the roster routes answer failures with a 400 detail.
+
 fn money(field: &str, v: f64) -> ApiResult<Nanos> {
-    Nanos::from_usd(v)
+    validate::usd(v)
+        .map(Nanos)
         .map_err(|e| ApiError::detail_error(StatusCode::BAD_REQUEST, format!("{field} {e}")))
 }
 
 fn duration(v: &str) -> ApiResult<()> {
-    BudgetDuration::parse(v)
+    validate::budget_duration(v)
         .map(|_| ())
         .map_err(|e| ApiError::detail_error(StatusCode::BAD_REQUEST, e.to_string()))
 }

@@ -8,20 +8,21 @@
 use axum::http::StatusCode;
 use chrono::{DateTime, Utc};
 use purser_core::access::{ALL_PROXY_MODELS, ALL_TEAM_MODELS, AccessGroups, list_allows};
-use purser_core::budget::BudgetDuration;
 use purser_core::keys::{generate_key, hash_key, key_name, token_of, validate_custom_key};
-use purser_core::money::Nanos;
+use purser_core::validate;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 use sqlx::types::Json;
 
 use crate::api::error::ApiError;
-use crate::api::extract::{Patch, null_as_default};
 use crate::app::AppState;
 use crate::service::audit::{self, action, table};
 use crate::service::caller::Caller;
+use crate::service::paging::Page;
+use crate::service::patch::{Patch, null_as_default};
+use crate::service::spend::SpendScope;
 use crate::service::views;
-use crate::store::keys::KeyRow;
+use crate::store::keys::{KeyFilter, KeyRow};
 use crate::store::teams::TeamRow;
 use crate::store::{self, Handle};
 
@@ -108,37 +109,38 @@ pub fn bad_request(msg: impl AsRef<str>) -> ApiError {
     ApiError::wrapped(StatusCode::BAD_REQUEST, msg.as_ref())
 }
 
+// Field rules are `purser_core::validate`; the key routes answer their failures in these shapes.
+
 /// Dollars from a client → nanos, or 400 naming the field.
 pub fn money_field(field: &str, usd: f64) -> Result<i64, ApiError> {
-    Nanos::from_usd(usd)
-        .map(|n| n.0)
-        .map_err(|e| bad_request(format!("{field} {e}. Received={usd}")))
+    validate::usd(usd).map_err(|e| bad_request(format!("{field} {e}. Received={usd}")))
 }
 
 /// A count limit (tpm/rpm/parallel requests) must not be negative.
 pub fn limit_field(field: &str, v: i64) -> Result<i64, ApiError> {
-    if v < 0 {
-        return Err(bad_request(format!(
+    validate::count_limit(v).map_err(|_| {
+        bad_request(format!(
             "{field} must be a non-negative integer. Received={v}"
-        )));
-    }
-    Ok(v)
+        ))
+    })
 }
 
 /// Parses a `budget_duration` and returns the first reset instant after `now`.
 pub fn budget_reset(d: &str, now: DateTime<Utc>) -> Result<DateTime<Utc>, ApiError> {
-    BudgetDuration::parse(d)
+    validate::budget_duration(d)
         .map(|p| p.next_reset(now))
         .map_err(|e| bad_request(e.to_string()))
 }
 
 /// Parses a key `duration` and returns the expiry instant.
 pub fn expiry(d: &str, now: DateTime<Utc>) -> Result<DateTime<Utc>, ApiError> {
-    BudgetDuration::parse(d).map(|p| p.after(now)).map_err(|_| {
-        bad_request(format!(
-            "Invalid duration '{d}'. Use a format like '30s', '1h', '7d', or '30d'."
-        ))
-    })
+    validate::budget_duration(d)
+        .map(|p| p.after(now))
+        .map_err(|_| {
+            bad_request(format!(
+                "Invalid duration '{d}'. Use a format like '30s', '1h', '7d', or '30d'."
+            ))
+        })
 }
 
 fn key_type_field(t: &str) -> Result<String, ApiError> {
@@ -801,4 +803,146 @@ pub async fn delete_tx(
         tokens.push(r.token);
     }
     Ok(tokens)
+}
+
+// ------------------------------------------------------------------------------------------
+// Route use cases: each write is one transaction, and the changed tokens are evicted from the
+// cache after commit and before the handler answers.
+// ------------------------------------------------------------------------------------------
+
+/// `POST /key/generate`: returns the raw key (shown once) and the stored row.
+pub async fn generate(
+    state: &AppState,
+    caller: &Caller,
+    req: &GenerateKeyRequest,
+) -> Result<(String, KeyRow), ApiError> {
+    let mut h = state.db.begin_write().await?;
+    let (raw, row) = generate_tx(&mut h, state, caller, req).await?;
+    h.commit().await?;
+    // A negative cache entry for this hash may exist (someone tried the key before it existed).
+    state.cache.evict_key(&row.token).await;
+    Ok((raw, row))
+}
+
+/// `GET /key/info`: the named key (raw or hash), else the caller's own; returns the key as the
+/// caller named it and the row.
+pub async fn info(
+    state: &AppState,
+    caller: &Caller,
+    key: Option<&str>,
+) -> Result<(String, KeyRow), ApiError> {
+    let mut h = state.db.conn().await?;
+    let (shown, row) = match key {
+        Some(k) => (k.to_string(), find(&mut h, k).await?),
+        None => match &caller.key {
+            Some(own) => (
+                own.token.clone(),
+                store::keys::get(&mut h, &own.token).await?,
+            ),
+            None => return Err(key_not_found()),
+        },
+    };
+    let Some(row) = row else {
+        return Err(key_not_found());
+    };
+    authorize_read(&mut h, caller, &row).await?;
+    Ok((shown, row))
+}
+
+/// `GET /key/list`: one page of keys and the total. Callers that cannot read everything only
+/// ever list their own keys; asking for another user's is a 403, and a caller without a user
+/// has none.
+pub async fn list(
+    state: &AppState,
+    caller: &Caller,
+    mut filter: KeyFilter,
+    page: Page,
+) -> Result<(Vec<KeyRow>, i64), ApiError> {
+    if !caller.can_read_all() {
+        match (&filter.user_id, &caller.user_id) {
+            (Some(asked), Some(own)) if asked != own => {
+                return Err(ApiError::wrapped(
+                    StatusCode::FORBIDDEN,
+                    &format!("Only admins can list other users' keys. Your user_id={own}"),
+                ));
+            }
+            (_, Some(own)) => filter.user_id = Some(own.clone()),
+            (_, None) => return Ok((Vec::new(), 0)),
+        }
+    }
+    let mut h = state.db.conn().await?;
+    let offset = (page.number - 1) * page.size;
+    Ok(store::keys::list(&mut h, &filter, page.size, offset).await?)
+}
+
+/// `POST /key/update`: returns the updated row.
+pub async fn update(
+    state: &AppState,
+    caller: &Caller,
+    req: &UpdateKeyRequest,
+) -> Result<KeyRow, ApiError> {
+    let mut h = state.db.begin_write().await?;
+    let (before, after) = update_tx(&mut h, caller, req).await?;
+    h.commit().await?;
+    state.cache.evict_key(&before.token).await;
+    Ok(after)
+}
+
+/// `POST /key/delete`: all or nothing; deleted keys forget their spend counters.
+pub async fn delete(
+    state: &AppState,
+    caller: &Caller,
+    keys: &[String],
+    aliases: &[String],
+) -> Result<(), ApiError> {
+    if keys.is_empty() && aliases.is_empty() {
+        return Err(bad_request("Either keys or key_aliases must be provided"));
+    }
+    let mut h = state.db.begin_write().await?;
+    let tokens = delete_tx(&mut h, caller, keys, aliases).await?;
+    h.commit().await?;
+    state.cache.evict_keys(&tokens).await;
+    for t in &tokens {
+        // A custom key re-created later hashes to the same token: it starts from zero.
+        state.ledger.on_spend_set(&SpendScope::Key(t.clone()), 0);
+    }
+    Ok(())
+}
+
+/// `POST /key/block` and `/key/unblock`: returns the new row.
+pub async fn set_blocked(
+    state: &AppState,
+    caller: &Caller,
+    key: &str,
+    blocked: bool,
+) -> Result<KeyRow, ApiError> {
+    let mut h = state.db.begin_write().await?;
+    let row = set_blocked_tx(&mut h, caller, key, blocked).await?;
+    h.commit().await?;
+    state.cache.evict_key(&row.token).await;
+    Ok(row)
+}
+
+/// `POST /key/regenerate` and `/key/{key}/regenerate`: returns the new raw key (shown once) and
+/// the row; both the old and the new token are evicted.
+pub async fn regenerate(
+    state: &AppState,
+    caller: &Caller,
+    key: &str,
+    new_key: Option<&str>,
+) -> Result<(String, KeyRow), ApiError> {
+    // Spend follows the key: the spend writer is held off while the row changes token, then
+    // the counter, the unwritten costs and the calls in flight move to the new token, so a key
+    // cannot shed its spend by regenerating itself.
+    let spend_write = state.ledger.spend_write().await;
+    let mut h = state.db.begin_write().await?;
+    let (old, raw, row) = regenerate_tx(&mut h, state, caller, key, new_key).await?;
+    h.commit().await?;
+    state
+        .cache
+        .evict_keys(&[old.clone(), row.token.clone()])
+        .await;
+    spend_write.rename(&SpendScope::Key(old), &SpendScope::Key(row.token.clone()));
+    drop(spend_write);
+    Ok((raw, row))
 }

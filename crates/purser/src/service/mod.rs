@@ -7,6 +7,8 @@ pub mod cache;
 pub mod caller;
 pub mod keys;
 pub mod members;
+pub mod paging;
+pub mod patch;
 pub mod proxy;
 pub mod resets;
 pub mod spend;

@@ -6,13 +6,14 @@
 //! transaction, and the handler evicts the touched cache entries after commit.
 
 use axum::http::StatusCode;
+use purser_core::money::Nanos;
 use purser_core::roles::{TeamRole, UserRole};
+use purser_core::validate;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 use sqlx::types::Json;
 
 use crate::api::error::ApiError;
-use crate::api::extract::{Patch, null_as_default};
 use crate::app::AppState;
 use crate::service::audit::{self, action, table};
 use crate::service::caller::Caller;
@@ -20,10 +21,12 @@ use crate::service::keys::{
     self, GenerateKeyRequest, bad_request, budget_reset, limit_field, money_field,
 };
 use crate::service::members::{self, Added, MemberBudget, NewMember, OnDuplicate};
+use crate::service::paging::Page;
+use crate::service::patch::{Patch, null_as_default};
 use crate::service::spend::SpendScope;
 use crate::service::views;
 use crate::store::keys::KeyRow;
-use crate::store::users::UserRow;
+use crate::store::users::{UserFilter, UserRow};
 use crate::store::{self, Handle};
 
 /// One entry of `teams` in `/user/new`: a bare team id or an object.
@@ -299,8 +302,7 @@ pub async fn create_tx(
             role: *team_role,
         };
         let mb = MemberBudget {
-            max_budget_in_team: budget
-                .map(|b| purser_core::money::Nanos::from_usd(b).unwrap_or_default()),
+            max_budget_in_team: budget.map(|b| Nanos(validate::usd(b).unwrap_or_default())),
             ..Default::default()
         };
         let a = members::add_members_tx(
@@ -561,4 +563,138 @@ pub async fn evict_deleted(state: &AppState, user_ids: &[String], d: &Deleted) {
         state.cache.evict_user(u).await;
         state.ledger.on_spend_set(&SpendScope::User(u.clone()), 0);
     }
+}
+
+// ------------------------------------------------------------------------------------------
+// Route use cases: each write is one transaction, and what it touched is evicted from the cache
+// after commit and before the handler answers.
+// ------------------------------------------------------------------------------------------
+
+/// `POST /user/new`.
+pub async fn create(
+    state: &AppState,
+    caller: &Caller,
+    req: &NewUserRequest,
+) -> Result<Created, ApiError> {
+    let mut h = state.db.begin_write().await?;
+    let created = create_tx(&mut h, state, caller, req).await?;
+    h.commit().await?;
+    evict_created(state, &created).await;
+    Ok(created)
+}
+
+/// `GET /user/info`: the user (default: the caller) with its keys and its teams, each team with
+/// the user's membership and the team's keys. Callers that cannot read everything may only read
+/// themselves; hashes of other members' keys are shown only to readers of everything.
+pub async fn info(
+    state: &AppState,
+    caller: &Caller,
+    user_id: Option<String>,
+) -> Result<Value, ApiError> {
+    let Some(user_id) = user_id.or_else(|| caller.user_id.clone()) else {
+        return Err(ApiError::wrapped(
+            StatusCode::BAD_REQUEST,
+            "user_id is required",
+        ));
+    };
+    if !caller.can_read_all() && caller.user_id.as_deref() != Some(user_id.as_str()) {
+        return Err(ApiError::wrapped(
+            StatusCode::FORBIDDEN,
+            &format!(
+                "key not allowed to access this user's info. user_id={}, key's user_id={}",
+                user_id,
+                caller.user_id.as_deref().unwrap_or("None")
+            ),
+        ));
+    }
+    let mut h = state.db.conn().await?;
+    let Some(user) = store::users::get(&mut h, &user_id).await? else {
+        return Err(user_not_found(&user_id));
+    };
+    let memberships = store::members::list_by_user(&mut h, &user_id).await?;
+    let team_ids: Vec<String> = memberships.iter().map(|m| m.team_id.clone()).collect();
+    let keys: Vec<Value> = store::keys::list_by_user(&mut h, &user_id)
+        .await?
+        .iter()
+        .map(|k| views::key_json(k, true))
+        .collect();
+    let mut teams = Vec::new();
+    for m in &memberships {
+        let Some(team) = store::teams::get(&mut h, &m.team_id).await? else {
+            continue;
+        };
+        let roster = store::members::list_by_team(&mut h, &team.team_id).await?;
+        let model_table = match team.model_id {
+            Some(id) => store::models::get(&mut h, id).await?,
+            None => None,
+        };
+        let budget = match &m.budget_id {
+            Some(b) => store::budgets::get(&mut h, b).await?,
+            None => None,
+        };
+        let team_keys: Vec<Value> = store::keys::list_by_team(&mut h, &team.team_id)
+            .await?
+            .iter()
+            .map(|k| {
+                // Hashes of other members' keys are shown only to readers of everything.
+                let own = k.user_id.as_deref() == Some(user_id.as_str());
+                views::key_json(k, caller.can_read_all() || own)
+            })
+            .collect();
+        let mut t = views::team_json(&team, &roster, model_table.as_ref());
+        t["team_memberships"] = json!([views::membership_json(m, budget.as_ref())]);
+        t["keys"] = json!(team_keys);
+        teams.push(t);
+    }
+    Ok(json!({
+        "user_id": user_id,
+        "user_info": views::user_json(&user, &team_ids),
+        "keys": keys,
+        "teams": teams,
+    }))
+}
+
+/// `GET /user/list`: one page of users rendered with their derived `teams`, and the total.
+pub async fn list(
+    state: &AppState,
+    filter: &UserFilter,
+    page: Page,
+) -> Result<(Vec<Value>, i64), ApiError> {
+    let mut h = state.db.conn().await?;
+    let offset = (page.number - 1) * page.size;
+    let (rows, total) = store::users::list(&mut h, filter, page.size, offset).await?;
+    let mut out = Vec::with_capacity(rows.len());
+    for u in &rows {
+        let teams = store::users::teams_of(&mut h, &u.user_id).await?;
+        out.push(views::user_json(u, &teams));
+    }
+    Ok((out, total))
+}
+
+/// `POST /user/update`: returns the updated row and its derived `teams` (read after commit).
+pub async fn update(
+    state: &AppState,
+    caller: &Caller,
+    req: &UpdateUserRequest,
+) -> Result<(UserRow, Vec<String>), ApiError> {
+    let mut h = state.db.begin_write().await?;
+    let (_, after) = update_tx(&mut h, caller, req).await?;
+    h.commit().await?;
+    state.cache.evict_user(&after.user_id).await;
+    let mut h = state.db.conn().await?;
+    let teams = store::users::teams_of(&mut h, &after.user_id).await?;
+    Ok((after, teams))
+}
+
+/// `POST /user/delete`: all or nothing, for distinct `user_ids`.
+pub async fn delete(
+    state: &AppState,
+    caller: &Caller,
+    user_ids: &[String],
+) -> Result<(), ApiError> {
+    let mut h = state.db.begin_write().await?;
+    let deleted = delete_tx(&mut h, caller, user_ids).await?;
+    h.commit().await?;
+    evict_deleted(state, user_ids, &deleted).await;
+    Ok(())
 }
