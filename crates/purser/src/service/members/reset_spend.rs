@@ -49,6 +49,9 @@ pub async fn reset_spend(
             "Cannot reset your own spend. Ask a proxy admin.",
         ));
     }
+    // The spend writer's gate: no chunk lands between reading the spend and replacing it, and
+    // calls that settle meanwhile stay counted on top of the new value.
+    let spend_write = state.ledger.spend_write().await;
     let Some(m) = store::members::get(&mut h, team_id, user_id).await? else {
         return Err(ApiError::detail_error(
             StatusCode::NOT_FOUND,
@@ -85,9 +88,8 @@ pub async fn reset_spend(
     }
     drop(h);
     // The counter takes the new value (which need not be zero).
-    state
-        .ledger
-        .on_spend_set(&member_scope(team_id, user_id), target);
+    spend_write.set(&member_scope(team_id, user_id), target);
+    drop(spend_write);
     state.cache.evict_member(team_id, user_id).await;
     Ok(json!({
         "team_id": team_id,
