@@ -26,6 +26,9 @@ pub struct WriterArgs {
     /// Settled calls per write transaction (the gateway's `spend_write_chunk_rows`).
     #[arg(long, default_value_t = LedgerLimits::default().chunk_rows)]
     chunk_rows: usize,
+    /// Distinct keys the calls are spread over (users = keys / 2, teams = keys / 20, at least 1).
+    #[arg(long, default_value_t = 1000)]
+    keys: usize,
     /// PostgreSQL URL to measure as well (a schema is created and dropped).
     #[arg(long)]
     postgres: Option<String>,
@@ -62,7 +65,8 @@ fn log_row(i: usize, team: &str, user: &str, key: &str) -> SpendLogRow {
 }
 
 /// One run: settle `rows` calls, then time the flush. Returns rows per second.
-async fn run_once(db: &Db, rows: usize, chunk_rows: usize) -> anyhow::Result<f64> {
+async fn run_once(db: &Db, rows: usize, chunk_rows: usize, keys: usize) -> anyhow::Result<f64> {
+    let (users, teams) = ((keys / 2).max(1), (keys / 20).max(1));
     let ledger = Arc::new(Ledger::new(
         LedgerLimits {
             capacity: rows + 1,
@@ -72,9 +76,9 @@ async fn run_once(db: &Db, rows: usize, chunk_rows: usize) -> anyhow::Result<f64
     ));
     for i in 0..rows {
         let (team, user, key) = (
-            format!("team-{}", i % 50),
-            format!("user-{}", i % 500),
-            format!("key-{}", i % 1000),
+            format!("team-{}", i % teams),
+            format!("user-{}", i % users),
+            format!("key-{}", i % keys.max(1)),
         );
         let checks = [
             BudgetCheck {
@@ -124,9 +128,12 @@ pub async fn run(a: WriterArgs) -> anyhow::Result<()> {
     let mut sqlite_runs = Vec::new();
     for run in 0..a.runs {
         let path = dir.path().join(format!("writer-{run}.db"));
-        let db = Db::connect(&DbUrl::parse(&path.display().to_string()), None).await?;
-        sqlite_runs.push(run_once(&db, a.rows, a.chunk_rows).await?);
+        let url = DbUrl::parse(&path.display().to_string());
+        let main = Db::connect(&url, None).await?;
+        let db = main.connect_writer(&url, None).await?;
+        sqlite_runs.push(run_once(&db, a.rows, a.chunk_rows, a.keys).await?);
         db.close().await;
+        main.close().await;
     }
     table.push(("SQLite (file, WAL)", stats(sqlite_runs)));
     if let Some(url) = &a.postgres {
@@ -142,9 +149,13 @@ pub async fn run(a: WriterArgs) -> anyhow::Result<()> {
             sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {schema}")))
                 .execute(&mut c)
                 .await?;
-            let db = Db::connect(&DbUrl::parse(url), Some(&schema)).await?;
-            pg_runs.push(run_once(&db, a.rows, a.chunk_rows).await?);
+            let main = Db::connect(&DbUrl::parse(url), Some(&schema)).await?;
+            let db = main
+                .connect_writer(&DbUrl::parse(url), Some(&schema))
+                .await?;
+            pg_runs.push(run_once(&db, a.rows, a.chunk_rows, a.keys).await?);
             db.close().await;
+            main.close().await;
         }
         sqlx::query(sqlx::AssertSqlSafe(format!("DROP SCHEMA {schema} CASCADE")))
             .execute(&mut c)
@@ -153,8 +164,8 @@ pub async fn run(a: WriterArgs) -> anyhow::Result<()> {
     }
     let mut md = format!(
         "# Spend writer rate\n\n- Date: {}\n- Build: {}\n- Method: {} settled calls (each charged to a team, key, membership and \
-         user out of 50 teams, 1,000 keys, 500 users) are queued in the real ledger, then `Ledger::flush` writes them in \
-         transactions of {} calls (multi-row spend-log INSERTs of {} rows, one increment per scope per transaction). \
+         user out of {} teams, {} keys, {} users) are queued in the real ledger, then `Ledger::flush` writes them through the writer's own one-connection pool in \
+         transactions of {} calls (multi-row spend-log INSERTs of {} rows, one batched increment statement per table per transaction). \
          Wall time of the flush only; {} runs per backend.\n\n| Backend | rows/s min | median | max |\n|---|---:|---:|---:|\n",
         chrono::Utc::now().format("%Y-%m-%d %H:%M UTC"),
         if cfg!(debug_assertions) {
@@ -163,6 +174,9 @@ pub async fn run(a: WriterArgs) -> anyhow::Result<()> {
             "release"
         },
         a.rows,
+        (a.keys / 20).max(1),
+        a.keys,
+        (a.keys / 2).max(1),
         a.chunk_rows,
         purser::store::spend::ROWS_PER_INSERT,
         a.runs,

@@ -142,6 +142,8 @@ pub struct Inner {
     pub config: Config,
     pub settings: Settings,
     pub db: Db,
+    /// The spend writer's own one-connection pool (`Db::connect_writer`).
+    pub spend_db: Db,
     pub cache: Cache,
     pub gates: Gates,
     pub openapi: OpenApi,
@@ -187,6 +189,10 @@ impl Gateway {
         let db = Db::connect(&settings.database, pg_schema)
             .await
             .context("connecting to the database")?;
+        let spend_db = db
+            .connect_writer(&settings.database, pg_schema)
+            .await
+            .context("connecting the spend writer to the database")?;
         let models = Registry::from_config(&config)?;
         let routes = api::all_routes();
         let gates = Gates::from_routes(&routes);
@@ -196,6 +202,7 @@ impl Gateway {
             config,
             settings,
             db,
+            spend_db,
             cache: Cache::new(),
             gates,
             openapi,
@@ -240,6 +247,7 @@ impl Gateway {
         )
         .await;
         jobs.finish().await;
+        state.spend_db.close().await;
         state.db.close().await;
         Ok(())
     }

@@ -544,20 +544,27 @@ async fn write_batch(db: &Db, batch: &[Settled]) -> store::Result<()> {
         }
     }
     let logs: Vec<&SpendLogRow> = batch.iter().map(|e| &e.log).collect();
-    let mut h = db.begin_write().await?;
+    // One batched statement per table, in the lock order (teams, keys, memberships, users);
+    // the BTreeMap keeps each table's ids sorted.
+    let (mut teams, mut keys, mut members, mut users) = (vec![], vec![], vec![], vec![]);
     for (scope, d) in deltas {
         if d == 0 {
             continue;
         }
         match scope {
-            SpendScope::Team(t) => add_team_spend(&mut h, t, d).await?,
-            SpendScope::Key(t) => add_key_spend(&mut h, t, d).await?,
+            SpendScope::Team(t) => teams.push((t.as_str(), d)),
+            SpendScope::Key(t) => keys.push((t.as_str(), d)),
             SpendScope::Member { team_id, user_id } => {
-                add_member_spend(&mut h, team_id, user_id, d).await?
+                members.push((team_id.as_str(), user_id.as_str(), d))
             }
-            SpendScope::User(u) => add_user_spend(&mut h, u, d).await?,
+            SpendScope::User(u) => users.push((u.as_str(), d)),
         }
     }
+    let mut h = db.begin_write().await?;
+    add_spend(&mut h, SpendTable::Teams, &teams).await?;
+    add_spend(&mut h, SpendTable::Keys, &keys).await?;
+    add_member_spend(&mut h, &members).await?;
+    add_spend(&mut h, SpendTable::Users, &users).await?;
     insert_logs(&mut h, &logs).await?;
     h.commit().await
 }
@@ -648,7 +655,7 @@ pub async fn run_writer(state: AppState, server_stopped: CancellationToken) {
             _ = tokio::time::sleep_until(next) => next = tokio::time::Instant::now() + every,
             _ = ledger.work.notified() => {}
         }
-        match ledger.flush(&state.db).await {
+        match ledger.flush(&state.spend_db).await {
             Ok(()) => backoff = Duration::from_millis(100),
             Err(e) => {
                 tracing::warn!(error = %e, queued = ledger.queued(), "spend write failed; will retry");
@@ -660,7 +667,7 @@ pub async fn run_writer(state: AppState, server_stopped: CancellationToken) {
     }
     // Shutdown: the server no longer accepts; detached dispatch tasks may still settle.
     loop {
-        let flushed = ledger.flush(&state.db).await;
+        let flushed = ledger.flush(&state.spend_db).await;
         if let Err(e) = &flushed {
             tracing::error!(error = %e, queued = ledger.queued(), "final spend write failed; retrying");
             tokio::time::sleep(backoff).await;

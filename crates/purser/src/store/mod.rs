@@ -106,6 +106,23 @@ impl DbUrl {
 impl Db {
     /// Connects and applies the embedded migrations of the backend.
     pub async fn connect(url: &DbUrl, pg_schema: Option<&str>) -> anyhow::Result<Db> {
+        Db::open(url, pg_schema, None).await
+    }
+
+    /// A one-connection pool for the spend writer, beside the main pool (migrations already
+    /// applied). One connection keeps SQLite's page cache warm across chunks — a pool hands out
+    /// its connections in turn, and each would re-read the pages the others wrote — and keeps
+    /// the writer's transactions from taking a connection request handling needs. An in-memory
+    /// SQLite database cannot be opened twice: the main pool is shared then.
+    pub async fn connect_writer(&self, url: &DbUrl, pg_schema: Option<&str>) -> anyhow::Result<Db> {
+        match url {
+            DbUrl::Sqlite(path) if path == ":memory:" => Ok(self.clone()),
+            _ => Db::open(url, pg_schema, Some(1)).await,
+        }
+    }
+
+    /// `max`: pool size and no migrations (a secondary pool), or None for the main pool.
+    async fn open(url: &DbUrl, pg_schema: Option<&str>, max: Option<u32>) -> anyhow::Result<Db> {
         let db = match url {
             DbUrl::Sqlite(path) => {
                 let opts = if path == ":memory:" {
@@ -122,12 +139,15 @@ impl Db {
                 // team touches ~1,000 scattered rows; measured 30 → 26 ms for /team/info of a
                 // 1,000-key team. Pages are allocated only as they are used.
                 .pragma("cache_size", "-8192");
-                let max = if path == ":memory:" { 1 } else { 8 };
+                let secondary = max.is_some();
+                let max = max.unwrap_or(if path == ":memory:" { 1 } else { 8 });
                 let pool = SqlitePoolOptions::new()
                     .max_connections(max)
                     .connect_with(opts)
                     .await?;
-                sqlx::migrate!("migrations/sqlite").run(&pool).await?;
+                if !secondary {
+                    sqlx::migrate!("migrations/sqlite").run(&pool).await?;
+                }
                 Db::Sqlite(pool)
             }
             DbUrl::Postgres(url) => {
@@ -136,11 +156,13 @@ impl Db {
                     opts = opts.options([("search_path", schema)]);
                 }
                 let pool = PgPoolOptions::new()
-                    .max_connections(16)
+                    .max_connections(max.unwrap_or(16))
                     .acquire_timeout(Duration::from_secs(10))
                     .connect_with(opts)
                     .await?;
-                sqlx::migrate!("migrations/postgres").run(&pool).await?;
+                if max.is_none() {
+                    sqlx::migrate!("migrations/postgres").run(&pool).await?;
+                }
                 Db::Postgres(pool)
             }
         };

@@ -32,11 +32,6 @@ pub struct SpendLogRow {
     pub metadata: Json<Value>,
 }
 
-const ADD_KEY: &str = "UPDATE verification_tokens SET spend = spend + $2 WHERE token = $1";
-const ADD_USER: &str = "UPDATE users SET spend = spend + $2 WHERE user_id = $1";
-const ADD_TEAM: &str = "UPDATE teams SET spend = spend + $2 WHERE team_id = $1";
-const ADD_MEMBER: &str = "UPDATE team_memberships SET spend = spend + $3, total_spend = total_spend + $3 WHERE team_id = $1 AND user_id = $2";
-
 /// Rows per multi-row `INSERT` (19 binds each: 9,500 parameters, under SQLite's 32,766 and
 /// PostgreSQL's 65,535). A full statement's SQL text is always the same, so it stays prepared.
 pub const ROWS_PER_INSERT: usize = 500;
@@ -71,25 +66,90 @@ pub async fn insert_log(h: &mut Handle, r: &SpendLogRow) -> Result<()> {
     insert_logs(h, &[r]).await
 }
 
-pub async fn add_key_spend(h: &mut Handle, token: &str, delta: i64) -> Result<()> {
-    on_conn!(h, c => sqlx::query(ADD_KEY).bind(token).bind(delta).execute(c).await.map(|_| ()))
+/// Rows per batched increment statement (3 binds each at most).
+const ROWS_PER_INCREMENT: usize = 1_000;
+
+/// A table whose rows carry a spend column incremented by the spend writer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SpendTable {
+    Teams,
+    Keys,
+    Users,
 }
 
-pub async fn add_user_spend(h: &mut Handle, user_id: &str, delta: i64) -> Result<()> {
-    on_conn!(h, c => sqlx::query(ADD_USER).bind(user_id).bind(delta).execute(c).await.map(|_| ()))
+impl SpendTable {
+    fn sql(self) -> (&'static str, &'static str) {
+        match self {
+            SpendTable::Teams => ("teams", "team_id"),
+            SpendTable::Keys => ("verification_tokens", "token"),
+            SpendTable::Users => ("users", "user_id"),
+        }
+    }
 }
 
-pub async fn add_team_spend(h: &mut Handle, team_id: &str, delta: i64) -> Result<()> {
-    on_conn!(h, c => sqlx::query(ADD_TEAM).bind(team_id).bind(delta).execute(c).await.map(|_| ()))
+/// Adds `delta` to the spend of each `(id, delta)` row with one statement per 1,000 rows
+/// (`WITH v AS (VALUES …) UPDATE … FROM v`, valid on both backends). `items` must be sorted
+/// by id: on PostgreSQL the rows are locked first in that order (`ORDER BY … FOR UPDATE`), the
+/// documented lock order, whatever join order the planner picks for the UPDATE.
+pub async fn add_spend(h: &mut Handle, table: SpendTable, items: &[(&str, i64)]) -> Result<()> {
+    let (name, id) = table.sql();
+    for part in items.chunks(ROWS_PER_INCREMENT) {
+        if h.is_postgres() {
+            on_conn!(h, c => {
+                let mut qb = sqlx::QueryBuilder::new(format!("SELECT 1 FROM {name} WHERE {id} IN ("));
+                let mut sep = qb.separated(", ");
+                for (i, _) in part {
+                    sep.push_bind(*i);
+                }
+                qb.push(format!(") ORDER BY {id} FOR UPDATE"));
+                qb.build().execute(&mut *c).await.map(|_| ())
+            })?;
+        }
+        on_conn!(h, c => {
+            let mut qb = sqlx::QueryBuilder::new("WITH v(id, d) AS (");
+            qb.push_values(part, |mut b, (i, d)| {
+                b.push_bind(*i).push_bind(*d);
+            });
+            qb.push(format!(
+                ") UPDATE {name} SET spend = {name}.spend + v.d FROM v WHERE {name}.{id} = v.id"
+            ));
+            qb.build().execute(&mut *c).await.map(|_| ())
+        })?;
+    }
+    Ok(())
 }
 
-pub async fn add_member_spend(
-    h: &mut Handle,
-    team_id: &str,
-    user_id: &str,
-    delta: i64,
-) -> Result<()> {
-    on_conn!(h, c => sqlx::query(ADD_MEMBER).bind(team_id).bind(user_id).bind(delta).execute(c).await.map(|_| ()))
+/// [`add_spend`] for memberships (`spend` and `total_spend`), keyed `(team_id, user_id)`.
+pub async fn add_member_spend(h: &mut Handle, items: &[(&str, &str, i64)]) -> Result<()> {
+    for part in items.chunks(ROWS_PER_INCREMENT) {
+        if h.is_postgres() {
+            on_conn!(h, c => {
+                let mut qb = sqlx::QueryBuilder::new(
+                    "SELECT 1 FROM team_memberships WHERE (team_id, user_id) IN (",
+                );
+                let mut sep = qb.separated(", ");
+                for (t, u, _) in part {
+                    sep.push("(").push_bind_unseparated(*t).push_unseparated(", ")
+                        .push_bind_unseparated(*u).push_unseparated(")");
+                }
+                qb.push(") ORDER BY team_id, user_id FOR UPDATE");
+                qb.build().execute(&mut *c).await.map(|_| ())
+            })?;
+        }
+        on_conn!(h, c => {
+            let mut qb = sqlx::QueryBuilder::new("WITH v(team_id, user_id, d) AS (");
+            qb.push_values(part, |mut b, (t, u, d)| {
+                b.push_bind(*t).push_bind(*u).push_bind(*d);
+            });
+            qb.push(
+                ") UPDATE team_memberships SET spend = team_memberships.spend + v.d, \
+                 total_spend = team_memberships.total_spend + v.d FROM v \
+                 WHERE team_memberships.team_id = v.team_id AND team_memberships.user_id = v.user_id",
+            );
+            qb.build().execute(&mut *c).await.map(|_| ())
+        })?;
+    }
+    Ok(())
 }
 
 // ---- Read side (spend routes): filters, listings and per-team aggregates. ----
