@@ -459,6 +459,8 @@ struct Results {
     stream: Vec<StreamRun>,
     rss: Vec<RssRun>,
     crash: Vec<CrashRun>,
+    /// Per run of the upstream gateway: (calls answered 2xx, spend_logs rows after a flush wait).
+    ledger: Vec<(u64, i64)>,
 }
 
 impl Harness {
@@ -497,11 +499,16 @@ impl Harness {
                 self.script(&format!("team-{run}"), &team_key, UPSTREAM_MODEL)?,
             ));
         }
+        // Gateway calls answered 2xx (warm-ups included), checked against spend_logs at the end.
+        let mut answered = 0u64;
         if self.has(Scenario::Chat) || self.has(Scenario::Team) {
             let warm_c = self.a.concurrency.iter().copied().max().unwrap_or(1);
             for (name, base, script) in &targets {
                 if self.a.warmup > 0 {
                     let w = self.wrk(script, base, warm_c, self.a.warmup).await?;
+                    if *name != "direct" {
+                        answered += w.ok();
+                    }
                     println!(
                         "  warm-up {name}: {} calls, {} non-2xx",
                         w.requests, w.non_2xx
@@ -520,6 +527,9 @@ impl Harness {
                         r.non_2xx,
                         r.socket_errors
                     );
+                    if *name != "direct" {
+                        answered += r.ok();
+                    }
                     chat.insert((name.to_string(), c), r);
                 }
                 gw.proc.check_alive()?;
@@ -543,10 +553,17 @@ impl Harness {
                     v["first_error"].as_str().unwrap_or("")
                 );
             }
+            answered +=
+                gateway["ok"].as_u64().unwrap_or(0) + gateway["warmup_ok"].as_u64().unwrap_or(0);
             res.stream.push(StreamRun { direct, gateway });
         }
+        // Ledger check: after two batch windows every answered call has its spend-log row.
+        tokio::time::sleep(Duration::from_secs_f64(2.0 * self.a.batch_write_at + 0.5)).await;
         gw.proc.check_alive()?;
         gw.proc.sigkill().await?;
+        let rows = count_spend_logs(&gw.db).await?;
+        println!("  ledger: {answered} gateway calls answered, {rows} spend_logs rows");
+        res.ledger.push((answered, rows));
         Ok(())
     }
 
@@ -1106,6 +1123,25 @@ fn report(a: &ProcessArgs, meta: &Meta, res: &Results) -> String {
         }
     }
 
+    if !res.ledger.is_empty() {
+        md.push_str(
+            "## Ledger check (mock-upstream gateway)\n\nEvery call the gateway answered 2xx in the \
+             chat and streaming scenarios (warm-ups included) must have its `spend_logs` row once \
+             two batch windows have passed; rows may exceed the answered count by the calls still \
+             in flight when a wrk run stopped (at most its connections).\n\n\
+             | Run | Answered (2xx) | spend_logs rows | Rows − answered |\n|---:|---:|---:|---:|\n",
+        );
+        for (i, (answered, rows)) in res.ledger.iter().enumerate() {
+            let _ = writeln!(
+                md,
+                "| {} | {answered} | {rows} | {} |",
+                i + 1,
+                rows - *answered as i64
+            );
+        }
+        md.push('\n');
+    }
+
     if !res.rss.is_empty() {
         let f = |g: fn(&RssRun) -> f64| res.rss.iter().map(g).collect::<Vec<_>>();
         let _ = write!(
@@ -1184,6 +1220,7 @@ fn report_json(a: &ProcessArgs, meta: &Meta, res: &Results) -> Value {
         "stream": res.stream.iter().map(|s| json!({"direct": s.direct, "gateway": s.gateway})).collect::<Vec<_>>(),
         "rss": res.rss.iter().map(|r| json!({"idle_mib": r.idle, "after_mib": r.after, "settled_mib": r.settled,
                                               "calls": r.calls, "non_2xx": r.non_2xx, "seconds": r.secs})).collect::<Vec<_>>(),
+        "ledger": res.ledger.iter().map(|(a, r)| json!({"answered": a, "spend_logs_rows": r})).collect::<Vec<_>>(),
         "crash": res.crash.iter().map(|c| json!({"wrk": c.wrk.to_json(), "answered": c.wrk.ok(), "rows": c.rows,
                                                   "lost": c.lost(), "window_calls": c.window(a.batch_write_at),
                                                   "windows_lost": c.windows_lost(a.batch_write_at)})).collect::<Vec<_>>(),

@@ -85,8 +85,9 @@ pub async fn run(a: StreamClientArgs) -> anyhow::Result<()> {
     let body = json!({"model": a.model, "stream": true, "max_tokens": 8,
                       "messages": [{"role": "user", "content": "Say ok."}]})
     .to_string();
+    let mut warmup_ok = 0usize;
     for _ in 0..a.warmup {
-        let _ = one(&client, &a, &body).await;
+        warmup_ok += usize::from(one(&client, &a, &body).await.is_ok());
     }
     let (mut ttfb, mut total) = (Vec::new(), Vec::new());
     let (mut failed, mut first_error) = (0usize, None);
@@ -103,7 +104,7 @@ pub async fn run(a: StreamClientArgs) -> anyhow::Result<()> {
         }
     }
     let ok = ttfb.len();
-    let out = json!({"ok": ok, "failed": failed, "first_error": first_error,
+    let out = json!({"ok": ok, "failed": failed, "warmup_ok": warmup_ok, "first_error": first_error,
                      "ttfb_us": summary(ttfb), "total_us": summary(total)});
     println!(
         "{}",
