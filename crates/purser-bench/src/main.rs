@@ -11,6 +11,9 @@
 //!   so the tool works against a build that lacks a route.
 //! - `proxy` measures the latency the gateway adds on the request path (see `proxy.rs`).
 //! - `writer` measures the spend writer's rate (see `writer.rs`).
+//! - `process` benchmarks the release gateway binary as its own process with wrk, against a
+//!   direct baseline (see `process.rs`); `mock` is its upstream (`mock.rs`) and `stream-client`
+//!   its time-to-first-byte client (`stream_client.rs`).
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
@@ -30,8 +33,12 @@ use sqlx::types::Json;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+mod mock;
+mod process;
 mod proxy;
+mod stream_client;
 mod writer;
+mod wrk;
 
 const MASTER_KEY: &str = "sk-bench";
 const BIG_TEAM_ALIAS: &str = "bench-big-team";
@@ -58,6 +65,13 @@ enum Command {
     Proxy(proxy::ProxyArgs),
     /// Measure the spend writer's rate (spend-log rows per second) on SQLite and PostgreSQL.
     Writer(writer::WriterArgs),
+    /// Benchmark the gateway binary as a process (wrk, direct baseline, RSS, SIGKILL spend loss).
+    Process(process::ProcessArgs),
+    /// Fast mock OpenAI upstream (`/v1/chat/completions`, JSON or SSE) on 127.0.0.1.
+    Mock(mock::MockArgs),
+    /// Sequential streaming client timing the first byte (used by `process`).
+    #[command(hide = true)]
+    StreamClient(stream_client::StreamClientArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -106,6 +120,9 @@ async fn main() -> anyhow::Result<()> {
         Command::Run(a) => run(a).await,
         Command::Proxy(a) => proxy::run(a).await,
         Command::Writer(a) => writer::run(a).await,
+        Command::Process(a) => process::run(a).await,
+        Command::Mock(a) => mock::run(a).await,
+        Command::StreamClient(a) => stream_client::run(a).await,
     }
 }
 
