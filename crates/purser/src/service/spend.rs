@@ -25,7 +25,6 @@
 //! - Lock order of the writer's transaction is the [`SpendScope`] order: teams, keys,
 //!   memberships, users — the order every other writer that touches several of them uses.
 
-use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -139,9 +138,14 @@ impl Inner {
         self.counters.entry(scope.clone()).or_default()
     }
 
-    fn resolve(&mut self, scope: &SpendScope) -> SpendScope {
+    /// The scope a key's spend lives under now: its token after any regenerations (a call that
+    /// resolved the key just before a regeneration reserves and settles on the new token).
+    fn resolve(&self, scope: &SpendScope) -> SpendScope {
+        if self.renamed.is_empty() {
+            return scope.clone();
+        }
         let mut s = scope.clone();
-        // Chains (regenerated twice while a call was in flight) are short; bound the walk anyway.
+        // Chains (a key regenerated again within the rename window) are short; bound the walk.
         for _ in 0..8 {
             match self.renamed.get(&s) {
                 Some((to, _)) => s = to.clone(),
@@ -312,11 +316,7 @@ impl Ledger {
         let now = self.now();
         let mut g = self.lock();
         for c in checks {
-            let scope = if g.renamed.is_empty() {
-                c.scope.clone()
-            } else {
-                g.resolve(&c.scope)
-            };
+            let scope = g.resolve(&c.scope);
             let counter = g
                 .counters
                 .entry(scope.clone())
@@ -344,22 +344,11 @@ impl Ledger {
         let estimate = estimate.max(0);
         let now = self.now();
         let mut g = self.lock();
-        // A call that resolved a key just before its regeneration reserves on the new token.
-        let checks: Cow<'_, [BudgetCheck]> = if g.renamed.is_empty() {
-            Cow::Borrowed(checks)
-        } else {
-            checks
-                .iter()
-                .map(|c| BudgetCheck {
-                    scope: g.resolve(&c.scope),
-                    ..c.clone()
-                })
-                .collect()
-        };
-        for c in checks.iter() {
+        let resolved: Vec<SpendScope> = checks.iter().map(|c| g.resolve(&c.scope)).collect();
+        for (c, scope) in checks.iter().zip(&resolved) {
             let counter = *g
                 .counters
-                .entry(c.scope.clone())
+                .entry(scope.clone())
                 .or_insert_with(|| Counter::seeded(c.seed, now));
             if !enforce {
                 continue;
@@ -373,14 +362,14 @@ impl Ledger {
                 let lone = counter.in_flight == 0 && counter.spend < max;
                 if !(fits || lone) {
                     return Err(OverBudget {
-                        scope: c.scope.clone(),
+                        scope: scope.clone(),
                         spend: counter.spend,
                         max,
                     });
                 }
             }
         }
-        let mut scopes: Vec<SpendScope> = checks.iter().map(|c| c.scope.clone()).collect();
+        let mut scopes = resolved;
         scopes.sort();
         scopes.dedup();
         for s in &scopes {
@@ -402,13 +391,9 @@ impl Ledger {
         let now = self.now();
         let mut g = self.lock();
         let mut charged = Vec::with_capacity(scopes.len());
+        let queued = log.is_some() && cost != 0;
         for s in scopes {
-            let s = if g.renamed.is_empty() {
-                s.clone()
-            } else {
-                g.resolve(s)
-            };
-            let queued = log.is_some() && cost != 0;
+            let s = g.resolve(s);
             let c = g.counter(&s);
             c.reserved = (c.reserved - estimate).max(0);
             c.in_flight = c.in_flight.saturating_sub(1);
