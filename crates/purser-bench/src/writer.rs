@@ -37,10 +37,10 @@ pub struct WriterArgs {
     out: PathBuf,
 }
 
-fn log_row(i: usize, team: &str, user: &str, key: &str) -> SpendLogRow {
+fn log_row(team: &str, user: &str, key: &str) -> SpendLogRow {
     let now = chrono::Utc::now();
     SpendLogRow {
-        request_id: format!("bench-{}-{i}", now.timestamp_nanos_opt().unwrap_or(0)),
+        request_id: purser::store::spend::new_request_id(),
         call_type: "acompletion".into(),
         api_key: key.to_string(),
         spend: 35_000,
@@ -108,7 +108,7 @@ async fn run_once(db: &Db, rows: usize, chunk_rows: usize, keys: usize) -> anyho
         let r = ledger
             .reserve(&checks, 0, false)
             .map_err(|o| anyhow::anyhow!("{o:?}"))?;
-        r.settle(35_000, log_row(i, &team, &user, &key));
+        r.settle(35_000, log_row(&team, &user, &key));
     }
     let started = Instant::now();
     ledger.flush(db).await.context("flush")?;

@@ -210,7 +210,7 @@ pub async fn handle(
 
     let start = crate::store::now();
     let log = SpendLogRow {
-        request_id: uuid::Uuid::new_v4().to_string(),
+        request_id: crate::store::spend::new_request_id(),
         call_type: match req.kind {
             CallKind::Chat => "acompletion".into(),
             CallKind::Embeddings => "aembedding".into(),
