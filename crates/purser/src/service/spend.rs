@@ -124,6 +124,10 @@ struct Settled {
 struct Inner {
     counters: HashMap<SpendScope, Counter>,
     queue: VecDeque<Settled>,
+    /// Entries taken off `queue` by the writer and not yet committed. They count against the
+    /// capacity: room appears when a chunk is durable, not when it is taken, so the bound holds
+    /// for everything unwritten and calls woken by a commit find the room it freed.
+    writing: usize,
     next_seq: u64,
     /// Live reservations (all scopes), for the shutdown drain.
     live: usize,
@@ -247,7 +251,7 @@ impl Ledger {
         self.lock().counters.get(scope).map(|c| c.spend)
     }
 
-    /// Settled calls not yet written.
+    /// Settled calls waiting for the writer (not counting a chunk it has taken).
     pub fn queued(&self) -> usize {
         self.lock().queue.len()
     }
@@ -256,7 +260,8 @@ impl Ledger {
     pub fn snapshot(&self) -> serde_json::Value {
         let (queued, in_flight) = {
             let g = self.lock();
-            (g.queue.len(), g.live)
+            // Unwritten: waiting, or in the chunk being written.
+            (g.queue.len() + g.writing, g.live)
         };
         serde_json::json!({
             "queued": queued,
@@ -281,7 +286,10 @@ impl Ledger {
             let notified = self.room.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            let queued = self.lock().queue.len();
+            let queued = {
+                let g = self.lock();
+                g.queue.len() + g.writing
+            };
             if queued < self.limits.capacity {
                 return;
             }
@@ -470,6 +478,7 @@ impl Ledger {
         let batch: Vec<Settled> = {
             let mut g = self.lock();
             let n = g.queue.len().min(self.limits.chunk_rows);
+            g.writing = n;
             g.queue.drain(..n).collect()
         };
         if batch.is_empty() {
@@ -479,6 +488,7 @@ impl Ledger {
             Ok(()) => {
                 {
                     let mut g = self.lock();
+                    g.writing = 0;
                     for e in &batch {
                         for s in &e.scopes {
                             if let Some(c) = g.counters.get_mut(s) {
@@ -498,6 +508,7 @@ impl Ledger {
                 self.stats.write_errors.fetch_add(1, Ordering::Relaxed);
                 // Nothing was committed: put the chunk back, in order, for the next attempt.
                 let mut g = self.lock();
+                g.writing = 0;
                 for entry in batch.into_iter().rev() {
                     g.queue.push_front(entry);
                 }

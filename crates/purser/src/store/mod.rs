@@ -110,7 +110,8 @@ impl Db {
     }
 
     /// A one-connection pool for the spend writer, beside the main pool (migrations already
-    /// applied). One connection keeps SQLite's page cache warm across chunks — a pool hands out
+    /// applied), connected on first use: the connection belongs to the thread that first
+    /// writes (see `jobs`). One connection keeps SQLite's page cache warm across chunks — a pool hands out
     /// its connections in turn, and each would re-read the pages the others wrote — and keeps
     /// the writer's transactions from taking a connection request handling needs. An in-memory
     /// SQLite database cannot be opened twice: the main pool is shared then.
@@ -141,10 +142,18 @@ impl Db {
                 .pragma("cache_size", "-8192");
                 let secondary = max.is_some();
                 let max = max.unwrap_or(if path == ":memory:" { 1 } else { 8 });
-                let pool = SqlitePoolOptions::new()
-                    .max_connections(max)
-                    .connect_with(opts)
-                    .await?;
+                let pool = SqlitePoolOptions::new().max_connections(max);
+                let pool = if secondary {
+                    // The spend writer's pool: connected lazily, so its one connection — and the
+                    // SQLite worker thread sqlx spawns for it, which inherits the spawning
+                    // thread's scheduling policy — is made on the writer's own low-priority
+                    // thread (`jobs`); kept for the process's life, so it is never remade elsewhere.
+                    pool.idle_timeout(None)
+                        .max_lifetime(None)
+                        .connect_lazy_with(opts.thread_name(|n| format!("purser-spendw{n}")))
+                } else {
+                    pool.connect_with(opts).await?
+                };
                 if !secondary {
                     sqlx::migrate!("migrations/sqlite").run(&pool).await?;
                 }
@@ -157,9 +166,16 @@ impl Db {
                 }
                 let pool = PgPoolOptions::new()
                     .max_connections(max.unwrap_or(16))
-                    .acquire_timeout(Duration::from_secs(10))
-                    .connect_with(opts)
-                    .await?;
+                    .acquire_timeout(Duration::from_secs(10));
+                let pool = if max.is_some() {
+                    // Lazy for the same reason as SQLite's: the writer's connection lives on
+                    // the writer's runtime.
+                    pool.idle_timeout(None)
+                        .max_lifetime(None)
+                        .connect_lazy_with(opts)
+                } else {
+                    pool.connect_with(opts).await?
+                };
                 if max.is_none() {
                     sqlx::migrate!("migrations/postgres").run(&pool).await?;
                 }
