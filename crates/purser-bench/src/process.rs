@@ -20,6 +20,8 @@ use crate::wrk::{self, WrkRun};
 
 const MASTER: &str = "sk-bench";
 const UPSTREAM_KEY: &str = "sk-upstream";
+/// Client key of the peer gateway (`--crabllm`).
+const CRABLLM_KEY: &str = "sk-crabllm-bench";
 /// Model served by the mock upstream process.
 const UPSTREAM_MODEL: &str = "bench-model";
 /// Model answered inside the gateway (`mock_response`), no upstream.
@@ -45,6 +47,12 @@ pub struct ProcessArgs {
     /// Gateway binary to measure (build it with `cargo build --release -p purser`).
     #[arg(long, default_value = "target/release/purser")]
     purser: PathBuf,
+    /// A peer gateway measured in the same run, on the same core and mock: the `crabllm` binary
+    /// (`cargo install crabllm --version 0.0.25 --root /tmp/crabllm`; static key check, no spend
+    /// tracking, no budgets). This machine's speed varies between sittings; the peer in the same
+    /// run is what Purser's figures are compared with.
+    #[arg(long)]
+    crabllm: Option<PathBuf>,
     /// wrk binary (Debian: `apt-get install -y wrk`).
     #[arg(long, default_value = "wrk")]
     wrk: String,
@@ -265,6 +273,38 @@ impl Harness {
         y
     }
 
+    /// Starts the peer gateway (`crabllm serve`) on the gateway's core, routing the upstream
+    /// model to the mock; the process is killed when the returned value is dropped.
+    async fn start_crabllm(
+        &self,
+        exe: &Path,
+        run: usize,
+        mock_port: u16,
+    ) -> anyhow::Result<(Proc, String)> {
+        let port = free_port()?;
+        let config = self.dir.path().join(format!("crabllm-{run}.toml"));
+        std::fs::write(
+            &config,
+            format!(
+                "listen = \"127.0.0.1:{port}\"\nadmin_token = \"sk-crabllm-admin-{run}\"\n\
+                 [[keys]]\nname = \"bench\"\nkey = \"{CRABLLM_KEY}\"\nmodels = [\"*\"]\n\
+                 [providers.mock]\nkind = \"openai\"\napi_key = \"{UPSTREAM_KEY}\"\n\
+                 base_url = \"http://127.0.0.1:{mock_port}/v1\"\nmodels = [\"{UPSTREAM_MODEL}\"]\n"
+            ),
+        )?;
+        let args = [
+            "serve".to_string(),
+            "--config".into(),
+            config.display().to_string(),
+        ];
+        let log = self.dir.path().join(format!("crabllm-{run}.log"));
+        let mut proc = Proc::spawn("crabllm", self.a.gateway_core, exe, &args, log)?;
+        let base = format!("http://127.0.0.1:{port}");
+        proc.wait_ready(&self.http, &format!("{base}/health"))
+            .await?;
+        Ok((proc, base))
+    }
+
     /// Starts `purser serve` on a fresh SQLite file and waits for `/health/readiness`.
     async fn start_gateway(&self, tag: &str, mock_port: Option<u16>) -> anyhow::Result<Gateway> {
         let config = self.dir.path().join(format!("{tag}.yaml"));
@@ -480,6 +520,12 @@ impl Harness {
             .start_gateway(&format!("upstream-{run}"), Some(mock_port))
             .await?;
         let team_key = self.team_key(&gw.base).await?;
+        let peer = match &self.a.crabllm {
+            Some(exe) if self.has(Scenario::Chat) => {
+                Some(self.start_crabllm(exe, run, mock_port).await?)
+            }
+            _ => None,
+        };
         let mut targets: Vec<(&str, &str, PathBuf)> = vec![(
             "direct",
             mock_base,
@@ -490,6 +536,13 @@ impl Harness {
                 "master",
                 &gw.base,
                 self.script("master", MASTER, UPSTREAM_MODEL)?,
+            ));
+        }
+        if let Some((_, base)) = &peer {
+            targets.push((
+                "crabllm",
+                base,
+                self.script("crabllm", CRABLLM_KEY, UPSTREAM_MODEL)?,
             ));
         }
         if self.has(Scenario::Team) {
@@ -506,7 +559,7 @@ impl Harness {
             for (name, base, script) in &targets {
                 if self.a.warmup > 0 {
                     let w = self.wrk(script, base, warm_c, self.a.warmup).await?;
-                    if *name != "direct" {
+                    if *name != "direct" && *name != "crabllm" {
                         answered += w.ok();
                     }
                     println!(
@@ -527,7 +580,7 @@ impl Harness {
                         r.non_2xx,
                         r.socket_errors
                     );
-                    if *name != "direct" {
+                    if *name != "direct" && *name != "crabllm" {
                         answered += r.ok();
                     }
                     chat.insert((name.to_string(), c), r);
@@ -1021,6 +1074,46 @@ fn report(a: &ProcessArgs, meta: &Meta, res: &Results) -> String {
     }
     md.push('\n');
 
+    if !chat_series(res, "crabllm", 1, |r| r.p50).is_empty() {
+        md.push_str(
+            "## Against the peer, same run\n\nThe issue's targets were set in another sitting; this \
+             machine's speed varies between sittings, so the peer gateway measured in this run, on the \
+             same core and mock, is the fair yardstick. Purser's figures are with the governed team key; \
+             crabllm checks a static key and tracks no spend. Median (min – max) over the runs.\n\n\
+             | Figure | Purser, team key | crabllm | Purser ÷ crabllm (median) |\n|---|---:|---:|---:|\n",
+        );
+        let rows: [(&str, usize, fn(&WrkRun) -> f64, bool); 4] = [
+            ("added p50 at c=1 (µs)", 1, |r| r.p50, true),
+            ("added p99 at c=1 (µs)", 1, |r| r.p99, true),
+            ("p99 at c=32 (µs)", 32, |r| r.p99, false),
+            ("calls/s at c=32", 32, |r| r.rate(), false),
+        ];
+        for (label, c, f, added) in rows {
+            let (ours, peer) = if added {
+                (
+                    added_series(res, "team", c, f),
+                    added_series(res, "crabllm", c, f),
+                )
+            } else {
+                (
+                    chat_series(res, "team", c, f),
+                    chat_series(res, "crabllm", c, f),
+                )
+            };
+            let ratio = match (agg(&ours), agg(&peer)) {
+                (Some((_, o, _)), Some((_, p, _))) if p != 0.0 => format!("{:.2}", o / p),
+                _ => "–".into(),
+            };
+            let _ = writeln!(
+                md,
+                "| {label} | {} | {} | {ratio} |",
+                cell(&ours, 0),
+                cell(&peer, 0)
+            );
+        }
+        md.push('\n');
+    }
+
     if !res.chat.is_empty() {
         md.push_str(
             "## Chat (non-streaming, mock upstream)\n\nLatency in µs; calls/s is wrk's answered \
@@ -1032,6 +1125,7 @@ fn report(a: &ProcessArgs, meta: &Meta, res: &Results) -> String {
             for (target, label) in [
                 ("direct", "direct (wrk → mock)"),
                 ("master", "gateway, master key"),
+                ("crabllm", "peer: crabllm (no governance)"),
                 ("team", "gateway, team key"),
             ] {
                 if chat_series(res, target, c, |r| r.p50).is_empty() {
@@ -1055,7 +1149,11 @@ fn report(a: &ProcessArgs, meta: &Meta, res: &Results) -> String {
                 md.push_str(&row);
                 md.push('\n');
                 if target != "direct" {
-                    let mut row = format!("| added, {} key | {c} |", target);
+                    let mut row = if target == "crabllm" {
+                        format!("| added, crabllm | {c} |")
+                    } else {
+                        format!("| added, {target} key | {c} |")
+                    };
                     for (_, f) in PCTS {
                         let _ = write!(row, " {} |", cell(&added_series(res, target, c, f), 0));
                     }
