@@ -1082,7 +1082,9 @@ fn report(a: &ProcessArgs, meta: &Meta, res: &Results) -> String {
              crabllm checks a static key and tracks no spend. Median (min – max) over the runs.\n\n\
              | Figure | Purser, team key | crabllm | Purser ÷ crabllm (median) |\n|---|---:|---:|---:|\n",
         );
-        let rows: [(&str, usize, fn(&WrkRun) -> f64, bool); 4] = [
+        // (label, concurrency, figure, gateway − direct?)
+        type PeerRow = (&'static str, usize, fn(&WrkRun) -> f64, bool);
+        let rows: [PeerRow; 4] = [
             ("added p50 at c=1 (µs)", 1, |r| r.p50, true),
             ("added p99 at c=1 (µs)", 1, |r| r.p99, true),
             ("p99 at c=32 (µs)", 32, |r| r.p99, false),
