@@ -552,14 +552,15 @@ impl Harness {
                 self.script(&format!("team-{run}"), &team_key, UPSTREAM_MODEL)?,
             ));
         }
-        // Gateway calls answered 2xx (warm-ups included), checked against spend_logs at the end.
+        // Purser's calls answered 2xx (warm-ups included), checked against spend_logs at the end.
+        let is_purser = |name: &str| name == "master" || name == "team";
         let mut answered = 0u64;
         if self.has(Scenario::Chat) || self.has(Scenario::Team) {
             let warm_c = self.a.concurrency.iter().copied().max().unwrap_or(1);
             for (name, base, script) in &targets {
                 if self.a.warmup > 0 {
                     let w = self.wrk(script, base, warm_c, self.a.warmup).await?;
-                    if *name != "direct" && *name != "crabllm" {
+                    if is_purser(name) {
                         answered += w.ok();
                     }
                     println!(
@@ -580,7 +581,7 @@ impl Harness {
                         r.non_2xx,
                         r.socket_errors
                     );
-                    if *name != "direct" && *name != "crabllm" {
+                    if is_purser(name) {
                         answered += r.ok();
                     }
                     chat.insert((name.to_string(), c), r);

@@ -1,9 +1,8 @@
 //! Background jobs started with the server: the spend writer (`service::spend::run_writer`)
 //! and the budget reset loop (`service::resets`). Invariants: the writer outlives the server —
 //! [`Jobs::finish`] is called once the server has stopped accepting and its connections have
-//! finished, and only then does the writer do its final drain; and the writer never competes
-//! with request handling for a core — it runs on its own thread at `SCHED_IDLE`, so the
-//! scheduler gives the core to a request the moment one is runnable.
+//! finished, and only then does the writer do its final drain; and the writer never runs on a
+//! request worker — it has its own thread, below request handling's priority.
 
 use tokio_util::sync::CancellationToken;
 
@@ -47,29 +46,25 @@ impl Jobs {
 /// the priority: building a chunk's statements and committing them never runs on a request
 /// worker, and the scheduler prefers a runnable request over them, yet still gives the writer
 /// a share of a saturated core (a thread at `SCHED_IDLE` was measured to starve there until
-/// the queue filled, and the backpressure then stretched p99 to 100+ ms). Should the thread not
-/// start, the writer runs on the main runtime.
+/// the queue filled, and the backpressure then stretched p99 to 100+ ms). Should its runtime or
+/// thread not start, the writer runs on the main runtime: settled spend is never left unwritten.
 fn spawn_writer(state: AppState, server_stopped: CancellationToken) -> tokio::task::JoinHandle<()> {
     let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
     let (thread_state, thread_stopped) = (state.clone(), server_stopped.clone());
-    let spawned = std::thread::Builder::new()
-        .name("purser-spend".into())
-        .spawn(move || {
-            lower_current_thread();
-            match tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(rt) => rt.block_on(crate::service::spend::run_writer(
-                    thread_state,
-                    thread_stopped,
-                )),
-                Err(e) => {
-                    tracing::error!(error = %e, "spend writer runtime did not start");
-                    return;
-                }
-            }
-            let _ = done_tx.send(());
+    let spawned = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .and_then(|rt| {
+            std::thread::Builder::new()
+                .name("purser-spend".into())
+                .spawn(move || {
+                    lower_current_thread();
+                    rt.block_on(crate::service::spend::run_writer(
+                        thread_state,
+                        thread_stopped,
+                    ));
+                    let _ = done_tx.send(());
+                })
         });
     match spawned {
         Ok(_) => tokio::spawn(async move {

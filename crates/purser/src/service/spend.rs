@@ -138,6 +138,11 @@ struct Inner {
 }
 
 impl Inner {
+    /// Settled calls not yet durable: waiting, or in the chunk being written.
+    fn unwritten(&self) -> usize {
+        self.queue.len() + self.writing
+    }
+
     fn counter(&mut self, scope: &SpendScope) -> &mut Counter {
         self.counters.entry(scope.clone()).or_default()
     }
@@ -260,8 +265,7 @@ impl Ledger {
     pub fn snapshot(&self) -> serde_json::Value {
         let (queued, in_flight) = {
             let g = self.lock();
-            // Unwritten: waiting, or in the chunk being written.
-            (g.queue.len() + g.writing, g.live)
+            (g.unwritten(), g.live)
         };
         serde_json::json!({
             "queued": queued,
@@ -286,10 +290,7 @@ impl Ledger {
             let notified = self.room.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            let queued = {
-                let g = self.lock();
-                g.queue.len() + g.writing
-            };
+            let queued = self.lock().unwritten();
             if queued < self.limits.capacity {
                 return;
             }

@@ -111,9 +111,10 @@ impl Db {
 
     /// A one-connection pool for the spend writer, beside the main pool (migrations already
     /// applied), connected on first use: the connection belongs to the thread that first
-    /// writes (see `jobs`). One connection keeps SQLite's page cache warm across chunks — a pool hands out
-    /// its connections in turn, and each would re-read the pages the others wrote — and keeps
-    /// the writer's transactions from taking a connection request handling needs. An in-memory
+    /// writes (see `jobs`). One connection keeps SQLite's page cache warm across chunks — a
+    /// pool hands out its connections in turn, and each would re-read the pages the others
+    /// wrote — and keeps the writer's transactions from taking a connection request handling
+    /// needs. An in-memory
     /// SQLite database cannot be opened twice: the main pool is shared then.
     pub async fn connect_writer(&self, url: &DbUrl, pg_schema: Option<&str>) -> anyhow::Result<Db> {
         match url {
@@ -152,11 +153,10 @@ impl Db {
                         .max_lifetime(None)
                         .connect_lazy_with(opts.thread_name(|n| format!("purser-spendw{n}")))
                 } else {
-                    pool.connect_with(opts).await?
-                };
-                if !secondary {
+                    let pool = pool.connect_with(opts).await?;
                     sqlx::migrate!("migrations/sqlite").run(&pool).await?;
-                }
+                    pool
+                };
                 Db::Sqlite(pool)
             }
             DbUrl::Postgres(url) => {
@@ -174,11 +174,10 @@ impl Db {
                         .max_lifetime(None)
                         .connect_lazy_with(opts)
                 } else {
-                    pool.connect_with(opts).await?
-                };
-                if max.is_none() {
+                    let pool = pool.connect_with(opts).await?;
                     sqlx::migrate!("migrations/postgres").run(&pool).await?;
-                }
+                    pool
+                };
                 Db::Postgres(pool)
             }
         };
