@@ -227,7 +227,7 @@ impl Gateway {
             .layer(TraceLayer::new_for_http())
             .layer(SetSensitiveRequestHeadersLayer::from_shared(secret_headers))
             .layer(CatchPanicLayer::custom(|_| {
-                axum::response::IntoResponse::into_response(api::error::ApiError::internal(
+                axum::response::IntoResponse::into_response(crate::error::Error::internal(
                     "handler panicked",
                 ))
             }));

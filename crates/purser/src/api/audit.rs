@@ -8,10 +8,10 @@ use chrono::{DateTime, NaiveDate, NaiveTime, Utc};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::error::{ApiError, ApiResult};
 use super::extract::PagedQuery;
 use super::{Gate, Route};
 use crate::app::AppState;
+use crate::error::{Error, Result};
 use crate::service::paging::{PageRules, Paged};
 use crate::service::views;
 use crate::store::{self, audit::AuditFilter};
@@ -46,7 +46,7 @@ impl Paged for AuditQuery {
 }
 
 /// RFC 3339, or `YYYY-MM-DD` (start of day for `start_date`, end of day for `end_date`).
-fn parse_date(field: &str, s: &str, end_of_day: bool) -> Result<DateTime<Utc>, ApiError> {
+fn parse_date(field: &str, s: &str, end_of_day: bool) -> Result<DateTime<Utc>, Error> {
     if let Ok(t) = DateTime::parse_from_rfc3339(s) {
         return Ok(t.with_timezone(&Utc));
     }
@@ -58,7 +58,7 @@ fn parse_date(field: &str, s: &str, end_of_day: bool) -> Result<DateTime<Utc>, A
         };
         return Ok(d.and_time(time).and_utc());
     }
-    Err(ApiError::detail_error(
+    Err(Error::http(
         StatusCode::BAD_REQUEST,
         format!("Invalid {field}={s:?}. Use RFC 3339 (2026-01-31T00:00:00Z) or YYYY-MM-DD."),
     ))
@@ -67,7 +67,7 @@ fn parse_date(field: &str, s: &str, end_of_day: bool) -> Result<DateTime<Utc>, A
 pub async fn audit_list(
     State(state): State<AppState>,
     PagedQuery(q, paging): PagedQuery<AuditQuery>,
-) -> ApiResult<Json<Value>> {
+) -> Result<Json<Value>> {
     let (page, page_size) = (paging.number, paging.size);
     let filter = AuditFilter {
         object_id: q.object_id.clone(),

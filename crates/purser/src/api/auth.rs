@@ -12,8 +12,8 @@ use axum::response::{IntoResponse, Response};
 use purser_core::roles::UserRole;
 
 use super::Gate;
-use super::error::ApiError;
 use crate::app::AppState;
+use crate::error::Error;
 use crate::service::caller::Caller;
 
 pub async fn authenticate(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
@@ -45,7 +45,7 @@ pub async fn authenticate(State(state): State<AppState>, mut req: Request, next:
 /// with `Connection: close`: hyper closes a connection whose body was left unread, and the
 /// header tells the client so instead of leaving it to find out on its next request. HTTP/2
 /// needs neither: an unread body only resets its own stream.
-async fn refuse(req: Request, e: ApiError) -> Response {
+async fn refuse(req: Request, e: Error) -> Response {
     if req.version() >= axum::http::Version::HTTP_2 {
         return e.into_response();
     }
@@ -61,7 +61,7 @@ async fn refuse(req: Request, e: ApiError) -> Response {
 }
 
 /// Extracts the presented credential, or the reference's 401 for a missing/malformed one.
-fn credential(headers: &HeaderMap) -> Result<String, ApiError> {
+fn credential(headers: &HeaderMap) -> Result<String, Error> {
     let text = |name: &str| {
         headers
             .get(name)
@@ -76,7 +76,7 @@ fn credential(headers: &HeaderMap) -> Result<String, ApiError> {
             .or_else(|| v.strip_prefix("bearer "))
         {
             Some(k) => non_empty(k.trim()),
-            None => Err(ApiError::auth(
+            None => Err(Error::auth(
                 "Malformed API Key passed in. Ensure Key has `Bearer ` prefix.",
             )),
         };
@@ -86,28 +86,19 @@ fn credential(headers: &HeaderMap) -> Result<String, ApiError> {
             return non_empty(v);
         }
     }
-    Err(ApiError::auth(
-        "Authentication Error, No api key passed in.",
-    ))
+    Err(Error::auth("Authentication Error, No api key passed in."))
 }
 
-fn non_empty(k: &str) -> Result<String, ApiError> {
+fn non_empty(k: &str) -> Result<String, Error> {
     if k.is_empty() {
-        Err(ApiError::auth(
-            "Authentication Error, No api key passed in.",
-        ))
+        Err(Error::auth("Authentication Error, No api key passed in."))
     } else {
         Ok(k.to_string())
     }
 }
 
 /// Route-level check for callers that are not proxy admins (reference §2.3).
-pub fn check_gate(
-    gate: Gate,
-    method: &Method,
-    path: &str,
-    caller: &Caller,
-) -> Result<(), ApiError> {
+pub fn check_gate(gate: Gate, method: &Method, path: &str, caller: &Caller) -> Result<(), Error> {
     if caller.is_proxy_admin() {
         return Ok(());
     }
@@ -117,7 +108,7 @@ pub fn check_gate(
         Gate::Public | Gate::SelfManaged => true,
         Gate::Llm => {
             if role == UserRole::ProxyAdminViewer {
-                return Err(ApiError::proxy(
+                return Err(Error::proxy(
                     StatusCode::FORBIDDEN,
                     "auth_error",
                     format!(
@@ -139,7 +130,7 @@ pub fn check_gate(
         return Ok(());
     }
     if role == UserRole::ProxyAdminViewer {
-        return Err(ApiError::proxy(
+        return Err(Error::proxy(
             StatusCode::FORBIDDEN,
             "auth_error",
             format!(
@@ -148,7 +139,7 @@ pub fn check_gate(
             ),
         ));
     }
-    Err(ApiError::auth(format!(
+    Err(Error::auth(format!(
         "Authentication Error, Only proxy admin can be used to generate, delete, update info for new keys/users/teams. \
          Route={path}. Your role={}. Your user_id={}",
         role.as_str(),
@@ -162,13 +153,13 @@ pub fn check_gate(
 
 /// The authenticated caller, put in place by [`authenticate`].
 impl<S: Send + Sync> FromRequestParts<S> for Caller {
-    type Rejection = ApiError;
+    type Rejection = Error;
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
         parts
             .extensions
             .get::<Caller>()
             .cloned()
-            .ok_or_else(|| ApiError::auth("Authentication Error, No api key passed in."))
+            .ok_or_else(|| Error::auth("Authentication Error, No api key passed in."))
     }
 }

@@ -1,138 +1,106 @@
-//! The two LiteLLM error shapes (reference §1.2) and the status each carries.
-//! `Proxy` renders `{"error": {"message", "type", "param", "code"}}` with `code` as a string;
-//! `Detail` renders FastAPI's `{"detail": …}`. Every failure a client can cause maps to a 4xx
-//! here; storage and upstream failures map to 5xx without leaking internals.
+//! Draws `crate::error::Error` in the reference's two wire shapes (§1.2). A refusal
+//! (`Error::Http`) reads as FastAPI's `{"detail": …}` on plain routes and as a converted
+//! ProxyException `{"error": {"message", "type", "param", "code"}}` on wrapped ones; which one a route
+//! uses is recorded in the route table (`Route::answers`). ProxyExceptions and 422 validation lists
+//! read the same on every route. Storage and upstream failures are 5xx without internals.
 
 use axum::Json;
-use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
-#[derive(Debug)]
-pub enum ApiError {
-    /// OpenAI-style ProxyException.
-    Proxy {
-        status: StatusCode,
-        message: String,
-        kind: String,
-        param: Option<String>,
-        headers: Option<Box<HeaderMap>>,
-    },
-    /// FastAPI `HTTPException`: `{"detail": <value>}`.
-    Detail { status: StatusCode, detail: Value },
+use crate::error::{Detail, Error};
+
+/// How a route draws a refusal (`Error::Http`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shape {
+    /// FastAPI's default: `{"detail": {"error": msg}}` or `{"detail": msg}`.
+    Detail,
+    /// A handler behind the reference's "convert any exception" wrapper (keys, users, LLM
+    /// routes): a ProxyException whose message is Python's `str()` of the detail and whose type
+    /// follows the status.
+    Wrapped,
+    /// The team write wrapper (`/team/new`, `/team/update`, PATCH, `/team/info`): as `Wrapped`,
+    /// but the type is `internal_server_error` whatever the status except 401/403 `auth_error`
+    /// (recorded: duplicate team id → 400 `internal_server_error`).
+    TeamWrapped,
 }
 
-pub type ApiResult<T> = Result<T, ApiError>;
+/// The error a handler returned, kept on its response so the route's shape layer can redraw it.
+#[derive(Debug, Clone)]
+pub struct Raised(pub Error);
 
-impl ApiError {
-    /// A ProxyException with an explicit error type.
-    pub fn proxy(status: StatusCode, kind: &str, message: impl Into<String>) -> ApiError {
-        ApiError::Proxy {
+/// The body and status of `e` on a route of shape `shape`.
+pub fn render(e: &Error, shape: Shape) -> Response {
+    match e {
+        Error::Proxy {
             status,
-            message: message.into(),
-            kind: kind.to_string(),
-            param: None,
-            headers: None,
-        }
-    }
-
-    /// A ProxyException raised from an `HTTPException(detail={"error": msg})` inside a wrapped
-    /// handler: the message is the Python repr of the dict, as the reference renders it.
-    pub fn wrapped(status: StatusCode, message: &str) -> ApiError {
-        ApiError::proxy(
-            status,
-            type_for_status(status),
-            format!("{{'error': {}}}", py_str_repr(message)),
+            message,
+            kind,
+            param,
+            headers,
+        } => proxy_body(*status, kind, message, param.as_deref(), headers.as_deref()),
+        Error::Validation { loc, kind, msg } => (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Json(json!({
+                "detail": [{ "type": kind, "loc": loc, "msg": msg, "input": Value::Null }]
+            })),
         )
-    }
-
-    /// `{"detail": {"error": msg}}` (unwrapped handlers).
-    pub fn detail_error(status: StatusCode, message: impl Into<String>) -> ApiError {
-        ApiError::Detail {
-            status,
-            detail: json!({ "error": message.into() }),
-        }
-    }
-
-    /// `{"detail": msg}`.
-    pub fn detail(status: StatusCode, message: impl Into<String>) -> ApiError {
-        ApiError::Detail {
-            status,
-            detail: Value::String(message.into()),
-        }
-    }
-
-    /// 422 request validation failure in FastAPI's list shape, naming the field by `loc`.
-    pub fn validation(loc: Vec<Value>, kind: &str, msg: impl Into<String>) -> ApiError {
-        ApiError::Detail {
-            status: StatusCode::UNPROCESSABLE_ENTITY,
-            detail: json!([{ "type": kind, "loc": loc, "msg": msg.into(), "input": Value::Null }]),
-        }
-    }
-
-    /// 401 `auth_error`.
-    pub fn auth(message: impl Into<String>) -> ApiError {
-        ApiError::proxy(StatusCode::UNAUTHORIZED, "auth_error", message)
-    }
-
-    /// 500 with a generic message; the cause is logged, never sent.
-    pub fn internal(cause: impl std::fmt::Display) -> ApiError {
-        tracing::error!(error = %cause, "internal error");
-        ApiError::proxy(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal_server_error",
-            "Internal Server Error",
-        )
-    }
-
-    pub fn with_param(mut self, p: impl Into<String>) -> ApiError {
-        if let ApiError::Proxy { param, .. } = &mut self {
-            *param = Some(p.into());
-        }
-        self
-    }
-
-    pub fn with_header(mut self, name: HeaderName, value: HeaderValue) -> ApiError {
-        if let ApiError::Proxy { headers, .. } = &mut self {
-            headers
-                .get_or_insert_with(Default::default)
-                .insert(name, value);
-        }
-        self
-    }
-
-    pub fn status(&self) -> StatusCode {
-        match self {
-            ApiError::Proxy { status, .. } | ApiError::Detail { status, .. } => *status,
-        }
+            .into_response(),
+        Error::Http { status, detail } => match shape {
+            Shape::Detail => {
+                let detail = match detail {
+                    Detail::Error(m) => json!({ "error": m }),
+                    Detail::Text(m) => Value::String(m.clone()),
+                };
+                (*status, Json(json!({ "detail": detail }))).into_response()
+            }
+            Shape::Wrapped | Shape::TeamWrapped => {
+                let message = match detail {
+                    Detail::Error(m) => format!("{{'error': {}}}", py_str_repr(m)),
+                    Detail::Text(m) => m.clone(),
+                };
+                let auth = *status == StatusCode::UNAUTHORIZED || *status == StatusCode::FORBIDDEN;
+                let kind = if shape == Shape::TeamWrapped && !auth {
+                    "internal_server_error"
+                } else {
+                    type_for_status(*status)
+                };
+                proxy_body(*status, kind, &message, None, None)
+            }
+        },
     }
 }
 
-impl From<sqlx::Error> for ApiError {
-    fn from(e: sqlx::Error) -> ApiError {
-        ApiError::internal(format_args!("database: {e}"))
-    }
+fn proxy_body(
+    status: StatusCode,
+    kind: &str,
+    message: &str,
+    param: Option<&str>,
+    headers: Option<&axum::http::HeaderMap>,
+) -> Response {
+    let body = json!({
+        "error": { "message": message, "type": kind, "param": param, "code": status.as_u16().to_string() }
+    });
+    (status, headers.cloned().unwrap_or_default(), Json(body)).into_response()
 }
 
-impl IntoResponse for ApiError {
+/// Draws the error in the `Detail` shape and keeps it on the response for the route's layer.
+impl IntoResponse for Error {
     fn into_response(self) -> Response {
-        match self {
-            ApiError::Proxy {
-                status,
-                message,
-                kind,
-                param,
-                headers,
-            } => {
-                let body = json!({
-                    "error": { "message": message, "type": kind, "param": param, "code": status.as_u16().to_string() }
-                });
-                (status, headers.map(|h| *h).unwrap_or_default(), Json(body)).into_response()
-            }
-            ApiError::Detail { status, detail } => {
-                (status, Json(json!({ "detail": detail }))).into_response()
-            }
+        let mut response = render(&self, Shape::Detail);
+        if matches!(self, Error::Http { .. }) {
+            response.extensions_mut().insert(Raised(self));
         }
+        response
+    }
+}
+
+/// The route layer's step: redraws a refusal in the route's shape.
+pub fn redraw(shape: Shape, mut response: Response) -> Response {
+    match response.extensions_mut().remove::<Raised>() {
+        Some(Raised(e)) if shape != Shape::Detail => render(&e, shape),
+        _ => response,
     }
 }
 
@@ -177,6 +145,41 @@ fn py_str_repr(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    async fn body(r: Response) -> Value {
+        let bytes = axum::body::to_bytes(r.into_body(), 1 << 16).await.unwrap();
+        serde_json::from_slice(&bytes).unwrap()
+    }
+
+    #[tokio::test]
+    async fn one_refusal_in_each_shape() {
+        let e = Error::http(StatusCode::NOT_FOUND, "User u1 not found");
+        assert_eq!(
+            body(render(&e, Shape::Detail)).await,
+            json!({"detail": {"error": "User u1 not found"}})
+        );
+        let wrapped = json!({"error": {
+            "message": "{'error': 'User u1 not found'}", "type": "not_found_error",
+            "param": null, "code": "404"}});
+        assert_eq!(body(render(&e, Shape::Wrapped)).await, wrapped);
+        let team = body(render(&e, Shape::TeamWrapped)).await;
+        assert_eq!(team["error"]["type"], "internal_server_error");
+        let denied = Error::http_text(StatusCode::FORBIDDEN, "no");
+        assert_eq!(
+            body(render(&denied, Shape::Detail)).await,
+            json!({"detail": "no"})
+        );
+        let team = body(render(&denied, Shape::TeamWrapped)).await;
+        assert_eq!(team["error"]["type"], "auth_error");
+        assert_eq!(team["error"]["message"], "no");
+        // The handler's default drawing is redrawn by the route's layer, once.
+        let redrawn = redraw(Shape::Wrapped, e.clone().into_response());
+        assert_eq!(body(redrawn).await, wrapped);
+        let proxy = Error::auth("bad key").with_param("None");
+        let p = body(redraw(Shape::Wrapped, proxy.clone().into_response())).await;
+        assert_eq!(p, body(render(&proxy, Shape::Detail)).await);
+        assert_eq!(p["error"]["param"], "None");
+    }
 
     #[test]
     fn python_repr() {

@@ -16,8 +16,8 @@ use futures_util::{Stream, StreamExt};
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
-use super::error::ApiError;
 use crate::app::AppState;
+use crate::error::Error;
 use crate::service::paging::{Page, Paged};
 pub use crate::service::patch::{Patch, null_as_default};
 
@@ -38,7 +38,7 @@ const REFUSED_DRAIN_MAX_BYTES: u64 = 1024 * 1024;
 pub struct RawBody(pub Bytes);
 
 impl FromRequest<AppState> for RawBody {
-    type Rejection = ApiError;
+    type Rejection = Error;
 
     async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
         read_limited(req, state.settings.body_limit_bytes)
@@ -47,7 +47,7 @@ impl FromRequest<AppState> for RawBody {
     }
 }
 
-async fn read_limited(req: Request, limit: usize) -> Result<Bytes, ApiError> {
+async fn read_limited(req: Request, limit: usize) -> Result<Bytes, Error> {
     let declared = req
         .headers()
         .get(CONTENT_LENGTH)
@@ -65,13 +65,13 @@ async fn read_limited(req: Request, limit: usize) -> Result<Bytes, ApiError> {
         let chunk = chunk.map_err(|e| {
             if is_timeout(&e) {
                 // The rest of the body is never read, so hyper closes the connection after this.
-                return ApiError::proxy(
+                return Error::proxy(
                     StatusCode::REQUEST_TIMEOUT,
                     "timeout_error",
                     "Timed out reading the request body: the client stopped sending",
                 );
             }
-            ApiError::proxy(
+            Error::proxy(
                 StatusCode::BAD_REQUEST,
                 "bad_request_error",
                 format!("Could not read request body: {e}"),
@@ -150,8 +150,8 @@ fn is_timeout(e: &axum::Error) -> bool {
     false
 }
 
-fn too_large() -> ApiError {
-    ApiError::proxy(
+fn too_large() -> Error {
+    Error::proxy(
         StatusCode::PAYLOAD_TOO_LARGE,
         "request_too_large",
         "Request body is larger than the configured limit",
@@ -164,7 +164,7 @@ fn too_large() -> ApiError {
 pub struct JsonBody<T>(pub T);
 
 impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
-    type Rejection = ApiError;
+    type Rejection = Error;
 
     async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
         let RawBody(bytes) = RawBody::from_request(req, state).await?;
@@ -173,9 +173,9 @@ impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
 }
 
 /// Parses JSON bytes into `T` with FastAPI-shaped errors.
-pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Error> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
-        return Err(ApiError::validation(
+        return Err(Error::validation(
             vec![json!("body")],
             "missing",
             "Field required",
@@ -187,11 +187,7 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
         let mut loc = vec![json!("body")];
         if inner.is_syntax() || inner.is_eof() {
             loc.push(json!(inner.column()));
-            return ApiError::validation(
-                loc,
-                "json_invalid",
-                format!("JSON decode error: {inner}"),
-            );
+            return Error::validation(loc, "json_invalid", format!("JSON decode error: {inner}"));
         }
         for seg in e.path().iter() {
             match seg {
@@ -209,7 +205,7 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
             "type_error"
         };
         let field = e.path().to_string();
-        ApiError::validation(
+        Error::validation(
             loc,
             kind,
             if field == "." {
@@ -225,7 +221,7 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
 pub struct QueryParams<T>(pub T);
 
 impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for QueryParams<T> {
-    type Rejection = ApiError;
+    type Rejection = Error;
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
         let query = parts.uri.query().unwrap_or("");
@@ -245,7 +241,7 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for QueryParams<T>
                 } else {
                     vec![json!("query"), json!(field)]
                 };
-                ApiError::validation(loc, kind, msg)
+                Error::validation(loc, kind, msg)
             })
     }
 }
@@ -255,7 +251,7 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for QueryParams<T>
 pub struct PagedQuery<T>(pub T, pub Page);
 
 impl<S: Send + Sync, T: DeserializeOwned + Paged> FromRequestParts<S> for PagedQuery<T> {
-    type Rejection = ApiError;
+    type Rejection = Error;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
         let QueryParams(q) = QueryParams::<T>::from_request_parts(parts, state).await?;
@@ -301,20 +297,20 @@ mod tests {
     #[test]
     fn errors_name_the_field() {
         let e = parse_json::<Req>(br#"{"team_id":"t","models":[1]}"#).unwrap_err();
-        let ApiError::Detail { status, detail } = e else {
+        assert_eq!(e.status(), StatusCode::UNPROCESSABLE_ENTITY);
+        let Error::Validation { loc, .. } = e else {
             panic!()
         };
-        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
-        assert_eq!(detail[0]["loc"], json!(["body", "models", 0]));
-        let ApiError::Detail { detail, .. } = parse_json::<Req>(b"{}").unwrap_err() else {
+        assert_eq!(loc, vec![json!("body"), json!("models"), json!(0)]);
+        let Error::Validation { kind, msg, .. } = parse_json::<Req>(b"{}").unwrap_err() else {
             panic!()
         };
-        assert_eq!(detail[0]["type"], "missing");
-        assert!(detail[0]["msg"].as_str().unwrap().contains("team_id"));
-        let ApiError::Detail { detail, .. } = parse_json::<Req>(b"{not json").unwrap_err() else {
+        assert_eq!(kind, "missing");
+        assert!(msg.contains("team_id"));
+        let Error::Validation { kind, .. } = parse_json::<Req>(b"{not json").unwrap_err() else {
             panic!()
         };
-        assert_eq!(detail[0]["type"], "json_invalid");
+        assert_eq!(kind, "json_invalid");
         assert!(parse_json::<Req>(b"").is_err());
     }
 }

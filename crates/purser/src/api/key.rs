@@ -9,10 +9,11 @@ use axum::extract::{Path, State};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::error::{ApiError, ApiResult};
+use super::error::Shape;
 use super::extract::{JsonBody, PagedQuery, QueryParams, null_as_default, parse_json};
 use super::{Gate, Route};
 use crate::app::AppState;
+use crate::error::{Error, Result};
 use crate::service::caller::Caller;
 use crate::service::keys::{self, GenerateKeyRequest, UpdateKeyRequest};
 use crate::service::paging::{PageRules, Paged};
@@ -27,63 +28,72 @@ pub fn routes() -> Vec<Route> {
             "key management",
             "Create a virtual key",
             key_generate,
-        ),
+        )
+        .answers(Shape::Wrapped),
         Route::get(
             "/key/info",
             Gate::InternalUser,
             "key management",
             "Read a key (default: the caller's own)",
             key_info,
-        ),
+        )
+        .answers(Shape::Wrapped),
         Route::get(
             "/key/list",
             Gate::InternalUser,
             "key management",
             "List keys (non-admins: their own)",
             key_list,
-        ),
+        )
+        .answers(Shape::Wrapped),
         Route::post(
             "/key/update",
             Gate::InternalUser,
             "key management",
             "Update a key (only sent fields change)",
             key_update,
-        ),
+        )
+        .answers(Shape::Wrapped),
         Route::post(
             "/key/delete",
             Gate::InternalUser,
             "key management",
             "Delete keys by key or alias",
             key_delete,
-        ),
+        )
+        .answers(Shape::Wrapped),
         Route::post(
             "/key/block",
             Gate::Admin,
             "key management",
             "Block a key",
             key_block,
-        ),
+        )
+        .answers(Shape::Wrapped),
         Route::post(
             "/key/unblock",
             Gate::Admin,
             "key management",
             "Unblock a key",
             key_unblock,
-        ),
+        )
+        .answers(Shape::Wrapped),
         Route::post(
             "/key/regenerate",
             Gate::InternalUser,
             "key management",
             "Rotate a key's secret",
             key_regenerate,
-        ),
+        )
+        .answers(Shape::Wrapped),
         Route::post(
             "/key/{key}/regenerate",
             Gate::InternalUser,
             "key management",
             "Rotate a key's secret (key in the path)",
             key_regenerate_path,
-        ),
+        )
+        .answers(Shape::Wrapped),
     ]
 }
 
@@ -91,7 +101,7 @@ pub async fn key_generate(
     State(state): State<AppState>,
     caller: Caller,
     JsonBody(req): JsonBody<GenerateKeyRequest>,
-) -> ApiResult<Json<Value>> {
+) -> Result<Json<Value>> {
     let (raw, row) = keys::generate(&state, &caller, &req).await?;
     Ok(Json(keys::generate_response(
         Some(&raw),
@@ -109,7 +119,7 @@ pub async fn key_info(
     State(state): State<AppState>,
     caller: Caller,
     QueryParams(q): QueryParams<KeyInfoQuery>,
-) -> ApiResult<Json<Value>> {
+) -> Result<Json<Value>> {
     let (shown, row) = keys::info(&state, &caller, q.key.as_deref()).await?;
     let mut info = views::key_json(&row, false);
     info["status"] = json!(views::key_status(&row, store::now()));
@@ -137,7 +147,7 @@ pub async fn key_list(
     State(state): State<AppState>,
     caller: Caller,
     PagedQuery(q, paging): PagedQuery<KeyListQuery>,
-) -> ApiResult<Json<Value>> {
+) -> Result<Json<Value>> {
     let filter = KeyFilter {
         user_id: q.user_id.clone(),
         team_id: q.team_id.clone(),
@@ -166,7 +176,7 @@ pub async fn key_update(
     State(state): State<AppState>,
     caller: Caller,
     JsonBody(req): JsonBody<UpdateKeyRequest>,
-) -> ApiResult<Json<Value>> {
+) -> Result<Json<Value>> {
     let after = keys::update(&state, &caller, &req).await?;
     let mut v = views::key_json(&after, true);
     v["key"] = json!(req.key);
@@ -185,7 +195,7 @@ pub async fn key_delete(
     State(state): State<AppState>,
     caller: Caller,
     JsonBody(req): JsonBody<KeyDeleteRequest>,
-) -> ApiResult<Json<Value>> {
+) -> Result<Json<Value>> {
     keys::delete(&state, &caller, &req.keys, &req.key_aliases).await?;
     let mut deleted = req.keys.clone();
     deleted.extend(req.key_aliases.iter().cloned());
@@ -202,7 +212,7 @@ async fn set_blocked(
     caller: Caller,
     key: &str,
     blocked: bool,
-) -> ApiResult<Json<Value>> {
+) -> Result<Json<Value>> {
     let row = keys::set_blocked(&state, &caller, key, blocked).await?;
     Ok(Json(views::key_json(&row, true)))
 }
@@ -211,7 +221,7 @@ pub async fn key_block(
     State(state): State<AppState>,
     caller: Caller,
     JsonBody(req): JsonBody<KeyRef>,
-) -> ApiResult<Json<Value>> {
+) -> Result<Json<Value>> {
     set_blocked(state, caller, &req.key, true).await
 }
 
@@ -219,7 +229,7 @@ pub async fn key_unblock(
     State(state): State<AppState>,
     caller: Caller,
     JsonBody(req): JsonBody<KeyRef>,
-) -> ApiResult<Json<Value>> {
+) -> Result<Json<Value>> {
     set_blocked(state, caller, &req.key, false).await
 }
 
@@ -236,7 +246,7 @@ async fn regenerate(
     caller: Caller,
     key: &str,
     new_key: Option<&str>,
-) -> ApiResult<Json<Value>> {
+) -> Result<Json<Value>> {
     let (raw, row) = keys::regenerate(&state, &caller, key, new_key).await?;
     Ok(Json(keys::generate_response(Some(&raw), &row, None)))
 }
@@ -245,9 +255,9 @@ pub async fn key_regenerate(
     State(state): State<AppState>,
     caller: Caller,
     JsonBody(req): JsonBody<RegenerateRequest>,
-) -> ApiResult<Json<Value>> {
+) -> Result<Json<Value>> {
     let Some(key) = req.key.as_deref() else {
-        return Err(ApiError::validation(
+        return Err(Error::validation(
             vec![json!("body"), json!("key")],
             "missing",
             "Field required",
@@ -261,11 +271,11 @@ pub async fn key_regenerate_path(
     caller: Caller,
     Path(key): Path<String>,
     body: Result<Bytes, BytesRejection>,
-) -> ApiResult<Json<Value>> {
+) -> Result<Json<Value>> {
     // The body is optional here, so it is read as bytes; keep JsonBody's error shapes.
     let body = body.map_err(|r| {
         let status = r.status();
-        ApiError::proxy(status, super::error::type_for_status(status), r.body_text())
+        Error::proxy(status, super::error::type_for_status(status), r.body_text())
     })?;
     let req: RegenerateRequest = if body.iter().all(u8::is_ascii_whitespace) {
         RegenerateRequest::default()

@@ -24,7 +24,8 @@ use axum::http::{Method, StatusCode};
 use axum::routing::MethodRouter;
 
 use crate::app::AppState;
-use error::ApiError;
+use crate::error::Error;
+use error::Shape;
 
 /// Who may reach a route before its handler runs (reference §2.3). Proxy admins pass every gate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,17 +42,25 @@ pub enum Gate {
     Admin,
 }
 
-/// One route: method, path template, gate, and the summary shown in the OpenAPI document.
+/// One route: method, path template, gate, the wire shape of its refusals, and the summary
+/// shown in the OpenAPI document.
 pub struct Route {
     pub method: Method,
     pub path: &'static str,
     pub gate: Gate,
+    pub shape: Shape,
     pub summary: &'static str,
     pub tag: &'static str,
     pub handler: MethodRouter<AppState>,
 }
 
 impl Route {
+    /// The shape this route draws refusals in (FastAPI's `Shape::Detail` unless set).
+    pub fn answers(mut self, shape: Shape) -> Route {
+        self.shape = shape;
+        self
+    }
+
     pub fn get<H, T>(
         path: &'static str,
         gate: Gate,
@@ -67,6 +76,7 @@ impl Route {
             method: Method::GET,
             path,
             gate,
+            shape: Shape::Detail,
             summary,
             tag,
             handler: axum::routing::get(h),
@@ -88,6 +98,7 @@ impl Route {
             method: Method::POST,
             path,
             gate,
+            shape: Shape::Detail,
             summary,
             tag,
             handler: axum::routing::post(h),
@@ -109,6 +120,7 @@ impl Route {
             method: Method::PATCH,
             path,
             gate,
+            shape: Shape::Detail,
             summary,
             tag,
             handler: axum::routing::patch(h),
@@ -159,9 +171,19 @@ impl Gates {
 pub fn router(state: AppState, routes: Vec<Route>) -> Router {
     let mut by_path: Vec<(&'static str, MethodRouter<AppState>)> = Vec::new();
     for r in routes {
+        let shape = r.shape;
+        let handler =
+            match shape {
+                Shape::Detail => r.handler,
+                _ => r.handler.layer(axum::middleware::map_response(
+                    move |response: axum::response::Response| async move {
+                        error::redraw(shape, response)
+                    },
+                )),
+            };
         match by_path.iter_mut().find(|(p, _)| *p == r.path) {
-            Some((_, mr)) => *mr = std::mem::take(mr).merge(r.handler),
-            None => by_path.push((r.path, r.handler)),
+            Some((_, mr)) => *mr = std::mem::take(mr).merge(handler),
+            None => by_path.push((r.path, handler)),
         }
     }
     let mut router = Router::new();
@@ -178,10 +200,10 @@ pub fn router(state: AppState, routes: Vec<Route>) -> Router {
         .with_state(state)
 }
 
-async fn not_found() -> ApiError {
-    ApiError::detail(StatusCode::NOT_FOUND, "Not Found")
+async fn not_found() -> Error {
+    Error::http_text(StatusCode::NOT_FOUND, "Not Found")
 }
 
-async fn method_not_allowed() -> ApiError {
-    ApiError::detail(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed")
+async fn method_not_allowed() -> Error {
+    Error::http_text(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed")
 }

@@ -26,10 +26,10 @@ use purser_core::keys::token_of;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
-use super::error::{ApiError, ApiResult};
 use super::extract::PagedQuery;
 use super::{Gate, Route};
 use crate::app::AppState;
+use crate::error::{Error, Result};
 use crate::service::paging::{PageRules, Paged};
 use crate::service::views::{ts, usd};
 use crate::store::spend::{self, LogFilter, SpendLogRow};
@@ -82,7 +82,7 @@ impl Paged for SpendLogsQuery {
 pub async fn spend_logs(
     State(state): State<AppState>,
     PagedQuery(q, paging): PagedQuery<SpendLogsQuery>,
-) -> ApiResult<Json<Value>> {
+) -> Result<Json<Value>> {
     let (page, page_size) = (paging.number, paging.size);
     let summarize = match q
         .summarize
@@ -93,7 +93,7 @@ pub async fn spend_logs(
         None | Some("true" | "1" | "yes" | "on") => true,
         Some("false" | "0" | "no" | "off") => false,
         Some(_) => {
-            return Err(ApiError::validation(
+            return Err(Error::validation(
                 vec![json!("query"), json!("summarize")],
                 "bool_parsing",
                 "Input should be a valid boolean, unable to interpret input",
@@ -105,7 +105,7 @@ pub async fn spend_logs(
     if let (Some(s), Some(e)) = (start, end)
         && s >= e
     {
-        return Err(ApiError::proxy(
+        return Err(Error::proxy(
             StatusCode::BAD_REQUEST,
             "bad_request_error",
             "start_date must not be after end_date",
@@ -147,7 +147,7 @@ pub async fn spend_logs(
     )))
 }
 
-pub async fn global_spend_teams(State(state): State<AppState>) -> ApiResult<Json<Value>> {
+pub async fn global_spend_teams(State(state): State<AppState>) -> Result<Json<Value>> {
     let today = Utc.from_utc_datetime(&Utc::now().date_naive().and_time(NaiveTime::MIN));
     let since = today - Duration::days(GLOBAL_DAYS);
     let mut h = state.db.conn().await?;
@@ -319,13 +319,13 @@ fn parse_bound(
     field: &str,
     raw: Option<&str>,
     is_end: bool,
-) -> Result<Option<DateTime<Utc>>, ApiError> {
+) -> Result<Option<DateTime<Utc>>, Error> {
     let Some(raw) = raw.filter(|s| !s.is_empty()) else {
         return Ok(None);
     };
     let bad = || {
         let shown: String = raw.chars().take(64).collect();
-        ApiError::proxy(
+        Error::proxy(
             StatusCode::BAD_REQUEST,
             "bad_request_error",
             format!("Invalid {field}='{shown}'. Use YYYY-MM-DD or an RFC 3339 timestamp."),

@@ -9,10 +9,11 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value, json};
 
-use super::error::{ApiError, ApiResult};
+use super::error::Shape;
 use super::extract::{JsonBody, PagedQuery, Patch, QueryParams, parse_json};
 use super::{Gate, Route};
 use crate::app::AppState;
+use crate::error::{Error, Result};
 use crate::service::caller::Caller;
 use crate::service::teams::{
     self, FilterUiQuery, NewTeamRequest, TeamListV2Query, UpdateTeamRequest,
@@ -22,28 +23,32 @@ const TAG: &str = "team management";
 
 pub fn routes() -> Vec<Route> {
     vec![
-        Route::post("/team/new", Gate::Admin, TAG, "Create a team", new_team),
+        Route::post("/team/new", Gate::Admin, TAG, "Create a team", new_team)
+            .answers(Shape::TeamWrapped),
         Route::post(
             "/team/update",
             Gate::SelfManaged,
             TAG,
             "Update a team (proxy admin; team admin within the editable-field allow-list)",
             update_team,
-        ),
+        )
+        .answers(Shape::TeamWrapped),
         Route::patch(
             "/team/{team_id}",
             Gate::Admin,
             TAG,
             "Patch a team (metadata as RFC 7386 merge patch)",
             patch_team,
-        ),
+        )
+        .answers(Shape::TeamWrapped),
         Route::get(
             "/team/info",
             Gate::SelfManaged,
             TAG,
             "Team with roster, memberships and keys",
             team_info,
-        ),
+        )
+        .answers(Shape::TeamWrapped),
         Route::get(
             "/team/list",
             Gate::SelfManaged,
@@ -125,23 +130,23 @@ pub fn routes() -> Vec<Route> {
 }
 
 /// Typed view of a raw JSON body (the raw object is kept for metadata folding).
-fn typed<T: DeserializeOwned>(raw: &Value) -> ApiResult<T> {
-    parse_json(&serde_json::to_vec(raw).map_err(ApiError::internal)?)
+fn typed<T: DeserializeOwned>(raw: &Value) -> Result<T> {
+    parse_json(&serde_json::to_vec(raw).map_err(Error::internal)?)
 }
 
 fn object(raw: &Value) -> Map<String, Value> {
     raw.as_object().cloned().unwrap_or_default()
 }
 
-fn missing(loc: &str, field: &str) -> ApiError {
-    ApiError::validation(vec![json!(loc), json!(field)], "missing", "Field required")
+fn missing(loc: &str, field: &str) -> Error {
+    Error::validation(vec![json!(loc), json!(field)], "missing", "Field required")
 }
 
 pub async fn new_team(
     State(state): State<AppState>,
     caller: Caller,
     JsonBody(raw): JsonBody<Value>,
-) -> ApiResult<Json<Value>> {
+) -> Result<Json<Value>> {
     let req: NewTeamRequest = typed(&raw)?;
     Ok(Json(
         teams::new_team(&state, &caller, &object(&raw), req).await?,
@@ -152,7 +157,7 @@ pub async fn update_team(
     State(state): State<AppState>,
     caller: Caller,
     JsonBody(raw): JsonBody<Value>,
-) -> ApiResult<Json<Value>> {
+) -> Result<Json<Value>> {
     let req: UpdateTeamRequest = typed(&raw)?;
     let Patch::Value(team_id) = req.team_id.clone() else {
         return Err(missing("body", "team_id"));
@@ -169,14 +174,14 @@ pub async fn patch_team(
     caller: Caller,
     Path(team_id): Path<String>,
     JsonBody(raw): JsonBody<Value>,
-) -> ApiResult<Json<Value>> {
+) -> Result<Json<Value>> {
     let req: UpdateTeamRequest = typed(&raw)?;
     if let Patch::Value(body_id) = &req.team_id
         && body_id != &team_id
     {
-        return Err(teams::wrapped(
+        return Err(Error::http(
             StatusCode::BAD_REQUEST,
-            &format!("team_id in body ({body_id}) does not match team_id in path ({team_id})"),
+            format!("team_id in body ({body_id}) does not match team_id in path ({team_id})"),
         ));
     }
     let u = teams::update_team(&state, &caller, &team_id, &object(&raw), req, true).await?;
@@ -197,9 +202,9 @@ pub async fn team_info(
     State(state): State<AppState>,
     caller: Caller,
     QueryParams(q): QueryParams<TeamIdQuery>,
-) -> ApiResult<Json<teams::TeamInfo>> {
+) -> Result<Json<teams::TeamInfo>> {
     let Some(team_id) = q.team_id.filter(|t| !t.is_empty()) else {
-        return Err(ApiError::proxy(
+        return Err(Error::proxy(
             StatusCode::UNPROCESSABLE_ENTITY,
             "auth_error",
             "{'message': 'Malformed request. No team id passed in.'}",
@@ -220,7 +225,7 @@ pub async fn list_team(
     State(state): State<AppState>,
     caller: Caller,
     QueryParams(q): QueryParams<ListQuery>,
-) -> ApiResult<Json<Value>> {
+) -> Result<Json<Value>> {
     Ok(Json(
         teams::list_team(&state, &caller, q.user_id, q.organization_id).await?,
     ))
@@ -230,21 +235,21 @@ pub async fn list_team_v2(
     State(state): State<AppState>,
     caller: Caller,
     PagedQuery(q, paging): PagedQuery<TeamListV2Query>,
-) -> ApiResult<Json<Value>> {
+) -> Result<Json<Value>> {
     Ok(Json(teams::list_team_v2(&state, &caller, q, paging).await?))
 }
 
 pub async fn ui_view_teams(
     State(state): State<AppState>,
     PagedQuery(q, paging): PagedQuery<FilterUiQuery>,
-) -> ApiResult<Json<Value>> {
+) -> Result<Json<Value>> {
     Ok(Json(teams::ui_view_teams(&state, q, paging).await?))
 }
 
 pub async fn list_available_teams(
     State(state): State<AppState>,
     caller: Caller,
-) -> ApiResult<Json<Value>> {
+) -> Result<Json<Value>> {
     Ok(Json(teams::list_available_teams(&state, &caller).await?))
 }
 
@@ -257,7 +262,7 @@ pub async fn block_team(
     State(state): State<AppState>,
     caller: Caller,
     JsonBody(req): JsonBody<BlockTeamRequest>,
-) -> ApiResult<Json<Value>> {
+) -> Result<Json<Value>> {
     Ok(Json(
         teams::set_blocked(&state, &caller, &req.team_id, true).await?,
     ))
@@ -267,7 +272,7 @@ pub async fn unblock_team(
     State(state): State<AppState>,
     caller: Caller,
     JsonBody(req): JsonBody<BlockTeamRequest>,
-) -> ApiResult<Json<Value>> {
+) -> Result<Json<Value>> {
     Ok(Json(
         teams::set_blocked(&state, &caller, &req.team_id, false).await?,
     ))
@@ -283,14 +288,11 @@ pub async fn delete_team(
     State(state): State<AppState>,
     caller: Caller,
     JsonBody(req): JsonBody<DeleteTeamRequest>,
-) -> ApiResult<Json<Value>> {
+) -> Result<Json<Value>> {
     let ids = match req.team_ids {
         Patch::Absent => return Err(missing("body", "team_ids")),
         Patch::Null => {
-            return Err(ApiError::detail_error(
-                StatusCode::BAD_REQUEST,
-                "No team id passed in",
-            ));
+            return Err(Error::http(StatusCode::BAD_REQUEST, "No team id passed in"));
         }
         Patch::Value(ids) => ids,
     };
@@ -307,7 +309,7 @@ pub async fn team_model_add(
     State(state): State<AppState>,
     caller: Caller,
     JsonBody(req): JsonBody<TeamModelRequest>,
-) -> ApiResult<Json<Value>> {
+) -> Result<Json<Value>> {
     Ok(Json(
         teams::team_models(&state, &caller, &req.team_id, &req.models, true).await?,
     ))
@@ -317,7 +319,7 @@ pub async fn team_model_delete(
     State(state): State<AppState>,
     caller: Caller,
     JsonBody(req): JsonBody<TeamModelRequest>,
-) -> ApiResult<Json<Value>> {
+) -> Result<Json<Value>> {
     Ok(Json(
         teams::team_models(&state, &caller, &req.team_id, &req.models, false).await?,
     ))
@@ -327,7 +329,7 @@ pub async fn team_member_permissions(
     State(state): State<AppState>,
     caller: Caller,
     QueryParams(q): QueryParams<TeamIdQuery>,
-) -> ApiResult<Json<Value>> {
+) -> Result<Json<Value>> {
     let Some(team_id) = q.team_id else {
         return Err(missing("query", "team_id"));
     };
@@ -346,7 +348,7 @@ pub async fn update_team_member_permissions(
     State(state): State<AppState>,
     caller: Caller,
     JsonBody(req): JsonBody<UpdatePermissionsRequest>,
-) -> ApiResult<Json<Value>> {
+) -> Result<Json<Value>> {
     Ok(Json(
         teams::permissions_update(&state, &caller, &req.team_id, req.team_member_permissions)
             .await?,

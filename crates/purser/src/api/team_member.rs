@@ -13,10 +13,10 @@ use purser_core::validate;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::error::{ApiError, ApiResult};
 use super::extract::{JsonBody, Patch, or_null};
 use super::{Gate, Route};
 use crate::app::AppState;
+use crate::error::{Error, Result};
 use crate::service::caller::Caller;
 use crate::service::members::{self, MemberBudget, MemberPatch, NewMember, OnDuplicate};
 use axum::extract::State;
@@ -84,14 +84,14 @@ struct MemberIn {
 }
 
 /// 422 in FastAPI's shape for a field of the body.
-fn invalid(loc: &[Value], kind: &str, msg: impl Into<String>) -> ApiError {
+fn invalid(loc: &[Value], kind: &str, msg: impl Into<String>) -> Error {
     let mut full = vec![json!("body")];
     full.extend_from_slice(loc);
-    ApiError::validation(full, kind, msg)
+    Error::validation(full, kind, msg)
 }
 
 /// Parses one member at `loc`, rejecting empty identities.
-fn parse_member(v: Value, loc: Vec<Value>) -> ApiResult<NewMember> {
+fn parse_member(v: Value, loc: Vec<Value>) -> Result<NewMember> {
     if !v.is_object() {
         return Err(invalid(
             &loc,
@@ -139,14 +139,14 @@ fn parse_member(v: Value, loc: Vec<Value>) -> ApiResult<NewMember> {
 }
 
 /// `member`: one Member or a list of them.
-fn parse_members(v: Value) -> ApiResult<Vec<NewMember>> {
+fn parse_members(v: Value) -> Result<Vec<NewMember>> {
     match v {
         Value::Array(items) => items
             .into_iter()
             .enumerate()
             .map(|(i, m)| parse_member(m, vec![json!("member"), json!(i)]))
             .collect(),
-        Value::Null => Err(ApiError::detail_error(
+        Value::Null => Err(Error::http(
             StatusCode::BAD_REQUEST,
             "No member/members passed in",
         )),
@@ -154,15 +154,15 @@ fn parse_members(v: Value) -> ApiResult<Vec<NewMember>> {
     }
 }
 
-fn check_count(n: usize) -> ApiResult<()> {
+fn check_count(n: usize) -> Result<()> {
     if n == 0 {
-        return Err(ApiError::detail_error(
+        return Err(Error::http(
             StatusCode::BAD_REQUEST,
             "No member/members passed in",
         ));
     }
     if n > MAX_MEMBERS {
-        return Err(ApiError::detail_error(
+        return Err(Error::http(
             StatusCode::BAD_REQUEST,
             format!("Maximum {MAX_MEMBERS} members can be added at once"),
         ));
@@ -172,16 +172,16 @@ fn check_count(n: usize) -> ApiResult<()> {
 
 // Field rules are `purser_core::validate`; the roster routes answer failures with a 400 detail.
 
-fn money(field: &str, v: f64) -> ApiResult<Nanos> {
+fn money(field: &str, v: f64) -> Result<Nanos> {
     validate::usd(v)
         .map(Nanos)
-        .map_err(|e| ApiError::detail_error(StatusCode::BAD_REQUEST, format!("{field} {e}")))
+        .map_err(|e| Error::http(StatusCode::BAD_REQUEST, format!("{field} {e}")))
 }
 
-fn duration(v: &str) -> ApiResult<()> {
+fn duration(v: &str) -> Result<()> {
     validate::budget_duration(v)
         .map(|_| ())
-        .map_err(|e| ApiError::detail_error(StatusCode::BAD_REQUEST, e.to_string()))
+        .map_err(|e| Error::http(StatusCode::BAD_REQUEST, e.to_string()))
 }
 
 #[derive(Debug, Deserialize)]
@@ -200,7 +200,7 @@ fn member_budget(
     max_budget_in_team: Option<f64>,
     budget_duration: Option<String>,
     allowed_models: Option<Vec<String>>,
-) -> ApiResult<MemberBudget> {
+) -> Result<MemberBudget> {
     if let Some(d) = &budget_duration {
         duration(d)?;
     }
@@ -218,7 +218,7 @@ async fn team_member_add(
     State(state): State<AppState>,
     caller: Caller,
     JsonBody(req): JsonBody<MemberAddRequest>,
-) -> ApiResult<Json<Value>> {
+) -> Result<Json<Value>> {
     let list = parse_members(req.member)?;
     check_count(list.len())?;
     let budget = member_budget(
@@ -253,7 +253,7 @@ struct MemberDeleteRequest {
 }
 
 /// Non-empty `user_id`/`user_email`, at least one (reference 400 message).
-fn identity(user_id: &Option<String>, user_email: &Option<String>) -> ApiResult<()> {
+fn identity(user_id: &Option<String>, user_email: &Option<String>) -> Result<()> {
     for (name, v) in [("user_id", user_id), ("user_email", user_email)] {
         if v.as_deref().is_some_and(|s| s.trim().is_empty()) {
             return Err(invalid(
@@ -264,7 +264,7 @@ fn identity(user_id: &Option<String>, user_email: &Option<String>) -> ApiResult<
         }
     }
     if user_id.is_none() && user_email.is_none() {
-        return Err(ApiError::detail_error(
+        return Err(Error::http(
             StatusCode::BAD_REQUEST,
             "Either user_id or user_email needs to be passed in",
         ));
@@ -277,7 +277,7 @@ async fn team_member_delete(
     State(state): State<AppState>,
     caller: Caller,
     JsonBody(req): JsonBody<MemberDeleteRequest>,
-) -> ApiResult<Json<Value>> {
+) -> Result<Json<Value>> {
     identity(&req.user_id, &req.user_email)?;
     let view = members::member_delete(
         &state,
@@ -316,7 +316,7 @@ async fn team_member_update(
     State(state): State<AppState>,
     caller: Caller,
     JsonBody(req): JsonBody<MemberUpdateRequest>,
-) -> ApiResult<Json<Value>> {
+) -> Result<Json<Value>> {
     identity(&req.user_id, &req.user_email)?;
     let max_budget = match &req.max_budget_in_team {
         Patch::Absent => Patch::Absent,
@@ -327,7 +327,7 @@ async fn team_member_update(
         if let Some(v) = p.value()
             && *v < 0
         {
-            return Err(ApiError::detail_error(
+            return Err(Error::http(
                 StatusCode::BAD_REQUEST,
                 format!("{name} must be >= 0, got {v}"),
             ));
@@ -379,26 +379,13 @@ struct BulkMemberAddRequest {
     max_budget_in_team: Option<f64>,
 }
 
-/// The text of an error for a `TeamMemberAddResult.error`.
-fn error_text(e: &ApiError) -> String {
-    match e {
-        ApiError::Proxy { message, .. } => message.clone(),
-        ApiError::Detail { detail, .. } => detail
-            .get("error")
-            .and_then(Value::as_str)
-            .map(str::to_string)
-            .or_else(|| detail.as_str().map(str::to_string))
-            .unwrap_or_else(|| detail.to_string()),
-    }
-}
-
 /// POST /team/bulk_member_add → `BulkTeamMemberAddResponse`. Input errors are 4xx; a failure
 /// of the add itself answers 200 with every result `success: false` (nothing was added).
 async fn bulk_team_member_add(
     State(state): State<AppState>,
     caller: Caller,
     JsonBody(req): JsonBody<BulkMemberAddRequest>,
-) -> ApiResult<Json<Value>> {
+) -> Result<Json<Value>> {
     let mut list = Vec::new();
     for (i, m) in req.members.unwrap_or_default().into_iter().enumerate() {
         list.push(parse_member(m, vec![json!("members"), json!(i)])?);
@@ -432,7 +419,7 @@ async fn bulk_team_member_add(
     .await;
     let (results, updated_team): (Vec<Value>, Value) = match &outcome {
         Err(e) => {
-            let text = error_text(e);
+            let text = e.message().to_string();
             let r = list
                 .iter()
                 .map(|m| result_json(m, false, Some(&text), Value::Null, Value::Null))
@@ -507,8 +494,8 @@ struct ResetSpendRequest {
     reset_to: f64,
 }
 
-fn path_error(e: PathRejection) -> ApiError {
-    ApiError::validation(vec![json!("path")], "type_error", e.body_text())
+fn path_error(e: PathRejection) -> Error {
+    Error::validation(vec![json!("path")], "type_error", e.body_text())
 }
 
 /// POST /team/{team_id}/member/{user_id}/reset_spend.
@@ -517,7 +504,7 @@ async fn team_member_reset_spend(
     caller: Caller,
     path: Result<Path<(String, String)>, PathRejection>,
     JsonBody(req): JsonBody<ResetSpendRequest>,
-) -> ApiResult<Json<Value>> {
+) -> Result<Json<Value>> {
     let Path((team_id, user_id)) = path.map_err(path_error)?;
     members::reset_spend(&state, &caller, &team_id, &user_id, req.reset_to)
         .await
@@ -529,7 +516,7 @@ async fn team_member_info_me(
     State(state): State<AppState>,
     caller: Caller,
     path: Result<Path<String>, PathRejection>,
-) -> ApiResult<Json<Value>> {
+) -> Result<Json<Value>> {
     let Path(team_id) = path.map_err(path_error)?;
     members::member_me(&state, &caller, &team_id)
         .await

@@ -7,10 +7,11 @@ use axum::http::StatusCode;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::error::{ApiError, ApiResult};
+use super::error::Shape;
 use super::extract::{JsonBody, PagedQuery, QueryParams};
 use super::{Gate, Route};
 use crate::app::AppState;
+use crate::error::{Error, Result};
 use crate::service::caller::Caller;
 use crate::service::paging::{PageRules, Paged};
 use crate::service::users::{self, NewUserRequest, UpdateUserRequest};
@@ -25,14 +26,16 @@ pub fn routes() -> Vec<Route> {
             "internal user management",
             "Create a user (and its first key)",
             user_new,
-        ),
+        )
+        .answers(Shape::Wrapped),
         Route::get(
             "/user/info",
             Gate::SelfManaged,
             "internal user management",
             "Read a user with its keys and teams",
             user_info,
-        ),
+        )
+        .answers(Shape::Wrapped),
         Route::get(
             "/user/list",
             Gate::Admin,
@@ -46,7 +49,8 @@ pub fn routes() -> Vec<Route> {
             "internal user management",
             "Update a user (only sent fields change)",
             user_update,
-        ),
+        )
+        .answers(Shape::Wrapped),
         Route::post(
             "/user/delete",
             Gate::Admin,
@@ -61,7 +65,7 @@ pub async fn user_new(
     State(state): State<AppState>,
     caller: Caller,
     JsonBody(req): JsonBody<NewUserRequest>,
-) -> ApiResult<Json<Value>> {
+) -> Result<Json<Value>> {
     let created = users::create(&state, &caller, &req).await?;
     Ok(Json(users::created_response(
         &created,
@@ -78,7 +82,7 @@ pub async fn user_info(
     State(state): State<AppState>,
     caller: Caller,
     QueryParams(q): QueryParams<UserInfoQuery>,
-) -> ApiResult<Json<Value>> {
+) -> Result<Json<Value>> {
     Ok(Json(users::info(&state, &caller, q.user_id).await?))
 }
 
@@ -102,7 +106,7 @@ impl Paged for UserListQuery {
 pub async fn user_list(
     State(state): State<AppState>,
     PagedQuery(q, paging): PagedQuery<UserListQuery>,
-) -> ApiResult<Json<Value>> {
+) -> Result<Json<Value>> {
     let filter = UserFilter {
         user_ids: q.user_ids.as_ref().map(|s| {
             s.split(',')
@@ -129,7 +133,7 @@ pub async fn user_update(
     State(state): State<AppState>,
     caller: Caller,
     JsonBody(req): JsonBody<UpdateUserRequest>,
-) -> ApiResult<Json<Value>> {
+) -> Result<Json<Value>> {
     let (after, teams) = users::update(&state, &caller, &req).await?;
     Ok(Json(
         json!({ "user_id": after.user_id, "data": views::user_json(&after, &teams) }),
@@ -145,9 +149,9 @@ pub async fn user_delete(
     State(state): State<AppState>,
     caller: Caller,
     JsonBody(req): JsonBody<UserDeleteRequest>,
-) -> ApiResult<Json<Value>> {
+) -> Result<Json<Value>> {
     if req.user_ids.is_empty() {
-        return Err(ApiError::detail_error(
+        return Err(Error::http(
             StatusCode::BAD_REQUEST,
             "user_ids must not be empty",
         ));

@@ -8,25 +8,25 @@ use purser_core::keys::{abbreviate, hash_key};
 use purser_core::roles::UserRole;
 use subtle::ConstantTimeEq;
 
-use crate::api::error::ApiError;
 use crate::app::AppState;
+use crate::error::Error;
 use crate::service::caller::Caller;
 
 /// Resolves the raw credential presented by a client.
-pub async fn resolve(state: &AppState, credential: &str) -> Result<Caller, ApiError> {
+pub async fn resolve(state: &AppState, credential: &str) -> Result<Caller, Error> {
     let master = state.settings.master_key.as_bytes();
     if bool::from(credential.as_bytes().ct_eq(master)) {
         return Ok(Caller::master());
     }
     if !credential.starts_with("sk-") {
-        return Err(ApiError::auth(format!(
+        return Err(Error::auth(format!(
             "Authentication Error, LiteLLM Virtual Key expected. Received={}, expected to start with 'sk-'.",
             abbreviate(credential)
         )));
     }
     let token = hash_key(credential);
     let Some(key) = state.cache.key(&state.db, &token).await? else {
-        return Err(ApiError::proxy(
+        return Err(Error::proxy(
             StatusCode::UNAUTHORIZED,
             "token_not_found_in_db",
             "Authentication Error, Invalid API key provided.",
@@ -34,14 +34,14 @@ pub async fn resolve(state: &AppState, credential: &str) -> Result<Caller, ApiEr
         .with_param("key"));
     };
     if key.blocked == Some(true) {
-        return Err(ApiError::auth(
+        return Err(Error::auth(
             "Authentication Error, Key is blocked. Update via `/key/unblock` if you're an admin.",
         ));
     }
     if let Some(expires) = key.expires {
         let now = Utc::now();
         if expires < now {
-            return Err(ApiError::proxy(
+            return Err(Error::proxy(
                 StatusCode::UNAUTHORIZED,
                 "expired_key",
                 format!("Authentication Error - Expired Key. Key Expiry time {expires} and current time {now}"),

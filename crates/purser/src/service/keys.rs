@@ -14,8 +14,8 @@ use serde::Deserialize;
 use serde_json::{Map, Value, json};
 use sqlx::types::Json;
 
-use crate::api::error::ApiError;
 use crate::app::AppState;
+use crate::error::Error;
 use crate::service::audit::{self, action, table};
 use crate::service::caller::Caller;
 use crate::service::paging::Page;
@@ -104,20 +104,20 @@ pub struct UpdateKeyRequest {
     pub key_type: Patch<String>,
 }
 
-/// 400 in the wrapped-handler shape.
-pub fn bad_request(msg: impl AsRef<str>) -> ApiError {
-    ApiError::wrapped(StatusCode::BAD_REQUEST, msg.as_ref())
+/// `HTTPException(400, {"error": msg})`.
+pub fn bad_request(msg: impl AsRef<str>) -> Error {
+    Error::http(StatusCode::BAD_REQUEST, msg.as_ref())
 }
 
-// Field rules are `purser_core::validate`; the key routes answer their failures in these shapes.
+// Field rules are `purser_core::validate`; these turn their failures into the key routes' refusals.
 
 /// Dollars from a client → nanos, or 400 naming the field.
-pub fn money_field(field: &str, usd: f64) -> Result<i64, ApiError> {
+pub fn money_field(field: &str, usd: f64) -> Result<i64, Error> {
     validate::usd(usd).map_err(|e| bad_request(format!("{field} {e}. Received={usd}")))
 }
 
 /// A count limit (tpm/rpm/parallel requests) must not be negative.
-pub fn limit_field(field: &str, v: i64) -> Result<i64, ApiError> {
+pub fn limit_field(field: &str, v: i64) -> Result<i64, Error> {
     validate::count_limit(v).map_err(|_| {
         bad_request(format!(
             "{field} must be a non-negative integer. Received={v}"
@@ -126,14 +126,14 @@ pub fn limit_field(field: &str, v: i64) -> Result<i64, ApiError> {
 }
 
 /// Parses a `budget_duration` and returns the first reset instant after `now`.
-pub fn budget_reset(d: &str, now: DateTime<Utc>) -> Result<DateTime<Utc>, ApiError> {
+pub fn budget_reset(d: &str, now: DateTime<Utc>) -> Result<DateTime<Utc>, Error> {
     validate::budget_duration(d)
         .map(|p| p.next_reset(now))
         .map_err(|e| bad_request(e.to_string()))
 }
 
 /// Parses a key `duration` and returns the expiry instant.
-pub fn expiry(d: &str, now: DateTime<Utc>) -> Result<DateTime<Utc>, ApiError> {
+pub fn expiry(d: &str, now: DateTime<Utc>) -> Result<DateTime<Utc>, Error> {
     validate::budget_duration(d)
         .map(|p| p.after(now))
         .map_err(|_| {
@@ -143,7 +143,7 @@ pub fn expiry(d: &str, now: DateTime<Utc>) -> Result<DateTime<Utc>, ApiError> {
         })
 }
 
-fn key_type_field(t: &str) -> Result<String, ApiError> {
+fn key_type_field(t: &str) -> Result<String, Error> {
     if KEY_TYPES.contains(&t) {
         Ok(t.to_string())
     } else {
@@ -153,7 +153,7 @@ fn key_type_field(t: &str) -> Result<String, ApiError> {
     }
 }
 
-fn non_blank(field: &str, v: &str) -> Result<(), ApiError> {
+fn non_blank(field: &str, v: &str) -> Result<(), Error> {
     if v.trim().is_empty() {
         return Err(bad_request(format!("{field} must not be empty")));
     }
@@ -163,7 +163,7 @@ fn non_blank(field: &str, v: &str) -> Result<(), ApiError> {
 /// Fix for reference bug §10 #18: a key's models must be a subset of its team's models, unless
 /// the team allows every model (empty list or `all-proxy-models`/`*`). `all-team-models` is
 /// always allowed because it inherits the team's list.
-pub fn check_models_in_team(models: &[String], team: &TeamRow) -> Result<(), ApiError> {
+pub fn check_models_in_team(models: &[String], team: &TeamRow) -> Result<(), Error> {
     let allowed = &team.models.0;
     if allowed.is_empty() || allowed.iter().any(|m| m == ALL_PROXY_MODELS || m == "*") {
         return Ok(());
@@ -194,10 +194,10 @@ async fn roster_role(
     }
 }
 
-fn permission_error(route: &str, team: &TeamRow) -> ApiError {
+fn permission_error(route: &str, team: &TeamRow) -> Error {
     let mut allowed = vec!["/key/info".to_string(), "/key/health".to_string()];
     allowed.extend(team.team_member_permissions.0.iter().cloned());
-    ApiError::proxy(
+    Error::proxy(
         StatusCode::UNAUTHORIZED,
         "team_member_permission_error",
         format!(
@@ -214,7 +214,7 @@ pub async fn generate_tx(
     state: &AppState,
     caller: &Caller,
     req: &GenerateKeyRequest,
-) -> Result<(String, KeyRow), ApiError> {
+) -> Result<(String, KeyRow), Error> {
     let now = store::now();
     let max_budget = req
         .max_budget
@@ -309,9 +309,9 @@ pub async fn generate_tx(
         }
     }
     if !caller.is_proxy_admin() && user_id.is_some() && user_id != caller.user_id {
-        return Err(ApiError::wrapped(
+        return Err(Error::http(
             StatusCode::FORBIDDEN,
-            &format!(
+            format!(
                 "Non-admin users can only create keys for themselves. Your user_id={}, requested user_id={}",
                 caller.user_id.as_deref().unwrap_or("None"),
                 user_id.as_deref().unwrap_or("None")
@@ -364,7 +364,7 @@ pub async fn generate_tx(
     };
     store::keys::insert(h, &row).await.map_err(|e| {
         if store::is_unique_violation(&e) {
-            ApiError::wrapped(
+            Error::http(
                 StatusCode::CONFLICT,
                 "Key with this value already exists. Use a different key.",
             )
@@ -463,8 +463,8 @@ pub async fn find(h: &mut Handle, raw_or_hash: &str) -> store::Result<Option<Key
     store::keys::get(h, &token_of(raw_or_hash)).await
 }
 
-pub fn key_not_found() -> ApiError {
-    ApiError::proxy(
+pub fn key_not_found() -> Error {
+    Error::proxy(
         StatusCode::NOT_FOUND,
         "not_found_error",
         "Key not found in database",
@@ -478,7 +478,7 @@ fn is_own(caller: &Caller, k: &KeyRow) -> bool {
 
 /// Read access (`/key/info`): proxy admins and viewers, the key itself, its owner, or an admin
 /// of the key's team.
-pub async fn authorize_read(h: &mut Handle, caller: &Caller, k: &KeyRow) -> Result<(), ApiError> {
+pub async fn authorize_read(h: &mut Handle, caller: &Caller, k: &KeyRow) -> Result<(), Error> {
     if caller.can_read_all() || is_own(caller, k) {
         return Ok(());
     }
@@ -490,9 +490,9 @@ pub async fn authorize_read(h: &mut Handle, caller: &Caller, k: &KeyRow) -> Resu
     {
         return Ok(());
     }
-    Err(ApiError::wrapped(
+    Err(Error::http(
         StatusCode::FORBIDDEN,
-        &format!(
+        format!(
             "You are not allowed to access this key's info. Your role={}",
             caller.role.as_str()
         ),
@@ -507,7 +507,7 @@ pub async fn authorize_write(
     caller: &Caller,
     k: &KeyRow,
     route: &str,
-) -> Result<(), ApiError> {
+) -> Result<(), Error> {
     if caller.is_proxy_admin() || is_own(caller, k) {
         return Ok(());
     }
@@ -528,9 +528,9 @@ pub async fn authorize_write(
             None => {}
         }
     }
-    Err(ApiError::wrapped(
+    Err(Error::http(
         StatusCode::FORBIDDEN,
-        &format!(
+        format!(
             "You are not allowed to modify this key. Only its owner, an admin of its team or a proxy admin may. Your role={}",
             caller.role.as_str()
         ),
@@ -543,7 +543,7 @@ pub async fn update_tx(
     h: &mut Handle,
     caller: &Caller,
     req: &UpdateKeyRequest,
-) -> Result<(KeyRow, KeyRow), ApiError> {
+) -> Result<(KeyRow, KeyRow), Error> {
     let Some(before) = find(h, &req.key).await? else {
         return Err(key_not_found());
     };
@@ -602,7 +602,7 @@ pub async fn update_tx(
     if let Some(v) = req.blocked.as_update() {
         // Unblocking is `/key/unblock`'s job (proxy admins); an owner may only block.
         if !caller.is_proxy_admin() && v != Some(&true) && before.blocked == Some(true) {
-            return Err(ApiError::wrapped(
+            return Err(Error::http(
                 StatusCode::FORBIDDEN,
                 "Only proxy admins can unblock a key. Use /key/unblock.",
             ));
@@ -620,7 +620,7 @@ pub async fn update_tx(
             non_blank("user_id", u)?;
         }
         if !caller.is_proxy_admin() && v.map(String::as_str) != before.user_id.as_deref() {
-            return Err(ApiError::wrapped(
+            return Err(Error::http(
                 StatusCode::FORBIDDEN,
                 "Only proxy admins can change the user_id of a key",
             ));
@@ -632,7 +632,7 @@ pub async fn update_tx(
             non_blank("team_id", t)?;
         }
         if !caller.is_proxy_admin() && v.map(String::as_str) != before.team_id.as_deref() {
-            return Err(ApiError::wrapped(
+            return Err(Error::http(
                 StatusCode::FORBIDDEN,
                 "Only proxy admins can move a key to another team",
             ));
@@ -668,7 +668,7 @@ pub async fn set_blocked_tx(
     caller: &Caller,
     raw_or_hash: &str,
     blocked: bool,
-) -> Result<KeyRow, ApiError> {
+) -> Result<KeyRow, Error> {
     let Some(before) = find(h, raw_or_hash).await? else {
         return Err(key_not_found());
     };
@@ -702,7 +702,7 @@ pub async fn regenerate_tx(
     caller: &Caller,
     raw_or_hash: &str,
     new_key: Option<&str>,
-) -> Result<(String, String, KeyRow), ApiError> {
+) -> Result<(String, String, KeyRow), Error> {
     let Some(before) = find(h, raw_or_hash).await? else {
         return Err(key_not_found());
     };
@@ -729,7 +729,7 @@ pub async fn regenerate_tx(
         .await
         .map_err(|e| {
             if store::is_unique_violation(&e) {
-                ApiError::wrapped(
+                Error::http(
                     StatusCode::CONFLICT,
                     "Key with this value already exists. Use a different key.",
                 )
@@ -757,15 +757,15 @@ pub async fn delete_tx(
     caller: &Caller,
     keys: &[String],
     aliases: &[String],
-) -> Result<Vec<String>, ApiError> {
+) -> Result<Vec<String>, Error> {
     let mut rows: Vec<KeyRow> = Vec::new();
     for k in keys {
         match find(h, k).await? {
             Some(r) => rows.push(r),
             None => {
-                return Err(ApiError::wrapped(
+                return Err(Error::http(
                     StatusCode::NOT_FOUND,
-                    &format!(
+                    format!(
                         "Key not found in database: {}. Nothing was deleted.",
                         purser_core::keys::abbreviate(k)
                     ),
@@ -776,9 +776,9 @@ pub async fn delete_tx(
     for a in aliases {
         let found = store::keys::find_by_alias(h, a).await?;
         if found.is_empty() {
-            return Err(ApiError::wrapped(
+            return Err(Error::http(
                 StatusCode::NOT_FOUND,
-                &format!("No key found with key_alias={a}. Nothing was deleted."),
+                format!("No key found with key_alias={a}. Nothing was deleted."),
             ));
         }
         rows.extend(found);
@@ -815,7 +815,7 @@ pub async fn generate(
     state: &AppState,
     caller: &Caller,
     req: &GenerateKeyRequest,
-) -> Result<(String, KeyRow), ApiError> {
+) -> Result<(String, KeyRow), Error> {
     let mut h = state.db.begin_write().await?;
     let (raw, row) = generate_tx(&mut h, state, caller, req).await?;
     h.commit().await?;
@@ -830,7 +830,7 @@ pub async fn info(
     state: &AppState,
     caller: &Caller,
     key: Option<&str>,
-) -> Result<(String, KeyRow), ApiError> {
+) -> Result<(String, KeyRow), Error> {
     let mut h = state.db.conn().await?;
     let (shown, row) = match key {
         Some(k) => (k.to_string(), find(&mut h, k).await?),
@@ -857,13 +857,13 @@ pub async fn list(
     caller: &Caller,
     mut filter: KeyFilter,
     page: Page,
-) -> Result<(Vec<KeyRow>, i64), ApiError> {
+) -> Result<(Vec<KeyRow>, i64), Error> {
     if !caller.can_read_all() {
         match (&filter.user_id, &caller.user_id) {
             (Some(asked), Some(own)) if asked != own => {
-                return Err(ApiError::wrapped(
+                return Err(Error::http(
                     StatusCode::FORBIDDEN,
-                    &format!("Only admins can list other users' keys. Your user_id={own}"),
+                    format!("Only admins can list other users' keys. Your user_id={own}"),
                 ));
             }
             (_, Some(own)) => filter.user_id = Some(own.clone()),
@@ -880,7 +880,7 @@ pub async fn update(
     state: &AppState,
     caller: &Caller,
     req: &UpdateKeyRequest,
-) -> Result<KeyRow, ApiError> {
+) -> Result<KeyRow, Error> {
     let mut h = state.db.begin_write().await?;
     let (before, after) = update_tx(&mut h, caller, req).await?;
     h.commit().await?;
@@ -894,7 +894,7 @@ pub async fn delete(
     caller: &Caller,
     keys: &[String],
     aliases: &[String],
-) -> Result<(), ApiError> {
+) -> Result<(), Error> {
     if keys.is_empty() && aliases.is_empty() {
         return Err(bad_request("Either keys or key_aliases must be provided"));
     }
@@ -915,7 +915,7 @@ pub async fn set_blocked(
     caller: &Caller,
     key: &str,
     blocked: bool,
-) -> Result<KeyRow, ApiError> {
+) -> Result<KeyRow, Error> {
     let mut h = state.db.begin_write().await?;
     let row = set_blocked_tx(&mut h, caller, key, blocked).await?;
     h.commit().await?;
@@ -930,7 +930,7 @@ pub async fn regenerate(
     caller: &Caller,
     key: &str,
     new_key: Option<&str>,
-) -> Result<(String, KeyRow), ApiError> {
+) -> Result<(String, KeyRow), Error> {
     // Spend follows the key: the spend writer is held off while the row changes token, then
     // the counter, the unwritten costs and the calls in flight move to the new token, so a key
     // cannot shed its spend by regenerating itself.

@@ -6,7 +6,7 @@
 use purser_core::validate::{OutOfRange, within};
 use serde_json::json;
 
-use crate::api::error::ApiError;
+use crate::error::Error;
 
 /// How a route words an out-of-range page size.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -74,7 +74,7 @@ pub struct Page {
 }
 
 impl Page {
-    pub fn of<Q: Paged>(q: &Q) -> Result<Page, ApiError> {
+    pub fn of<Q: Paged>(q: &Q) -> Result<Page, Error> {
         let rules = Q::RULES;
         let (number, size) = q.paging();
         let number = number.unwrap_or(1);
@@ -84,7 +84,7 @@ impl Page {
         })?;
         let size = size.unwrap_or(rules.default_size);
         within(size, 1, rules.max_size).map_err(|e| match (rules.size_message, e) {
-            (SizeMessage::Between, _) => ApiError::validation(
+            (SizeMessage::Between, _) => Error::validation(
                 vec![json!("query"), json!(rules.size_param)],
                 "less_than_equal",
                 format!("Input should be between 1 and {}", rules.max_size),
@@ -96,16 +96,16 @@ impl Page {
     }
 }
 
-fn at_least_one(param: &str) -> ApiError {
-    ApiError::validation(
+fn at_least_one(param: &str) -> Error {
+    Error::validation(
         vec![json!("query"), json!(param)],
         "greater_than_equal",
         "Input should be greater than or equal to 1",
     )
 }
 
-fn at_most(param: &str, max: i64) -> ApiError {
-    ApiError::validation(
+fn at_most(param: &str, max: i64) -> Error {
+    Error::validation(
         vec![json!("query"), json!(param)],
         "less_than_equal",
         format!("Input should be less than or equal to {max}"),
@@ -114,7 +114,6 @@ fn at_most(param: &str, max: i64) -> ApiError {
 
 #[cfg(test)]
 mod tests {
-    use serde_json::Value;
 
     use super::*;
 
@@ -136,18 +135,13 @@ mod tests {
         }
     }
 
-    fn detail(e: ApiError) -> Value {
-        let ApiError::Detail { detail, .. } = e else {
-            panic!("not a detail error")
+    fn expect(e: Error, at: &str, want_kind: &str, want_msg: &str) {
+        let Error::Validation { loc, kind, msg } = e else {
+            panic!("not a validation error")
         };
-        detail[0].clone()
-    }
-
-    fn expect(e: ApiError, loc: &str, kind: &str, msg: &str) {
-        let d = detail(e);
-        assert_eq!(d["loc"], json!(["query", loc]));
-        assert_eq!(d["type"], kind);
-        assert_eq!(d["msg"], msg);
+        assert_eq!(loc, vec![json!("query"), json!(at)]);
+        assert_eq!(kind, want_kind);
+        assert_eq!(msg, want_msg);
     }
 
     #[test]

@@ -13,8 +13,8 @@ use serde::Deserialize;
 use serde_json::{Map, Value, json};
 use sqlx::types::Json;
 
-use crate::api::error::ApiError;
 use crate::app::AppState;
+use crate::error::Error;
 use crate::service::audit::{self, action, table};
 use crate::service::caller::Caller;
 use crate::service::keys::{
@@ -92,9 +92,9 @@ pub struct UpdateUserRequest {
 }
 
 /// 422 for `password` (Purser has no password login; the field is refused, never stored).
-pub fn refuse_password(p: &Option<Value>) -> Result<(), ApiError> {
+pub fn refuse_password(p: &Option<Value>) -> Result<(), Error> {
     if p.as_ref().is_some_and(|v| !v.is_null()) {
-        return Err(ApiError::validation(
+        return Err(Error::validation(
             vec![json!("body"), json!("password")],
             "extra_forbidden",
             "password is not accepted: Purser does not store passwords",
@@ -103,9 +103,9 @@ pub fn refuse_password(p: &Option<Value>) -> Result<(), ApiError> {
     Ok(())
 }
 
-fn parse_role(r: &str) -> Result<UserRole, ApiError> {
+fn parse_role(r: &str) -> Result<UserRole, Error> {
     UserRole::parse(r).ok_or_else(|| {
-        ApiError::validation(
+        Error::validation(
             vec![json!("body"), json!("user_role")],
             "enum",
             format!(
@@ -115,15 +115,15 @@ fn parse_role(r: &str) -> Result<UserRole, ApiError> {
     })
 }
 
-fn conflict(field: &str, value: &str) -> ApiError {
-    ApiError::wrapped(
+fn conflict(field: &str, value: &str) -> Error {
+    Error::http(
         StatusCode::CONFLICT,
-        &format!("User with {field} {value} already exists"),
+        format!("User with {field} {value} already exists"),
     )
 }
 
-pub fn user_not_found(user_id: &str) -> ApiError {
-    ApiError::wrapped(StatusCode::NOT_FOUND, &format!("User {user_id} not found"))
+pub fn user_not_found(user_id: &str) -> Error {
+    Error::http(StatusCode::NOT_FOUND, format!("User {user_id} not found"))
 }
 
 /// Result of `/user/new`: the user, its key (raw + row) and what the membership adds touched.
@@ -140,7 +140,7 @@ pub async fn create_tx(
     state: &AppState,
     caller: &Caller,
     req: &NewUserRequest,
-) -> Result<Created, ApiError> {
+) -> Result<Created, Error> {
     refuse_password(&req.password)?;
     let now = store::now();
     // Unset fields take `default_internal_user_params` / `max_internal_user_budget` /
@@ -167,9 +167,9 @@ pub async fn create_tx(
         None => UserRole::InternalUser,
     };
     if role.can_read_all() && !caller.is_proxy_admin() {
-        return Err(ApiError::wrapped(
+        return Err(Error::http(
             StatusCode::FORBIDDEN,
-            &format!(
+            format!(
                 "Only proxy admins can create users with role {}",
                 role.as_str()
             ),
@@ -285,15 +285,15 @@ pub async fn create_tx(
     let mut added = Vec::new();
     for (team_id, team_role, budget) in &wanted {
         if !store::teams::lock(h, team_id).await? {
-            return Err(ApiError::wrapped(
+            return Err(Error::http(
                 StatusCode::NOT_FOUND,
-                &format!("Team not found for team_id={team_id}. Nothing was created."),
+                format!("Team not found for team_id={team_id}. Nothing was created."),
             ));
         }
         let Some(team) = store::teams::get(h, team_id).await? else {
-            return Err(ApiError::wrapped(
+            return Err(Error::http(
                 StatusCode::NOT_FOUND,
-                &format!("Team not found for team_id={team_id}. Nothing was created."),
+                format!("Team not found for team_id={team_id}. Nothing was created."),
             ));
         };
         let member = NewMember {
@@ -381,7 +381,7 @@ pub async fn update_tx(
     h: &mut Handle,
     caller: &Caller,
     req: &UpdateUserRequest,
-) -> Result<(UserRow, UserRow), ApiError> {
+) -> Result<(UserRow, UserRow), Error> {
     refuse_password(&req.password)?;
     if let Some(Some(e)) = req.user_email.as_update() {
         store::users::lock_emails(h, [e.as_str()]).await?;
@@ -486,14 +486,14 @@ pub async fn delete_tx(
     h: &mut Handle,
     caller: &Caller,
     user_ids: &[String],
-) -> Result<Deleted, ApiError> {
+) -> Result<Deleted, Error> {
     let mut out = Deleted::default();
     let mut rows = Vec::new();
     for id in user_ids {
         match store::users::get(h, id).await? {
             Some(u) => rows.push(u),
             None => {
-                return Err(ApiError::detail_error(
+                return Err(Error::http(
                     StatusCode::NOT_FOUND,
                     format!("User {id} not found. Nothing was deleted."),
                 ));
@@ -575,7 +575,7 @@ pub async fn create(
     state: &AppState,
     caller: &Caller,
     req: &NewUserRequest,
-) -> Result<Created, ApiError> {
+) -> Result<Created, Error> {
     let mut h = state.db.begin_write().await?;
     let created = create_tx(&mut h, state, caller, req).await?;
     h.commit().await?;
@@ -590,17 +590,14 @@ pub async fn info(
     state: &AppState,
     caller: &Caller,
     user_id: Option<String>,
-) -> Result<Value, ApiError> {
+) -> Result<Value, Error> {
     let Some(user_id) = user_id.or_else(|| caller.user_id.clone()) else {
-        return Err(ApiError::wrapped(
-            StatusCode::BAD_REQUEST,
-            "user_id is required",
-        ));
+        return Err(Error::http(StatusCode::BAD_REQUEST, "user_id is required"));
     };
     if !caller.can_read_all() && caller.user_id.as_deref() != Some(user_id.as_str()) {
-        return Err(ApiError::wrapped(
+        return Err(Error::http(
             StatusCode::FORBIDDEN,
-            &format!(
+            format!(
                 "key not allowed to access this user's info. user_id={}, key's user_id={}",
                 user_id,
                 caller.user_id.as_deref().unwrap_or("None")
@@ -659,7 +656,7 @@ pub async fn list(
     state: &AppState,
     filter: &UserFilter,
     page: Page,
-) -> Result<(Vec<Value>, i64), ApiError> {
+) -> Result<(Vec<Value>, i64), Error> {
     let mut h = state.db.conn().await?;
     let offset = (page.number - 1) * page.size;
     let (rows, total) = store::users::list(&mut h, filter, page.size, offset).await?;
@@ -676,7 +673,7 @@ pub async fn update(
     state: &AppState,
     caller: &Caller,
     req: &UpdateUserRequest,
-) -> Result<(UserRow, Vec<String>), ApiError> {
+) -> Result<(UserRow, Vec<String>), Error> {
     let mut h = state.db.begin_write().await?;
     let (_, after) = update_tx(&mut h, caller, req).await?;
     h.commit().await?;
@@ -687,11 +684,7 @@ pub async fn update(
 }
 
 /// `POST /user/delete`: all or nothing, for distinct `user_ids`.
-pub async fn delete(
-    state: &AppState,
-    caller: &Caller,
-    user_ids: &[String],
-) -> Result<(), ApiError> {
+pub async fn delete(state: &AppState, caller: &Caller, user_ids: &[String]) -> Result<(), Error> {
     let mut h = state.db.begin_write().await?;
     let deleted = delete_tx(&mut h, caller, user_ids).await?;
     h.commit().await?;

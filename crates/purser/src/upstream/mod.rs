@@ -17,8 +17,8 @@ use purser_core::access::AccessGroups;
 use purser_core::money::price_per_token_pico;
 use serde_json::Value;
 
-use crate::api::error::ApiError;
 use crate::config::Config;
+use crate::error::Error;
 use crate::limiter::WINDOW_SECS;
 
 /// Default whole-request timeout (LiteLLM's 600 s).
@@ -296,7 +296,7 @@ impl Registry {
         kind: CallKind,
         body: &Value,
         stream: bool,
-    ) -> Result<reqwest::Response, ApiError> {
+    ) -> Result<reqwest::Response, Error> {
         let mut req = self.client.post(dep.url(kind.path())).json(body);
         if let Some(k) = &dep.api_key {
             req = req.bearer_auth(k);
@@ -319,8 +319,8 @@ impl Registry {
 }
 
 /// 504: the upstream did not answer in time.
-pub fn timeout_error(dep: &Deployment) -> ApiError {
-    ApiError::proxy(
+pub fn timeout_error(dep: &Deployment) -> Error {
+    Error::proxy(
         StatusCode::GATEWAY_TIMEOUT,
         "timeout",
         format!(
@@ -333,12 +333,12 @@ pub fn timeout_error(dep: &Deployment) -> ApiError {
 
 /// 503 (cannot connect) / 504 (timed out) / 502 (broken response) from a transport error. The
 /// reqwest error text is not used: it embeds the URL.
-pub fn transport_error(dep: &Deployment, e: &reqwest::Error) -> ApiError {
+pub fn transport_error(dep: &Deployment, e: &reqwest::Error) -> Error {
     if e.is_timeout() {
         return timeout_error(dep);
     }
     if e.is_connect() {
-        return ApiError::proxy(
+        return Error::proxy(
             StatusCode::SERVICE_UNAVAILABLE,
             "service_unavailable_error",
             format!(
@@ -347,7 +347,7 @@ pub fn transport_error(dep: &Deployment, e: &reqwest::Error) -> ApiError {
             ),
         );
     }
-    ApiError::proxy(
+    Error::proxy(
         StatusCode::BAD_GATEWAY,
         "api_connection_error",
         format!(
@@ -359,7 +359,7 @@ pub fn transport_error(dep: &Deployment, e: &reqwest::Error) -> ApiError {
 
 /// Maps an upstream error status: client errors the caller can fix (400/404/413/422) and 429 pass
 /// through with the upstream message (scrubbed); everything else (5xx, upstream auth) is 502.
-fn status_error(dep: &Deployment, status: reqwest::StatusCode, body: &str) -> ApiError {
+fn status_error(dep: &Deployment, status: reqwest::StatusCode, body: &str) -> Error {
     let upstream_msg = serde_json::from_str::<Value>(body)
         .ok()
         .and_then(|v| {
@@ -386,5 +386,5 @@ fn status_error(dep: &Deployment, status: reqwest::StatusCode, body: &str) -> Ap
         message.push_str(": ");
         message.push_str(&upstream_msg);
     }
-    ApiError::proxy(out, kind, message)
+    Error::proxy(out, kind, message)
 }

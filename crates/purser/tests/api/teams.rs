@@ -1139,6 +1139,25 @@ async fn team_models_permissions_available(b: Backend) {
     );
     let (_, p) = app.get("/team/permissions_list?team_id=t1", MASTER).await;
     assert_eq!(p["team_member_permissions"], json!(["/key/generate"]));
+    // The same rule on a route behind the team wrapper reads as its ProxyException: the route
+    // table, not the rule, decides the wire shape.
+    let (s, e) = app
+        .post(
+            "/team/new",
+            MASTER,
+            json!({"team_id": "t9", "team_member_permissions": ["/team/delete"]}),
+        )
+        .await;
+    assert_eq!(s, 400);
+    assert_eq!(e["error"]["type"], "internal_server_error", "{e}");
+    assert_eq!(e["error"]["code"], "400");
+    assert!(
+        e["error"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("{'error': 'Invalid team member permission: /team/delete."),
+        "{e}"
+    );
 
     // Available: configured teams the caller is not in (unknown ids skipped).
     let (s, l) = app.get("/team/available", &member).await;

@@ -10,8 +10,8 @@ use purser_core::validate;
 use serde_json::Value;
 use sqlx::types::Json;
 
-use crate::api::error::ApiError;
 use crate::app::AppState;
+use crate::error::Error;
 use crate::service::audit::{self, action, table};
 use crate::service::caller::Caller;
 use crate::service::views;
@@ -48,7 +48,7 @@ pub async fn add_members_tx(
     budget: &MemberBudget,
     on_duplicate: OnDuplicate,
     may_create_users: bool,
-) -> Result<Vec<Added>, ApiError> {
+) -> Result<Vec<Added>, Error> {
     let now = store::now();
     let roster = store::members::list_by_team(h, &team.team_id).await?;
 
@@ -62,7 +62,7 @@ pub async fn add_members_tx(
         let user = match (&m.user_id, &m.user_email) {
             (Some(id), Some(email)) => {
                 let mismatch = || {
-                    ApiError::detail_error(
+                    Error::http(
                         StatusCode::BAD_REQUEST,
                         format!(
                             "user_id={id} and user_email={email} do not belong to the same user"
@@ -94,7 +94,7 @@ pub async fn add_members_tx(
             (None, Some(email)) => {
                 let found = store::users::find_by_email(h, email).await?;
                 if found.len() > 1 {
-                    return Err(ApiError::detail_error(
+                    return Err(Error::http(
                         StatusCode::BAD_REQUEST,
                         format!(
                             "Multiple users found with email '{email}'. Please use 'user_id' instead."
@@ -104,7 +104,7 @@ pub async fn add_members_tx(
                 found.into_iter().next()
             }
             (None, None) => {
-                return Err(ApiError::detail_error(
+                return Err(Error::http(
                     StatusCode::BAD_REQUEST,
                     "Either user id or user email must be provided",
                 ));
@@ -156,7 +156,7 @@ pub async fn add_members_tx(
         } else {
             format!("All users are already in team. Existing members=[{existing}]")
         };
-        return Err(ApiError::proxy(
+        return Err(Error::proxy(
             StatusCode::BAD_REQUEST,
             "team_member_already_in_team",
             message,
@@ -171,7 +171,7 @@ pub async fn add_members_tx(
             .iter()
             .find(|(m, u)| u.is_none() && m.user_id.is_some() && !on_roster(m))
     {
-        return Err(ApiError::detail_error(
+        return Err(Error::http(
             StatusCode::FORBIDDEN,
             format!(
                 "Only proxy admins can add a user_id that does not exist yet: {}. Add the member by user_email to invite a new user, or ask a proxy admin.",
@@ -294,7 +294,7 @@ pub async fn add_members_tx(
         };
         store::members::insert(h, &membership).await.map_err(|e| {
             if store::is_foreign_key_violation(&e) {
-                ApiError::detail_error(
+                Error::http(
                     StatusCode::NOT_FOUND,
                     format!(
                         "Team={} was deleted while this member add was running",
@@ -338,7 +338,7 @@ async fn create_user(
     id: String,
     email: Option<String>,
     now: DateTime<Utc>,
-) -> Result<(UserRow, bool), ApiError> {
+) -> Result<(UserRow, bool), Error> {
     let mut u = UserRow::new(id, now);
     u.user_email = email;
     if let Some(models) = &defaults.models {
@@ -368,7 +368,7 @@ async fn create_user(
     }
     match store::users::get(h, &u.user_id).await? {
         Some(existing) => Ok((existing, false)),
-        None => Err(ApiError::internal("user row vanished during member add")),
+        None => Err(Error::internal("user row vanished during member add")),
     }
 }
 
@@ -395,7 +395,7 @@ fn member_budget_for_add(
     team_default: Option<&BudgetRow>,
     caller: &Caller,
     now: DateTime<Utc>,
-) -> Result<Option<BudgetRow>, ApiError> {
+) -> Result<Option<BudgetRow>, Error> {
     if b.is_empty() {
         return Ok(None);
     }
@@ -425,7 +425,7 @@ fn member_budget_for_add(
     row.budget_reset_at = None;
     if let Some(d) = duration {
         let parsed = validate::budget_duration(&d)
-            .map_err(|e| ApiError::detail_error(StatusCode::BAD_REQUEST, e.to_string()))?;
+            .map_err(|e| Error::http(StatusCode::BAD_REQUEST, e.to_string()))?;
         row.budget_duration = Some(d);
         row.budget_reset_at = Some(parsed.next_reset(now));
     }
@@ -466,11 +466,11 @@ pub async fn member_add(
     members: &[NewMember],
     budget: &MemberBudget,
     on_duplicate: OnDuplicate,
-) -> Result<AddOutcome, ApiError> {
+) -> Result<AddOutcome, Error> {
     let mut h = state.db.begin_write().await?;
     lock_member_emails(&mut h, members).await?;
     let team = lock_team(&mut h, team_id).await?.ok_or_else(|| {
-        ApiError::detail_error(
+        Error::http(
             StatusCode::NOT_FOUND,
             format!("Team not found for team_id={team_id}"),
         )
@@ -507,7 +507,7 @@ pub async fn member_add(
 /// Serialises member adds that name the same new address, so concurrent adds to different teams
 /// create one user for it, not one each (see [`store::users::lock_emails`] for the lock order).
 /// Every caller of [`add_members_tx`] takes it first.
-pub async fn lock_member_emails(h: &mut Handle, members: &[NewMember]) -> Result<(), ApiError> {
+pub async fn lock_member_emails(h: &mut Handle, members: &[NewMember]) -> Result<(), Error> {
     let emails = members.iter().filter_map(|m| m.user_email.as_deref());
     Ok(store::users::lock_emails(h, emails).await?)
 }
@@ -520,13 +520,13 @@ fn check_available_team_join(
     team_id: &str,
     members: &[NewMember],
     budget: &MemberBudget,
-) -> Result<(), ApiError> {
+) -> Result<(), Error> {
     let available = state.config.available_teams().iter().any(|t| t == team_id);
     let Some(uid) = caller.user_id.as_deref().filter(|_| available) else {
         return Err(not_team_admin(MEMBER_ADD, team_id));
     };
     let forbid = |msg: &str| {
-        ApiError::detail_error(
+        Error::http(
             StatusCode::FORBIDDEN,
             format!("{msg} route={MEMBER_ADD}, team_id={team_id}"),
         )

@@ -3,8 +3,8 @@
 
 use axum::http::StatusCode;
 
-use crate::api::error::ApiError;
 use crate::app::AppState;
+use crate::error::Error;
 use crate::service::audit::{self, action, table};
 use crate::service::caller::Caller;
 use crate::service::spend::SpendScope;
@@ -26,10 +26,10 @@ pub async fn member_delete(
     team_id: &str,
     user_id: Option<&str>,
     user_email: Option<&str>,
-) -> Result<RosterView, ApiError> {
+) -> Result<RosterView, Error> {
     let mut h = state.db.begin_write().await?;
     let team = lock_team(&mut h, team_id).await?.ok_or_else(|| {
-        ApiError::detail_error(
+        Error::http(
             StatusCode::BAD_REQUEST,
             format!("Team id={team_id} does not exist in db"),
         )
@@ -51,7 +51,7 @@ pub async fn member_delete(
         .cloned()
         .collect();
     if matched.is_empty() {
-        return Err(ApiError::detail_error(
+        return Err(Error::http(
             StatusCode::BAD_REQUEST,
             "User not found in team",
         ));

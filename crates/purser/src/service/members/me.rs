@@ -4,28 +4,24 @@
 use axum::http::StatusCode;
 use serde_json::{Value, json};
 
-use crate::api::error::ApiError;
 use crate::app::AppState;
+use crate::error::Error;
 use crate::service::caller::Caller;
 use crate::service::views;
 use crate::store;
 
 /// `GET /team/{team_id}/members/me` (§5.12): the caller's own membership; 404 when not on the
 /// roster (proxy admins included), the same answer whether or not the team exists.
-pub async fn member_me(
-    state: &AppState,
-    caller: &Caller,
-    team_id: &str,
-) -> Result<Value, ApiError> {
+pub async fn member_me(state: &AppState, caller: &Caller, team_id: &str) -> Result<Value, Error> {
     let Some(uid) = caller.user_id.as_deref() else {
-        return Err(ApiError::detail_error(
+        return Err(Error::http(
             StatusCode::BAD_REQUEST,
             "This key has no user_id; /team/{team_id}/members/me needs a key that belongs to a user.",
         ));
     };
     let mut h = state.db.conn().await?;
     let not_member = || {
-        ApiError::detail_error(
+        Error::http(
             StatusCode::NOT_FOUND,
             format!("User {uid} is not a member of team {team_id}."),
         )

@@ -12,7 +12,7 @@ use purser_core::money::Nanos;
 use purser_core::roles::TeamRole;
 use serde_json::{Value, json};
 
-use crate::api::error::ApiError;
+use crate::error::Error;
 use crate::service::caller::Caller;
 use crate::service::spend::SpendScope;
 use crate::service::views;
@@ -101,7 +101,7 @@ pub async fn team_access(
     h: &mut Handle,
     caller: &Caller,
     team_id: &str,
-) -> Result<TeamAccess, ApiError> {
+) -> Result<TeamAccess, Error> {
     if caller.is_proxy_admin() {
         return Ok(TeamAccess::ProxyAdmin);
     }
@@ -115,8 +115,8 @@ pub async fn team_access(
 }
 
 /// The reference's 403 for roster routes.
-pub fn not_team_admin(route: &str, team_id: &str) -> ApiError {
-    ApiError::detail_error(
+pub fn not_team_admin(route: &str, team_id: &str) -> Error {
+    Error::http(
         StatusCode::FORBIDDEN,
         format!(
             "Call not allowed. User not proxy admin OR team admin. route={route}, team_id={team_id}"
@@ -133,7 +133,7 @@ pub struct RosterView {
 }
 
 impl RosterView {
-    pub async fn load(h: &mut Handle, team: TeamRow) -> Result<RosterView, ApiError> {
+    pub async fn load(h: &mut Handle, team: TeamRow) -> Result<RosterView, Error> {
         let roster = store::members::list_by_team(h, &team.team_id).await?;
         let model_table = match team.model_id {
             Some(id) => store::models::get(h, id).await?,
@@ -153,7 +153,7 @@ impl RosterView {
 }
 
 /// Locks the team row and reads it; `None` when it does not exist (or was just deleted).
-async fn lock_team(h: &mut Handle, team_id: &str) -> Result<Option<TeamRow>, ApiError> {
+async fn lock_team(h: &mut Handle, team_id: &str) -> Result<Option<TeamRow>, Error> {
     if !store::teams::lock(h, team_id).await? {
         return Ok(None);
     }

@@ -6,8 +6,8 @@ use purser_core::money::Nanos;
 use purser_core::validate;
 use serde_json::{Value, json};
 
-use crate::api::error::ApiError;
 use crate::app::AppState;
+use crate::error::Error;
 use crate::service::caller::Caller;
 use crate::service::views;
 use crate::store;
@@ -15,8 +15,8 @@ use crate::store;
 use super::{TeamAccess, member_scope, team_access};
 
 /// §2.4 denial.
-fn no_team_access() -> ApiError {
-    ApiError::detail(StatusCode::FORBIDDEN, "You do not have access to this team")
+fn no_team_access() -> Error {
+    Error::http_text(StatusCode::FORBIDDEN, "You do not have access to this team")
 }
 
 /// `/team/{team_id}/member/{user_id}/reset_spend` (§5.7): checks, then one conditional UPDATE
@@ -27,13 +27,13 @@ pub async fn reset_spend(
     team_id: &str,
     user_id: &str,
     reset_to: f64,
-) -> Result<Value, ApiError> {
+) -> Result<Value, Error> {
     let mut h = state.db.conn().await?;
     let access = if store::teams::get(&mut h, team_id).await?.is_none() {
         if !caller.is_proxy_admin() {
             return Err(no_team_access());
         }
-        return Err(ApiError::detail_error(
+        return Err(Error::http(
             StatusCode::NOT_FOUND,
             format!("Team not found for team_id={team_id}"),
         ));
@@ -44,7 +44,7 @@ pub async fn reset_spend(
         return Err(no_team_access());
     }
     if access != TeamAccess::ProxyAdmin && caller.user_id.as_deref() == Some(user_id) {
-        return Err(ApiError::detail_error(
+        return Err(Error::http(
             StatusCode::FORBIDDEN,
             "Cannot reset your own spend. Ask a proxy admin.",
         ));
@@ -53,12 +53,12 @@ pub async fn reset_spend(
     // calls that settle meanwhile stay counted on top of the new value.
     let spend_write = state.ledger.spend_write().await;
     let Some(m) = store::members::get(&mut h, team_id, user_id).await? else {
-        return Err(ApiError::detail_error(
+        return Err(Error::http(
             StatusCode::NOT_FOUND,
             format!("User {user_id} is not a member of team {team_id}."),
         ));
     };
-    let bad = |msg: String| ApiError::detail_error(StatusCode::BAD_REQUEST, msg);
+    let bad = |msg: String| Error::http(StatusCode::BAD_REQUEST, msg);
     let target =
         validate::usd(reset_to).map_err(|_| bad("reset_to must be a finite number >= 0".into()))?;
     if target > m.spend {
@@ -81,7 +81,7 @@ pub async fn reset_spend(
         )));
     }
     if !store::members::reset_spend(&mut h, team_id, user_id, m.spend, target).await? {
-        return Err(ApiError::detail_error(
+        return Err(Error::http(
             StatusCode::CONFLICT,
             "Member spend changed since it was read. Retry the reset.",
         ));

@@ -10,8 +10,8 @@ use purser_core::validate;
 use serde_json::json;
 use sqlx::types::Json;
 
-use crate::api::error::ApiError;
 use crate::app::AppState;
+use crate::error::Error;
 use crate::service::audit::{self, action, table};
 use crate::service::caller::Caller;
 use crate::service::patch::Patch;
@@ -46,7 +46,7 @@ impl MemberPatch {
 
     /// Applies the patch to a budget row. A changed `budget_duration` recomputes
     /// `budget_reset_at` from now; an unchanged one leaves the running window alone.
-    fn apply(&self, row: &mut BudgetRow, now: DateTime<Utc>) -> Result<(), ApiError> {
+    fn apply(&self, row: &mut BudgetRow, now: DateTime<Utc>) -> Result<(), Error> {
         if let Some(v) = self.max_budget.as_update() {
             row.max_budget = v.map(|n| n.0);
         }
@@ -65,9 +65,7 @@ impl MemberPatch {
             row.budget_reset_at = match v {
                 Some(d) => Some(
                     validate::budget_duration(d)
-                        .map_err(|e| {
-                            ApiError::detail_error(StatusCode::BAD_REQUEST, e.to_string())
-                        })?
+                        .map_err(|e| Error::http(StatusCode::BAD_REQUEST, e.to_string()))?
                         .next_reset(now),
                 ),
                 None => None,
@@ -88,11 +86,11 @@ pub async fn member_update(
     user_id: Option<&str>,
     user_email: Option<&str>,
     patch: &MemberPatch,
-) -> Result<String, ApiError> {
+) -> Result<String, Error> {
     let now = store::now();
     let mut h = state.db.begin_write().await?;
     let team = lock_team(&mut h, team_id).await?.ok_or_else(|| {
-        ApiError::detail_error(
+        Error::http(
             StatusCode::BAD_REQUEST,
             format!("Team id={team_id} does not exist in db"),
         )
@@ -114,7 +112,7 @@ pub async fn member_update(
             })
             .map(|m| m.user_id.clone())
             .ok_or_else(|| {
-                ApiError::detail_error(
+                Error::http(
                     StatusCode::BAD_REQUEST,
                     format!(
                         "User id doesn't exist in team table. Data=team_id='{team_id}' user_id=None user_email={}",
@@ -124,7 +122,7 @@ pub async fn member_update(
             })?,
     };
     let Some(before) = roster.iter().find(|m| m.user_id == uid).cloned() else {
-        return Err(ApiError::detail_error(
+        return Err(Error::http(
             StatusCode::NOT_FOUND,
             format!("User {uid} is not a member of team {team_id}"),
         ));

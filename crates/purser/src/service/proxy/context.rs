@@ -9,8 +9,8 @@ use chrono::{DateTime, Utc};
 use purser_core::access::{self, ALL_TEAM_MODELS, NO_DEFAULT_MODELS};
 use serde_json::Value;
 
-use crate::api::error::ApiError;
 use crate::app::AppState;
+use crate::error::Error;
 use crate::service::cache::{MemberEntry, TeamEntry};
 use crate::service::caller::{Caller, MASTER_KEY_ALIAS};
 use crate::store::keys::KeyRow;
@@ -31,7 +31,7 @@ pub struct CallContext {
 }
 
 impl CallContext {
-    pub async fn load(state: &AppState, caller: &Caller) -> Result<CallContext, ApiError> {
+    pub async fn load(state: &AppState, caller: &Caller) -> Result<CallContext, Error> {
         let Some(key) = caller.key.clone() else {
             return Ok(CallContext {
                 master: caller.is_master,
@@ -45,7 +45,7 @@ impl CallContext {
             Some(t) => match state.cache.team(&state.db, t).await? {
                 Some(e) => Some(e),
                 None => {
-                    return Err(ApiError::auth(format!(
+                    return Err(Error::auth(format!(
                         "Authentication Error, Team={t} does not exist. The key's team was deleted."
                     )));
                 }
@@ -131,8 +131,8 @@ pub(super) fn allows(list: &[String], requested: &str, target: &str, state: &App
     access::list_allows(list, requested, groups) || access::list_allows(list, target, groups)
 }
 
-pub(super) fn model_denied(kind: &str, model: &str) -> ApiError {
-    ApiError::proxy(
+pub(super) fn model_denied(kind: &str, model: &str) -> Error {
+    Error::proxy(
         StatusCode::FORBIDDEN,
         kind,
         format!(
@@ -161,7 +161,7 @@ pub(super) fn check_model_lists(
     ctx: &CallContext,
     requested: &str,
     target: &str,
-) -> Result<(), ApiError> {
+) -> Result<(), Error> {
     check_key_models(state, ctx, requested, target)?;
     check_scope_models(state, ctx, requested, target)
 }
@@ -171,7 +171,7 @@ pub(super) fn check_key_models(
     ctx: &CallContext,
     requested: &str,
     target: &str,
-) -> Result<(), ApiError> {
+) -> Result<(), Error> {
     if ctx.key.is_some() && !allows(&ctx.key_models(), requested, target, state) {
         return Err(model_denied("key_model_access_denied", requested));
     }
@@ -183,7 +183,7 @@ pub(super) fn check_scope_models(
     ctx: &CallContext,
     requested: &str,
     target: &str,
-) -> Result<(), ApiError> {
+) -> Result<(), Error> {
     if let Some(t) = &ctx.team
         && !allows(&t.team.models.0, requested, target, state)
     {
@@ -217,8 +217,8 @@ pub struct CallRequest {
 }
 
 impl CallRequest {
-    pub fn parse(kind: CallKind, bytes: &[u8]) -> Result<CallRequest, ApiError> {
-        let bad = |m: &str| ApiError::proxy(StatusCode::BAD_REQUEST, "bad_request_error", m);
+    pub fn parse(kind: CallKind, bytes: &[u8]) -> Result<CallRequest, Error> {
+        let bad = |m: &str| Error::proxy(StatusCode::BAD_REQUEST, "bad_request_error", m);
         let v: Value = serde_json::from_slice(bytes)
             .map_err(|e| bad(&format!("Invalid JSON in request body: {e}")))?;
         let Value::Object(body) = v else {

@@ -15,8 +15,8 @@ use serde_json::{Value, json};
 use super::context::CallRequest;
 use super::mock::{mock_body, mock_stream};
 use super::stream::{StreamMeter, pump_stream};
-use crate::api::error::ApiError;
 use crate::app::AppState;
+use crate::error::Error;
 use crate::limiter::RateLimit;
 use crate::service::spend::Reservation;
 use crate::store::spend::SpendLogRow;
@@ -64,7 +64,7 @@ pub(super) async fn dispatch(
     mut meter: Meter,
     req: CallRequest,
     requested: String,
-) -> Result<Response, ApiError> {
+) -> Result<Response, Error> {
     let dep = Arc::clone(&meter.slot.0);
     if req.stream {
         let chunks: BoxStream<'static, Result<Bytes, std::io::Error>> = if dep.is_mock() {
@@ -133,7 +133,7 @@ pub(super) async fn dispatch(
         Ok(v) => v,
         Err(_) => {
             meter.settle(partial_usage(&req, &bytes), "failure");
-            return Err(ApiError::proxy(
+            return Err(Error::proxy(
                 StatusCode::BAD_GATEWAY,
                 "api_error",
                 format!(

@@ -10,8 +10,8 @@ use serde_json::{Value, json};
 
 use super::context::{CallContext, CallRequest, check_key_models, check_scope_models};
 use super::dispatch::{Meter, dispatch};
-use crate::api::error::ApiError;
 use crate::app::AppState;
+use crate::error::Error;
 use crate::limiter::{LimitKind, RateDenied, RateLimit};
 use crate::service::caller::Caller;
 use crate::service::spend::{BudgetCheck, OverBudget, SpendScope};
@@ -27,7 +27,7 @@ pub(super) fn usd(n: i64) -> String {
     }
 }
 
-pub(super) fn budget_error(state: &AppState, ctx: &CallContext, o: &OverBudget) -> ApiError {
+pub(super) fn budget_error(state: &AppState, ctx: &CallContext, o: &OverBudget) -> Error {
     let (spend, max) = (usd(o.spend), usd(o.max));
     let msg = match &o.scope {
         SpendScope::Key(_) => format!(
@@ -46,16 +46,16 @@ pub(super) fn budget_error(state: &AppState, ctx: &CallContext, o: &OverBudget) 
     };
     let status = StatusCode::from_u16(state.settings.budget_exceeded_status)
         .unwrap_or(StatusCode::UNPROCESSABLE_ENTITY);
-    ApiError::proxy(status, "budget_exceeded", msg)
+    Error::proxy(status, "budget_exceeded", msg)
 }
 
-pub(super) fn rate_error(d: &RateDenied) -> ApiError {
+pub(super) fn rate_error(d: &RateDenied) -> Error {
     let (kind, limit, remaining) = match d.kind {
         LimitKind::Requests => ("requests", d.limit_requests, d.remaining_requests),
         LimitKind::Tokens => ("tokens", d.limit_tokens, d.remaining_tokens),
     };
     let reset = Utc::now() + chrono::Duration::seconds(d.retry_after as i64);
-    let mut e = ApiError::proxy(
+    let mut e = Error::proxy(
         StatusCode::TOO_MANY_REQUESTS,
         "rate_limit_error",
         format!(
@@ -82,11 +82,7 @@ pub(super) fn rate_error(d: &RateDenied) -> ApiError {
 }
 
 /// Runs one OpenAI call through governance and dispatch.
-pub async fn handle(
-    state: AppState,
-    caller: Caller,
-    req: CallRequest,
-) -> Result<Response, ApiError> {
+pub async fn handle(state: AppState, caller: Caller, req: CallRequest) -> Result<Response, Error> {
     // Backpressure: wait while the spend writer is a full queue behind (bounded memory).
     state.ledger.admit().await;
     let ctx = CallContext::load(&state, &caller).await?;
@@ -99,7 +95,7 @@ pub async fn handle(
         check_key_models(&state, &ctx, &requested, &target)?;
     }
     if !state.models.contains(&target) {
-        return Err(ApiError::proxy(
+        return Err(Error::proxy(
             StatusCode::BAD_REQUEST,
             "bad_request_error",
             format!(
@@ -171,7 +167,7 @@ pub async fn handle(
     if let Some(t) = &ctx.team
         && t.team.blocked
     {
-        return Err(ApiError::auth(format!(
+        return Err(Error::auth(format!(
             "Authentication Error, Team={} is blocked. Update via `/team/unblock` if you're an admin.",
             t.team.team_id
         ))
@@ -199,7 +195,7 @@ pub async fn handle(
     let Some(slot) = state.models.pick(&target) else {
         // No deployment took the call: it must not count against the caller's RPM.
         state.limiter.refund(&limits);
-        return Err(ApiError::proxy(
+        return Err(Error::proxy(
             StatusCode::TOO_MANY_REQUESTS,
             "rate_limit_error",
             format!(
@@ -254,7 +250,7 @@ pub async fn handle(
     // Spawned: a client disconnect drops the handler, not the accounting.
     tokio::spawn(dispatch(state, meter, req, requested))
         .await
-        .map_err(ApiError::internal)?
+        .map_err(Error::internal)?
 }
 
 pub(super) fn rate_limits(ctx: &CallContext) -> Vec<RateLimit> {

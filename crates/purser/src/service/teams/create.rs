@@ -8,8 +8,8 @@ use serde::Deserialize;
 use serde_json::{Map, Value, json};
 use sqlx::types::Json;
 
-use crate::api::error::ApiError;
 use crate::app::AppState;
+use crate::error::Error;
 use crate::service::audit::{self, action, table};
 use crate::service::caller::Caller;
 use crate::service::members::{self, MemberBudget, NewMember, OnDuplicate};
@@ -21,7 +21,7 @@ use crate::store::teams::TeamRow;
 
 use super::{
     MEMBER_BUDGET_ID_KEY, RESERVED_TEAM_ID, budget_limits, duration, empty_map, fold_metadata,
-    money_opt, non_negative, py_float, validate_permissions, wrapped,
+    money_opt, non_negative, py_float, validate_permissions,
 };
 
 /// A member named in `members_with_roles`.
@@ -73,7 +73,7 @@ pub async fn new_team(
     caller: &Caller,
     raw: &Map<String, Value>,
     req: NewTeamRequest,
-) -> Result<Value, ApiError> {
+) -> Result<Value, Error> {
     let now = store::now();
     let by = caller.changed_by();
     // Validation first: nothing is written for a bad request.
@@ -100,9 +100,9 @@ pub async fn new_team(
     if let (Some(s), Some(m)) = (req.soft_budget, req.max_budget)
         && soft_budget >= max_budget
     {
-        return Err(wrapped(
+        return Err(Error::http(
             StatusCode::BAD_REQUEST,
-            &format!(
+            format!(
                 "soft_budget ({}) must be strictly lower than max_budget ({})",
                 py_float(s),
                 py_float(m)
@@ -119,7 +119,7 @@ pub async fn new_team(
         .transpose()?;
     for (i, m) in req.members_with_roles.iter().enumerate() {
         if m.user_id.is_none() && m.user_email.is_none() {
-            return Err(ApiError::validation(
+            return Err(Error::validation(
                 vec![json!("body"), json!("members_with_roles"), json!(i)],
                 "value_error",
                 "Value error, Either user id or user email must be provided",
@@ -131,17 +131,17 @@ pub async fn new_team(
         _ => uuid::Uuid::new_v4().to_string(),
     };
     if team_id == RESERVED_TEAM_ID {
-        return Err(wrapped(
+        return Err(Error::http(
             StatusCode::BAD_REQUEST,
-            &format!(
+            format!(
                 "team_id '{RESERVED_TEAM_ID}' is reserved for the LiteLLM UI. Please use a different team id."
             ),
         ));
     }
     let duplicate = || {
-        wrapped(
+        Error::http(
             StatusCode::BAD_REQUEST,
-            &format!("Team id = {team_id} already exists. Please use a different team id."),
+            format!("Team id = {team_id} already exists. Please use a different team id."),
         )
     };
 

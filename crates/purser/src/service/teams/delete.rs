@@ -6,15 +6,15 @@ use std::collections::HashSet;
 
 use serde_json::{Value, json};
 
-use crate::api::error::ApiError;
 use crate::app::AppState;
+use crate::error::Error;
 use crate::service::audit::{self, action, table};
 use crate::service::caller::Caller;
 use crate::service::spend::SpendScope;
 use crate::service::views;
 use crate::store;
 
-use super::{default_budget_id, team_not_found_detail};
+use super::{default_budget_id, team_not_found};
 
 /// Deletes teams with their keys, roster, alias rows and default member budgets, all or
 /// nothing: any unknown id is a 404 before anything is removed. Teams are locked in sorted
@@ -23,7 +23,7 @@ pub async fn delete_teams(
     state: &AppState,
     caller: &Caller,
     team_ids: Vec<String>,
-) -> Result<Value, ApiError> {
+) -> Result<Value, Error> {
     let mut ids: Vec<String> = Vec::with_capacity(team_ids.len());
     for id in team_ids {
         if !ids.contains(&id) {
@@ -40,13 +40,13 @@ pub async fn delete_teams(
         }
     }
     if let Some(missing) = ids.iter().find(|id| !existing.contains(*id)) {
-        return Err(team_not_found_detail(missing));
+        return Err(team_not_found(missing));
     }
     let mut evict_tokens = Vec::new();
     let mut evict_members: Vec<(String, String)> = Vec::new();
     for id in &sorted {
         let Some(team) = store::teams::get(&mut h, id).await? else {
-            return Err(team_not_found_detail(id));
+            return Err(team_not_found(id));
         };
         let roster = store::members::list_by_team(&mut h, id).await?;
         evict_tokens.extend(store::keys::delete_by_team(&mut h, id).await?);

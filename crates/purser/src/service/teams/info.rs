@@ -7,8 +7,8 @@ use std::collections::HashMap;
 use axum::http::StatusCode;
 use serde_json::{Value, json};
 
-use crate::api::error::ApiError;
 use crate::app::AppState;
+use crate::error::Error;
 use crate::service::caller::Caller;
 use crate::service::views;
 use crate::store;
@@ -20,7 +20,7 @@ use crate::store::teams::Scope;
 use super::{MEMBER_BUDGET_ID_KEY, default_budget_id, is_roster_admin, team_admin_editable};
 
 /// The 403 of `/team/info` for callers outside the team (reference §5.11 wording).
-fn info_forbidden(caller: &Caller, team_id: &str) -> ApiError {
+fn info_forbidden(caller: &Caller, team_id: &str) -> Error {
     let msg = match (&caller.user_id, caller.key_team_id()) {
         (Some(u), _) => format!("User={u} not authorized to access this team={team_id}"),
         (None, Some(k)) => {
@@ -30,7 +30,7 @@ fn info_forbidden(caller: &Caller, team_id: &str) -> ApiError {
             "API key not authorized to access this team={team_id}. No user_id or team_id associated with this key."
         ),
     };
-    ApiError::proxy(
+    Error::proxy(
         StatusCode::FORBIDDEN,
         "auth_error",
         format!("{{'error': '{msg}'}}"),
@@ -63,14 +63,14 @@ pub async fn team_info(
     state: &AppState,
     caller: &Caller,
     team_id: &str,
-) -> Result<TeamInfo, ApiError> {
+) -> Result<TeamInfo, Error> {
     let now = store::now();
     let mut h = state.db.conn().await?;
     let Some(team) = store::teams::get(&mut h, team_id).await? else {
         if !caller.can_read_all() && caller.key_team_id() != Some(team_id) {
             return Err(info_forbidden(caller, team_id));
         }
-        return Err(ApiError::proxy(
+        return Err(Error::proxy(
             StatusCode::NOT_FOUND,
             "auth_error",
             format!("{{'message': 'Team not found, passed team id: {team_id}.'}}"),

@@ -8,8 +8,8 @@ use axum::http::StatusCode;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::api::error::ApiError;
 use crate::app::AppState;
+use crate::error::Error;
 use crate::service::caller::Caller;
 use crate::service::paging::{Page, PageRules, Paged};
 use crate::service::views;
@@ -32,7 +32,7 @@ async fn load_children(
     h: &mut Handle,
     teams: &[TeamRow],
     scope: Scope<'_>,
-) -> Result<Children, ApiError> {
+) -> Result<Children, Error> {
     let mut roster: HashMap<String, Vec<MembershipRow>> = HashMap::new();
     for m in store::teams::memberships_in(h, scope).await? {
         roster.entry(m.team_id.clone()).or_default().push(m);
@@ -68,12 +68,12 @@ fn list_scope(
     caller: &Caller,
     user_id: Option<String>,
     force_own: bool,
-) -> Result<Option<String>, ApiError> {
+) -> Result<Option<String>, Error> {
     if caller.can_read_all() {
         return Ok(user_id);
     }
     let denied = || {
-        ApiError::detail_error(
+        Error::http(
             StatusCode::UNAUTHORIZED,
             format!(
                 "Only admin users can query all teams/other teams. Your user role={}",
@@ -104,7 +104,7 @@ pub async fn list_team(
     caller: &Caller,
     user_id: Option<String>,
     organization_id: Option<String>,
-) -> Result<Value, ApiError> {
+) -> Result<Value, Error> {
     let user_id = list_scope(caller, user_id, false)?;
     let filter = TeamFilter {
         member_user_id: user_id.clone(),
@@ -197,12 +197,12 @@ pub async fn list_team_v2(
     caller: &Caller,
     q: TeamListV2Query,
     paging: Page,
-) -> Result<Value, ApiError> {
+) -> Result<Value, Error> {
     let (page, page_size) = (paging.number, paging.size);
     let sort = match q.sort_by.as_deref() {
         None => SortBy::CreatedAt,
         Some(s) => SortBy::parse(s).ok_or_else(|| {
-            ApiError::detail_error(
+            Error::http(
                 StatusCode::BAD_REQUEST,
                 format!(
                     "Invalid sort_by: {s}. Must be one of: {}",
@@ -221,7 +221,7 @@ pub async fn list_team_v2(
         Some("asc") => false,
         Some("desc") => true,
         Some(_) => {
-            return Err(ApiError::detail_error(
+            return Err(Error::http(
                 StatusCode::BAD_REQUEST,
                 format!(
                     "Invalid sort_order: {}. Must be 'asc' or 'desc'",
@@ -233,7 +233,7 @@ pub async fn list_team_v2(
     if let Some(s) = &q.status
         && s != "deleted"
     {
-        return Err(ApiError::detail_error(
+        return Err(Error::http(
             StatusCode::BAD_REQUEST,
             "Invalid status value. Currently only 'deleted' is supported.",
         ));
@@ -302,7 +302,7 @@ pub async fn ui_view_teams(
     state: &AppState,
     q: FilterUiQuery,
     paging: Page,
-) -> Result<Value, ApiError> {
+) -> Result<Value, Error> {
     let (page, page_size) = (paging.number, paging.size);
     let filter = TeamFilter {
         team_id_contains: q.team_id.filter(|s| !s.is_empty()),
@@ -322,12 +322,12 @@ pub async fn ui_view_teams(
 }
 
 /// `GET /team/available`: configured joinable teams the caller is not in yet.
-pub async fn list_available_teams(state: &AppState, caller: &Caller) -> Result<Value, ApiError> {
+pub async fn list_available_teams(state: &AppState, caller: &Caller) -> Result<Value, Error> {
     let available = state.config.available_teams();
     if available.is_empty() {
         return Ok(json!([]));
     }
-    let user_not_found = || ApiError::detail_error(StatusCode::NOT_FOUND, "User not found");
+    let user_not_found = || Error::http(StatusCode::NOT_FOUND, "User not found");
     let Some(uid) = &caller.user_id else {
         return Err(user_not_found());
     };

@@ -17,8 +17,8 @@ use purser_core::validate;
 use serde_json::{Map, Value, json};
 use sqlx::types::Json;
 
-use crate::api::error::ApiError;
 use crate::app::AppState;
+use crate::error::Error;
 use crate::service::caller::Caller;
 use crate::service::patch::Patch;
 use crate::service::views;
@@ -129,22 +129,8 @@ const PERMISSION_TOKENS: &[&str] = &[
 // Errors
 // ------------------------------------------------------------------------------------------
 
-/// Error of a wrapped handler (`/team/new`, `/team/update`, PATCH): the reference converts its
-/// `HTTPException(detail={"error": …})` with type `internal_server_error` whatever the status
-/// (recorded: duplicate team id → 400 `internal_server_error`), and `auth_error` for 401/403.
-pub fn wrapped(status: StatusCode, msg: &str) -> ApiError {
-    let mut e = ApiError::wrapped(status, msg);
-    if let ApiError::Proxy { kind, .. } = &mut e
-        && status != StatusCode::UNAUTHORIZED
-        && status != StatusCode::FORBIDDEN
-    {
-        *kind = "internal_server_error".into();
-    }
-    e
-}
-
-fn team_not_found_detail(team_id: &str) -> ApiError {
-    ApiError::detail_error(
+fn team_not_found(team_id: &str) -> Error {
+    Error::http(
         StatusCode::NOT_FOUND,
         format!("Team not found, passed team_id={team_id}"),
     )
@@ -159,13 +145,13 @@ fn py_float(x: f64) -> String {
     }
 }
 
-// Field rules are `purser_core::validate`; the team routes answer their failures in these shapes.
+// Field rules are `purser_core::validate`; these turn their failures into the team routes' refusals.
 
-fn money(field: &str, v: f64) -> Result<i64, ApiError> {
+fn money(field: &str, v: f64) -> Result<i64, Error> {
     validate::usd(v).map_err(|_| {
-        wrapped(
+        Error::http(
             StatusCode::BAD_REQUEST,
-            &format!(
+            format!(
                 "{field} must be a non-negative finite number. Received: {}",
                 py_float(v)
             ),
@@ -173,11 +159,11 @@ fn money(field: &str, v: f64) -> Result<i64, ApiError> {
     })
 }
 
-fn money_opt(field: &str, v: Option<f64>) -> Result<Option<i64>, ApiError> {
+fn money_opt(field: &str, v: Option<f64>) -> Result<Option<i64>, Error> {
     v.map(|x| money(field, x)).transpose()
 }
 
-fn money_patch(field: &str, v: &Patch<f64>) -> Result<Patch<i64>, ApiError> {
+fn money_patch(field: &str, v: &Patch<f64>) -> Result<Patch<i64>, Error> {
     Ok(match v {
         Patch::Absent => Patch::Absent,
         Patch::Null => Patch::Null,
@@ -185,9 +171,9 @@ fn money_patch(field: &str, v: &Patch<f64>) -> Result<Patch<i64>, ApiError> {
     })
 }
 
-fn non_negative(field: &str, v: Option<i64>) -> Result<(), ApiError> {
+fn non_negative(field: &str, v: Option<i64>) -> Result<(), Error> {
     match v.map(validate::count_limit) {
-        Some(Err(_)) => Err(ApiError::validation(
+        Some(Err(_)) => Err(Error::validation(
             vec![json!("body"), json!(field)],
             "greater_than_equal",
             "Input should be greater than or equal to 0",
@@ -196,14 +182,14 @@ fn non_negative(field: &str, v: Option<i64>) -> Result<(), ApiError> {
     }
 }
 
-fn duration(v: &str) -> Result<BudgetDuration, ApiError> {
-    validate::budget_duration(v).map_err(|e| wrapped(StatusCode::BAD_REQUEST, &e.to_string()))
+fn duration(v: &str) -> Result<BudgetDuration, Error> {
+    validate::budget_duration(v).map_err(|e| Error::http(StatusCode::BAD_REQUEST, e.to_string()))
 }
 
-fn validate_permissions(perms: &[String]) -> Result<(), ApiError> {
+fn validate_permissions(perms: &[String]) -> Result<(), Error> {
     for p in perms {
         if !KEY_MANAGEMENT_ROUTES.contains(&p.as_str()) {
-            return Err(ApiError::detail_error(
+            return Err(Error::http(
                 StatusCode::BAD_REQUEST,
                 format!(
                     "Invalid team member permission: {p}. Valid permissions: {}",
@@ -216,13 +202,13 @@ fn validate_permissions(perms: &[String]) -> Result<(), ApiError> {
 }
 
 /// Validates `budget_limits` windows and initialises a missing `reset_at`.
-fn budget_limits(list: &[Value], now: DateTime<Utc>) -> Result<Value, ApiError> {
+fn budget_limits(list: &[Value], now: DateTime<Utc>) -> Result<Value, Error> {
     let mut out = Vec::with_capacity(list.len());
     for (i, entry) in list.iter().enumerate() {
         let bad = |what: &str| {
-            wrapped(
+            Error::http(
                 StatusCode::BAD_REQUEST,
-                &format!("budget_limits[{i}]: {what}"),
+                format!("budget_limits[{i}]: {what}"),
             )
         };
         let Some(obj) = entry.as_object() else {

@@ -5,8 +5,8 @@ use axum::http::StatusCode;
 use serde_json::{Value, json};
 use sqlx::types::Json;
 
-use crate::api::error::ApiError;
 use crate::app::AppState;
+use crate::error::Error;
 use crate::service::audit::{self, action, table};
 use crate::service::caller::Caller;
 use crate::service::views;
@@ -14,18 +14,18 @@ use crate::store::teams::TeamRow;
 use crate::store::{self, Handle};
 
 use super::{
-    ALL_PROXY_MODELS, KEY_MANAGEMENT_ROUTES, is_roster_admin, team_not_found_detail,
-    validate_permissions, written_team_json,
+    ALL_PROXY_MODELS, KEY_MANAGEMENT_ROUTES, is_roster_admin, team_not_found, validate_permissions,
+    written_team_json,
 };
 
-/// Locks and loads a team inside `h`, or the unwrapped 404.
-async fn load_locked(h: &mut Handle, team_id: &str) -> Result<TeamRow, ApiError> {
+/// Locks and loads a team inside `h`, or the 404.
+async fn load_locked(h: &mut Handle, team_id: &str) -> Result<TeamRow, Error> {
     if !store::teams::lock(h, team_id).await? {
-        return Err(team_not_found_detail(team_id));
+        return Err(team_not_found(team_id));
     }
     store::teams::get(h, team_id)
         .await?
-        .ok_or_else(|| team_not_found_detail(team_id))
+        .ok_or_else(|| team_not_found(team_id))
 }
 
 /// Writes `t` (already modified from `old`), audits, commits, evicts; returns the team JSON.
@@ -36,7 +36,7 @@ async fn save_team(
     old: &TeamRow,
     mut t: TeamRow,
     act: &str,
-) -> Result<Value, ApiError> {
+) -> Result<Value, Error> {
     t.updated_at = store::now();
     store::teams::update(&mut h, &t).await?;
     let roster = store::members::list_by_team(&mut h, &t.team_id).await?;
@@ -66,7 +66,7 @@ pub async fn set_blocked(
     caller: &Caller,
     team_id: &str,
     blocked: bool,
-) -> Result<Value, ApiError> {
+) -> Result<Value, Error> {
     let mut h = state.db.begin_write().await?;
     let old = load_locked(&mut h, team_id).await?;
     let mut t = old.clone();
@@ -87,7 +87,7 @@ pub async fn team_models(
     team_id: &str,
     models: &[String],
     add: bool,
-) -> Result<Value, ApiError> {
+) -> Result<Value, Error> {
     let mut h = state.db.begin_write().await?;
     let old = load_locked(&mut h, team_id).await?;
     let mut t = old.clone();
@@ -111,15 +111,15 @@ pub async fn permissions_list(
     state: &AppState,
     caller: &Caller,
     team_id: &str,
-) -> Result<Value, ApiError> {
+) -> Result<Value, Error> {
     let mut h = state.db.conn().await?;
     let Some(team) = store::teams::get(&mut h, team_id).await? else {
-        return Err(team_not_found_detail(team_id));
+        return Err(team_not_found(team_id));
     };
     if !caller.can_read_all() {
         let roster = store::members::list_by_team(&mut h, team_id).await?;
         if !is_roster_admin(&roster, caller) {
-            return Err(ApiError::detail(
+            return Err(Error::http_text(
                 StatusCode::FORBIDDEN,
                 "You do not have access to this team",
             ));
@@ -138,14 +138,14 @@ pub async fn permissions_update(
     caller: &Caller,
     team_id: &str,
     perms: Vec<String>,
-) -> Result<Value, ApiError> {
+) -> Result<Value, Error> {
     validate_permissions(&perms)?;
     let mut h = state.db.begin_write().await?;
     let old = load_locked(&mut h, team_id).await?;
     if !caller.is_proxy_admin() {
         let roster = store::members::list_by_team(&mut h, team_id).await?;
         if !is_roster_admin(&roster, caller) {
-            return Err(ApiError::detail(
+            return Err(Error::http_text(
                 StatusCode::FORBIDDEN,
                 "You do not have access to this team",
             ));

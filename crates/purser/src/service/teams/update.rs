@@ -11,8 +11,8 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 use sqlx::types::Json;
 
-use crate::api::error::ApiError;
 use crate::app::AppState;
+use crate::error::Error;
 use crate::service::audit::{self, action, table};
 use crate::service::caller::Caller;
 use crate::service::patch::Patch;
@@ -25,11 +25,11 @@ use crate::store::teams::TeamRow;
 
 use super::{
     MEMBER_BUDGET_ID_KEY, budget_limits, default_budget_id, duration, fold_metadata, merge_patch,
-    money_patch, non_negative, py_float, team_admin_editable, validate_permissions, wrapped,
+    money_patch, non_negative, py_float, team_admin_editable, validate_permissions,
 };
 
-fn no_access() -> ApiError {
-    ApiError::proxy(
+fn no_access() -> Error {
+    Error::proxy(
         StatusCode::FORBIDDEN,
         "auth_error",
         "You do not have access to this team",
@@ -81,7 +81,7 @@ fn apply_duration(
     duration_col: &mut Option<String>,
     reset_col: &mut Option<DateTime<Utc>>,
     now: DateTime<Utc>,
-) -> Result<bool, ApiError> {
+) -> Result<bool, Error> {
     match patch {
         Patch::Absent => Ok(false),
         Patch::Null => {
@@ -121,7 +121,7 @@ pub async fn update_team(
     raw: &Map<String, Value>,
     req: UpdateTeamRequest,
     merge_metadata: bool,
-) -> Result<UpdatedTeam, ApiError> {
+) -> Result<UpdatedTeam, Error> {
     let now = store::now();
     let by = caller.changed_by();
     let max_budget = money_patch("max_budget", &req.max_budget)?;
@@ -159,9 +159,9 @@ pub async fn update_team(
     };
     let Some(old) = old else {
         return Err(if caller.is_proxy_admin() {
-            wrapped(
+            Error::http(
                 StatusCode::NOT_FOUND,
-                &format!("Team not found, passed team_id={team_id}"),
+                format!("Team not found, passed team_id={team_id}"),
             )
         } else {
             no_access()
@@ -409,7 +409,7 @@ pub async fn update_team(
     if access == EditAccess::TeamAdmin && !changed.is_empty() {
         let (editable, fields) = team_admin_editable(state);
         if fields.is_empty() {
-            return Err(ApiError::proxy(
+            return Err(Error::proxy(
                 StatusCode::FORBIDDEN,
                 "auth_error",
                 "Team admins on this proxy cannot edit team settings. Ask a proxy admin to enable fields under Settings > UI > Team admin editable fields.",
@@ -417,7 +417,7 @@ pub async fn update_team(
         }
         for f in &changed {
             if !fields.iter().any(|e| e.as_str() == *f) {
-                return Err(ApiError::proxy(
+                return Err(Error::proxy(
                     StatusCode::FORBIDDEN,
                     "auth_error",
                     format!(
@@ -429,7 +429,7 @@ pub async fn update_team(
         if changed.contains(&"max_budget") {
             match (old.max_budget, t.max_budget) {
                 (Some(_), None) => {
-                    return Err(ApiError::proxy(
+                    return Err(Error::proxy(
                         StatusCode::FORBIDDEN,
                         "auth_error",
                         "Only a proxy admin can remove the team's max_budget.",
@@ -438,7 +438,7 @@ pub async fn update_team(
                 (Some(o), Some(n))
                     if n > o && !editable.iter().any(|e| e == "raise_max_budget") =>
                 {
-                    return Err(ApiError::proxy(
+                    return Err(Error::proxy(
                         StatusCode::FORBIDDEN,
                         "auth_error",
                         "Team admins on this proxy cannot raise the team's max_budget.",
@@ -467,7 +467,7 @@ pub async fn update_team(
                 py_float(s)
             )
         };
-        return Err(wrapped(StatusCode::BAD_REQUEST, &msg));
+        return Err(Error::http(StatusCode::BAD_REQUEST, &msg));
     }
 
     // Writes.
