@@ -22,6 +22,7 @@ use crate::service::paging::Page;
 use crate::service::patch::{Patch, null_as_default};
 use crate::service::spend::SpendScope;
 use crate::service::views;
+use crate::service::write::Write;
 use crate::store::keys::{KeyFilter, KeyRow};
 use crate::store::teams::TeamRow;
 use crate::store::{self, Handle};
@@ -816,11 +817,11 @@ pub async fn generate(
     caller: &Caller,
     req: &GenerateKeyRequest,
 ) -> Result<(String, KeyRow), Error> {
-    let mut h = state.db.begin_write().await?;
+    let mut h = Write::begin(state).await?;
     let (raw, row) = generate_tx(&mut h, state, caller, req).await?;
-    h.commit().await?;
     // A negative cache entry for this hash may exist (someone tried the key before it existed).
-    state.cache.evict_key(&row.token).await;
+    h.key(&row.token);
+    h.commit().await?;
     Ok((raw, row))
 }
 
@@ -881,10 +882,10 @@ pub async fn update(
     caller: &Caller,
     req: &UpdateKeyRequest,
 ) -> Result<KeyRow, Error> {
-    let mut h = state.db.begin_write().await?;
+    let mut h = Write::begin(state).await?;
     let (before, after) = update_tx(&mut h, caller, req).await?;
+    h.key(&before.token);
     h.commit().await?;
-    state.cache.evict_key(&before.token).await;
     Ok(after)
 }
 
@@ -898,14 +899,14 @@ pub async fn delete(
     if keys.is_empty() && aliases.is_empty() {
         return Err(bad_request("Either keys or key_aliases must be provided"));
     }
-    let mut h = state.db.begin_write().await?;
+    let mut h = Write::begin(state).await?;
     let tokens = delete_tx(&mut h, caller, keys, aliases).await?;
-    h.commit().await?;
-    state.cache.evict_keys(&tokens).await;
     for t in &tokens {
+        h.key(t);
         // A custom key re-created later hashes to the same token: it starts from zero.
-        state.ledger.on_spend_set(&SpendScope::Key(t.clone()), 0);
+        h.spend_zeroed(SpendScope::Key(t.clone()));
     }
+    h.commit().await?;
     Ok(())
 }
 
@@ -916,10 +917,10 @@ pub async fn set_blocked(
     key: &str,
     blocked: bool,
 ) -> Result<KeyRow, Error> {
-    let mut h = state.db.begin_write().await?;
+    let mut h = Write::begin(state).await?;
     let row = set_blocked_tx(&mut h, caller, key, blocked).await?;
+    h.key(&row.token);
     h.commit().await?;
-    state.cache.evict_key(&row.token).await;
     Ok(row)
 }
 
@@ -935,13 +936,11 @@ pub async fn regenerate(
     // the counter, the unwritten costs and the calls in flight move to the new token, so a key
     // cannot shed its spend by regenerating itself.
     let spend_write = state.ledger.spend_write().await;
-    let mut h = state.db.begin_write().await?;
+    let mut h = Write::begin(state).await?;
     let (old, raw, row) = regenerate_tx(&mut h, state, caller, key, new_key).await?;
+    h.key(&old);
+    h.key(&row.token);
     h.commit().await?;
-    state
-        .cache
-        .evict_keys(&[old.clone(), row.token.clone()])
-        .await;
     spend_write.rename(&SpendScope::Key(old), &SpendScope::Key(row.token.clone()));
     drop(spend_write);
     Ok((raw, row))

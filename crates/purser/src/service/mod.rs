@@ -15,3 +15,4 @@ pub mod spend;
 pub mod teams;
 pub mod users;
 pub mod views;
+pub mod write;

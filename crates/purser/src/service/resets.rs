@@ -41,6 +41,7 @@ use tokio::task::JoinHandle;
 use crate::app::AppState;
 use crate::on_conn;
 use crate::service::spend::SpendScope;
+use crate::service::write::{self, Changed};
 use crate::store::Result;
 
 /// How often the loop looks for due rows.
@@ -295,9 +296,7 @@ pub async fn reset_row(
             );
         }
         drop(spend_write);
-        for (team_id, user_id) in &members {
-            state.cache.evict_member(team_id, user_id).await;
-        }
+        write::after_commit(state, &members_changed(&members)).await;
         return Ok((Outcome::Won, members.len() as u64));
     }
     // A single UPDATE is atomic on both backends: no transaction needed.
@@ -318,12 +317,7 @@ pub async fn reset_row(
     };
     spend_write.set(&scope, 0);
     drop(spend_write);
-    match table {
-        Table::Keys => state.cache.evict_key(&id).await,
-        Table::Users => state.cache.evict_user(&id).await,
-        Table::Teams => state.cache.evict_team(&id).await,
-        Table::Budgets => unreachable!("handled above"),
-    }
+    write::after_commit(state, &[row_changed(table, &id)]).await;
     Ok((Outcome::Won, 0))
 }
 
@@ -343,22 +337,39 @@ pub async fn init_row(
     if moved != 1 {
         return Ok(Outcome::Lost);
     }
-    match table {
-        Table::Keys => state.cache.evict_key(id).await,
-        Table::Users => state.cache.evict_user(id).await,
-        Table::Teams => state.cache.evict_team(id).await,
+    let changed = match table {
         // Cached memberships embed their budget row.
         Table::Budgets => {
             let mut h = state.db.conn().await?;
             let members: Vec<(String, String)> = on_conn!(h, c => sqlx::query_as(
                 "SELECT team_id, user_id FROM team_memberships WHERE budget_id = $1")
                 .bind(id).fetch_all(c).await)?;
-            for (t, u) in &members {
-                state.cache.evict_member(t, u).await;
-            }
+            members_changed(&members)
         }
-    }
+        _ => vec![row_changed(table, id)],
+    };
+    write::after_commit(state, &changed).await;
     Ok(Outcome::Won)
+}
+
+/// What a reset of a key, user or team row changed.
+fn row_changed(table: Table, id: &str) -> Changed {
+    match table {
+        Table::Keys => Changed::Key(id.to_string()),
+        Table::Users => Changed::User(id.to_string()),
+        Table::Teams => Changed::Team(id.to_string()),
+        Table::Budgets => unreachable!("budget rows change the memberships that embed them"),
+    }
+}
+
+fn members_changed(members: &[(String, String)]) -> Vec<Changed> {
+    members
+        .iter()
+        .map(|(team_id, user_id)| Changed::Member {
+            team_id: team_id.clone(),
+            user_id: user_id.clone(),
+        })
+        .collect()
 }
 
 /// The reset job with its memory of rows already warned about.

@@ -25,9 +25,10 @@ use crate::service::paging::Page;
 use crate::service::patch::{Patch, null_as_default};
 use crate::service::spend::SpendScope;
 use crate::service::views;
+use crate::service::write::Write;
 use crate::store::keys::KeyRow;
 use crate::store::users::{UserFilter, UserRow};
-use crate::store::{self, Handle};
+use crate::store::{self, Handle, WriteTx};
 
 /// One entry of `teams` in `/user/new`: a bare team id or an object.
 #[derive(Debug, Clone, Deserialize)]
@@ -136,7 +137,7 @@ pub struct Created {
 
 /// Creates a user (and memberships, and a key) in the open write transaction `h`.
 pub async fn create_tx(
-    h: &mut Handle,
+    h: &mut WriteTx,
     state: &AppState,
     caller: &Caller,
     req: &NewUserRequest,
@@ -378,7 +379,7 @@ pub fn created_response(c: &Created, duration: Option<&str>) -> Value {
 
 /// Applies an update in the open write transaction; returns (before, after).
 pub async fn update_tx(
-    h: &mut Handle,
+    h: &mut WriteTx,
     caller: &Caller,
     req: &UpdateUserRequest,
 ) -> Result<(UserRow, UserRow), Error> {
@@ -534,34 +535,34 @@ pub async fn delete_tx(
     Ok(out)
 }
 
-/// Evicts everything a user creation touched (call after commit).
-pub async fn evict_created(state: &AppState, c: &Created) {
-    state.cache.evict_user(&c.user.user_id).await;
+/// Records everything a user creation touched, for the after-commit step.
+pub fn record_created(w: &mut Write<'_>, c: &Created) {
+    w.user(&c.user.user_id);
     for (team_id, added) in &c.added {
-        members::evict_added(state, team_id, added).await;
-        state.cache.evict_member(team_id, &c.user.user_id).await;
+        members::record_added(w, team_id, added);
+        w.member(team_id, &c.user.user_id);
     }
     if let Some((_, k)) = &c.key {
-        state.cache.evict_key(&k.token).await;
+        w.key(&k.token);
     }
 }
 
-/// Evicts everything a user deletion touched (call after commit).
-pub async fn evict_deleted(state: &AppState, user_ids: &[String], d: &Deleted) {
+/// Records everything a user deletion touched, for the after-commit step.
+pub fn record_deleted(w: &mut Write<'_>, user_ids: &[String], d: &Deleted) {
     // Deleted entities forget their spend counters (a user re-created under the same id
     // starts from zero).
-    state.cache.evict_keys(&d.tokens).await;
     for t in &d.tokens {
-        state.ledger.on_spend_set(&SpendScope::Key(t.clone()), 0);
+        w.key(t);
+        w.spend_zeroed(SpendScope::Key(t.clone()));
     }
     for (t, u) in &d.memberships {
-        state.cache.evict_member(t, u).await;
-        state.cache.evict_team(t).await;
-        state.ledger.on_spend_set(&members::member_scope(t, u), 0);
+        w.member(t, u);
+        w.team(t);
+        w.spend_zeroed(members::member_scope(t, u));
     }
     for u in user_ids {
-        state.cache.evict_user(u).await;
-        state.ledger.on_spend_set(&SpendScope::User(u.clone()), 0);
+        w.user(u);
+        w.spend_zeroed(SpendScope::User(u.clone()));
     }
 }
 
@@ -576,10 +577,10 @@ pub async fn create(
     caller: &Caller,
     req: &NewUserRequest,
 ) -> Result<Created, Error> {
-    let mut h = state.db.begin_write().await?;
+    let mut h = Write::begin(state).await?;
     let created = create_tx(&mut h, state, caller, req).await?;
+    record_created(&mut h, &created);
     h.commit().await?;
-    evict_created(state, &created).await;
     Ok(created)
 }
 
@@ -674,10 +675,10 @@ pub async fn update(
     caller: &Caller,
     req: &UpdateUserRequest,
 ) -> Result<(UserRow, Vec<String>), Error> {
-    let mut h = state.db.begin_write().await?;
+    let mut h = Write::begin(state).await?;
     let (_, after) = update_tx(&mut h, caller, req).await?;
+    h.user(&after.user_id);
     h.commit().await?;
-    state.cache.evict_user(&after.user_id).await;
     let mut h = state.db.conn().await?;
     let teams = store::users::teams_of(&mut h, &after.user_id).await?;
     Ok((after, teams))
@@ -685,9 +686,9 @@ pub async fn update(
 
 /// `POST /user/delete`: all or nothing, for distinct `user_ids`.
 pub async fn delete(state: &AppState, caller: &Caller, user_ids: &[String]) -> Result<(), Error> {
-    let mut h = state.db.begin_write().await?;
+    let mut h = Write::begin(state).await?;
     let deleted = delete_tx(&mut h, caller, user_ids).await?;
+    record_deleted(&mut h, user_ids, &deleted);
     h.commit().await?;
-    evict_deleted(state, user_ids, &deleted).await;
     Ok(())
 }

@@ -32,7 +32,7 @@ pub enum Db {
 }
 
 /// A checked-out connection or an open transaction; store functions take `&mut Handle`
-/// so the same function runs inside or outside a transaction.
+/// so the same function runs inside or outside a transaction (locking ones take [`WriteTx`]).
 pub enum Handle {
     SqliteConn(PoolConnection<Sqlite>),
     PgConn(PoolConnection<Postgres>),
@@ -70,14 +70,44 @@ impl Handle {
     pub fn is_postgres(&self) -> bool {
         matches!(self, Handle::PgConn(_) | Handle::PgTx(_))
     }
+}
 
-    /// Commits a transaction; a no-op for a plain connection.
+/// An open write transaction (`Db::begin_write`). Store functions that lock rows (`FOR UPDATE`,
+/// advisory locks) take `&mut WriteTx`, so a lock cannot be taken on a plain connection, where it
+/// would be released at once; every other store function takes it as a `&mut Handle` (deref).
+/// Dropped without `commit`, it rolls back.
+///
+/// ```compile_fail
+/// # async fn f(db: purser::store::Db) {
+/// // A row lock on a plain connection does not compile:
+/// let mut h = db.conn().await.unwrap();
+/// purser::store::teams::lock(&mut h, "t").await.unwrap();
+/// # }
+/// ```
+pub struct WriteTx(Handle);
+
+impl WriteTx {
     pub async fn commit(self) -> Result<()> {
-        match self {
+        match self.0 {
             Handle::SqliteTx(t) => t.commit().await,
             Handle::PgTx(t) => t.commit().await,
-            Handle::SqliteConn(_) | Handle::PgConn(_) => Ok(()),
+            Handle::SqliteConn(_) | Handle::PgConn(_) => {
+                unreachable!("a WriteTx is only made by Db::begin_write")
+            }
         }
+    }
+}
+
+impl std::ops::Deref for WriteTx {
+    type Target = Handle;
+    fn deref(&self) -> &Handle {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for WriteTx {
+    fn deref_mut(&mut self) -> &mut Handle {
+        &mut self.0
     }
 }
 
@@ -201,11 +231,11 @@ impl Db {
 
     /// A write transaction: `BEGIN IMMEDIATE` on SQLite, plain `BEGIN` (READ COMMITTED) on
     /// PostgreSQL, where callers take row locks (`lock_team`) for read-then-write sequences.
-    pub async fn begin_write(&self) -> Result<Handle> {
-        Ok(match self {
+    pub async fn begin_write(&self) -> Result<WriteTx> {
+        Ok(WriteTx(match self {
             Db::Sqlite(p) => Handle::SqliteTx(p.begin_with("BEGIN IMMEDIATE").await?),
             Db::Postgres(p) => Handle::PgTx(p.begin().await?),
-        })
+        }))
     }
 
     /// Readiness probe: one round trip.

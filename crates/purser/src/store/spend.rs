@@ -6,7 +6,7 @@ use chrono::{DateTime, Utc};
 use serde_json::Value;
 use sqlx::types::Json;
 
-use super::{Handle, Result};
+use super::{Handle, Result, WriteTx};
 use crate::on_conn;
 
 #[derive(Debug, Clone, serde::Serialize, sqlx::FromRow)]
@@ -99,7 +99,7 @@ impl SpendTable {
 /// (`WITH v AS (VALUES …) UPDATE … FROM v`, valid on both backends). `items` must be sorted
 /// by id: on PostgreSQL the rows are locked first in that order (`ORDER BY … FOR UPDATE`), the
 /// documented lock order, whatever join order the planner picks for the UPDATE.
-pub async fn add_spend(h: &mut Handle, table: SpendTable, items: &[(&str, i64)]) -> Result<()> {
+pub async fn add_spend(h: &mut WriteTx, table: SpendTable, items: &[(&str, i64)]) -> Result<()> {
     let (name, id) = table.sql();
     for part in items.chunks(ROWS_PER_INCREMENT) {
         if h.is_postgres() {
@@ -128,7 +128,7 @@ pub async fn add_spend(h: &mut Handle, table: SpendTable, items: &[(&str, i64)])
 }
 
 /// [`add_spend`] for memberships (`spend` and `total_spend`), keyed `(team_id, user_id)`.
-pub async fn add_member_spend(h: &mut Handle, items: &[(&str, &str, i64)]) -> Result<()> {
+pub async fn add_member_spend(h: &mut WriteTx, items: &[(&str, &str, i64)]) -> Result<()> {
     for part in items.chunks(ROWS_PER_INCREMENT) {
         if h.is_postgres() {
             on_conn!(h, c => {

@@ -5,7 +5,7 @@ use chrono::{DateTime, Utc};
 use serde_json::Value;
 use sqlx::types::Json;
 
-use super::{Handle, Result};
+use super::{Handle, Result, WriteTx};
 use crate::on_conn;
 
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -104,7 +104,7 @@ pub async fn get(h: &mut Handle, team_id: &str) -> Result<Option<TeamRow>> {
 
 /// Inside a write transaction: locks the team row (PostgreSQL `FOR UPDATE`) and reports whether
 /// it exists. On SQLite `BEGIN IMMEDIATE` already serialises writers.
-pub async fn lock(h: &mut Handle, team_id: &str) -> Result<bool> {
+pub async fn lock(h: &mut WriteTx, team_id: &str) -> Result<bool> {
     let sql = if h.is_postgres() { LOCK_PG } else { EXISTS };
     on_conn!(h, c => sqlx::query_scalar::<_, String>(sql).bind(team_id).fetch_optional(c).await.map(|r| r.is_some()))
 }

@@ -5,7 +5,7 @@ use chrono::{DateTime, Utc};
 use serde_json::Value;
 use sqlx::types::Json;
 
-use super::{Handle, Result};
+use super::{Handle, Result, WriteTx};
 use crate::on_conn;
 
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -73,7 +73,7 @@ pub async fn get(h: &mut Handle, user_id: &str) -> Result<Option<UserRow>> {
 /// wait on each other; re-taking one in the same transaction is free. On SQLite `BEGIN IMMEDIATE`
 /// already serialises writers.
 pub async fn lock_emails<'a>(
-    h: &mut Handle,
+    h: &mut WriteTx,
     emails: impl IntoIterator<Item = &'a str>,
 ) -> Result<()> {
     if !h.is_postgres() {

@@ -10,7 +10,7 @@ use purser::store::keys::KeyRow;
 use purser::store::members::MembershipRow;
 use purser::store::teams::TeamRow;
 use purser::store::users::UserRow;
-use purser::store::{self, Handle};
+use purser::store::{self, Handle, WriteTx};
 use purser_core::keys::{generate_key, hash_key};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -55,7 +55,7 @@ fn team_row(team_id: &str) -> TeamRow {
     }
 }
 
-async fn tx(app: &TestApp) -> Handle {
+async fn tx(app: &TestApp) -> WriteTx {
     app.state.db.begin_write().await.unwrap()
 }
 

@@ -15,11 +15,12 @@ use crate::error::Error;
 use crate::service::audit::{self, action, table};
 use crate::service::caller::Caller;
 use crate::service::views;
+use crate::service::write::Write;
 use crate::store::budgets::BudgetRow;
 use crate::store::members::MembershipRow;
 use crate::store::teams::TeamRow;
 use crate::store::users::UserRow;
-use crate::store::{self, Handle};
+use crate::store::{self, Handle, WriteTx};
 
 use super::{
     MemberBudget, NewMember, OnDuplicate, RosterView, TeamAccess, lock_team, member_scope,
@@ -372,16 +373,14 @@ async fn create_user(
     }
 }
 
-/// Evicts what a roster change touched (call after commit).
-pub async fn evict_added(state: &AppState, team_id: &str, added: &[Added]) {
-    state.cache.evict_team(team_id).await;
+/// Records what a roster change touched, for the after-commit step.
+pub fn record_added(w: &mut Write<'_>, team_id: &str, added: &[Added]) {
+    w.team(team_id);
     for a in added {
-        state.cache.evict_user(&a.user.user_id).await;
-        state.cache.evict_member(team_id, &a.user.user_id).await;
+        w.user(&a.user.user_id);
+        w.member(team_id, &a.user.user_id);
         // A new membership starts at zero spend, even if the same member left earlier.
-        state
-            .ledger
-            .on_spend_set(&member_scope(team_id, &a.user.user_id), 0);
+        w.spend_zeroed(member_scope(team_id, &a.user.user_id));
     }
 }
 
@@ -467,7 +466,7 @@ pub async fn member_add(
     budget: &MemberBudget,
     on_duplicate: OnDuplicate,
 ) -> Result<AddOutcome, Error> {
-    let mut h = state.db.begin_write().await?;
+    let mut h = Write::begin(state).await?;
     lock_member_emails(&mut h, members).await?;
     let team = lock_team(&mut h, team_id).await?.ok_or_else(|| {
         Error::http(
@@ -495,8 +494,8 @@ pub async fn member_add(
         user_teams.push(store::users::teams_of(&mut h, &a.user.user_id).await?);
     }
     let view = RosterView::load(&mut h, team).await?;
+    record_added(&mut h, team_id, &added);
     h.commit().await?;
-    evict_added(state, team_id, &added).await;
     Ok(AddOutcome {
         view,
         added,
@@ -507,7 +506,7 @@ pub async fn member_add(
 /// Serialises member adds that name the same new address, so concurrent adds to different teams
 /// create one user for it, not one each (see [`store::users::lock_emails`] for the lock order).
 /// Every caller of [`add_members_tx`] takes it first.
-pub async fn lock_member_emails(h: &mut Handle, members: &[NewMember]) -> Result<(), Error> {
+pub async fn lock_member_emails(h: &mut WriteTx, members: &[NewMember]) -> Result<(), Error> {
     let emails = members.iter().filter_map(|m| m.user_email.as_deref());
     Ok(store::users::lock_emails(h, emails).await?)
 }

@@ -9,6 +9,7 @@ use crate::service::audit::{self, action, table};
 use crate::service::caller::Caller;
 use crate::service::spend::SpendScope;
 use crate::service::views;
+use crate::service::write::Write;
 use crate::store;
 use crate::store::members::MembershipRow;
 
@@ -27,7 +28,7 @@ pub async fn member_delete(
     user_id: Option<&str>,
     user_email: Option<&str>,
 ) -> Result<RosterView, Error> {
-    let mut h = state.db.begin_write().await?;
+    let mut h = Write::begin(state).await?;
     let team = lock_team(&mut h, team_id).await?.ok_or_else(|| {
         Error::http(
             StatusCode::BAD_REQUEST,
@@ -93,18 +94,16 @@ pub async fn member_delete(
         Some(roster_audit(&view.team, &view.roster)),
     )
     .await?;
-    h.commit().await?;
-    state.cache.evict_team(team_id).await;
-    state.cache.evict_keys(&tokens).await;
+    h.team(team_id);
     for t in &tokens {
-        state.ledger.on_spend_set(&SpendScope::Key(t.clone()), 0);
+        h.key(t);
+        h.spend_zeroed(SpendScope::Key(t.clone()));
     }
     for m in &matched {
-        state.cache.evict_member(team_id, &m.user_id).await;
-        state.cache.evict_user(&m.user_id).await;
-        state
-            .ledger
-            .on_spend_set(&member_scope(team_id, &m.user_id), 0);
+        h.member(team_id, &m.user_id);
+        h.user(&m.user_id);
+        h.spend_zeroed(member_scope(team_id, &m.user_id));
     }
+    h.commit().await?;
     Ok(view)
 }

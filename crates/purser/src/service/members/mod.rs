@@ -19,7 +19,7 @@ use crate::service::views;
 use crate::store::members::MembershipRow;
 use crate::store::models::ModelTableRow;
 use crate::store::teams::TeamRow;
-use crate::store::{self, Handle};
+use crate::store::{self, Handle, WriteTx};
 
 mod add;
 mod delete;
@@ -27,7 +27,7 @@ mod me;
 mod reset_spend;
 mod update;
 
-pub use add::{AddOutcome, Added, add_members_tx, evict_added, lock_member_emails, member_add};
+pub use add::{AddOutcome, Added, add_members_tx, lock_member_emails, member_add, record_added};
 pub use delete::member_delete;
 pub use me::member_me;
 pub use reset_spend::reset_spend;
@@ -153,7 +153,7 @@ impl RosterView {
 }
 
 /// Locks the team row and reads it; `None` when it does not exist (or was just deleted).
-async fn lock_team(h: &mut Handle, team_id: &str) -> Result<Option<TeamRow>, Error> {
+async fn lock_team(h: &mut WriteTx, team_id: &str) -> Result<Option<TeamRow>, Error> {
     if !store::teams::lock(h, team_id).await? {
         return Ok(None);
     }

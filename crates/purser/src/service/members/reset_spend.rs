@@ -10,6 +10,7 @@ use crate::app::AppState;
 use crate::error::Error;
 use crate::service::caller::Caller;
 use crate::service::views;
+use crate::service::write::{self, Changed};
 use crate::store;
 
 use super::{TeamAccess, member_scope, team_access};
@@ -90,7 +91,14 @@ pub async fn reset_spend(
     // The counter takes the new value (which need not be zero).
     spend_write.set(&member_scope(team_id, user_id), target);
     drop(spend_write);
-    state.cache.evict_member(team_id, user_id).await;
+    write::after_commit(
+        state,
+        &[Changed::Member {
+            team_id: team_id.to_string(),
+            user_id: user_id.to_string(),
+        }],
+    )
+    .await;
     Ok(json!({
         "team_id": team_id,
         "user_id": user_id,

@@ -16,6 +16,7 @@ use crate::service::audit::{self, action, table};
 use crate::service::caller::Caller;
 use crate::service::patch::Patch;
 use crate::service::views;
+use crate::service::write::Write;
 use crate::store;
 use crate::store::budgets::BudgetRow;
 
@@ -88,7 +89,7 @@ pub async fn member_update(
     patch: &MemberPatch,
 ) -> Result<String, Error> {
     let now = store::now();
-    let mut h = state.db.begin_write().await?;
+    let mut h = Write::begin(state).await?;
     let team = lock_team(&mut h, team_id).await?.ok_or_else(|| {
         Error::http(
             StatusCode::BAD_REQUEST,
@@ -215,9 +216,9 @@ pub async fn member_update(
         )
         .await?;
     }
+    h.member(team_id, &uid);
+    h.team(team_id);
+    h.user(&uid);
     h.commit().await?;
-    state.cache.evict_member(team_id, &uid).await;
-    state.cache.evict_team(team_id).await;
-    state.cache.evict_user(&uid).await;
     Ok(uid)
 }

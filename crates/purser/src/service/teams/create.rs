@@ -15,6 +15,7 @@ use crate::service::caller::Caller;
 use crate::service::members::{self, MemberBudget, NewMember, OnDuplicate};
 use crate::service::patch::null_as_default;
 use crate::service::views;
+use crate::service::write::Write;
 use crate::store;
 use crate::store::budgets::BudgetRow;
 use crate::store::teams::TeamRow;
@@ -149,7 +150,7 @@ pub async fn new_team(
     metadata.remove(MEMBER_BUDGET_ID_KEY);
     fold_metadata(&mut metadata, raw);
 
-    let mut h = state.db.begin_write().await?;
+    let mut h = Write::begin(state).await?;
     if store::teams::get(&mut h, &team_id).await?.is_some() {
         return Err(duplicate());
     }
@@ -279,7 +280,7 @@ pub async fn new_team(
     )
     .await?;
     let roster = store::members::list_by_team(&mut h, &team_id).await?;
+    members::record_added(&mut h, &team_id, &added);
     h.commit().await?;
-    members::evict_added(state, &team_id, &added).await;
     Ok(views::team_json(&team, &roster, model_table.as_ref()))
 }

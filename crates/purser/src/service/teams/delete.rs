@@ -12,6 +12,7 @@ use crate::service::audit::{self, action, table};
 use crate::service::caller::Caller;
 use crate::service::spend::SpendScope;
 use crate::service::views;
+use crate::service::write::{Changed, Write};
 use crate::store;
 
 use super::{default_budget_id, team_not_found};
@@ -32,7 +33,7 @@ pub async fn delete_teams(
     }
     let mut sorted = ids.clone();
     sorted.sort();
-    let mut h = state.db.begin_write().await?;
+    let mut h = Write::begin(state).await?;
     let mut existing = HashSet::new();
     for id in &sorted {
         if store::teams::lock(&mut h, id).await? {
@@ -70,24 +71,22 @@ pub async fn delete_teams(
         }
         evict_members.extend(roster.into_iter().map(|m| (m.team_id, m.user_id)));
     }
-    h.commit().await?;
     // Deleted entities forget their spend counters, so a team, key or membership created
     // later under the same id starts from zero.
     for id in &ids {
-        state.cache.evict_team(id).await;
-        state.cache.evict_team_members(id);
-        state.ledger.on_spend_set(&SpendScope::Team(id.clone()), 0);
+        h.team(id);
+        h.changed(Changed::TeamMembers(id.clone()));
+        h.spend_zeroed(SpendScope::Team(id.clone()));
     }
-    state.cache.evict_keys(&evict_tokens).await;
     for t in &evict_tokens {
-        state.ledger.on_spend_set(&SpendScope::Key(t.clone()), 0);
+        h.key(t);
+        h.spend_zeroed(SpendScope::Key(t.clone()));
     }
     for (t, u) in &evict_members {
-        state.cache.evict_member(t, u).await;
-        state.cache.evict_user(u).await;
-        state
-            .ledger
-            .on_spend_set(&crate::service::members::member_scope(t, u), 0);
+        h.member(t, u);
+        h.user(u);
+        h.spend_zeroed(crate::service::members::member_scope(t, u));
     }
+    h.commit().await?;
     Ok(json!({ "deleted_teams": ids }))
 }

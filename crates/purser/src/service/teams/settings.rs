@@ -10,8 +10,9 @@ use crate::error::Error;
 use crate::service::audit::{self, action, table};
 use crate::service::caller::Caller;
 use crate::service::views;
+use crate::service::write::Write;
 use crate::store::teams::TeamRow;
-use crate::store::{self, Handle};
+use crate::store::{self, WriteTx};
 
 use super::{
     ALL_PROXY_MODELS, KEY_MANAGEMENT_ROUTES, is_roster_admin, team_not_found, validate_permissions,
@@ -19,7 +20,7 @@ use super::{
 };
 
 /// Locks and loads a team inside `h`, or the 404.
-async fn load_locked(h: &mut Handle, team_id: &str) -> Result<TeamRow, Error> {
+async fn load_locked(h: &mut WriteTx, team_id: &str) -> Result<TeamRow, Error> {
     if !store::teams::lock(h, team_id).await? {
         return Err(team_not_found(team_id));
     }
@@ -30,9 +31,8 @@ async fn load_locked(h: &mut Handle, team_id: &str) -> Result<TeamRow, Error> {
 
 /// Writes `t` (already modified from `old`), audits, commits, evicts; returns the team JSON.
 async fn save_team(
-    state: &AppState,
     caller: &Caller,
-    mut h: Handle,
+    mut h: Write<'_>,
     old: &TeamRow,
     mut t: TeamRow,
     act: &str,
@@ -54,8 +54,8 @@ async fn save_team(
         Some(views::team_json(&t, &roster, model_table.as_ref())),
     )
     .await?;
+    h.team(&t.team_id);
     h.commit().await?;
-    state.cache.evict_team(&t.team_id).await;
     Ok(written_team_json(&t, &roster, model_table.as_ref()))
 }
 
@@ -67,7 +67,7 @@ pub async fn set_blocked(
     team_id: &str,
     blocked: bool,
 ) -> Result<Value, Error> {
-    let mut h = state.db.begin_write().await?;
+    let mut h = Write::begin(state).await?;
     let old = load_locked(&mut h, team_id).await?;
     let mut t = old.clone();
     t.blocked = blocked;
@@ -76,7 +76,7 @@ pub async fn set_blocked(
     } else {
         action::UNBLOCKED
     };
-    save_team(state, caller, h, &old, t, act).await
+    save_team(caller, h, &old, t, act).await
 }
 
 /// `POST /team/model/add` (union; an "all models" team keeps full access through
@@ -88,7 +88,7 @@ pub async fn team_models(
     models: &[String],
     add: bool,
 ) -> Result<Value, Error> {
-    let mut h = state.db.begin_write().await?;
+    let mut h = Write::begin(state).await?;
     let old = load_locked(&mut h, team_id).await?;
     let mut t = old.clone();
     if add {
@@ -103,7 +103,7 @@ pub async fn team_models(
     } else {
         t.models.0.retain(|m| !models.contains(m));
     }
-    save_team(state, caller, h, &old, t, action::UPDATED).await
+    save_team(caller, h, &old, t, action::UPDATED).await
 }
 
 /// `GET /team/permissions_list`: proxy admins, viewers and the team's admins.
@@ -140,7 +140,7 @@ pub async fn permissions_update(
     perms: Vec<String>,
 ) -> Result<Value, Error> {
     validate_permissions(&perms)?;
-    let mut h = state.db.begin_write().await?;
+    let mut h = Write::begin(state).await?;
     let old = load_locked(&mut h, team_id).await?;
     if !caller.is_proxy_admin() {
         let roster = store::members::list_by_team(&mut h, team_id).await?;
@@ -153,5 +153,5 @@ pub async fn permissions_update(
     }
     let mut t = old.clone();
     t.team_member_permissions = Json(perms);
-    save_team(state, caller, h, &old, t, action::UPDATED).await
+    save_team(caller, h, &old, t, action::UPDATED).await
 }

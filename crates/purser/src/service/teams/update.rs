@@ -17,6 +17,7 @@ use crate::service::audit::{self, action, table};
 use crate::service::caller::Caller;
 use crate::service::patch::Patch;
 use crate::service::views;
+use crate::service::write::{Changed, Write};
 use crate::store;
 use crate::store::budgets::BudgetRow;
 use crate::store::members::MembershipRow;
@@ -151,7 +152,7 @@ pub async fn update_team(
         Patch::Absent => Patch::Absent,
     };
 
-    let mut h = state.db.begin_write().await?;
+    let mut h = Write::begin(state).await?;
     let old = if store::teams::lock(&mut h, team_id).await? {
         store::teams::get(&mut h, team_id).await?
     } else {
@@ -511,11 +512,11 @@ pub async fn update_team(
         Some(views::team_json(&t, &roster, model_table.as_ref())),
     )
     .await?;
-    h.commit().await?;
-    state.cache.evict_team(team_id).await;
+    h.team(team_id);
     if member_budget_changed {
-        state.cache.evict_team_members(team_id);
+        h.changed(Changed::TeamMembers(team_id.to_string()));
     }
+    h.commit().await?;
     Ok(UpdatedTeam {
         team: t,
         roster,
