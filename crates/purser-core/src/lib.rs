@@ -7,4 +7,5 @@ pub mod budget;
 pub mod keys;
 pub mod money;
 pub mod roles;
+pub mod routes;
 pub mod validate;

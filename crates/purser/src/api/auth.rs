@@ -14,6 +14,7 @@ use purser_core::roles::UserRole;
 use super::Gate;
 use crate::app::AppState;
 use crate::error::Error;
+use crate::service::auth;
 use crate::service::caller::Caller;
 
 pub async fn authenticate(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
@@ -28,10 +29,24 @@ pub async fn authenticate(State(state): State<AppState>, mut req: Request, next:
     }
     let resolved = match credential(req.headers()) {
         Err(e) => Err(e),
-        Ok(cred) => crate::service::auth::resolve(&state, &cred).await,
+        Ok(cred) => auth::resolve(&state, &cred).await,
     };
-    let checked =
-        resolved.and_then(|caller| check_gate(gate, req.method(), &path, &caller).map(|()| caller));
+    let mut checked = resolved.and_then(|caller| {
+        auth::check_allowed_routes(&caller, req.uri().path(), &path)?;
+        check_gate(gate, req.method(), &path, &caller)?;
+        Ok(caller)
+    });
+    // Model calls check a blocked team themselves, after budgets (the reference's order).
+    let governed = matches!(
+        path.as_str(),
+        "/v1/chat/completions" | "/chat/completions" | "/v1/embeddings" | "/embeddings"
+    );
+    if !governed
+        && let Ok(caller) = &checked
+        && let Err(e) = auth::check_team_not_blocked(&state, caller).await
+    {
+        checked = Err(e);
+    }
     match checked {
         Ok(caller) => {
             req.extensions_mut().insert(caller);

@@ -6,11 +6,50 @@ use axum::http::StatusCode;
 use chrono::Utc;
 use purser_core::keys::{abbreviate, hash_key};
 use purser_core::roles::UserRole;
+use purser_core::routes;
 use subtle::ConstantTimeEq;
 
 use crate::app::AppState;
 use crate::error::Error;
 use crate::service::caller::Caller;
+
+/// Refuses a virtual key whose `allowed_routes` (set directly or by its `key_type`) do not cover
+/// the request `path` (route-table template `template`). Applies to every role, proxy admins'
+/// keys too; the master key has no list.
+pub fn check_allowed_routes(caller: &Caller, path: &str, template: &str) -> Result<(), Error> {
+    let Some(key) = &caller.key else {
+        return Ok(());
+    };
+    let allowed = &key.allowed_routes.0;
+    if routes::allows(allowed, path, template) {
+        return Ok(());
+    }
+    let listed: Vec<String> = allowed.iter().map(|r| format!("'{r}'")).collect();
+    Err(Error::proxy(
+        StatusCode::FORBIDDEN,
+        "auth_error",
+        format!(
+            "Virtual key is not allowed to call this route. Only allowed to call routes: [{}]. Tried to call route: {path}",
+            listed.join(", ")
+        ),
+    )
+    .with_param("None"))
+}
+
+/// A blocked team stops its keys on every route, not only on model calls (the request path
+/// checks it there, in the reference's order after budgets).
+pub async fn check_team_not_blocked(state: &AppState, caller: &Caller) -> Result<(), Error> {
+    let Some(team_id) = caller.key.as_ref().and_then(|k| k.team_id.as_deref()) else {
+        return Ok(());
+    };
+    match state.cache.team(&state.db, team_id).await? {
+        Some(t) if t.team.blocked => Err(Error::auth(format!(
+            "Authentication Error, Team={team_id} is blocked. Update via `/team/unblock` if you're an admin."
+        ))
+        .with_param("None")),
+        _ => Ok(()),
+    }
+}
 
 /// Resolves the raw credential presented by a client.
 pub async fn resolve(state: &AppState, credential: &str) -> Result<Caller, Error> {

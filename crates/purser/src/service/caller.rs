@@ -41,6 +41,15 @@ impl Caller {
         self.role.can_read_all()
     }
 
+    /// Viewers (`internal_user_viewer`, `proxy_admin_viewer`) never write, whatever their role
+    /// inside a team.
+    pub fn is_viewer(&self) -> bool {
+        matches!(
+            self.role,
+            UserRole::InternalUserViewer | UserRole::ProxyAdminViewer
+        )
+    }
+
     /// Hash of the key used, or the master-key alias.
     pub fn api_key_hash(&self) -> &str {
         match &self.key {

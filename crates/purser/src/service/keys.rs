@@ -9,6 +9,8 @@ use axum::http::StatusCode;
 use chrono::{DateTime, Utc};
 use purser_core::access::{ALL_PROXY_MODELS, ALL_TEAM_MODELS, AccessGroups, list_allows};
 use purser_core::keys::{generate_key, hash_key, key_name, token_of, validate_custom_key};
+use purser_core::money::Nanos;
+use purser_core::routes;
 use purser_core::validate;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
@@ -26,9 +28,6 @@ use crate::service::write::Write;
 use crate::store::keys::{KeyFilter, KeyRow};
 use crate::store::teams::TeamRow;
 use crate::store::{self, Handle};
-
-/// Key types LiteLLM accepts in `key_type`.
-const KEY_TYPES: [&str; 4] = ["default", "llm_api", "management", "read_only"];
 
 /// Body of `POST /key/generate` (unknown fields are ignored, as pydantic does).
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -144,12 +143,30 @@ pub fn expiry(d: &str, now: DateTime<Utc>) -> Result<DateTime<Utc>, Error> {
         })
 }
 
+/// The `allowed_routes` a key ends up with: `key_type` other than `default` sets its route group
+/// (as the reference does); an explicit list that says otherwise is refused rather than dropped.
+fn route_access(key_type: &str, allowed_routes: &[String]) -> Result<Vec<String>, Error> {
+    for entry in allowed_routes {
+        routes::check_entry(entry).map_err(bad_request)?;
+    }
+    match routes::for_key_type(key_type) {
+        None => Ok(allowed_routes.to_vec()),
+        Some(group) if allowed_routes.is_empty() || allowed_routes == [group] => {
+            Ok(vec![group.to_string()])
+        }
+        Some(group) => Err(bad_request(format!(
+            "key_type={key_type} restricts the key to allowed_routes=['{group}']; it cannot be combined with allowed_routes={allowed_routes:?}"
+        ))),
+    }
+}
+
 fn key_type_field(t: &str) -> Result<String, Error> {
-    if KEY_TYPES.contains(&t) {
+    if routes::KEY_TYPES.contains(&t) {
         Ok(t.to_string())
     } else {
         Err(bad_request(format!(
-            "Invalid key_type '{t}'. Must be one of {KEY_TYPES:?}"
+            "Invalid key_type '{t}'. Must be one of {:?}",
+            routes::KEY_TYPES
         )))
     }
 }
@@ -195,6 +212,62 @@ async fn roster_role(
     }
 }
 
+/// True when the caller is an admin of the key's team (viewers never count: they do not write).
+async fn is_team_admin_of(h: &mut Handle, caller: &Caller, k: &KeyRow) -> Result<bool, Error> {
+    let Some(team_id) = &k.team_id else {
+        return Ok(false);
+    };
+    if caller.is_viewer() {
+        return Ok(false);
+    }
+    Ok(roster_role(h, team_id, caller.user_id.as_deref())
+        .await?
+        .as_deref()
+        == Some("admin"))
+}
+
+/// The first limit `after` loosens compared with `before`: a cap raised or removed, a model
+/// list widened or cleared, an expiry pushed back or removed, a route restriction changed, a
+/// budget window or per-model budget changed. Tightening (or setting a limit where none was)
+/// is never loosening.
+fn loosened(before: &KeyRow, after: &KeyRow) -> Option<&'static str> {
+    fn cap(b: Option<i64>, a: Option<i64>) -> bool {
+        matches!((b, a), (Some(_), None)) || matches!((b, a), (Some(b), Some(a)) if a > b)
+    }
+    if cap(before.max_budget, after.max_budget) {
+        return Some("max_budget");
+    }
+    if cap(before.tpm_limit, after.tpm_limit) {
+        return Some("tpm_limit");
+    }
+    if cap(before.rpm_limit, after.rpm_limit) {
+        return Some("rpm_limit");
+    }
+    if cap(before.max_parallel_requests, after.max_parallel_requests) {
+        return Some("max_parallel_requests");
+    }
+    let (bm, am) = (&before.models.0, &after.models.0);
+    if !bm.is_empty() && (am.is_empty() || am.iter().any(|m| !bm.contains(m))) {
+        return Some("models");
+    }
+    match (before.expires, after.expires) {
+        (Some(_), None) => return Some("duration"),
+        (Some(b), Some(a)) if a > b => return Some("duration"),
+        _ => {}
+    }
+    if !before.allowed_routes.0.is_empty() && after.allowed_routes.0 != before.allowed_routes.0 {
+        return Some("allowed_routes");
+    }
+    if before.budget_duration.is_some() && after.budget_duration != before.budget_duration {
+        return Some("budget_duration");
+    }
+    let empty = |v: &Value| v.as_object().is_none_or(Map::is_empty);
+    if !empty(&before.model_max_budget.0) && after.model_max_budget.0 != before.model_max_budget.0 {
+        return Some("model_max_budget");
+    }
+    None
+}
+
 fn permission_error(route: &str, team: &TeamRow) -> Error {
     let mut allowed = vec!["/key/info".to_string(), "/key/health".to_string()];
     allowed.extend(team.team_member_permissions.0.iter().cloned());
@@ -206,6 +279,74 @@ fn permission_error(route: &str, team: &TeamRow) -> Error {
             team.team_id
         ),
     )
+}
+
+/// What a key minted by a non-admin caller's key may hold.
+struct MintingScope {
+    team_id: Option<String>,
+    models: Vec<String>,
+    max_budget: Option<i64>,
+}
+
+/// A virtual key mints only inside its own scope: its own team (the default), its models or
+/// fewer (the default), its `max_budget` or less (the default). Proxy admins and the master key
+/// are not bounded.
+fn minting_scope(
+    caller: &Caller,
+    req: &GenerateKeyRequest,
+    max_budget: Option<i64>,
+) -> Result<MintingScope, Error> {
+    let asked = MintingScope {
+        team_id: req.team_id.clone(),
+        models: req.models.clone(),
+        max_budget,
+    };
+    let Some(own) = caller.key.as_ref().filter(|_| !caller.is_proxy_admin()) else {
+        return Ok(asked);
+    };
+    let outside = |what: String| {
+        Error::http(
+            StatusCode::FORBIDDEN,
+            format!("A key can only create keys inside its own scope: {what}"),
+        )
+    };
+    let team_id = match (&own.team_id, asked.team_id) {
+        (Some(mine), None) => Some(mine.clone()),
+        (Some(mine), Some(t)) if &t != mine => {
+            return Err(outside(format!(
+                "this key belongs to team_id={mine}, requested team_id={t}"
+            )));
+        }
+        (_, t) => t,
+    };
+    let mine = &own.models.0;
+    let models = if mine.is_empty() {
+        asked.models
+    } else if asked.models.is_empty() {
+        mine.clone()
+    } else if let Some(m) = asked.models.iter().find(|m| !mine.contains(m)) {
+        return Err(outside(format!(
+            "model {m} is not in this key's models {mine:?}"
+        )));
+    } else {
+        asked.models
+    };
+    let max_budget = match (own.max_budget, asked.max_budget) {
+        (Some(cap), None) => Some(cap),
+        (Some(cap), Some(b)) if b > cap => {
+            return Err(outside(format!(
+                "max_budget {} is above this key's max_budget {}",
+                Nanos(b).to_usd(),
+                Nanos(cap).to_usd()
+            )));
+        }
+        (_, b) => b,
+    };
+    Ok(MintingScope {
+        team_id,
+        models,
+        max_budget,
+    })
 }
 
 /// Creates a key inside the open write transaction `h` and records its audit row. Applies the
@@ -248,6 +389,7 @@ pub async fn generate_tx(
         .map(|d| budget_reset(d, now))
         .transpose()?;
     let key_type = key_type_field(req.key_type.as_deref().unwrap_or("default"))?;
+    let allowed_routes = route_access(&key_type, &req.allowed_routes)?;
     if let Some(t) = &req.team_id {
         non_blank("team_id", t)?;
     }
@@ -270,9 +412,14 @@ pub async fn generate_tx(
     if !caller.is_proxy_admin() && user_id.is_none() {
         user_id = caller.user_id.clone();
     }
+    let scope = minting_scope(caller, req, max_budget)?;
+    let (team_id, models, max_budget) = (scope.team_id, scope.models, scope.max_budget);
+    // A team's own key (no user) mints inside its team, as the team's admin would.
+    let team_service_account =
+        caller.key.as_ref().is_some_and(|k| k.user_id.is_none()) && caller.user_id.is_none();
 
     let mut team: Option<TeamRow> = None;
-    if let Some(team_id) = &req.team_id {
+    if let Some(team_id) = &team_id {
         team = store::teams::get(h, team_id).await?;
         if !caller.is_proxy_admin() {
             let Some(t) = &team else {
@@ -287,7 +434,11 @@ pub async fn generate_tx(
                     "User={u} not assigned to team={team_id}"
                 )));
             }
-            let role = roster_role(h, team_id, caller.user_id.as_deref()).await?;
+            let role = if team_service_account {
+                Some("admin".to_string())
+            } else {
+                roster_role(h, team_id, caller.user_id.as_deref()).await?
+            };
             match role.as_deref() {
                 None => {
                     return Err(bad_request(format!(
@@ -320,7 +471,7 @@ pub async fn generate_tx(
         ));
     }
     if let Some(t) = &team {
-        check_models_in_team(&req.models, t)?;
+        check_models_in_team(&models, t)?;
     }
 
     let by = caller.changed_by();
@@ -330,13 +481,13 @@ pub async fn generate_tx(
         key_alias: req.key_alias.clone(),
         spend: 0,
         expires,
-        models: Json(req.models.clone()),
+        models: Json(models),
         aliases: Json(Value::Object(req.aliases.clone().unwrap_or_default())),
         config: Json(Value::Object(req.config.clone().unwrap_or_default())),
         permissions: Json(Value::Object(req.permissions.clone().unwrap_or_default())),
         metadata: Json(Value::Object(req.metadata.clone().unwrap_or_default())),
         user_id,
-        team_id: req.team_id.clone(),
+        team_id,
         organization_id: req
             .organization_id
             .clone()
@@ -350,7 +501,7 @@ pub async fn generate_tx(
         budget_duration: req.budget_duration.clone(),
         budget_reset_at,
         blocked: req.blocked,
-        allowed_routes: Json(req.allowed_routes.clone()),
+        allowed_routes: Json(allowed_routes),
         key_type: Some(key_type),
         model_max_budget: Json(Value::Object(
             req.model_max_budget.clone().unwrap_or_default(),
@@ -509,7 +660,19 @@ pub async fn authorize_write(
     k: &KeyRow,
     route: &str,
 ) -> Result<(), Error> {
-    if caller.is_proxy_admin() || is_own(caller, k) {
+    if caller.is_proxy_admin() {
+        return Ok(());
+    }
+    if caller.is_viewer() {
+        return Err(Error::http(
+            StatusCode::FORBIDDEN,
+            format!(
+                "Viewers cannot modify keys. Your role={}",
+                caller.role.as_str()
+            ),
+        ));
+    }
+    if is_own(caller, k) {
         return Ok(());
     }
     if let Some(team_id) = &k.team_id {
@@ -610,11 +773,37 @@ pub async fn update_tx(
         }
         k.blocked = v.copied();
     }
-    if let Some(v) = req.allowed_routes.as_update() {
-        k.allowed_routes = Json(v.cloned().unwrap_or_default());
+    if req.allowed_routes.as_update().is_some() || req.key_type.as_update().is_some() {
+        if let Some(v) = req.key_type.as_update() {
+            k.key_type = v.map(|t| key_type_field(t)).transpose()?;
+        }
+        let kt = k.key_type.as_deref().unwrap_or("default");
+        k.allowed_routes = Json(match req.allowed_routes.as_update() {
+            Some(sent) => route_access(kt, sent.map(Vec::as_slice).unwrap_or_default())?,
+            // A new key_type alone replaces the group the old one set (none for `default`).
+            None => {
+                let old_group = routes::for_key_type(before.key_type.as_deref().unwrap_or(""));
+                let kept = match old_group {
+                    Some(g) if before.allowed_routes.0 == [g] => Vec::new(),
+                    _ => before.allowed_routes.0.clone(),
+                };
+                match routes::for_key_type(kt) {
+                    Some(g) => vec![g.to_string()],
+                    None => kept,
+                }
+            }
+        });
     }
-    if let Some(v) = req.key_type.as_update() {
-        k.key_type = v.map(|t| key_type_field(t)).transpose()?;
+    if let Some(field) = loosened(&before, &k)
+        && !caller.is_proxy_admin()
+        && !is_team_admin_of(h, caller, &before).await?
+    {
+        return Err(Error::http(
+            StatusCode::FORBIDDEN,
+            format!(
+                "Only a proxy admin or an admin of the key's team can raise or remove {field} on this key; its owner may only tighten it."
+            ),
+        ));
     }
     if let Some(v) = req.user_id.as_update() {
         if let Some(u) = v {

@@ -9,6 +9,7 @@ mod cli;
 mod durability;
 mod e2e;
 mod foundation;
+mod governance;
 mod keys;
 mod members;
 mod proxy;

@@ -108,6 +108,10 @@ pub async fn team_access(
     let Some(uid) = &caller.user_id else {
         return Ok(TeamAccess::None);
     };
+    // Every caller of this decides a write; viewers never write, whatever their team role.
+    if caller.is_viewer() {
+        return Ok(TeamAccess::None);
+    }
     Ok(match store::members::get(h, team_id, uid).await? {
         Some(m) if m.role == TeamRole::Admin.as_str() => TeamAccess::TeamAdmin,
         _ => TeamAccess::None,

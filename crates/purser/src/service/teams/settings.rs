@@ -144,7 +144,8 @@ pub async fn permissions_update(
     let old = load_locked(&mut h, team_id).await?;
     if !caller.is_proxy_admin() {
         let roster = store::members::list_by_team(&mut h, team_id).await?;
-        if !is_roster_admin(&roster, caller) {
+        // Viewers never write, whatever their team role.
+        if caller.is_viewer() || !is_roster_admin(&roster, caller) {
             return Err(Error::http_text(
                 StatusCode::FORBIDDEN,
                 "You do not have access to this team",

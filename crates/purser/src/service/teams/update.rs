@@ -171,7 +171,9 @@ pub async fn update_team(
     let access = if caller.is_proxy_admin() {
         EditAccess::Unrestricted
     } else {
+        // Viewers never write, whatever their team role.
         let admin = match &caller.user_id {
+            Some(_) if caller.is_viewer() => false,
             Some(uid) => store::members::get(&mut h, team_id, uid)
                 .await?
                 .is_some_and(|m| m.role == TeamRole::Admin.as_str()),

@@ -1,0 +1,419 @@
+//! Governance rules that used to be walkable (issue: no field accepted and ignored): route access
+//! by `key_type` / `allowed_routes`, a blocked team on every route, viewers who are team admins,
+//! keys minting keys only inside their own scope, owners who may only tighten their key.
+//! Each denial is checked with its status, type and message, and with nothing changed after it.
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use crate::both_backends;
+use crate::helpers::*;
+
+fn chat() -> Value {
+    json!({"model": "fake-gpt", "messages": [{"role": "user", "content": "hi"}]})
+}
+
+async fn generate(app: &TestApp, key: &str, body: Value) -> (StatusCode, Value) {
+    app.post("/key/generate", key, body).await
+}
+
+/// A key made by the master key; returns (raw key, response).
+async fn admin_key(app: &TestApp, body: Value) -> (String, Value) {
+    let (s, b) = generate(app, MASTER, body).await;
+    assert_eq!(s, 200, "{b}");
+    (b["key"].as_str().unwrap().to_string(), b)
+}
+
+async fn key_info(app: &TestApp, key: &str) -> Value {
+    let (s, b) = app.get(&format!("/key/info?key={key}"), MASTER).await;
+    assert_eq!(s, 200, "{b}");
+    b["info"].clone()
+}
+
+#[track_caller]
+fn route_denied(s: StatusCode, b: &Value, allowed: &str, route: &str) {
+    assert_eq!(s, 403, "{b}");
+    let msg = assert_proxy_error(b, 403, "auth_error");
+    assert_eq!(
+        msg,
+        format!(
+            "Virtual key is not allowed to call this route. Only allowed to call routes: [{allowed}]. Tried to call route: {route}"
+        )
+    );
+}
+
+async fn key_types_and_allowed_routes(b: Backend) {
+    let app = TestApp::spawn(b).await;
+
+    // read_only: info routes and nothing else.
+    let (ro, r) = admin_key(&app, json!({"key_type": "read_only"})).await;
+    assert_eq!(r["allowed_routes"], json!(["info_routes"]));
+    let (s, body) = app.get("/key/info", &ro).await;
+    assert_eq!(s, 200, "{body}");
+    let (s, body) = app.get("/v1/models", &ro).await;
+    assert_eq!(s, 200, "{body}");
+    let (s, body) = generate(&app, &ro, json!({})).await;
+    route_denied(s, &body, "'info_routes'", "/key/generate");
+    let (s, body) = app.post("/v1/chat/completions", &ro, chat()).await;
+    route_denied(s, &body, "'info_routes'", "/v1/chat/completions");
+
+    // llm_api: model calls, no management.
+    let (llm, _) = admin_key(&app, json!({"key_type": "llm_api"})).await;
+    let (s, body) = app.post("/v1/chat/completions", &llm, chat()).await;
+    assert_eq!(s, 200, "{body}");
+    let (s, body) = generate(&app, &llm, json!({})).await;
+    route_denied(s, &body, "'llm_api_routes'", "/key/generate");
+    let (s, body) = app.get("/key/info", &llm).await;
+    route_denied(s, &body, "'llm_api_routes'", "/key/info");
+
+    // management: manages, cannot call models; path templates match their parameters.
+    let (mgmt, _) = admin_key(&app, json!({"key_type": "management"})).await;
+    let (s, body) = app.post("/v1/chat/completions", &mgmt, chat()).await;
+    route_denied(s, &body, "'management_routes'", "/v1/chat/completions");
+    let (s, body) = app.get("/key/list", &mgmt).await;
+    assert_eq!(s, 200, "{body}");
+    let (own, _) = admin_key(&app, json!({"key_type": "management"})).await;
+    let (s, body) = app
+        .post(&format!("/key/{own}/regenerate"), &own, json!({}))
+        .await;
+    assert_eq!(s, 200, "{body}");
+
+    // Explicit lists: exact paths, prefixes at a `/`, wildcards.
+    let (exact, _) = admin_key(&app, json!({"allowed_routes": ["/key/info"]})).await;
+    let (s, _) = app.get("/key/info", &exact).await;
+    assert_eq!(s, 200);
+    let (s, body) = app.get("/key/list", &exact).await;
+    route_denied(s, &body, "'/key/info'", "/key/list");
+    let (wild, _) = admin_key(&app, json!({"allowed_routes": ["/v1/*"]})).await;
+    let (s, _) = app.post("/v1/chat/completions", &wild, chat()).await;
+    assert_eq!(s, 200);
+    let (s, body) = app.post("/chat/completions", &wild, chat()).await;
+    route_denied(s, &body, "'/v1/*'", "/chat/completions");
+
+    // Refused, not stored: unknown groups and key_type conflicting with a list.
+    let (s, body) = generate(&app, MASTER, json!({"allowed_routes": ["info_route"]})).await;
+    assert_eq!(s, 400, "{body}");
+    assert!(
+        assert_proxy_error(&body, 400, "bad_request_error").contains("'info_route'"),
+        "{body}"
+    );
+    let (s, body) = generate(
+        &app,
+        MASTER,
+        json!({"key_type": "read_only", "allowed_routes": ["/key/generate"]}),
+    )
+    .await;
+    assert_eq!(s, 400, "{body}");
+    assert!(assert_proxy_error(&body, 400, "").contains("key_type=read_only"));
+    let (s, body) = generate(&app, MASTER, json!({"key_type": "root"})).await;
+    assert_eq!(s, 400, "{body}");
+    let (s, body) = generate(&app, MASTER, json!({"allowed_routes": "llm_api_routes"})).await;
+    assert_eq!(s, 422, "{body}");
+
+    // /key/update: a new key_type replaces the group the old one set; default lifts it.
+    let (s, body) = app
+        .post(
+            "/key/update",
+            MASTER,
+            json!({"key": ro, "key_type": "llm_api"}),
+        )
+        .await;
+    assert_eq!(s, 200, "{body}");
+    assert_eq!(
+        key_info(&app, &ro).await["allowed_routes"],
+        json!(["llm_api_routes"])
+    );
+    let (s, _) = app.post("/v1/chat/completions", &ro, chat()).await;
+    assert_eq!(s, 200);
+    let (s, body) = app
+        .post(
+            "/key/update",
+            MASTER,
+            json!({"key": ro, "key_type": "default"}),
+        )
+        .await;
+    assert_eq!(s, 200, "{body}");
+    assert_eq!(key_info(&app, &ro).await["allowed_routes"], json!([]));
+    let (s, _) = app.get("/key/info", &ro).await;
+    assert_eq!(s, 200);
+    // The master key has no list.
+    let (s, _) = app.get("/key/list", MASTER).await;
+    assert_eq!(s, 200);
+    app.shutdown().await;
+}
+
+async fn blocked_team_stops_every_route(b: Backend) {
+    let app = TestApp::spawn(b).await;
+    let (s, t) = app
+        .post("/team/new", MASTER, json!({"team_id": "t1"}))
+        .await;
+    assert_eq!(s, 200, "{t}");
+    let (k, _) = admin_key(&app, json!({"team_id": "t1"})).await;
+    let (s, body) = app.get("/key/info", &k).await;
+    assert_eq!(s, 200, "{body}");
+    let (s, body) = app
+        .post("/team/block", MASTER, json!({"team_id": "t1"}))
+        .await;
+    assert_eq!(s, 200, "{body}");
+    let blocked =
+        "Authentication Error, Team=t1 is blocked. Update via `/team/unblock` if you're an admin.";
+    for (s, body) in [
+        generate(&app, &k, json!({})).await,
+        app.get("/key/info", &k).await,
+        app.get("/v1/models", &k).await,
+        app.get("/team/info?team_id=t1", &k).await,
+        app.post("/v1/chat/completions", &k, chat()).await,
+    ] {
+        assert_eq!(s, 401, "{body}");
+        assert_eq!(assert_proxy_error(&body, 401, "auth_error"), blocked);
+    }
+    let (s, l) = app.get("/key/list?team_id=t1", MASTER).await;
+    assert_eq!(s, 200);
+    assert_eq!(
+        l["keys"].as_array().unwrap().len(),
+        1,
+        "no key was minted: {l}"
+    );
+    let (s, _) = app
+        .post("/team/unblock", MASTER, json!({"team_id": "t1"}))
+        .await;
+    assert_eq!(s, 200);
+    let (s, body) = app.get("/key/info", &k).await;
+    assert_eq!(s, 200, "{body}");
+    app.shutdown().await;
+}
+
+async fn roster(app: &TestApp) -> Value {
+    app.get("/team/info?team_id=t1", MASTER).await.1["team_info"]["members_with_roles"].clone()
+}
+
+async fn viewers_never_write_even_as_team_admins(b: Backend) {
+    let app = TestApp::spawn(b).await;
+    let viewer = app.user_with_key("viewer", "internal_user_viewer").await;
+    let admin = app.user_with_key("boss", "internal_user").await;
+    let _ = app.user_with_key("member", "internal_user").await;
+    let (s, t) = app
+        .post(
+            "/team/new",
+            MASTER,
+            json!({"team_id": "t1", "members_with_roles": [
+                {"role": "admin", "user_id": "viewer"},
+                {"role": "admin", "user_id": "boss"},
+                {"role": "user", "user_id": "member"}]}),
+        )
+        .await;
+    assert_eq!(s, 200, "{t}");
+    let before = roster(&app).await;
+
+    let (s, body) = app
+        .post(
+            "/team/member_add",
+            &viewer,
+            json!({"team_id": "t1", "member": {"role": "user", "user_id": "newbie"}}),
+        )
+        .await;
+    assert_eq!(s, 403, "{body}");
+    assert!(
+        assert_detail(&body)["error"]
+            .as_str()
+            .unwrap()
+            .contains("not proxy admin OR team admin")
+    );
+    let (s, body) = app
+        .post(
+            "/team/member_update",
+            &viewer,
+            json!({"team_id": "t1", "user_id": "member", "role": "admin"}),
+        )
+        .await;
+    assert_eq!(s, 403, "{body}");
+    let (s, body) = app
+        .post(
+            "/team/member_delete",
+            &viewer,
+            json!({"team_id": "t1", "user_id": "member"}),
+        )
+        .await;
+    assert_eq!(s, 403, "{body}");
+    let (s, body) = app
+        .post(
+            "/team/permissions_update",
+            &viewer,
+            json!({"team_id": "t1", "team_member_permissions": ["/key/generate"]}),
+        )
+        .await;
+    assert_eq!(s, 403, "{body}");
+    assert_eq!(
+        body,
+        json!({"detail": "You do not have access to this team"})
+    );
+    let (s, body) = app
+        .post(
+            "/team/update",
+            &viewer,
+            json!({"team_id": "t1", "max_budget": 1}),
+        )
+        .await;
+    assert_eq!(s, 403, "{body}");
+    let (s, body) = app
+        .post(
+            "/team/t1/member/member/reset_spend",
+            &viewer,
+            json!({"reset_to": 0}),
+        )
+        .await;
+    assert_eq!(s, 403, "{body}");
+    assert_eq!(roster(&app).await, before, "nothing changed");
+    let (_, p) = app.get("/team/permissions_list?team_id=t1", MASTER).await;
+    assert_eq!(p["team_member_permissions"], json!([]));
+    // Reading stays open to the viewer; a team admin who is not a viewer still writes.
+    let (s, body) = app.get("/team/info?team_id=t1", &viewer).await;
+    assert_eq!(s, 200, "{body}");
+    let (s, body) = app
+        .post(
+            "/team/member_update",
+            &admin,
+            json!({"team_id": "t1", "user_id": "member", "role": "admin"}),
+        )
+        .await;
+    assert_eq!(s, 200, "{body}");
+    app.shutdown().await;
+}
+
+async fn keys_mint_only_inside_their_scope(b: Backend) {
+    let app = TestApp::spawn(b).await;
+    for t in ["t1", "t2"] {
+        let (s, body) = app.post("/team/new", MASTER, json!({"team_id": t})).await;
+        assert_eq!(s, 200, "{body}");
+    }
+    // A team's own key (no user), with a model list and a budget.
+    let (sa, _) = admin_key(
+        &app,
+        json!({"team_id": "t1", "models": ["fake-gpt"], "max_budget": 5}),
+    )
+    .await;
+    let (s, minted) = generate(&app, &sa, json!({})).await;
+    assert_eq!(s, 200, "{minted}");
+    assert_eq!(minted["team_id"], "t1");
+    assert_eq!(minted["models"], json!(["fake-gpt"]));
+    assert_eq!(minted["max_budget"], json!(5.0));
+    assert_eq!(minted["user_id"], Value::Null);
+    let (s, body) = generate(&app, &sa, json!({"max_budget": 2})).await;
+    assert_eq!(s, 200, "tighter is fine: {body}");
+
+    let outside = |body: &Value, needle: &str| {
+        let msg = assert_proxy_error(body, 403, "auth_error");
+        // The key routes' wrapper: Python's str() of {"error": msg}.
+        assert!(msg.starts_with("{'error': "), "{msg}");
+        assert!(
+            msg.contains("A key can only create keys inside its own scope: "),
+            "{msg}"
+        );
+        assert!(msg.contains(needle), "{msg}");
+    };
+    let (s, body) = generate(&app, &sa, json!({"team_id": "t2"})).await;
+    assert_eq!(s, 403, "{body}");
+    outside(&body, "requested team_id=t2");
+    let (s, body) = generate(&app, &sa, json!({"models": ["gpt-4"]})).await;
+    assert_eq!(s, 403, "{body}");
+    outside(&body, "model gpt-4");
+    let (s, body) = generate(&app, &sa, json!({"max_budget": 50})).await;
+    assert_eq!(s, 403, "{body}");
+    outside(&body, "max_budget 50 is above");
+    let (s, body) = generate(&app, &sa, json!({"user_id": "someone"})).await;
+    assert_eq!(s, 400, "{body}");
+    assert!(
+        assert_proxy_error(&body, 400, "bad_request_error")
+            .contains("User=someone not assigned to team=t1")
+    );
+    let (_, l) = app.get("/key/list?team_id=t1", MASTER).await;
+    assert_eq!(
+        l["keys"].as_array().unwrap().len(),
+        3,
+        "only the two allowed mints: {l}"
+    );
+    let (_, l) = app.get("/key/list?team_id=t2", MASTER).await;
+    assert_eq!(l["keys"].as_array().unwrap().len(), 0, "{l}");
+
+    // A personal key bounds what its owner mints through it too.
+    let _ = app.user_with_key("u1", "internal_user").await;
+    let (personal, _) = admin_key(&app, json!({"user_id": "u1", "max_budget": 1})).await;
+    let (s, minted) = generate(&app, &personal, json!({})).await;
+    assert_eq!(s, 200, "{minted}");
+    assert_eq!(minted["user_id"], "u1");
+    assert_eq!(minted["max_budget"], json!(1.0));
+    let (s, body) = generate(&app, &personal, json!({"max_budget": 3})).await;
+    assert_eq!(s, 403, "{body}");
+    // Proxy admins are not bounded.
+    let (s, body) = generate(&app, MASTER, json!({"team_id": "t2", "max_budget": 100})).await;
+    assert_eq!(s, 200, "{body}");
+    app.shutdown().await;
+}
+
+async fn owners_may_only_tighten(b: Backend) {
+    let app = TestApp::spawn(b).await;
+    let owner = app.user_with_key("u1", "internal_user").await;
+    let (k, _) = admin_key(
+        &app,
+        json!({"user_id": "u1", "max_budget": 10, "rpm_limit": 5, "tpm_limit": 500,
+               "max_parallel_requests": 2, "models": ["fake-gpt", "gpt-4"], "duration": "1h",
+               "budget_duration": "1d", "allowed_routes": ["llm_api_routes"]}),
+    )
+    .await;
+    let before = key_info(&app, &k).await;
+    let loosen = [
+        (json!({"max_budget": 20}), "max_budget"),
+        (json!({"max_budget": null}), "max_budget"),
+        (json!({"rpm_limit": null}), "rpm_limit"),
+        (json!({"tpm_limit": 5000}), "tpm_limit"),
+        (json!({"max_parallel_requests": 9}), "max_parallel_requests"),
+        (json!({"models": []}), "models"),
+        (json!({"models": ["fake-gpt", "gpt-5"]}), "models"),
+        (json!({"duration": null}), "duration"),
+        (json!({"duration": "30d"}), "duration"),
+        (json!({"allowed_routes": []}), "allowed_routes"),
+        (json!({"allowed_routes": ["/key/info"]}), "allowed_routes"),
+        (json!({"budget_duration": "1h"}), "budget_duration"),
+    ];
+    for (mut body, field) in loosen {
+        body["key"] = json!(k);
+        let (s, e) = app.post("/key/update", &owner, body.clone()).await;
+        assert_eq!(s, 403, "{body} → {e}");
+        let msg = assert_proxy_error(&e, 403, "auth_error");
+        assert!(
+            msg.contains(&format!("raise or remove {field} ")),
+            "{body} → {msg}"
+        );
+    }
+    let mut after = key_info(&app, &k).await;
+    after["updated_at"] = before["updated_at"].clone();
+    assert_eq!(after, before, "no refused update changed the key");
+
+    // Tightening is the owner's to do.
+    let (s, e) = app
+        .post(
+            "/key/update",
+            &owner,
+            json!({"key": k, "max_budget": 4, "rpm_limit": 2, "models": ["fake-gpt"], "duration": "10m"}),
+        )
+        .await;
+    assert_eq!(s, 200, "{e}");
+    let now = key_info(&app, &k).await;
+    assert_eq!(now["max_budget"], json!(4.0));
+    assert_eq!(now["models"], json!(["fake-gpt"]));
+    // A proxy admin may loosen again.
+    let (s, e) = app
+        .post("/key/update", MASTER, json!({"key": k, "max_budget": null}))
+        .await;
+    assert_eq!(s, 200, "{e}");
+    assert_eq!(key_info(&app, &k).await["max_budget"], Value::Null);
+    app.shutdown().await;
+}
+
+both_backends!(
+    key_types_and_allowed_routes,
+    blocked_team_stops_every_route,
+    viewers_never_write_even_as_team_admins,
+    keys_mint_only_inside_their_scope,
+    owners_may_only_tighten,
+);
