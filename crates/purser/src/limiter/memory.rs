@@ -13,6 +13,8 @@ struct Window {
     start: u64,
     requests: u64,
     tokens: u64,
+    /// Calls holding a parallel slot; not a window count, so rolling keeps it.
+    in_flight: u64,
 }
 
 impl Window {
@@ -37,10 +39,10 @@ impl MemoryLimiter {
         self.windows.entry(key).or_default().clone()
     }
 
-    pub fn acquire(&self, limits: &[RateLimit], now: u64) -> Result<(), RateDenied> {
+    pub fn acquire(&self, limits: &[RateLimit], now: u64) -> Result<(), Box<RateDenied>> {
         let mut active: Vec<(&RateLimit, String)> = limits
             .iter()
-            .filter(|l| l.rpm.is_some() || l.tpm.is_some())
+            .filter(|l| l.is_limited())
             .map(|l| (l, l.counter_key()))
             .collect();
         if active.is_empty() {
@@ -63,13 +65,16 @@ impl MemoryLimiter {
             };
             let w = &mut guards[i];
             w.roll(now);
+            let parallel_full = l.parallel.is_some_and(|p| w.in_flight >= p);
             let rpm_full = l.rpm.is_some_and(|r| w.requests >= r);
             let tpm_full = l.tpm.is_some_and(|t| w.tokens >= t);
-            if rpm_full || tpm_full {
-                return Err(RateDenied {
+            if parallel_full || rpm_full || tpm_full {
+                return Err(Box::new(RateDenied {
                     scope: l.scope,
                     id: l.label.clone().unwrap_or_else(|| l.id.clone()),
-                    kind: if rpm_full {
+                    kind: if parallel_full {
+                        LimitKind::Parallel
+                    } else if rpm_full {
                         LimitKind::Requests
                     } else {
                         LimitKind::Tokens
@@ -78,21 +83,42 @@ impl MemoryLimiter {
                     remaining_requests: l.rpm.map(|r| r.saturating_sub(w.requests)),
                     limit_tokens: l.tpm,
                     remaining_tokens: l.tpm.map(|t| t.saturating_sub(w.tokens)),
-                    retry_after,
-                });
+                    limit_parallel: l.parallel,
+                    retry_after: if parallel_full { 1 } else { retry_after },
+                }));
             }
         }
-        for w in guards.iter_mut() {
+        for ((l, _), w) in active.iter().zip(guards.iter_mut()) {
             w.roll(now);
             w.requests += 1;
+            if l.parallel.is_some() {
+                w.in_flight += 1;
+            }
         }
         Ok(())
+    }
+
+    /// Frees the slots [`MemoryLimiter::acquire`] took for `limits`.
+    pub fn release(&self, limits: &[RateLimit]) {
+        let mut keys: Vec<String> = limits
+            .iter()
+            .filter(|l| l.parallel.is_some())
+            .map(RateLimit::counter_key)
+            .collect();
+        keys.sort();
+        keys.dedup();
+        for k in keys {
+            if let Some(cell) = self.windows.get(&k).map(|c| c.clone()) {
+                let mut w = cell.lock().unwrap_or_else(|p| p.into_inner());
+                w.in_flight = w.in_flight.saturating_sub(1);
+            }
+        }
     }
 
     pub fn refund(&self, limits: &[RateLimit], now: u64) {
         let mut keys: Vec<String> = limits
             .iter()
-            .filter(|l| l.rpm.is_some() || l.tpm.is_some())
+            .filter(|l| l.is_limited())
             .map(RateLimit::counter_key)
             .collect();
         keys.sort();
@@ -120,7 +146,7 @@ impl MemoryLimiter {
                 return true;
             }
             let w = cell.lock().unwrap_or_else(|p| p.into_inner());
-            w.start >= current
+            w.start >= current || w.in_flight > 0
         });
         before.saturating_sub(self.windows.len())
     }
@@ -153,7 +179,42 @@ mod tests {
             label: None,
             rpm,
             tpm,
+            parallel: None,
         }
+    }
+
+    #[test]
+    fn parallel_slots_are_held_until_released() {
+        let m = MemoryLimiter::default();
+        let mut key = lim("api_key", "k", None, None);
+        key.parallel = Some(2);
+        let team = lim("team", "t", Some(100), None);
+        let both = [key, team];
+        assert!(m.acquire(&both, 0).is_ok());
+        assert!(m.acquire(&both, 0).is_ok());
+        let d = m.acquire(&both, 1).unwrap_err();
+        assert_eq!(
+            (d.scope, d.kind, d.limit_parallel),
+            ("api_key", LimitKind::Parallel, Some(2))
+        );
+        // A refused call took nothing: the team counted two requests, not three.
+        assert_eq!(m.windows.get("team:t").unwrap().lock().unwrap().requests, 2);
+        // Slots survive window rolls and sweeps while held.
+        assert_eq!(
+            m.sweep(200),
+            1,
+            "the team's ended window goes, the held slots stay"
+        );
+        assert!(m.acquire(&both, 200).is_err());
+        m.release(&both);
+        assert!(m.acquire(&both, 201).is_ok());
+        m.release(&both);
+        m.release(&both);
+        m.release(&both);
+        assert!(
+            m.acquire(&both, 202).is_ok(),
+            "extra releases never go below zero"
+        );
     }
 
     #[test]

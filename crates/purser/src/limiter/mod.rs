@@ -1,5 +1,6 @@
-//! RPM/TPM limits of keys, teams, members and users (reference §7.5): fixed 60 s windows keyed
-//! `scope:id`. Invariants: the request counters of every scope of one call are checked and
+//! RPM/TPM limits and `max_parallel_requests` slots of keys, teams, members and users (reference
+//! §7.5): fixed 60 s windows keyed `scope:id`, and an in-flight count per `scope:id` that a call
+//! holds from admission until it (or its stream) ends, however it ends. Invariants: the request counters of every scope of one call are checked and
 //! incremented atomically (all or none, per-counter locks taken in key order so two calls can
 //! never deadlock); TPM is refused up front only when a window is already at/over its limit and
 //! real usage is added afterwards, so overshoot is bounded by one request per scope.
@@ -27,9 +28,15 @@ pub struct RateLimit {
     pub label: Option<String>,
     pub rpm: Option<u64>,
     pub tpm: Option<u64>,
+    /// `max_parallel_requests`: calls in flight at once.
+    pub parallel: Option<u64>,
 }
 
 impl RateLimit {
+    fn is_limited(&self) -> bool {
+        self.rpm.is_some() || self.tpm.is_some() || self.parallel.is_some()
+    }
+
     fn counter_key(&self) -> String {
         format!("{}:{}", self.scope, self.id)
     }
@@ -40,6 +47,7 @@ impl RateLimit {
 pub enum LimitKind {
     Requests,
     Tokens,
+    Parallel,
 }
 
 /// A refusal: everything the 429 answer and its headers need.
@@ -52,7 +60,8 @@ pub struct RateDenied {
     pub remaining_requests: Option<u64>,
     pub limit_tokens: Option<u64>,
     pub remaining_tokens: Option<u64>,
-    /// Seconds until the window that refused rolls over.
+    pub limit_parallel: Option<u64>,
+    /// Seconds until the window that refused rolls over (1 for a parallel-slot refusal).
     pub retry_after: u64,
 }
 
@@ -79,18 +88,31 @@ impl Limiter {
     }
 
     /// Counts one request against every descriptor if all of them have room (RPM below limit,
-    /// TPM window below limit); otherwise counts nothing and names the first refusing scope.
-    pub fn acquire(&self, limits: &[RateLimit]) -> Result<(), RateDenied> {
+    /// TPM window below limit, a free parallel slot) and takes the slots; otherwise counts and
+    /// takes nothing and names the first refusing scope. Every success must be followed by
+    /// exactly one [`Limiter::release`] or [`Limiter::refund`].
+    pub fn acquire(&self, limits: &[RateLimit]) -> Result<(), Box<RateDenied>> {
         match &self.backend {
             Backend::Memory(m) => m.acquire(limits, self.now()),
         }
     }
 
-    /// Gives back the request an [`Limiter::acquire`] counted, for a call refused after it
-    /// (no deployment could take it): a refused pick must not burn the caller's RPM.
+    /// Gives back the request and the slots an [`Limiter::acquire`] took, for a call refused
+    /// after it (no deployment could take it): a refused pick must not burn the caller's RPM.
     pub fn refund(&self, limits: &[RateLimit]) {
         match &self.backend {
-            Backend::Memory(m) => m.refund(limits, self.now()),
+            Backend::Memory(m) => {
+                m.refund(limits, self.now());
+                m.release(limits);
+            }
+        }
+    }
+
+    /// Frees the parallel slots of a call that ended (answered, failed, stream finished or
+    /// client gone).
+    pub fn release(&self, limits: &[RateLimit]) {
+        match &self.backend {
+            Backend::Memory(m) => m.release(limits),
         }
     }
 

@@ -3,11 +3,14 @@
 //! keys minting keys only inside their own scope, owners who may only tighten their key.
 //! Each denial is checked with its status, type and message, and with nothing changed after it.
 
+use std::time::Duration;
+
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
 use crate::both_backends;
 use crate::helpers::*;
+use crate::mock_upstream::MockUpstream;
 
 fn chat() -> Value {
     json!({"model": "fake-gpt", "messages": [{"role": "user", "content": "hi"}]})
@@ -410,7 +413,129 @@ async fn owners_may_only_tighten(b: Backend) {
     app.shutdown().await;
 }
 
+/// Opens a `gpt-long` stream with `key` and reads its first chunk: the call is in flight.
+async fn open_stream(app: &TestApp, key: &str) -> reqwest::Response {
+    let mut r = app
+        .client
+        .post(app.url("/v1/chat/completions"))
+        .bearer_auth(key)
+        .json(&json!({"model": "gpt-long", "messages": [{"role": "user", "content": "hi"}], "stream": true}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.chunk().await.unwrap().is_some());
+    r
+}
+
+#[track_caller]
+fn parallel_denied(s: StatusCode, body: &Value, scope: &str) {
+    assert_eq!(s, 429, "{body}");
+    let msg = assert_proxy_error(body, 429, "rate_limit_error");
+    assert!(
+        msg.starts_with(&format!("Rate limit exceeded for {scope}: ")),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("Limit type: max_parallel_requests. Current limit: 1, Remaining: 0."),
+        "{msg}"
+    );
+}
+
+async fn max_parallel_requests_hold_a_slot_per_call(b: Backend) {
+    let m = MockUpstream::start().await;
+    let yaml = format!(
+        r#"
+model_list:
+  - model_name: fake-gpt
+    litellm_params:
+      model: openai/fake-gpt
+      mock_response: "hello from the mock"
+  - model_name: gpt-long
+    litellm_params:
+      model: openai/upstream-model
+      api_base: {long}
+      api_key: sk-upstream
+general_settings:
+  master_key: sk-1234
+  proxy_batch_write_at: 0.2
+"#,
+        long = m.base("long")
+    );
+    let app = TestApp::spawn_with(b, &yaml).await;
+    let (k, _) = admin_key(&app, json!({"max_parallel_requests": 1})).await;
+    // Calls that end free their slot: sequential calls never collide.
+    for _ in 0..3 {
+        let (s, body) = app.post("/v1/chat/completions", &k, chat()).await;
+        assert_eq!(s, 200, "{body}");
+    }
+    let stream = open_stream(&app, &k).await;
+    let r = app
+        .client
+        .post(app.url("/v1/chat/completions"))
+        .bearer_auth(&k)
+        .json(&chat())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["retry-after"], "1");
+    let (s, body) = (r.status(), r.json::<Value>().await.unwrap());
+    parallel_denied(s, &body, "api_key");
+    // The client going away frees the slot (the stream task drops the call).
+    drop(stream);
+    let mut freed = false;
+    for _ in 0..100 {
+        let (s, _) = app.post("/v1/chat/completions", &k, chat()).await;
+        if s == 200 {
+            freed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(freed, "slot released after the client disconnected");
+
+    // Team slots are shared by the team's keys; other teams are untouched.
+    for t in ["t1", "t2"] {
+        let (s, body) = app
+            .post(
+                "/team/new",
+                MASTER,
+                json!({"team_id": t, "max_parallel_requests": 1}),
+            )
+            .await;
+        assert_eq!(s, 200, "{body}");
+    }
+    let (a, _) = admin_key(&app, json!({"team_id": "t1"})).await;
+    let (b2, _) = admin_key(&app, json!({"team_id": "t1"})).await;
+    let (other, _) = admin_key(&app, json!({"team_id": "t2"})).await;
+    let stream = open_stream(&app, &a).await;
+    let (s, body) = app.post("/v1/chat/completions", &b2, chat()).await;
+    parallel_denied(s, &body, "team");
+    let (s, body) = app.post("/v1/chat/completions", &other, chat()).await;
+    assert_eq!(s, 200, "{body}");
+    drop(stream);
+
+    // Users and member budgets hold slots too.
+    let _ = app.user_with_key("u1", "internal_user").await;
+    let (s, body) = app
+        .post(
+            "/user/update",
+            MASTER,
+            json!({"user_id": "u1", "max_parallel_requests": 1}),
+        )
+        .await;
+    assert_eq!(s, 200, "{body}");
+    let (u1a, _) = admin_key(&app, json!({"user_id": "u1"})).await;
+    let (u1b, _) = admin_key(&app, json!({"user_id": "u1"})).await;
+    let stream = open_stream(&app, &u1a).await;
+    let (s, body) = app.post("/v1/chat/completions", &u1b, chat()).await;
+    parallel_denied(s, &body, "user");
+    drop(stream);
+    app.shutdown().await;
+}
+
 both_backends!(
+    max_parallel_requests_hold_a_slot_per_call,
     key_types_and_allowed_routes,
     blocked_team_stops_every_route,
     viewers_never_write_even_as_team_admins,

@@ -34,6 +34,14 @@ pub(super) struct Meter {
     pub(super) log: SpendLogRow,
 }
 
+/// The call's parallel slots are freed when its meter goes, however the call ended: answered,
+/// failed, stream finished, client gone (the stream task drops it) or the overall deadline.
+impl Drop for Meter {
+    fn drop(&mut self) {
+        self.state.limiter.release(&self.limits);
+    }
+}
+
 impl Meter {
     pub(super) fn settle(&mut self, usage: Usage, status: &str) {
         let Some(res) = self.reservation.take() else {

@@ -53,6 +53,7 @@ pub(super) fn rate_error(d: &RateDenied) -> Error {
     let (kind, limit, remaining) = match d.kind {
         LimitKind::Requests => ("requests", d.limit_requests, d.remaining_requests),
         LimitKind::Tokens => ("tokens", d.limit_tokens, d.remaining_tokens),
+        LimitKind::Parallel => ("max_parallel_requests", d.limit_parallel, Some(0)),
     };
     let reset = Utc::now() + chrono::Duration::seconds(d.retry_after as i64);
     let mut e = Error::proxy(
@@ -264,6 +265,7 @@ pub(super) fn rate_limits(ctx: &CallContext) -> Vec<RateLimit> {
             label: Some(ctx.key_label()),
             rpm: u(k.rpm_limit),
             tpm: u(k.tpm_limit),
+            parallel: u(k.max_parallel_requests),
         });
     }
     if let Some(user) = &ctx.user {
@@ -273,6 +275,7 @@ pub(super) fn rate_limits(ctx: &CallContext) -> Vec<RateLimit> {
             id: user.user_id.clone(),
             rpm: u(user.rpm_limit),
             tpm: u(user.tpm_limit),
+            parallel: u(user.max_parallel_requests),
         });
     }
     if let Some(t) = &ctx.team {
@@ -282,6 +285,7 @@ pub(super) fn rate_limits(ctx: &CallContext) -> Vec<RateLimit> {
             id: t.team.team_id.clone(),
             rpm: u(t.team.rpm_limit),
             tpm: u(t.team.tpm_limit),
+            parallel: u(t.team.max_parallel_requests),
         });
     }
     if let Some(m) = &ctx.member
@@ -293,6 +297,7 @@ pub(super) fn rate_limits(ctx: &CallContext) -> Vec<RateLimit> {
             id: format!("{}:{}", m.membership.team_id, m.membership.user_id),
             rpm: u(b.rpm_limit),
             tpm: u(b.tpm_limit),
+            parallel: u(b.max_parallel_requests),
         });
     }
     out
