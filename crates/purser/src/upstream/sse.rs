@@ -79,9 +79,84 @@ impl SseTap {
     }
 }
 
+/// Drops the final usage-only chunk (`"choices": []` with `usage`) from a stream whose client
+/// did not ask for it (`stream_options.include_usage`): the gateway always asks the upstream
+/// for it to bill exactly, and much client code indexes `choices[0]` of every chunk. Events are
+/// forwarded whole, as soon as their blank line arrives; everything else passes unchanged.
+#[derive(Debug, Default)]
+pub struct UsageChunkFilter {
+    buf: Vec<u8>,
+}
+
+impl UsageChunkFilter {
+    /// The complete events of `bytes` (with what was buffered) to forward, possibly empty.
+    pub fn push(&mut self, bytes: &[u8]) -> Vec<u8> {
+        self.buf.extend_from_slice(bytes);
+        let mut out = Vec::new();
+        while let Some(end) = event_end(&self.buf) {
+            let event: Vec<u8> = self.buf.drain(..end).collect();
+            if !is_usage_only(&event) {
+                out.extend_from_slice(&event);
+            }
+        }
+        out
+    }
+
+    /// What is left at the end of the stream (an event without its blank line).
+    pub fn finish(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.buf)
+    }
+}
+
+/// The length of the first complete event (through its blank line), if any.
+fn event_end(buf: &[u8]) -> Option<usize> {
+    let lf = buf.windows(2).position(|w| w == b"\n\n").map(|p| p + 2);
+    let crlf = buf.windows(4).position(|w| w == b"\r\n\r\n").map(|p| p + 4);
+    match (lf, crlf) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+fn is_usage_only(event: &[u8]) -> bool {
+    let Ok(text) = std::str::from_utf8(event) else {
+        return false;
+    };
+    let data: String = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("data:"))
+        .map(str::trim)
+        .collect();
+    let Ok(v) = serde_json::from_str::<Value>(&data) else {
+        return false;
+    };
+    v.get("choices")
+        .and_then(Value::as_array)
+        .is_some_and(Vec::is_empty)
+        && v.get("usage").is_some_and(Value::is_object)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn usage_only_chunk_is_dropped_whole_events_pass() {
+        let mut f = UsageChunkFilter::default();
+        let a = b"data: {\"choices\":[{\"delta\":{\"content\":\"hi\"}}]}\n\n";
+        let mut out = f.push(&a[..10]);
+        assert!(out.is_empty(), "half an event waits");
+        out.extend(f.push(&a[10..]));
+        assert_eq!(out, a.to_vec());
+        let usage =
+            b"data: {\"choices\":[],\"usage\":{\"prompt_tokens\":3}}\r\n\r\ndata: [DONE]\n\n";
+        assert_eq!(f.push(usage), b"data: [DONE]\n\n".to_vec());
+        // A chunk with choices and usage is content: it passes.
+        let both = b"data: {\"choices\":[{\"delta\":{}}],\"usage\":{\"prompt_tokens\":3}}\n\n";
+        assert_eq!(f.push(both), both.to_vec());
+        assert_eq!(f.push(b"data: tail"), Vec::<u8>::new());
+        assert_eq!(f.finish(), b"data: tail".to_vec());
+    }
 
     #[test]
     fn split_lines_and_usage() {

@@ -934,14 +934,34 @@ async fn streaming_passthrough_and_billing(b: Backend) {
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["content-type"], "text/event-stream");
     let bytes = read_stream(r).await;
+    // The gateway asked for usage to bill from it; the client did not, so the usage-only chunk
+    // stays behind and everything else arrives byte for byte.
     assert_eq!(
         String::from_utf8(bytes).unwrap(),
-        mock_upstream::stream_chunks(true).concat(),
-        "SSE forwarded byte for byte"
+        mock_upstream::stream_chunks(false).concat(),
+        "SSE forwarded byte for byte, without the usage chunk nobody asked for"
     );
     assert_eq!(m.last_body()["stream_options"]["include_usage"], true);
     let s = spends(&app, &key, "t1", "u1").await;
     all_equal(&s, real_cost(), 1);
+    // A client that asks gets the usage chunk too.
+    let asked = json!({"model": "gpt-real", "messages": hi(), "stream": true,
+                       "stream_options": {"include_usage": true}});
+    let r = app
+        .client
+        .post(app.url("/v1/chat/completions"))
+        .bearer_auth(&key)
+        .json(&asked)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        String::from_utf8(read_stream(r).await).unwrap(),
+        mock_upstream::stream_chunks(true).concat(),
+        "SSE forwarded byte for byte"
+    );
+    let s = spends(&app, &key, "t1", "u1").await;
+    all_equal(&s, 2 * real_cost(), 2);
     // no usage from upstream: bill the counted prompt and produced text
     let body = json!({"model": "gpt-nousage", "messages": hi(), "stream": true});
     let r = app
@@ -960,21 +980,26 @@ async fn streaming_passthrough_and_billing(b: Backend) {
     // "Hello"=2, " from", " the", " mock"=1 each, " stream"=2, "."=1
     let fallback = cost_of(HI_TOKENS, 8, IN, OUT).0;
     let s = spends(&app, &key, "t1", "u1").await;
-    all_equal(&s, real_cost() + fallback, 2);
-    // mock deployments stream too, with usage
-    let r = app
-        .client
-        .post(app.url("/v1/chat/completions"))
-        .bearer_auth(&key)
-        .json(&json!({"model": "fake-gpt", "messages": hi(), "stream": true}))
-        .send()
-        .await
-        .unwrap();
-    let text = String::from_utf8(read_stream(r).await).unwrap();
-    assert!(text.ends_with("data: [DONE]\n\n"));
-    assert!(text.contains("\"completion_tokens\":5"), "{text}");
+    all_equal(&s, 2 * real_cost() + fallback, 3);
+    // mock deployments stream too, with usage when asked
+    for (asked, usage) in [(true, true), (false, false)] {
+        let r = app
+            .client
+            .post(app.url("/v1/chat/completions"))
+            .bearer_auth(&key)
+            .json(
+                &json!({"model": "fake-gpt", "messages": hi(), "stream": true,
+                          "stream_options": {"include_usage": asked}}),
+            )
+            .send()
+            .await
+            .unwrap();
+        let text = String::from_utf8(read_stream(r).await).unwrap();
+        assert!(text.ends_with("data: [DONE]\n\n"));
+        assert_eq!(text.contains("\"completion_tokens\":5"), usage, "{text}");
+    }
     let s = spends(&app, &key, "t1", "u1").await;
-    all_equal(&s, real_cost() + fallback + mock_cost(), 3);
+    all_equal(&s, 2 * real_cost() + fallback + 2 * mock_cost(), 5);
     app.shutdown().await;
 }
 

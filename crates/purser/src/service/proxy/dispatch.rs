@@ -21,7 +21,7 @@ use crate::limiter::RateLimit;
 use crate::service::spend::Reservation;
 use crate::store::spend::SpendLogRow;
 use crate::upstream::Slot;
-use crate::upstream::sse::{SseTap, Usage};
+use crate::upstream::sse::{SseTap, Usage, UsageChunkFilter};
 use crate::upstream::tokens::count_text;
 
 /// What a settled call books.
@@ -67,6 +67,15 @@ impl Meter {
     }
 }
 
+/// True when the client asked for the final usage chunk itself.
+fn client_wants_usage(req: &CallRequest) -> bool {
+    req.body
+        .get("stream_options")
+        .and_then(|o| o.get("include_usage"))
+        .and_then(Value::as_bool)
+        == Some(true)
+}
+
 pub(super) async fn dispatch(
     state: AppState,
     mut meter: Meter,
@@ -101,6 +110,7 @@ pub(super) async fn dispatch(
             },
             dep.stream_timeout,
             dep.timeout,
+            (!client_wants_usage(&req)).then(UsageChunkFilter::default),
         );
         let mut resp = Response::new(body);
         let h = resp.headers_mut();

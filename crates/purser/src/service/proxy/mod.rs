@@ -18,8 +18,9 @@
 //!
 //! Documented choices: team budgets refuse at `spend >= max_budget` (the reference uses `>` for
 //! teams only; `>=` matches keys and members). Streams ask the upstream for
-//! `stream_options.include_usage` and forward every byte unchanged, so a client that did not
-//! ask for usage also receives the final usage-only chunk (OpenAI clients ignore it). Rate-limit
+//! `stream_options.include_usage` to bill from it; the final usage-only chunk reaches the client
+//! only if it asked too (client code often indexes `choices[0]` of every chunk), and every other
+//! byte passes unchanged. Rate-limit
 //! and budget messages name a key by its alias or abbreviated name, never by its hash.
 //! Load benchmark: `purser-bench process` (bench/README.md).
 

@@ -7,7 +7,7 @@ use futures_util::StreamExt;
 use futures_util::stream::BoxStream;
 
 use super::dispatch::Meter;
-use crate::upstream::sse::{SseTap, Usage};
+use crate::upstream::sse::{SseTap, Usage, UsageChunkFilter};
 
 /// Settles a stream exactly once: with the upstream usage if it arrived, else with the counted
 /// prompt plus the counted text produced so far (disconnect, upstream failure).
@@ -41,6 +41,7 @@ pub(super) fn pump_stream(
     mut meter: StreamMeter,
     idle: std::time::Duration,
     deadline: std::time::Duration,
+    mut strip_usage: Option<UsageChunkFilter>,
 ) -> Body {
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(STREAM_BUFFER);
     let end = tokio::time::Instant::now() + deadline;
@@ -62,10 +63,26 @@ pub(super) fn pump_stream(
             let item = match next {
                 Ok(Some(Ok(b))) => {
                     meter.tap.feed(&b);
-                    Ok(b)
+                    match &mut strip_usage {
+                        None => Ok(b),
+                        Some(f) => {
+                            let out = f.push(&b);
+                            if out.is_empty() {
+                                continue;
+                            }
+                            Ok(Bytes::from(out))
+                        }
+                    }
                 }
                 Ok(Some(Err(e))) => Err(e),
-                Ok(None) => break,
+                Ok(None) => {
+                    if let Some(rest) = strip_usage.as_mut().map(UsageChunkFilter::finish)
+                        && !rest.is_empty()
+                    {
+                        let _ = tx.send(Ok(Bytes::from(rest))).await;
+                    }
+                    break;
+                }
                 Err(_) => timed_out("idle timeout"),
             };
             let failed = item.is_err();
