@@ -224,7 +224,17 @@ impl Gateway {
             .layer(RequestBodyTimeoutLayer::new(
                 state.settings.timeouts.body_read,
             ))
-            .layer(TraceLayer::new_for_http())
+            // The span records the URI with virtual keys redacted (`/key/info?key=sk-…`).
+            .layer(TraceLayer::new_for_http().make_span_with(
+                |req: &axum::http::Request<axum::body::Body>| {
+                    tracing::debug_span!(
+                        "request",
+                        method = %req.method(),
+                        uri = %purser_core::redact::virtual_keys(&req.uri().to_string()),
+                        version = ?req.version(),
+                    )
+                },
+            ))
             .layer(SetSensitiveRequestHeadersLayer::from_shared(secret_headers))
             .layer(CatchPanicLayer::custom(|_| {
                 axum::response::IntoResponse::into_response(crate::error::Error::internal(

@@ -75,13 +75,15 @@ impl Deployment {
         format!("{base}/{path}")
     }
 
-    /// Replaces any occurrence of this deployment's secrets in upstream text.
+    /// Removes this deployment's secrets from upstream text: the key in any case and as a
+    /// partly masked copy, the api_base verbatim.
     fn scrub(&self, text: &str) -> String {
         let mut out = text.to_string();
-        for s in [&self.api_key, &self.api_base].into_iter().flatten() {
-            if !s.is_empty() {
-                out = out.replace(s.as_str(), "<redacted>");
-            }
+        if let Some(k) = self.api_key.as_deref().filter(|k| !k.is_empty()) {
+            out = purser_core::redact::secret(&out, k);
+        }
+        if let Some(b) = self.api_base.as_deref().filter(|b| !b.is_empty()) {
+            out = out.replace(b, "<redacted>");
         }
         out
     }

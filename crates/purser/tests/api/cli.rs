@@ -93,6 +93,85 @@ async fn quickstart_serves_and_stops_on_sigterm() {
     );
 }
 
+/// At trace level, a request URI carrying a raw virtual key is logged with the key redacted.
+#[tokio::test]
+async fn raw_keys_never_reach_the_log_at_trace_level() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut child = Command::new(bin())
+        .args(["serve", "--config"])
+        .arg(quickstart())
+        .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+        .current_dir(dir.path())
+        .env_remove("DATABASE_URL")
+        .env("RUST_LOG", "trace")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let client = reqwest::Client::new();
+    let base = format!("http://127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while client
+        .get(format!("{base}/health/liveliness"))
+        .send()
+        .await
+        .map(|r| r.status() != 200)
+        .unwrap_or(true)
+    {
+        assert!(Instant::now() < deadline, "gateway did not start");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let r = client
+        .post(format!("{base}/key/generate"))
+        .bearer_auth("sk-1234")
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    let raw = r.json::<Value>().await.unwrap()["key"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    for path in [
+        format!("/key/info?key={raw}"),
+        format!("/key/{raw}/regenerate"),
+    ] {
+        let r = client
+            .request(
+                if path.contains("regenerate") {
+                    reqwest::Method::POST
+                } else {
+                    reqwest::Method::GET
+                },
+                format!("{base}{path}"),
+            )
+            .bearer_auth("sk-1234")
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success(), "{path}: {}", r.status());
+    }
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
+        .await
+        .unwrap();
+    let log = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(log.contains("sk-***"), "the URIs were logged, redacted");
+    assert!(!log.contains(&raw), "a raw key reached the log");
+    assert!(!log.contains(&raw[3..]), "a raw key's body reached the log");
+    assert!(
+        !log.contains("sk-1234"),
+        "the master key must never be logged"
+    );
+}
+
 #[test]
 fn bad_config_exits_non_zero_naming_file_and_key() {
     let dir = tempfile::tempdir().unwrap();

@@ -3,7 +3,8 @@
 //! - `ok`: canned completion with usage (prompt 9, completion 6); streams `STREAM_WORDS` chunks
 //!   50 ms apart, then a usage chunk when `stream_options.include_usage` was asked, then DONE;
 //! - `nousage`: like `ok` without any usage;
-//! - `fail`: HTTP 500 whose message echoes the Authorization header it received;
+//! - `fail`: HTTP 500 whose message echoes the Authorization header it received, also upper-cased
+//!   and partly masked;
 //! - `slow`: answers after 3 s (tests set a shorter deployment timeout);
 //! - `long`: streams 200 chunks 20 ms apart (client disconnect tests);
 //! - `cut`: starts a 200 answer, sends part of a JSON body, then breaks the connection;
@@ -156,7 +157,13 @@ async fn chat(
                 .unwrap_or("");
             (
                 StatusCode::INTERNAL_SERVER_ERROR,
-                axum::Json(json!({"error": {"message": format!("internal boom; you sent {auth}"), "type": "server_error"}})),
+                // Providers echo keys in other cases and partly masked, too.
+                axum::Json(json!({"error": {"message": format!(
+                    "internal boom; you sent {auth}; upper {}; masked {}****{}",
+                    auth.to_uppercase(),
+                    auth.chars().skip(7).take(8).collect::<String>(),
+                    auth.chars().rev().take(3).collect::<Vec<_>>().into_iter().rev().collect::<String>()
+                ), "type": "server_error"}})),
             )
                 .into_response()
         }
