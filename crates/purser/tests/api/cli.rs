@@ -98,7 +98,7 @@ async fn quickstart_serves_and_stops_on_sigterm() {
 async fn raw_keys_never_reach_the_log_at_trace_level() {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
-    let mut child = Command::new(bin())
+    let child = Command::new(bin())
         .args(["serve", "--config"])
         .arg(quickstart())
         .args(["--host", "127.0.0.1", "--port", &port.to_string()])
