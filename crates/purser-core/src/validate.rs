@@ -16,6 +16,30 @@ pub fn budget_duration(d: &str) -> Result<BudgetDuration, DurationError> {
     BudgetDuration::parse(d)
 }
 
+/// Longest id, alias, email or model name a management request may carry (characters).
+pub const MAX_ID_CHARS: usize = 256;
+/// Largest `metadata` object, serialized (bytes).
+pub const MAX_METADATA_BYTES: usize = 64 * 1024;
+
+/// Why an id was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IdError {
+    TooLong,
+    /// A control character (a NUL would make two ids look the same in logs and UIs).
+    ControlChar,
+}
+
+/// An id, alias, email or model name: at most [`MAX_ID_CHARS`] characters, no control characters.
+pub fn identifier(s: &str) -> Result<(), IdError> {
+    if s.chars().any(char::is_control) {
+        Err(IdError::ControlChar)
+    } else if s.chars().count() > MAX_ID_CHARS {
+        Err(IdError::TooLong)
+    } else {
+        Ok(())
+    }
+}
+
 /// A count limit (tpm, rpm, tpd, parallel requests) was negative.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct NegativeCount(pub i64);
@@ -46,6 +70,15 @@ pub fn within(v: i64, min: i64, max: i64) -> Result<i64, OutOfRange> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn identifiers_are_bounded_and_printable() {
+        assert!(identifier("team-1 ünicode").is_ok());
+        assert_eq!(identifier("a\0b"), Err(IdError::ControlChar));
+        assert_eq!(identifier("a\nb"), Err(IdError::ControlChar));
+        assert!(identifier(&"x".repeat(256)).is_ok());
+        assert_eq!(identifier(&"x".repeat(257)), Err(IdError::TooLong));
+    }
 
     #[test]
     fn rules() {

@@ -13,6 +13,7 @@ use axum::http::header::CONTENT_LENGTH;
 use axum::http::request::Parts;
 use bytes::BytesMut;
 use futures_util::{Stream, StreamExt};
+use purser_core::validate;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
@@ -168,8 +169,103 @@ impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
 
     async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
         let RawBody(bytes) = RawBody::from_request(req, state).await?;
+        if let Ok(v) = serde_json::from_slice::<Value>(&bytes) {
+            check_fields(&v, &mut vec![json!("body")])?;
+        }
         parse_json(&bytes).map(JsonBody)
     }
+}
+
+/// Fields of management bodies that name something (ids, aliases, emails), wherever they sit.
+const ID_FIELDS: &[&str] = &[
+    "team_id",
+    "user_id",
+    "key_alias",
+    "team_alias",
+    "user_alias",
+    "user_email",
+    "organization_id",
+    "budget_id",
+    "key",
+    "new_key",
+];
+/// Lists of names: each entry is bounded like an id.
+const ID_LISTS: &[&str] = &[
+    "models",
+    "team_ids",
+    "user_ids",
+    "keys",
+    "key_aliases",
+    "teams",
+    "team_member_permissions",
+    "allowed_routes",
+];
+
+/// Bounds every id, alias, email and model name of a management body (no control characters,
+/// at most `MAX_ID_CHARS`) and every `metadata` object (`MAX_METADATA_BYTES` serialized), with a
+/// 422 naming the field. Stored names stay printable and distinct, and no field grows a row
+/// without limit.
+fn check_fields(v: &Value, loc: &mut Vec<Value>) -> Result<(), Error> {
+    let id = |s: &str, loc: &[Value]| match validate::identifier(s) {
+        Ok(()) => Ok(()),
+        Err(validate::IdError::TooLong) => Err(Error::validation(
+            loc.to_vec(),
+            "string_too_long",
+            format!(
+                "String should have at most {} characters",
+                validate::MAX_ID_CHARS
+            ),
+        )),
+        Err(validate::IdError::ControlChar) => Err(Error::validation(
+            loc.to_vec(),
+            "string_pattern_mismatch",
+            "String must not contain control characters",
+        )),
+    };
+    match v {
+        Value::Object(map) => {
+            for (k, child) in map {
+                loc.push(json!(k));
+                if ID_FIELDS.contains(&k.as_str())
+                    && let Value::String(s) = child
+                {
+                    id(s, loc)?;
+                }
+                if ID_LISTS.contains(&k.as_str())
+                    && let Value::Array(items) = child
+                {
+                    for (i, item) in items.iter().enumerate() {
+                        if let Value::String(s) = item {
+                            loc.push(json!(i));
+                            id(s, loc)?;
+                            loc.pop();
+                        }
+                    }
+                }
+                if k == "metadata" && child.to_string().len() > validate::MAX_METADATA_BYTES {
+                    return Err(Error::validation(
+                        loc.clone(),
+                        "too_long",
+                        format!(
+                            "metadata must be at most {} bytes as JSON",
+                            validate::MAX_METADATA_BYTES
+                        ),
+                    ));
+                }
+                check_fields(child, loc)?;
+                loc.pop();
+            }
+        }
+        Value::Array(items) => {
+            for (i, item) in items.iter().enumerate() {
+                loc.push(json!(i));
+                check_fields(item, loc)?;
+                loc.pop();
+            }
+        }
+        _ => {}
+    }
+    Ok(())
 }
 
 /// Parses JSON bytes into `T` with FastAPI-shaped errors.

@@ -534,7 +534,97 @@ general_settings:
     app.shutdown().await;
 }
 
+async fn ids_are_bounded_and_printable(b: Backend) {
+    let app = TestApp::spawn(b).await;
+    let (s, t) = app
+        .post("/team/new", MASTER, json!({"team_id": "t1"}))
+        .await;
+    assert_eq!(s, 200, "{t}");
+    let long = "x".repeat(257);
+    let big = json!({"blob": "y".repeat(70 * 1024)});
+    let cases = [
+        (
+            "/team/new",
+            json!({"team_id": "a\u{0}b"}),
+            vec!["body", "team_id"],
+            "string_pattern_mismatch",
+        ),
+        (
+            "/team/new",
+            json!({"team_alias": long}),
+            vec!["body", "team_alias"],
+            "string_too_long",
+        ),
+        (
+            "/team/new",
+            json!({"team_id": "t2", "metadata": big}),
+            vec!["body", "metadata"],
+            "too_long",
+        ),
+        (
+            "/user/new",
+            json!({"user_id": long}),
+            vec!["body", "user_id"],
+            "string_too_long",
+        ),
+        (
+            "/user/new",
+            json!({"user_id": "u", "user_email": "a@b\r\nc"}),
+            vec!["body", "user_email"],
+            "string_pattern_mismatch",
+        ),
+        (
+            "/key/generate",
+            json!({"key_alias": "line\nbreak"}),
+            vec!["body", "key_alias"],
+            "string_pattern_mismatch",
+        ),
+        (
+            "/key/generate",
+            json!({"models": ["ok", "bad\u{7}"]}),
+            vec!["body", "models", "1"],
+            "string_pattern_mismatch",
+        ),
+        (
+            "/team/member_add",
+            json!({"team_id": "t1", "member": {"role": "user", "user_id": "u\u{0}"}}),
+            vec!["body", "member", "user_id"],
+            "string_pattern_mismatch",
+        ),
+    ];
+    for (route, body, loc, kind) in cases {
+        let (s, e) = app.post(route, MASTER, body.clone()).await;
+        assert_eq!(s, 422, "{route} {body} → {e}");
+        let d = &assert_detail(&e)[0];
+        let want: Vec<Value> = loc
+            .iter()
+            .map(|p| p.parse::<u64>().map(|n| json!(n)).unwrap_or(json!(p)))
+            .collect();
+        assert_eq!(d["loc"], json!(want), "{e}");
+        assert_eq!(d["type"], kind, "{e}");
+    }
+    // Nothing was created.
+    let (_, teams) = app.get("/team/list", MASTER).await;
+    assert_eq!(teams.as_array().unwrap().len(), 1, "{teams}");
+    let (_, users) = app.get("/user/list", MASTER).await;
+    // Only the creator of t1 (the master key's default_user_id).
+    assert_eq!(users["total"], 1, "{users}");
+    let (_, keys) = app.get("/key/list", MASTER).await;
+    assert_eq!(keys["total_count"], 0, "{keys}");
+    // At the bound, accepted.
+    let (s, e) = app
+        .post(
+            "/team/new",
+            MASTER,
+            json!({"team_alias": "x".repeat(256), "metadata": {"blob": "y".repeat(1000)}}),
+        )
+        .await;
+    assert_eq!(s, 200, "{e}");
+    app.shutdown().await;
+}
+
 both_backends!(
+    ids_are_bounded_and_printable,
     max_parallel_requests_hold_a_slot_per_call,
     key_types_and_allowed_routes,
     blocked_team_stops_every_route,
