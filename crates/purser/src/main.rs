@@ -15,6 +15,11 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    // No transparent huge pages: 2 MiB pages in mimalloc's arena keep what it frees resident
+    // (measured after 1M calls: ~17 MiB more RSS, same throughput). mimalloc is built `no_thp`
+    // (it no longer madvises MADV_HUGEPAGE); this also covers hosts with THP "always".
+    #[cfg(target_os = "linux")]
+    let _ = rustix::thread::disable_transparent_huge_pages(true);
     let cli = Cli::parse();
     match cli.command {
         Command::Serve(args) => {

@@ -179,9 +179,15 @@ impl Db {
                     // SQLite worker thread sqlx spawns for it, which inherits the spawning
                     // thread's scheduling policy — is made on the writer's own low-priority
                     // thread (`jobs`); kept for the process's life, so it is never remade elsewhere.
+                    // Its inserts append (time-ordered ids and index keys), so SQLite's default
+                    // 2 MiB page cache is enough; a full 8 MiB one stays resident for the
+                    // process's life.
                     pool.idle_timeout(None)
                         .max_lifetime(None)
-                        .connect_lazy_with(opts.thread_name(|n| format!("purser-spendw{n}")))
+                        .connect_lazy_with(
+                            opts.pragma("cache_size", "-2048")
+                                .thread_name(|n| format!("purser-spendw{n}")),
+                        )
                 } else {
                     let pool = pool.connect_with(opts).await?;
                     sqlx::migrate!("migrations/sqlite").run(&pool).await?;
