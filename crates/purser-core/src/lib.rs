@@ -9,4 +9,5 @@ pub mod money;
 pub mod redact;
 pub mod roles;
 pub mod routes;
+pub mod unenforced;
 pub mod validate;

@@ -168,12 +168,43 @@ impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
     type Rejection = Error;
 
     async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
+        let refused = req.extensions().get::<Refused>().copied();
         let RawBody(bytes) = RawBody::from_request(req, state).await?;
         if let Ok(v) = serde_json::from_slice::<Value>(&bytes) {
             check_fields(&v, &mut vec![json!("body")])?;
+            if let Some(Refused(fields)) = refused {
+                refuse_unenforced(&v, fields)?;
+            }
         }
         parse_json(&bytes).map(JsonBody)
     }
+}
+
+/// The body fields a route refuses (set by the route table, read by [`JsonBody`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Refused(pub &'static [&'static str]);
+
+/// A 400 naming the first refused field that carries a value: never stored and ignored.
+fn refuse_unenforced(v: &Value, fields: &[&str]) -> Result<(), Error> {
+    let Some(map) = v.as_object() else {
+        return Ok(());
+    };
+    for f in fields {
+        let set = match map.get(*f) {
+            None | Some(Value::Null) => false,
+            Some(Value::Object(o)) => !o.is_empty(),
+            Some(Value::Array(a)) => !a.is_empty(),
+            Some(Value::String(s)) => !s.is_empty(),
+            Some(_) => true,
+        };
+        if set {
+            return Err(Error::http(
+                StatusCode::BAD_REQUEST,
+                purser_core::unenforced::message(f),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Fields of management bodies that name something (ids, aliases, emails), wherever they sit.

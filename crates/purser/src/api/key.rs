@@ -19,6 +19,7 @@ use crate::service::keys::{self, GenerateKeyRequest, UpdateKeyRequest};
 use crate::service::paging::{PageRules, Paged};
 use crate::service::views;
 use crate::store::{self, keys::KeyFilter};
+use purser_core::unenforced;
 
 pub fn routes() -> Vec<Route> {
     vec![
@@ -29,7 +30,8 @@ pub fn routes() -> Vec<Route> {
             "Create a virtual key",
             key_generate,
         )
-        .answers(Shape::Wrapped),
+        .answers(Shape::Wrapped)
+        .refuses(unenforced::KEY),
         Route::get(
             "/key/info",
             Gate::InternalUser,
@@ -53,7 +55,8 @@ pub fn routes() -> Vec<Route> {
             "Update a key (only sent fields change)",
             key_update,
         )
-        .answers(Shape::Wrapped),
+        .answers(Shape::Wrapped)
+        .refuses(unenforced::KEY),
         Route::post(
             "/key/delete",
             Gate::InternalUser,

@@ -49,6 +49,9 @@ pub struct Route {
     pub path: &'static str,
     pub gate: Gate,
     pub shape: Shape,
+    /// Body fields the reference accepts that Purser does not enforce yet: refused with a 400
+    /// naming the field when sent with a value (`purser_core::unenforced`).
+    pub refuses: &'static [&'static str],
     pub summary: &'static str,
     pub tag: &'static str,
     pub handler: MethodRouter<AppState>,
@@ -58,6 +61,12 @@ impl Route {
     /// The shape this route draws refusals in (FastAPI's `Shape::Detail` unless set).
     pub fn answers(mut self, shape: Shape) -> Route {
         self.shape = shape;
+        self
+    }
+
+    /// Refuses these body fields when they carry a value (see [`Route::refuses`]).
+    pub fn refuses(mut self, fields: &'static [&'static str]) -> Route {
+        self.refuses = fields;
         self
     }
 
@@ -77,6 +86,7 @@ impl Route {
             path,
             gate,
             shape: Shape::Detail,
+            refuses: &[],
             summary,
             tag,
             handler: axum::routing::get(h),
@@ -99,6 +109,7 @@ impl Route {
             path,
             gate,
             shape: Shape::Detail,
+            refuses: &[],
             summary,
             tag,
             handler: axum::routing::post(h),
@@ -121,6 +132,7 @@ impl Route {
             path,
             gate,
             shape: Shape::Detail,
+            refuses: &[],
             summary,
             tag,
             handler: axum::routing::patch(h),
@@ -172,7 +184,7 @@ pub fn router(state: AppState, routes: Vec<Route>) -> Router {
     let mut by_path: Vec<(&'static str, MethodRouter<AppState>)> = Vec::new();
     for r in routes {
         let shape = r.shape;
-        let handler =
+        let mut handler =
             match shape {
                 Shape::Detail => r.handler,
                 _ => r.handler.layer(axum::middleware::map_response(
@@ -181,6 +193,15 @@ pub fn router(state: AppState, routes: Vec<Route>) -> Router {
                     },
                 )),
             };
+        if !r.refuses.is_empty() {
+            let refused = extract::Refused(r.refuses);
+            handler = handler.layer(axum::middleware::map_request(
+                move |mut req: axum::extract::Request| async move {
+                    req.extensions_mut().insert(refused);
+                    req
+                },
+            ));
+        }
         match by_path.iter_mut().find(|(p, _)| *p == r.path) {
             Some((_, mr)) => *mr = std::mem::take(mr).merge(handler),
             None => by_path.push((r.path, handler)),

@@ -18,13 +18,15 @@ use crate::service::caller::Caller;
 use crate::service::teams::{
     self, FilterUiQuery, NewTeamRequest, TeamListV2Query, UpdateTeamRequest,
 };
+use purser_core::unenforced;
 
 const TAG: &str = "team management";
 
 pub fn routes() -> Vec<Route> {
     vec![
         Route::post("/team/new", Gate::Admin, TAG, "Create a team", new_team)
-            .answers(Shape::TeamWrapped),
+            .answers(Shape::TeamWrapped)
+            .refuses(unenforced::TEAM),
         Route::post(
             "/team/update",
             Gate::SelfManaged,
@@ -32,7 +34,8 @@ pub fn routes() -> Vec<Route> {
             "Update a team (proxy admin; team admin within the editable-field allow-list)",
             update_team,
         )
-        .answers(Shape::TeamWrapped),
+        .answers(Shape::TeamWrapped)
+        .refuses(unenforced::TEAM),
         Route::patch(
             "/team/{team_id}",
             Gate::Admin,
@@ -40,7 +43,8 @@ pub fn routes() -> Vec<Route> {
             "Patch a team (metadata as RFC 7386 merge patch)",
             patch_team,
         )
-        .answers(Shape::TeamWrapped),
+        .answers(Shape::TeamWrapped)
+        .refuses(unenforced::TEAM),
         Route::get(
             "/team/info",
             Gate::SelfManaged,

@@ -17,6 +17,7 @@ use crate::service::paging::{PageRules, Paged};
 use crate::service::users::{self, NewUserRequest, UpdateUserRequest};
 use crate::service::views;
 use crate::store::users::UserFilter;
+use purser_core::unenforced;
 
 pub fn routes() -> Vec<Route> {
     vec![
@@ -27,7 +28,8 @@ pub fn routes() -> Vec<Route> {
             "Create a user (and its first key)",
             user_new,
         )
-        .answers(Shape::Wrapped),
+        .answers(Shape::Wrapped)
+        .refuses(unenforced::USER),
         Route::get(
             "/user/info",
             Gate::SelfManaged,
@@ -50,7 +52,8 @@ pub fn routes() -> Vec<Route> {
             "Update a user (only sent fields change)",
             user_update,
         )
-        .answers(Shape::Wrapped),
+        .answers(Shape::Wrapped)
+        .refuses(unenforced::USER),
         Route::post(
             "/user/delete",
             Gate::Admin,

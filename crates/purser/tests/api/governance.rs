@@ -623,7 +623,121 @@ async fn ids_are_bounded_and_printable(b: Backend) {
     app.shutdown().await;
 }
 
+async fn unenforced_fields_are_refused(b: Backend) {
+    let app = TestApp::spawn(b).await;
+    let (s, t) = app
+        .post("/team/new", MASTER, json!({"team_id": "t1"}))
+        .await;
+    assert_eq!(s, 200, "{t}");
+    let _ = app.user_with_key("u1", "internal_user").await;
+    let (k, _) = admin_key(&app, json!({})).await;
+    let refused = [
+        (
+            "/key/generate",
+            json!({"tpd_limit": 1000}),
+            "tpd_limit",
+            "bad_request_error",
+        ),
+        (
+            "/key/generate",
+            json!({"model_max_budget": {"gpt-4": {"budget_limit": 1}}}),
+            "model_max_budget",
+            "bad_request_error",
+        ),
+        (
+            "/key/generate",
+            json!({"soft_budget": 1}),
+            "soft_budget",
+            "bad_request_error",
+        ),
+        (
+            "/key/update",
+            json!({"key": k, "budget_limits": [{"budget_duration": "1d", "max_budget": 1}]}),
+            "budget_limits",
+            "bad_request_error",
+        ),
+        (
+            "/team/new",
+            json!({"team_id": "t2", "soft_budget": 1}),
+            "soft_budget",
+            "internal_server_error",
+        ),
+        (
+            "/team/new",
+            json!({"team_id": "t2", "model_rpm_limit": {"gpt-4": 1}}),
+            "model_rpm_limit",
+            "internal_server_error",
+        ),
+        (
+            "/team/update",
+            json!({"team_id": "t1", "tpd_limit": 5}),
+            "tpd_limit",
+            "internal_server_error",
+        ),
+        (
+            "/user/new",
+            json!({"user_id": "u2", "model_max_budget": {"m": {"budget_limit": 1}}}),
+            "model_max_budget",
+            "bad_request_error",
+        ),
+        (
+            "/user/update",
+            json!({"user_id": "u1", "soft_budget": 3}),
+            "soft_budget",
+            "bad_request_error",
+        ),
+    ];
+    for (route, body, field, kind) in refused {
+        let (s, e) = app.post(route, MASTER, body.clone()).await;
+        assert_eq!(s, 400, "{route} {body} → {e}");
+        let msg = assert_proxy_error(&e, 400, kind);
+        assert!(
+            msg.contains(&format!("{field} is not enforced by this gateway yet, so it is refused rather than stored and ignored")),
+            "{route}: {msg}"
+        );
+    }
+    let (s, e) = app
+        .patch(
+            "/team/t1",
+            MASTER,
+            json!({"router_settings": {"routing_strategy": "x"}}),
+        )
+        .await;
+    assert_eq!(s, 400, "{e}");
+    // Nothing was created or changed.
+    let (_, teams) = app.get("/team/list", MASTER).await;
+    assert_eq!(teams.as_array().unwrap().len(), 1, "{teams}");
+    let (_, u) = app.get("/user/info?user_id=u2", MASTER).await;
+    assert!(
+        u.get("user_info").is_none_or(Value::is_null) || u["error"].is_object(),
+        "{u}"
+    );
+    let (_, keys) = app.get("/key/list", MASTER).await;
+    assert_eq!(
+        keys["total_count"], 2,
+        "the /user/new key and k only: {keys}"
+    );
+    // Empty values are what SDKs send by default: accepted, nothing to enforce.
+    let (s, e) = generate(
+        &app,
+        MASTER,
+        json!({"tpd_limit": null, "model_max_budget": {}, "budget_limits": [], "guardrails": [], "config": {}}),
+    )
+    .await;
+    assert_eq!(s, 200, "{e}");
+    let (s, e) = app
+        .post(
+            "/team/new",
+            MASTER,
+            json!({"team_id": "t3", "soft_budget": null, "router_settings": {}}),
+        )
+        .await;
+    assert_eq!(s, 200, "{e}");
+    app.shutdown().await;
+}
+
 both_backends!(
+    unenforced_fields_are_refused,
     ids_are_bounded_and_printable,
     max_parallel_requests_hold_a_slot_per_call,
     key_types_and_allowed_routes,

@@ -1,0 +1,73 @@
+//! Fields the reference's management API accepts that Purser does not enforce yet. A request that
+//! gives one of them a value (anything but absent, `null`, `{}`, `[]` or `""`) is refused with a 400
+//! naming the field, rather than stored and ignored: an operator who sets a limit must be able to
+//! believe it holds. Each entry leaves this list when it bites on the request path
+//! (`docs/governance.md` keeps the status of every field).
+
+/// `/key/generate`, `/key/update`.
+pub const KEY: &[&str] = &[
+    "soft_budget",
+    "tpd_limit",
+    "model_max_budget",
+    "model_rpm_limit",
+    "model_tpm_limit",
+    "budget_limits",
+    "temp_budget_increase",
+    "temp_budget_expiry",
+    "budget_id",
+    "permissions",
+    "config",
+    "guardrails",
+    "policies",
+    "prompts",
+    "enforced_params",
+    "allowed_cache_controls",
+    "rpm_limit_type",
+    "tpm_limit_type",
+    "object_permission",
+    "auto_rotate",
+    "rotation_interval",
+    "allowed_passthrough_routes",
+];
+
+/// `/team/new`, `/team/update`, `PATCH /team/{team_id}`.
+pub const TEAM: &[&str] = &[
+    "soft_budget",
+    "tpd_limit",
+    "budget_limits",
+    "model_max_budget",
+    "model_rpm_limit",
+    "model_tpm_limit",
+    "router_settings",
+    "access_group_ids",
+    "policies",
+    "default_team_member_models",
+    "guardrails",
+    "prompts",
+    "object_permission",
+    "team_member_key_duration",
+    "allowed_passthrough_routes",
+    "allowed_vector_store_indexes",
+    "secret_manager_settings",
+];
+
+/// `/user/new`, `/user/update`.
+pub const USER: &[&str] = &[
+    "soft_budget",
+    "tpd_limit",
+    "model_max_budget",
+    "model_rpm_limit",
+    "model_tpm_limit",
+    "allowed_cache_controls",
+    "guardrails",
+    "prompts",
+    "object_permission",
+    "budget_id",
+];
+
+/// The refusal's message.
+pub fn message(field: &str) -> String {
+    format!(
+        "{field} is not enforced by this gateway yet, so it is refused rather than stored and ignored (docs/governance.md lists what each field does)"
+    )
+}
