@@ -20,6 +20,7 @@ use crate::app::AppState;
 use crate::error::Error;
 use crate::service::audit::{self, action, table};
 use crate::service::caller::Caller;
+use crate::service::limits;
 use crate::service::paging::Page;
 use crate::service::patch::{Patch, null_as_default};
 use crate::service::spend::SpendScope;
@@ -57,6 +58,9 @@ pub struct GenerateKeyRequest {
     #[serde(deserialize_with = "null_as_default")]
     pub allowed_routes: Vec<String>,
     pub key_type: Option<String>,
+    /// Stored in `metadata` (as the reference does); see `service::limits`.
+    pub model_rpm_limit: Option<Map<String, Value>>,
+    pub model_tpm_limit: Option<Map<String, Value>>,
 }
 
 /// Body of `POST /key/update`: `key` names the key; every other field is applied only if sent
@@ -100,6 +104,8 @@ pub struct UpdateKeyRequest {
     pub blocked: Patch<bool>,
     #[serde(default)]
     pub allowed_routes: Patch<Vec<String>>,
+    pub model_rpm_limit: Patch<Map<String, Value>>,
+    pub model_tpm_limit: Patch<Map<String, Value>>,
     #[serde(default)]
     pub key_type: Patch<String>,
 }
@@ -261,6 +267,9 @@ fn loosened(before: &KeyRow, after: &KeyRow) -> Option<&'static str> {
     if before.budget_duration.is_some() && after.budget_duration != before.budget_duration {
         return Some("budget_duration");
     }
+    if let Some(f) = limits::loosened(&before.metadata.0, &after.metadata.0) {
+        return Some(f);
+    }
     let empty = |v: &Value| v.as_object().is_none_or(Map::is_empty);
     if !empty(&before.model_max_budget.0) && after.model_max_budget.0 != before.model_max_budget.0 {
         return Some("model_max_budget");
@@ -390,6 +399,17 @@ pub async fn generate_tx(
         .transpose()?;
     let key_type = key_type_field(req.key_type.as_deref().unwrap_or("default"))?;
     let allowed_routes = route_access(&key_type, &req.allowed_routes)?;
+    let mut metadata = req.metadata.clone().unwrap_or_default();
+    for (f, v) in limits::PER_MODEL_FIELDS
+        .iter()
+        .zip([&req.model_rpm_limit, &req.model_tpm_limit])
+    {
+        if let Some(m) = v {
+            let m = Value::Object(m.clone());
+            limits::check_per_model(f, &m)?;
+            metadata.insert((*f).to_string(), m);
+        }
+    }
     if let Some(t) = &req.team_id {
         non_blank("team_id", t)?;
     }
@@ -485,7 +505,7 @@ pub async fn generate_tx(
         aliases: Json(Value::Object(req.aliases.clone().unwrap_or_default())),
         config: Json(Value::Object(req.config.clone().unwrap_or_default())),
         permissions: Json(Value::Object(req.permissions.clone().unwrap_or_default())),
-        metadata: Json(Value::Object(req.metadata.clone().unwrap_or_default())),
+        metadata: Json(Value::Object(metadata)),
         user_id,
         team_id,
         organization_id: req
@@ -561,8 +581,8 @@ pub fn generate_response(raw: Option<&str>, k: &KeyRow, duration: Option<&str>) 
         "permissions": k.permissions.0,
         "model_max_budget": k.model_max_budget.0,
         "budget_fallbacks": {},
-        "model_rpm_limit": null,
-        "model_tpm_limit": null,
+        "model_rpm_limit": k.metadata.0.get("model_rpm_limit"),
+        "model_tpm_limit": k.metadata.0.get("model_tpm_limit"),
         "mcp_rpm_limit": null,
         "tag_rpm_limit": null,
         "guardrails": null,
@@ -750,6 +770,30 @@ pub async fn update_tx(
     let obj = |v: Option<&Map<String, Value>>| Json(Value::Object(v.cloned().unwrap_or_default()));
     if let Some(v) = req.metadata.as_update() {
         k.metadata = obj(v);
+    }
+    for (f, v) in limits::PER_MODEL_FIELDS
+        .iter()
+        .zip([&req.model_rpm_limit, &req.model_tpm_limit])
+    {
+        if let Some(v) = v.as_update() {
+            let md = k.metadata.0.as_object_mut();
+            match (v, md) {
+                (Some(m), Some(md)) => {
+                    let m = Value::Object(m.clone());
+                    limits::check_per_model(f, &m)?;
+                    md.insert((*f).to_string(), m);
+                }
+                (Some(m), None) => {
+                    let m = Value::Object(m.clone());
+                    limits::check_per_model(f, &m)?;
+                    k.metadata = Json(json!({ *f: m }));
+                }
+                (None, Some(md)) => {
+                    md.remove(*f);
+                }
+                (None, None) => {}
+            }
+        }
     }
     if let Some(v) = req.config.as_update() {
         k.config = obj(v);

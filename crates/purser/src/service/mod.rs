@@ -6,6 +6,7 @@ pub mod auth;
 pub mod cache;
 pub mod caller;
 pub mod keys;
+pub mod limits;
 pub mod members;
 pub mod paging;
 pub mod patch;

@@ -664,8 +664,14 @@ async fn unenforced_fields_are_refused(b: Backend) {
         ),
         (
             "/team/new",
-            json!({"team_id": "t2", "model_rpm_limit": {"gpt-4": 1}}),
-            "model_rpm_limit",
+            json!({"team_id": "t2", "model_itpm_limit": {"gpt-4": 1}}),
+            "model_itpm_limit",
+            "internal_server_error",
+        ),
+        (
+            "/team/new",
+            json!({"team_id": "t2", "throttle_on_budget_exceeded": true}),
+            "throttle_on_budget_exceeded",
             "internal_server_error",
         ),
         (
@@ -736,7 +742,123 @@ async fn unenforced_fields_are_refused(b: Backend) {
     app.shutdown().await;
 }
 
+async fn per_model_limits_leave_other_models_alone(b: Backend) {
+    let yaml = r#"
+model_list:
+  - model_name: fake-gpt
+    litellm_params:
+      model: openai/fake-gpt
+      mock_response: "hello from the mock"
+  - model_name: other-model
+    litellm_params:
+      model: openai/other
+      mock_response: "other"
+general_settings:
+  master_key: sk-1234
+  proxy_batch_write_at: 0.2
+"#;
+    let app = TestApp::spawn_with(b, yaml).await;
+    let other = json!({"model": "other-model", "messages": [{"role": "user", "content": "hi"}]});
+    let owner = app.user_with_key("u1", "internal_user").await;
+    let (k, r) = admin_key(
+        &app,
+        json!({"user_id": "u1", "model_rpm_limit": {"fake-gpt": 1}, "metadata": {"note": "kept"}}),
+    )
+    .await;
+    assert_eq!(r["model_rpm_limit"], json!({"fake-gpt": 1}));
+    let info = key_info(&app, &k).await;
+    // Kept in metadata, as the reference keeps it.
+    assert_eq!(info["metadata"]["model_rpm_limit"], json!({"fake-gpt": 1}));
+    assert_eq!(info["metadata"]["note"], "kept");
+    let (s, body) = app.post("/v1/chat/completions", &k, chat()).await;
+    assert_eq!(s, 200, "{body}");
+    let (s, body) = app.post("/v1/chat/completions", &k, chat()).await;
+    assert_eq!(s, 429, "{body}");
+    let msg = assert_proxy_error(&body, 429, "rate_limit_error");
+    assert!(
+        msg.starts_with("Rate limit exceeded for model_per_key: "),
+        "{msg}"
+    );
+    assert!(
+        msg.contains(":fake-gpt. Limit type: requests. Current limit: 1, Remaining: 0."),
+        "{msg}"
+    );
+    for _ in 0..3 {
+        let (s, body) = app.post("/v1/chat/completions", &k, other.clone()).await;
+        assert_eq!(s, 200, "other models are untouched: {body}");
+    }
+    // The owner may not raise or drop it; a bad map is a 400 naming the field.
+    let (s, e) = app
+        .post(
+            "/key/update",
+            &owner,
+            json!({"key": k, "model_rpm_limit": {"fake-gpt": 5}}),
+        )
+        .await;
+    assert_eq!(s, 403, "{e}");
+    assert!(assert_proxy_error(&e, 403, "auth_error").contains("model_rpm_limit"));
+    let (s, e) = app
+        .post(
+            "/key/update",
+            &owner,
+            json!({"key": k, "model_rpm_limit": null}),
+        )
+        .await;
+    assert_eq!(s, 403, "{e}");
+    let (s, e) = generate(&app, MASTER, json!({"model_tpm_limit": {"fake-gpt": -1}})).await;
+    assert_eq!(s, 400, "{e}");
+    assert!(
+        assert_proxy_error(&e, 400, "bad_request_error")
+            .contains("model_tpm_limit must map model names")
+    );
+    let (s, e) = app
+        .post(
+            "/key/update",
+            MASTER,
+            json!({"key": k, "model_rpm_limit": null}),
+        )
+        .await;
+    assert_eq!(s, 200, "{e}");
+    assert_eq!(
+        key_info(&app, &k).await["metadata"]["model_rpm_limit"],
+        Value::Null
+    );
+
+    // Teams: shared by the team's keys, per model.
+    let (s, t) = app
+        .post(
+            "/team/new",
+            MASTER,
+            json!({"team_id": "t1", "model_rpm_limit": {"other-model": 1}}),
+        )
+        .await;
+    assert_eq!(s, 200, "{t}");
+    let (s, t) = app
+        .post(
+            "/team/new",
+            MASTER,
+            json!({"team_id": "bad", "model_rpm_limit": ["x"]}),
+        )
+        .await;
+    assert_eq!(s, 400, "{t}");
+    let (a, _) = admin_key(&app, json!({"team_id": "t1"})).await;
+    let (b2, _) = admin_key(&app, json!({"team_id": "t1"})).await;
+    let (s, body) = app.post("/v1/chat/completions", &a, other.clone()).await;
+    assert_eq!(s, 200, "{body}");
+    let (s, body) = app.post("/v1/chat/completions", &b2, other.clone()).await;
+    assert_eq!(s, 429, "{body}");
+    let msg = assert_proxy_error(&body, 429, "rate_limit_error");
+    assert!(
+        msg.starts_with("Rate limit exceeded for model_per_team: t1:other-model."),
+        "{msg}"
+    );
+    let (s, body) = app.post("/v1/chat/completions", &b2, chat()).await;
+    assert_eq!(s, 200, "{body}");
+    app.shutdown().await;
+}
+
 both_backends!(
+    per_model_limits_leave_other_models_alone,
     unenforced_fields_are_refused,
     ids_are_bounded_and_printable,
     max_parallel_requests_hold_a_slot_per_call,

@@ -190,7 +190,7 @@ pub async fn handle(state: AppState, caller: Caller, req: CallRequest) -> Result
         .reserve(&all, estimate, !free)
         .map_err(|o| budget_error(&state, &ctx, &o))?;
     // 11. rate limits
-    let limits = rate_limits(&ctx);
+    let limits = rate_limits(&ctx, &target);
     state.limiter.acquire(&limits).map_err(|d| rate_error(&d))?;
     // 12. routing
     let Some(slot) = state.models.pick(&target) else {
@@ -254,8 +254,16 @@ pub async fn handle(state: AppState, caller: Caller, req: CallRequest) -> Result
         .map_err(Error::internal)?
 }
 
-pub(super) fn rate_limits(ctx: &CallContext) -> Vec<RateLimit> {
+pub(super) fn rate_limits(ctx: &CallContext, model: &str) -> Vec<RateLimit> {
     let u = |v: Option<i64>| v.and_then(|x| u64::try_from(x).ok());
+    // `model_rpm_limit` / `model_tpm_limit` live in the key's and the team's metadata (as in the
+    // reference), keyed by the model group called; each has its own counters, so a per-model
+    // 429 leaves the other models alone.
+    let per_model = |md: &Value, field: &str| {
+        md.get(field)
+            .and_then(|m| m.get(model))
+            .and_then(Value::as_u64)
+    };
     let mut out = Vec::new();
     if let Some(k) = &ctx.key {
         out.push(RateLimit {
@@ -267,6 +275,22 @@ pub(super) fn rate_limits(ctx: &CallContext) -> Vec<RateLimit> {
             tpm: u(k.tpm_limit),
             parallel: u(k.max_parallel_requests),
         });
+    }
+    if let Some(k) = &ctx.key {
+        let (rpm, tpm) = (
+            per_model(&k.metadata.0, "model_rpm_limit"),
+            per_model(&k.metadata.0, "model_tpm_limit"),
+        );
+        if rpm.is_some() || tpm.is_some() {
+            out.push(RateLimit {
+                scope: "model_per_key",
+                id: format!("{}:{model}", k.token),
+                label: Some(format!("{}:{model}", ctx.key_label())),
+                rpm,
+                tpm,
+                parallel: None,
+            });
+        }
     }
     if let Some(user) = &ctx.user {
         out.push(RateLimit {
@@ -287,6 +311,22 @@ pub(super) fn rate_limits(ctx: &CallContext) -> Vec<RateLimit> {
             tpm: u(t.team.tpm_limit),
             parallel: u(t.team.max_parallel_requests),
         });
+    }
+    if let Some(t) = &ctx.team {
+        let (rpm, tpm) = (
+            per_model(&t.team.metadata.0, "model_rpm_limit"),
+            per_model(&t.team.metadata.0, "model_tpm_limit"),
+        );
+        if rpm.is_some() || tpm.is_some() {
+            out.push(RateLimit {
+                scope: "model_per_team",
+                label: None,
+                id: format!("{}:{model}", t.team.team_id),
+                rpm,
+                tpm,
+                parallel: None,
+            });
+        }
     }
     if let Some(m) = &ctx.member
         && let Some(b) = &m.budget

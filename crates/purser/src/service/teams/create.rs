@@ -91,6 +91,7 @@ pub async fn new_team(
     ] {
         non_negative(f, v)?;
     }
+    crate::service::limits::check_body(raw)?;
     let budget_reset_at = match &req.budget_duration {
         Some(d) => Some(duration(d)?.next_reset(now)),
         None => None,

@@ -125,6 +125,7 @@ pub async fn update_team(
 ) -> Result<UpdatedTeam, Error> {
     let now = store::now();
     let by = caller.changed_by();
+    crate::service::limits::check_body(raw)?;
     let max_budget = money_patch("max_budget", &req.max_budget)?;
     let soft_budget = money_patch("soft_budget", &req.soft_budget)?;
     let member_budget = money_patch("team_member_budget", &req.team_member_budget)?;
