@@ -83,6 +83,10 @@ pub struct ProcessArgs {
     /// `general_settings.proxy_batch_write_at` of every gateway started (seconds).
     #[arg(long, default_value_t = 1.0)]
     batch_write_at: f64,
+    /// `general_settings.spend_write_chunk_rows` of every gateway started (default: the
+    /// gateway's own).
+    #[arg(long)]
+    chunk_rows: Option<usize>,
     /// Seconds of the wrk burst before the SIGKILL.
     #[arg(long, default_value_t = 8)]
     crash_duration: u64,
@@ -270,6 +274,9 @@ impl Harness {
              general_settings:\n  master_key: {MASTER}\n  proxy_batch_write_at: {}\n",
             self.a.batch_write_at
         );
+        if let Some(rows) = self.a.chunk_rows {
+            let _ = writeln!(y, "  spend_write_chunk_rows: {rows}");
+        }
         y
     }
 

@@ -64,6 +64,11 @@ pub struct OverBudget {
     pub max: i64,
 }
 
+/// Rows waiting that wake the spend writer before its window ends (see `Ledger::settle`).
+const WAKE_ROWS: usize = 32;
+/// Least time between two of the writer's commits while no full chunk waits.
+const MIN_COMMIT_GAP: Duration = Duration::from_millis(20);
+
 /// Sizes of the settled-call queue.
 #[derive(Debug, Clone, Copy)]
 pub struct LedgerLimits {
@@ -422,7 +427,15 @@ impl Ledger {
                 scopes: charged,
                 log,
             });
-            let threshold = self.limits.chunk_rows.min(self.limits.capacity.div_ceil(2));
+            // Group commit: wake the writer once a few rows wait; it writes what is queued (up
+            // to a chunk), at most every `MIN_COMMIT_GAP` unless a full chunk waits. Bursts stay
+            // short, so a request rarely waits behind a 1,000-row write on a shared core
+            // (measured, gateway on one core at c=1: added p99 1.33 ms with 1,000-row bursts,
+            // 0.6–1.0 ms with this rule), and chunks still grow with the load (c=32 throughput
+            // kept: 12.6k calls/s; waking at 32 rows without the gap cost ~20%).
+            let threshold = WAKE_ROWS
+                .min(self.limits.chunk_rows)
+                .min(self.limits.capacity.div_ceil(2));
             if g.queue.len() == threshold {
                 self.work.notify_one();
             }
@@ -653,7 +666,14 @@ pub async fn run_writer(state: AppState, server_stopped: CancellationToken) {
             _ = ledger.work.notified() => {}
         }
         match ledger.flush(&state.spend_db).await {
-            Ok(()) => backoff = Duration::from_millis(100),
+            Ok(()) => {
+                backoff = Duration::from_millis(100);
+                // Each commit has a fixed cost (a transaction, one increment per table): spacing
+                // commits by a few ms lets rows gather into fewer, still short, chunks.
+                if ledger.queued() < ledger.limits.chunk_rows {
+                    tokio::time::sleep(MIN_COMMIT_GAP).await;
+                }
+            }
             Err(e) => {
                 tracing::warn!(error = %e, queued = ledger.queued(), "spend write failed; will retry");
                 tokio::time::sleep(backoff).await;
