@@ -10,8 +10,6 @@ pub const KEY: &[&str] = &[
     "tpd_limit",
     "model_max_budget",
     "budget_limits",
-    "temp_budget_increase",
-    "temp_budget_expiry",
     "budget_id",
     "permissions",
     "config",

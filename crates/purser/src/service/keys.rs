@@ -61,6 +61,9 @@ pub struct GenerateKeyRequest {
     /// Stored in `metadata` (as the reference does); see `service::limits`.
     pub model_rpm_limit: Option<Map<String, Value>>,
     pub model_tpm_limit: Option<Map<String, Value>>,
+    /// Stored in `metadata` too; raise `max_budget` until the expiry.
+    pub temp_budget_increase: Option<f64>,
+    pub temp_budget_expiry: Option<String>,
 }
 
 /// Body of `POST /key/update`: `key` names the key; every other field is applied only if sent
@@ -106,6 +109,8 @@ pub struct UpdateKeyRequest {
     pub allowed_routes: Patch<Vec<String>>,
     pub model_rpm_limit: Patch<Map<String, Value>>,
     pub model_tpm_limit: Patch<Map<String, Value>>,
+    pub temp_budget_increase: Patch<f64>,
+    pub temp_budget_expiry: Patch<String>,
     #[serde(default)]
     pub key_type: Patch<String>,
 }
@@ -409,6 +414,12 @@ pub async fn generate_tx(
             limits::check_per_model(f, &m)?;
             metadata.insert((*f).to_string(), m);
         }
+    }
+    if let Some((inc, exp)) =
+        limits::temp_budget(req.temp_budget_increase, req.temp_budget_expiry.as_deref())?
+    {
+        metadata.insert("temp_budget_increase".into(), inc);
+        metadata.insert("temp_budget_expiry".into(), exp);
     }
     if let Some(t) = &req.team_id {
         non_blank("team_id", t)?;
@@ -792,6 +803,34 @@ pub async fn update_tx(
                     md.remove(*f);
                 }
                 (None, None) => {}
+            }
+        }
+    }
+    match (
+        req.temp_budget_increase.as_update(),
+        req.temp_budget_expiry.as_update(),
+    ) {
+        (None, None) => {}
+        (Some(None), Some(None)) => {
+            if let Some(md) = k.metadata.0.as_object_mut() {
+                md.remove("temp_budget_increase");
+                md.remove("temp_budget_expiry");
+            }
+        }
+        (inc, exp) => {
+            let (inc, exp) =
+                limits::temp_budget(inc.flatten().copied(), exp.flatten().map(String::as_str))?
+                    .ok_or_else(|| {
+                        bad_request(
+                            "temp_budget_increase and temp_budget_expiry must be set together",
+                        )
+                    })?;
+            if !k.metadata.0.is_object() {
+                k.metadata = Json(json!({}));
+            }
+            if let Some(md) = k.metadata.0.as_object_mut() {
+                md.insert("temp_budget_increase".into(), inc);
+                md.insert("temp_budget_expiry".into(), exp);
             }
         }
     }

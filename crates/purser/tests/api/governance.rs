@@ -857,7 +857,77 @@ general_settings:
     app.shutdown().await;
 }
 
+async fn key_temp_budget_increase_until_its_expiry(b: Backend) {
+    let app = TestApp::spawn(b).await;
+    let owner = app.user_with_key("u1", "internal_user").await;
+    // A key whose budget is spent (max 0): every call is refused.
+    let (k, _) = admin_key(&app, json!({"user_id": "u1", "max_budget": 0})).await;
+    let (s, body) = app.post("/v1/chat/completions", &k, chat()).await;
+    assert_eq!(s, 422, "{body}");
+    assert_proxy_error(&body, 422, "budget_exceeded");
+    // A temporary increase lets it spend until the expiry.
+    let future = (chrono::Utc::now() + chrono::Duration::hours(1)).to_rfc3339();
+    let (s, e) = app
+        .post(
+            "/key/update",
+            MASTER,
+            json!({"key": k, "temp_budget_increase": 1.0, "temp_budget_expiry": future}),
+        )
+        .await;
+    assert_eq!(s, 200, "{e}");
+    assert_eq!(
+        key_info(&app, &k).await["metadata"]["temp_budget_increase"],
+        1.0
+    );
+    let (s, body) = app.post("/v1/chat/completions", &k, chat()).await;
+    assert_eq!(s, 200, "{body}");
+    // The owner may not raise it or push its expiry back.
+    let later = (chrono::Utc::now() + chrono::Duration::days(30)).to_rfc3339();
+    let (s, e) = app
+        .post(
+            "/key/update",
+            &owner,
+            json!({"key": k, "temp_budget_increase": 1.0, "temp_budget_expiry": later}),
+        )
+        .await;
+    assert_eq!(s, 403, "{e}");
+    assert!(assert_proxy_error(&e, 403, "auth_error").contains("temp_budget_increase"));
+    // An expired increase no longer counts.
+    let past = (chrono::Utc::now() - chrono::Duration::minutes(1)).to_rfc3339();
+    let (s, e) = app
+        .post(
+            "/key/update",
+            MASTER,
+            json!({"key": k, "temp_budget_increase": 1.0, "temp_budget_expiry": past}),
+        )
+        .await;
+    assert_eq!(s, 200, "{e}");
+    let (s, body) = app.post("/v1/chat/completions", &k, chat()).await;
+    assert_eq!(s, 422, "{body}");
+    // Both or neither; a bad instant or amount is a 400 naming the field.
+    for (body, needle) in [
+        (json!({"temp_budget_increase": 5}), "must be set together"),
+        (
+            json!({"temp_budget_increase": -1, "temp_budget_expiry": future}),
+            "temp_budget_increase must be",
+        ),
+        (
+            json!({"temp_budget_increase": 1, "temp_budget_expiry": "tomorrow"}),
+            "temp_budget_expiry must be",
+        ),
+    ] {
+        let (s, e) = generate(&app, MASTER, body.clone()).await;
+        assert_eq!(s, 400, "{body} → {e}");
+        assert!(
+            assert_proxy_error(&e, 400, "bad_request_error").contains(needle),
+            "{e}"
+        );
+    }
+    app.shutdown().await;
+}
+
 both_backends!(
+    key_temp_budget_increase_until_its_expiry,
     per_model_limits_leave_other_models_alone,
     unenforced_fields_are_refused,
     ids_are_bounded_and_printable,

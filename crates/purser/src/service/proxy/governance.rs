@@ -118,7 +118,7 @@ pub async fn handle(state: AppState, caller: Caller, req: CallRequest) -> Result
         key_check = Some(BudgetCheck {
             scope: SpendScope::Key(k.token.clone()),
             seed: k.spend,
-            max: k.max_budget,
+            max: crate::service::limits::key_budget_max(k, now),
         });
         if let Some(m) = &ctx.member {
             member_check = Some(BudgetCheck {
