@@ -223,6 +223,18 @@ async fn roster_role(
     }
 }
 
+/// The key's metadata as an object (anything else is replaced by `{}`), for fields the reference
+/// keeps there (per-model limits, temporary budgets).
+fn metadata_object(k: &mut KeyRow) -> &mut Map<String, Value> {
+    if !k.metadata.0.is_object() {
+        k.metadata = Json(json!({}));
+    }
+    k.metadata
+        .0
+        .as_object_mut()
+        .expect("metadata was made an object above")
+}
+
 /// True when the caller is an admin of the key's team (viewers never count: they do not write).
 async fn is_team_admin_of(h: &mut Handle, caller: &Caller, k: &KeyRow) -> Result<bool, Error> {
     let Some(team_id) = &k.team_id else {
@@ -786,23 +798,15 @@ pub async fn update_tx(
         .iter()
         .zip([&req.model_rpm_limit, &req.model_tpm_limit])
     {
-        if let Some(v) = v.as_update() {
-            let md = k.metadata.0.as_object_mut();
-            match (v, md) {
-                (Some(m), Some(md)) => {
-                    let m = Value::Object(m.clone());
-                    limits::check_per_model(f, &m)?;
-                    md.insert((*f).to_string(), m);
-                }
-                (Some(m), None) => {
-                    let m = Value::Object(m.clone());
-                    limits::check_per_model(f, &m)?;
-                    k.metadata = Json(json!({ *f: m }));
-                }
-                (None, Some(md)) => {
-                    md.remove(*f);
-                }
-                (None, None) => {}
+        match v.as_update() {
+            None => {}
+            Some(None) => {
+                metadata_object(&mut k).remove(*f);
+            }
+            Some(Some(m)) => {
+                let m = Value::Object(m.clone());
+                limits::check_per_model(f, &m)?;
+                metadata_object(&mut k).insert((*f).to_string(), m);
             }
         }
     }
@@ -812,10 +816,9 @@ pub async fn update_tx(
     ) {
         (None, None) => {}
         (Some(None), Some(None)) => {
-            if let Some(md) = k.metadata.0.as_object_mut() {
-                md.remove("temp_budget_increase");
-                md.remove("temp_budget_expiry");
-            }
+            let md = metadata_object(&mut k);
+            md.remove("temp_budget_increase");
+            md.remove("temp_budget_expiry");
         }
         (inc, exp) => {
             let (inc, exp) =
@@ -825,13 +828,9 @@ pub async fn update_tx(
                             "temp_budget_increase and temp_budget_expiry must be set together",
                         )
                     })?;
-            if !k.metadata.0.is_object() {
-                k.metadata = Json(json!({}));
-            }
-            if let Some(md) = k.metadata.0.as_object_mut() {
-                md.insert("temp_budget_increase".into(), inc);
-                md.insert("temp_budget_expiry".into(), exp);
-            }
+            let md = metadata_object(&mut k);
+            md.insert("temp_budget_increase".into(), inc);
+            md.insert("temp_budget_expiry".into(), exp);
         }
     }
     if let Some(v) = req.config.as_update() {

@@ -24,34 +24,46 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// `purser serve` on the quickstart config, in `dir`, on 127.0.0.1:`port`, with no database or
+/// master key from the environment.
+fn quickstart_serve(dir: &std::path::Path, port: u16) -> Command {
+    let mut c = Command::new(bin());
+    c.args(["serve", "--config"])
+        .arg(quickstart())
+        .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+        .current_dir(dir)
+        .env_remove("DATABASE_URL")
+        .env_remove("LITELLM_MASTER_KEY")
+        .env_remove("PURSER_MASTER_KEY");
+    c
+}
+
+/// Waits (30 s at most) until the gateway at `base` answers its liveness probe.
+async fn wait_ready(client: &reqwest::Client, base: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(r) = client.get(format!("{base}/health/liveliness")).send().await
+            && r.status() == 200
+        {
+            return;
+        }
+        assert!(Instant::now() < deadline, "gateway did not start");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 #[tokio::test]
 async fn quickstart_serves_and_stops_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
-    let mut child = Command::new(bin())
-        .args(["serve", "--config"])
-        .arg(quickstart())
-        .args(["--host", "127.0.0.1", "--port", &port.to_string()])
-        .current_dir(dir.path())
-        .env_remove("DATABASE_URL")
-        .env_remove("LITELLM_MASTER_KEY")
-        .env_remove("PURSER_MASTER_KEY")
+    let mut child = quickstart_serve(dir.path(), port)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     let client = reqwest::Client::new();
     let base = format!("http://127.0.0.1:{port}");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Ok(r) = client.get(format!("{base}/health/liveliness")).send().await
-            && r.status() == 200
-        {
-            break;
-        }
-        assert!(Instant::now() < deadline, "gateway did not start");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_ready(&client, &base).await;
     // The walkthrough's first management call works with the quickstart's master key.
     let r = client
         .post(format!("{base}/user/new"))
@@ -98,12 +110,7 @@ async fn quickstart_serves_and_stops_on_sigterm() {
 async fn raw_keys_never_reach_the_log_at_trace_level() {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
-    let child = Command::new(bin())
-        .args(["serve", "--config"])
-        .arg(quickstart())
-        .args(["--host", "127.0.0.1", "--port", &port.to_string()])
-        .current_dir(dir.path())
-        .env_remove("DATABASE_URL")
+    let child = quickstart_serve(dir.path(), port)
         .env("RUST_LOG", "trace")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -111,17 +118,7 @@ async fn raw_keys_never_reach_the_log_at_trace_level() {
         .unwrap();
     let client = reqwest::Client::new();
     let base = format!("http://127.0.0.1:{port}");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while client
-        .get(format!("{base}/health/liveliness"))
-        .send()
-        .await
-        .map(|r| r.status() != 200)
-        .unwrap_or(true)
-    {
-        assert!(Instant::now() < deadline, "gateway did not start");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_ready(&client, &base).await;
     let r = client
         .post(format!("{base}/key/generate"))
         .bearer_auth("sk-1234")
