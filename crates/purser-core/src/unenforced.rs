@@ -7,8 +7,6 @@
 /// `/key/generate`, `/key/update`.
 pub const KEY: &[&str] = &[
     "soft_budget",
-    "tpd_limit",
-    "model_max_budget",
     "budget_limits",
     "budget_id",
     "permissions",
@@ -30,9 +28,7 @@ pub const KEY: &[&str] = &[
 /// in its metadata and Purser does not act on).
 pub const TEAM: &[&str] = &[
     "soft_budget",
-    "tpd_limit",
     "budget_limits",
-    "model_max_budget",
     "model_itpm_limit",
     "model_otpm_limit",
     "default_estimated_output_tokens",
@@ -70,7 +66,6 @@ pub const TEAM: &[&str] = &[
 pub const USER: &[&str] = &[
     "soft_budget",
     "tpd_limit",
-    "model_max_budget",
     "model_rpm_limit",
     "model_tpm_limit",
     "allowed_cache_controls",

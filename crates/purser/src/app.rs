@@ -150,6 +150,8 @@ pub struct Inner {
     pub models: Registry,
     pub limiter: Limiter,
     pub ledger: Arc<Ledger>,
+    /// Per-model budget windows (`model_max_budget`).
+    pub model_budgets: Arc<crate::service::model_budget::ModelBudgets>,
     /// The clock of rate-limit windows, ledger idle eviction and budget resets.
     pub clock: SharedClock,
     pub shutdown: CancellationToken,
@@ -208,6 +210,9 @@ impl Gateway {
             openapi,
             models,
             limiter: Limiter::new(clock.clone()),
+            model_budgets: Arc::new(crate::service::model_budget::ModelBudgets::new(
+                clock.clone(),
+            )),
             ledger,
             clock,
             shutdown: CancellationToken::new(),

@@ -309,6 +309,8 @@ struct MemberUpdateRequest {
     budget_duration: Patch<String>,
     #[serde(default)]
     allowed_models: Patch<Vec<String>>,
+    #[serde(default)]
+    model_max_budget: Patch<serde_json::Map<String, Value>>,
 }
 
 /// POST /team/member_update → `TeamMemberUpdateResponse` (echoes the request's values).
@@ -336,6 +338,9 @@ async fn team_member_update(
     if let Some(d) = req.budget_duration.value() {
         duration(d)?;
     }
+    if let Some(m) = req.model_max_budget.value() {
+        crate::service::limits::check_model_max_budget(&Value::Object(m.clone()))?;
+    }
     let patch = MemberPatch {
         role: req.role,
         max_budget,
@@ -343,6 +348,7 @@ async fn team_member_update(
         rpm_limit: req.rpm_limit.clone(),
         budget_duration: req.budget_duration.clone(),
         allowed_models: req.allowed_models.clone(),
+        model_max_budget: req.model_max_budget.clone(),
     };
     let uid = members::member_update(
         &state,
@@ -364,7 +370,7 @@ async fn team_member_update(
         "allowed_models": or_null(&req.allowed_models.value()),
         "temp_budget_increase": null,
         "temp_budget_expiry": null,
-        "model_max_budget": null,
+        "model_max_budget": or_null(&req.model_max_budget.value()),
     })))
 }
 

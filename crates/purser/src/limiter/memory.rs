@@ -6,13 +6,16 @@ use std::sync::{Arc, Mutex};
 
 use dashmap::DashMap;
 
-use super::{LimitKind, RateDenied, RateLimit, WINDOW_SECS};
+use super::{DAY_SECS, LimitKind, RateDenied, RateLimit, WINDOW_SECS};
 
 #[derive(Debug, Default)]
 struct Window {
     start: u64,
     requests: u64,
     tokens: u64,
+    /// Start of the UTC day `day_tokens` counts (`tpd_limit`).
+    day_start: u64,
+    day_tokens: u64,
     /// Calls holding a parallel slot; not a window count, so rolling keeps it.
     in_flight: u64,
 }
@@ -25,6 +28,11 @@ impl Window {
             self.start = start;
             self.requests = 0;
             self.tokens = 0;
+        }
+        let day = now - now % DAY_SECS;
+        if self.day_start != day {
+            self.day_start = day;
+            self.day_tokens = 0;
         }
     }
 }
@@ -68,7 +76,8 @@ impl MemoryLimiter {
             let parallel_full = l.parallel.is_some_and(|p| w.in_flight >= p);
             let rpm_full = l.rpm.is_some_and(|r| w.requests >= r);
             let tpm_full = l.tpm.is_some_and(|t| w.tokens >= t);
-            if parallel_full || rpm_full || tpm_full {
+            let tpd_full = l.tpd.is_some_and(|t| w.day_tokens >= t);
+            if parallel_full || rpm_full || tpm_full || tpd_full {
                 return Err(Box::new(RateDenied {
                     scope: l.scope,
                     id: l.label.clone().unwrap_or_else(|| l.id.clone()),
@@ -76,15 +85,25 @@ impl MemoryLimiter {
                         LimitKind::Parallel
                     } else if rpm_full {
                         LimitKind::Requests
-                    } else {
+                    } else if tpm_full {
                         LimitKind::Tokens
+                    } else {
+                        LimitKind::TokensPerDay
                     },
                     limit_requests: l.rpm,
                     remaining_requests: l.rpm.map(|r| r.saturating_sub(w.requests)),
                     limit_tokens: l.tpm,
                     remaining_tokens: l.tpm.map(|t| t.saturating_sub(w.tokens)),
+                    limit_tokens_per_day: l.tpd,
+                    remaining_tokens_per_day: l.tpd.map(|t| t.saturating_sub(w.day_tokens)),
                     limit_parallel: l.parallel,
-                    retry_after: if parallel_full { 1 } else { retry_after },
+                    retry_after: if parallel_full {
+                        1
+                    } else if rpm_full || tpm_full {
+                        retry_after
+                    } else {
+                        DAY_SECS - now % DAY_SECS
+                    },
                 }));
             }
         }
@@ -135,18 +154,19 @@ impl MemoryLimiter {
         }
     }
 
-    /// Removes windows that ended before the current one. A window is only removed while the
+    /// Removes windows that ended before the current one (a TPD count lives until its day ends). A window is only removed while the
     /// map is its sole holder (checked under the shard lock, where `window()` clones it), so no
     /// call in progress can count into a removed window.
     pub fn sweep(&self, now: u64) -> usize {
         let current = now - now % WINDOW_SECS;
+        let today = now - now % DAY_SECS;
         let before = self.windows.len();
         self.windows.retain(|_, cell| {
             if Arc::strong_count(cell) > 1 {
                 return true;
             }
             let w = cell.lock().unwrap_or_else(|p| p.into_inner());
-            w.start >= current || w.in_flight > 0
+            w.start >= current || w.in_flight > 0 || (w.day_tokens > 0 && w.day_start >= today)
         });
         before.saturating_sub(self.windows.len())
     }
@@ -159,11 +179,12 @@ impl MemoryLimiter {
         if tokens == 0 {
             return;
         }
-        for l in limits.iter().filter(|l| l.tpm.is_some()) {
+        for l in limits.iter().filter(|l| l.tpm.is_some() || l.tpd.is_some()) {
             let cell = self.window(l.counter_key());
             let mut w = cell.lock().unwrap_or_else(|p| p.into_inner());
             w.roll(now);
             w.tokens = w.tokens.saturating_add(tokens);
+            w.day_tokens = w.day_tokens.saturating_add(tokens);
         }
     }
 }
@@ -179,6 +200,7 @@ mod tests {
             label: None,
             rpm,
             tpm,
+            tpd: None,
             parallel: None,
         }
     }
@@ -262,6 +284,39 @@ mod tests {
         m.acquire(&live, 60).unwrap();
         assert_eq!(m.sweep(61), 100);
         assert_eq!(m.window_count(), 1);
+    }
+
+    #[test]
+    fn tpd_counts_a_utc_day_across_minute_windows() {
+        let m = MemoryLimiter::default();
+        let mut key = lim("api_key", "k", None, Some(1_000));
+        key.tpd = Some(150);
+        let l = [key];
+        let noon = 10 * DAY_SECS + 12 * 3600;
+        assert!(m.acquire(&l, noon).is_ok());
+        m.add_tokens(&l, 100, noon);
+        // Minutes later the TPM window is new, the day still counts 100.
+        assert!(m.acquire(&l, noon + 120).is_ok());
+        m.add_tokens(&l, 60, noon + 120);
+        let d = m.acquire(&l, noon + 600).unwrap_err();
+        assert_eq!(d.kind, LimitKind::TokensPerDay);
+        assert_eq!(d.limit_tokens_per_day, Some(150));
+        assert_eq!(d.remaining_tokens_per_day, Some(0));
+        assert_eq!(
+            d.retry_after,
+            12 * 3600 - 600,
+            "until the next UTC midnight"
+        );
+        assert_eq!(m.sweep(noon + 900), 0, "the day's count survives sweeps");
+        assert!(
+            m.acquire(&l, 11 * DAY_SECS).is_ok(),
+            "a new day starts at zero"
+        );
+        assert_eq!(
+            m.sweep(11 * DAY_SECS + 120),
+            1,
+            "an ended day's window goes"
+        );
     }
 
     #[test]

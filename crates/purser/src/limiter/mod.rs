@@ -1,5 +1,6 @@
-//! RPM/TPM limits and `max_parallel_requests` slots of keys, teams, members and users (reference
-//! §7.5): fixed 60 s windows keyed `scope:id`, and an in-flight count per `scope:id` that a call
+//! RPM/TPM limits, `tpd_limit` (tokens per UTC day) and `max_parallel_requests` slots of keys,
+//! teams, members and users (reference §7.5): fixed 60 s windows (and one UTC day for TPD) keyed
+//! `scope:id`, and an in-flight count per `scope:id` that a call
 //! holds from admission until it (or its stream) ends, however it ends. Invariants: the request counters of every scope of one call are checked and
 //! incremented atomically (all or none, per-counter locks taken in key order so two calls can
 //! never deadlock); TPM is refused up front only when a window is already at/over its limit and
@@ -17,6 +18,8 @@ pub use memory::MemoryLimiter;
 
 /// Window length in seconds (LiteLLM `LITELLM_RATE_LIMIT_WINDOW_SIZE` default).
 pub const WINDOW_SECS: u64 = 60;
+/// The `tpd_limit` window: one UTC day.
+pub const DAY_SECS: u64 = 86_400;
 
 /// One rate-limit descriptor of a call: a scope (`api_key`, `team`, `team_member`, `user`), the
 /// id shown in messages, and its limits (None = unlimited).
@@ -28,13 +31,15 @@ pub struct RateLimit {
     pub label: Option<String>,
     pub rpm: Option<u64>,
     pub tpm: Option<u64>,
+    /// `tpd_limit`: tokens per UTC day.
+    pub tpd: Option<u64>,
     /// `max_parallel_requests`: calls in flight at once.
     pub parallel: Option<u64>,
 }
 
 impl RateLimit {
     fn is_limited(&self) -> bool {
-        self.rpm.is_some() || self.tpm.is_some() || self.parallel.is_some()
+        self.rpm.is_some() || self.tpm.is_some() || self.tpd.is_some() || self.parallel.is_some()
     }
 
     fn counter_key(&self) -> String {
@@ -47,6 +52,8 @@ impl RateLimit {
 pub enum LimitKind {
     Requests,
     Tokens,
+    /// `tpd_limit`.
+    TokensPerDay,
     Parallel,
 }
 
@@ -60,8 +67,11 @@ pub struct RateDenied {
     pub remaining_requests: Option<u64>,
     pub limit_tokens: Option<u64>,
     pub remaining_tokens: Option<u64>,
+    pub limit_tokens_per_day: Option<u64>,
+    pub remaining_tokens_per_day: Option<u64>,
     pub limit_parallel: Option<u64>,
-    /// Seconds until the window that refused rolls over (1 for a parallel-slot refusal).
+    /// Seconds until the window that refused rolls over (the next UTC midnight for TPD, 1 for a
+    /// parallel-slot refusal).
     pub retry_after: u64,
 }
 
@@ -116,7 +126,7 @@ impl Limiter {
         }
     }
 
-    /// Adds the real token usage of a finished call to every descriptor with a TPM limit.
+    /// Adds the real token usage of a finished call to every descriptor with a TPM or TPD limit.
     pub fn add_tokens(&self, limits: &[RateLimit], tokens: u64) {
         match &self.backend {
             Backend::Memory(m) => m.add_tokens(limits, tokens, self.now()),
@@ -138,7 +148,7 @@ impl Limiter {
     }
 }
 
-/// Sweeps ended windows every half window until shutdown.
+/// Sweeps ended rate-limit and per-model budget windows every half minute until shutdown.
 pub fn spawn_sweeper(state: AppState) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut every = tokio::time::interval(std::time::Duration::from_secs(WINDOW_SECS / 2));
@@ -146,7 +156,10 @@ pub fn spawn_sweeper(state: AppState) -> tokio::task::JoinHandle<()> {
         loop {
             tokio::select! {
                 _ = state.shutdown.cancelled() => break,
-                _ = every.tick() => { state.limiter.sweep(); }
+                _ = every.tick() => {
+                    state.limiter.sweep();
+                    state.model_budgets.sweep();
+                }
             }
         }
     })

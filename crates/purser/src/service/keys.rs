@@ -49,6 +49,8 @@ pub struct GenerateKeyRequest {
     pub metadata: Option<Map<String, Value>>,
     pub tpm_limit: Option<i64>,
     pub rpm_limit: Option<i64>,
+    /// Tokens per UTC day (`limiter`).
+    pub tpd_limit: Option<i64>,
     pub budget_duration: Option<String>,
     pub config: Option<Map<String, Value>>,
     pub permissions: Option<Map<String, Value>>,
@@ -93,6 +95,8 @@ pub struct UpdateKeyRequest {
     pub tpm_limit: Patch<i64>,
     #[serde(default)]
     pub rpm_limit: Patch<i64>,
+    #[serde(default)]
+    pub tpd_limit: Patch<i64>,
     #[serde(default)]
     pub budget_duration: Patch<String>,
     #[serde(default)]
@@ -266,6 +270,9 @@ fn loosened(before: &KeyRow, after: &KeyRow) -> Option<&'static str> {
     if cap(before.rpm_limit, after.rpm_limit) {
         return Some("rpm_limit");
     }
+    if cap(before.tpd_limit, after.tpd_limit) {
+        return Some("tpd_limit");
+    }
     if cap(before.max_parallel_requests, after.max_parallel_requests) {
         return Some("max_parallel_requests");
     }
@@ -400,6 +407,10 @@ pub async fn generate_tx(
         .rpm_limit
         .map(|v| limit_field("rpm_limit", v))
         .transpose()?;
+    let tpd_limit = req
+        .tpd_limit
+        .map(|v| limit_field("tpd_limit", v))
+        .transpose()?;
     let parallel = req
         .max_parallel_requests
         .map(|v| limit_field("max_parallel_requests", v))
@@ -416,6 +427,9 @@ pub async fn generate_tx(
         .transpose()?;
     let key_type = key_type_field(req.key_type.as_deref().unwrap_or("default"))?;
     let allowed_routes = route_access(&key_type, &req.allowed_routes)?;
+    if let Some(m) = &req.model_max_budget {
+        limits::check_model_max_budget(&Value::Object(m.clone()))?;
+    }
     let mut metadata = req.metadata.clone().unwrap_or_default();
     for (f, v) in limits::PER_MODEL_FIELDS
         .iter()
@@ -556,6 +570,7 @@ pub async fn generate_tx(
         created_by: Some(by.clone()),
         updated_at: now,
         updated_by: Some(by),
+        tpd_limit,
     };
     store::keys::insert(h, &row).await.map_err(|e| {
         if store::is_unique_violation(&e) {
@@ -615,7 +630,7 @@ pub fn generate_response(raw: Option<&str>, k: &KeyRow, duration: Option<&str>) 
         "aliases": k.aliases.0,
         "object_permission": null,
         "key": raw,
-        "tpd_limit": null,
+        "tpd_limit": k.tpd_limit,
         "default_estimated_output_tokens": null,
         "default_estimated_output_tokens_per_model": null,
         "budget_id": k.budget_id,
@@ -772,6 +787,9 @@ pub async fn update_tx(
     if let Some(v) = req.soft_budget.as_update() {
         k.soft_budget = v.map(|x| money_field("soft_budget", *x)).transpose()?;
     }
+    if let Some(v) = req.tpd_limit.as_update() {
+        k.tpd_limit = v.map(|x| limit_field("tpd_limit", *x)).transpose()?;
+    }
     if let Some(v) = req.tpm_limit.as_update() {
         k.tpm_limit = v.map(|x| limit_field("tpm_limit", *x)).transpose()?;
     }
@@ -841,6 +859,7 @@ pub async fn update_tx(
     }
     if let Some(v) = req.model_max_budget.as_update() {
         k.model_max_budget = obj(v);
+        limits::check_model_max_budget(&k.model_max_budget.0)?;
     }
     if let Some(v) = req.aliases.as_update() {
         k.aliases = obj(v);

@@ -38,7 +38,17 @@ pub fn check_body(raw: &Map<String, Value>) -> Result<(), Error> {
             check_per_model(f, v)?;
         }
     }
+    if let Some(v) = raw.get("model_max_budget") {
+        check_model_max_budget(v)?;
+    }
     Ok(())
+}
+
+/// A 400 naming `model_max_budget` unless every entry has a `budget_limit` and a `time_period`
+/// (`service::model_budget`).
+pub fn check_model_max_budget(v: &Value) -> Result<(), Error> {
+    crate::service::model_budget::validate("model_max_budget", v)
+        .map_err(|m| Error::http(StatusCode::BAD_REQUEST, m))
 }
 
 /// A key's `max_budget`, raised by `metadata.temp_budget_increase` (USD) until

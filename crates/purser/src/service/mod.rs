@@ -8,6 +8,7 @@ pub mod caller;
 pub mod keys;
 pub mod limits;
 pub mod members;
+pub mod model_budget;
 pub mod paging;
 pub mod patch;
 pub mod proxy;

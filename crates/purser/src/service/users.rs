@@ -220,6 +220,7 @@ pub async fn create_tx(
     }
     if let Some(m) = &req.model_max_budget {
         u.model_max_budget = Json(Value::Object(m.clone()));
+        crate::service::limits::check_model_max_budget(&u.model_max_budget.0)?;
     }
 
     // Team list: `team_id` (as role user) first, then `teams`, each once.
@@ -457,6 +458,7 @@ pub async fn update_tx(
     }
     if let Some(v) = req.model_max_budget.as_update() {
         u.model_max_budget = Json(Value::Object(v.cloned().unwrap_or_default()));
+        crate::service::limits::check_model_max_budget(&u.model_max_budget.0)?;
     }
     u.updated_at = now;
     store::users::update(h, &u).await?;

@@ -42,6 +42,8 @@ pub struct KeyRow {
     pub created_by: Option<String>,
     pub updated_at: DateTime<Utc>,
     pub updated_by: Option<String>,
+    /// `tpd_limit`: tokens per UTC day (migration 0005).
+    pub tpd_limit: Option<i64>,
 }
 
 /// Column list shared by every SELECT of keys.
@@ -51,7 +53,7 @@ macro_rules! key_columns {
         "token, key_name, key_alias, spend, expires, models, aliases, config, permissions, metadata, user_id, team_id, \
          organization_id, budget_id, max_parallel_requests, tpm_limit, rpm_limit, max_budget, soft_budget, budget_duration, \
          budget_reset_at, blocked, allowed_routes, key_type, model_max_budget, model_spend, rotation_count, last_rotation_at, \
-         created_at, created_by, updated_at, updated_by"
+         created_at, created_by, updated_at, updated_by, tpd_limit"
     };
 }
 
@@ -75,16 +77,16 @@ const INSERT: &str = concat!(
     "INSERT INTO verification_tokens (",
     key_columns!(),
     ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, \
-     $24, $25, $26, $27, $28, $29, $30, $31, $32)"
+     $24, $25, $26, $27, $28, $29, $30, $31, $32, $33)"
 );
 
-/// Rewrites every column of the row identified by `$33` (the old token: regenerate changes the PK).
+/// Rewrites every column of the row identified by `$34` (the old token: regenerate changes the PK).
 const UPDATE: &str = "UPDATE verification_tokens SET token = $1, key_name = $2, key_alias = $3, spend = $4, expires = $5, \
      models = $6, aliases = $7, config = $8, permissions = $9, metadata = $10, user_id = $11, team_id = $12, \
      organization_id = $13, budget_id = $14, max_parallel_requests = $15, tpm_limit = $16, rpm_limit = $17, \
      max_budget = $18, soft_budget = $19, budget_duration = $20, budget_reset_at = $21, blocked = $22, \
      allowed_routes = $23, key_type = $24, model_max_budget = $25, model_spend = $26, rotation_count = $27, \
-     last_rotation_at = $28, created_at = $29, created_by = $30, updated_at = $31, updated_by = $32 WHERE token = $33";
+     last_rotation_at = $28, created_at = $29, created_by = $30, updated_at = $31, updated_by = $32, tpd_limit = $33 WHERE token = $34";
 
 const DELETE: &str = "DELETE FROM verification_tokens WHERE token = $1";
 const DELETE_BY_TEAM: &str = "DELETE FROM verification_tokens WHERE team_id = $1 RETURNING token";
@@ -138,6 +140,7 @@ macro_rules! bind_all {
             .bind(&$k.created_by)
             .bind($k.updated_at)
             .bind(&$k.updated_by)
+            .bind($k.tpd_limit)
     };
 }
 
@@ -263,6 +266,7 @@ impl KeyRow {
             created_by: None,
             updated_at: now,
             updated_by: None,
+            tpd_limit: None,
         }
     }
 }

@@ -634,14 +634,14 @@ async fn unenforced_fields_are_refused(b: Backend) {
     let refused = [
         (
             "/key/generate",
-            json!({"tpd_limit": 1000}),
-            "tpd_limit",
+            json!({"budget_limits": [{"budget_duration": "1d", "max_budget": 1}]}),
+            "budget_limits",
             "bad_request_error",
         ),
         (
             "/key/generate",
-            json!({"model_max_budget": {"gpt-4": {"budget_limit": 1}}}),
-            "model_max_budget",
+            json!({"permissions": {"x": 1}}),
+            "permissions",
             "bad_request_error",
         ),
         (
@@ -676,14 +676,14 @@ async fn unenforced_fields_are_refused(b: Backend) {
         ),
         (
             "/team/update",
-            json!({"team_id": "t1", "tpd_limit": 5}),
-            "tpd_limit",
+            json!({"team_id": "t1", "budget_limits": [{"budget_duration": "1d", "max_budget": 1}]}),
+            "budget_limits",
             "internal_server_error",
         ),
         (
             "/user/new",
-            json!({"user_id": "u2", "model_max_budget": {"m": {"budget_limit": 1}}}),
-            "model_max_budget",
+            json!({"user_id": "u2", "tpd_limit": 5}),
+            "tpd_limit",
             "bad_request_error",
         ),
         (
@@ -727,7 +727,7 @@ async fn unenforced_fields_are_refused(b: Backend) {
     let (s, e) = generate(
         &app,
         MASTER,
-        json!({"tpd_limit": null, "model_max_budget": {}, "budget_limits": [], "guardrails": [], "config": {}}),
+        json!({"soft_budget": null, "model_max_budget": {}, "budget_limits": [], "guardrails": [], "config": {}}),
     )
     .await;
     assert_eq!(s, 200, "{e}");
@@ -857,6 +857,340 @@ general_settings:
     app.shutdown().await;
 }
 
+#[track_caller]
+fn tpd_denied(s: StatusCode, body: &Value, scope_and_id: &str, limit: u64) {
+    assert_eq!(s, 429, "{body}");
+    let msg = assert_proxy_error(body, 429, "rate_limit_error");
+    assert!(
+        msg.starts_with(&format!(
+            "Rate limit exceeded for {scope_and_id}. Limit type: tokens_per_day. Current limit: {limit}, Remaining: 0. Limit resets at: "
+        )),
+        "{msg}"
+    );
+}
+
+/// `tpd_limit` on keys and teams: tokens per UTC day, counted from real usage across minute
+/// windows; the refusal names the scope and leaves other keys and teams alone. (The day
+/// rollover is `limiter::memory::tests::tpd_counts_a_utc_day_across_minute_windows`.)
+async fn tpd_limits_count_tokens_per_day(b: Backend) {
+    let app = TestApp::spawn(b).await;
+    let owner = app.user_with_key("u1", "internal_user").await;
+    // A call of the mock costs ~13 tokens: two calls fit under 20, the third is refused.
+    let (k, r) = admin_key(
+        &app,
+        json!({"user_id": "u1", "tpd_limit": 20, "key_alias": "daily"}),
+    )
+    .await;
+    assert_eq!(r["tpd_limit"], 20);
+    assert_eq!(key_info(&app, &k).await["tpd_limit"], 20);
+    for _ in 0..2 {
+        let (s, body) = app.post("/v1/chat/completions", &k, chat()).await;
+        assert_eq!(s, 200, "{body}");
+    }
+    let resp = app
+        .client
+        .post(app.url("/v1/chat/completions"))
+        .bearer_auth(&k)
+        .json(&chat())
+        .send()
+        .await
+        .unwrap();
+    let retry: u64 = resp.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=86_400).contains(&retry), "until UTC midnight: {retry}");
+    let s = resp.status();
+    let body: Value = resp.json().await.unwrap();
+    tpd_denied(s, &body, "api_key: daily", 20);
+    // Another key is untouched.
+    let (free, _) = admin_key(&app, json!({})).await;
+    let (s, body) = app.post("/v1/chat/completions", &free, chat()).await;
+    assert_eq!(s, 200, "{body}");
+    // The owner may not raise or drop it; the admin may; bad values are 400s naming it.
+    for v in [json!(100), Value::Null] {
+        let (s, e) = app
+            .post("/key/update", &owner, json!({"key": k, "tpd_limit": v}))
+            .await;
+        assert_eq!(s, 403, "{e}");
+        assert!(
+            assert_proxy_error(&e, 403, "auth_error").contains("tpd_limit"),
+            "{e}"
+        );
+    }
+    let (s, e) = app
+        .post("/key/update", &owner, json!({"key": k, "tpd_limit": 10}))
+        .await;
+    assert_eq!(s, 200, "owners may tighten: {e}");
+    let (s, e) = generate(&app, MASTER, json!({"tpd_limit": -1})).await;
+    assert_eq!(s, 400, "{e}");
+    assert!(
+        assert_proxy_error(&e, 400, "bad_request_error").contains("tpd_limit"),
+        "{e}"
+    );
+    let (s, e) = app
+        .post("/key/update", MASTER, json!({"key": k, "tpd_limit": 1000}))
+        .await;
+    assert_eq!(s, 200, "{e}");
+    let (s, body) = app.post("/v1/chat/completions", &k, chat()).await;
+    assert_eq!(s, 200, "a raised limit bites on the next call: {body}");
+
+    // Teams: one daily count shared by the team's keys.
+    let (s, t) = app
+        .post(
+            "/team/new",
+            MASTER,
+            json!({"team_id": "t1", "tpd_limit": 1}),
+        )
+        .await;
+    assert_eq!(s, 200, "{t}");
+    assert_eq!(t["tpd_limit"], 1);
+    let (s, t) = app
+        .post(
+            "/team/new",
+            MASTER,
+            json!({"team_id": "bad", "tpd_limit": -5}),
+        )
+        .await;
+    assert_eq!(
+        s, 422,
+        "the team body's own validation, as for tpm_limit: {t}"
+    );
+    let (a, _) = admin_key(&app, json!({"team_id": "t1"})).await;
+    let (a2, _) = admin_key(&app, json!({"team_id": "t1"})).await;
+    let (s, body) = app.post("/v1/chat/completions", &a, chat()).await;
+    assert_eq!(s, 200, "{body}");
+    let (s, body) = app.post("/v1/chat/completions", &a2, chat()).await;
+    tpd_denied(s, &body, "team: t1", 1);
+    let (s, e) = app
+        .post(
+            "/team/update",
+            MASTER,
+            json!({"team_id": "t1", "tpd_limit": null}),
+        )
+        .await;
+    assert_eq!(s, 200, "{e}");
+    let (s, body) = app.post("/v1/chat/completions", &a2, chat()).await;
+    assert_eq!(s, 200, "a cleared limit no longer bites: {body}");
+    app.shutdown().await;
+}
+
+#[track_caller]
+fn model_budget_denied(s: StatusCode, body: &Value, msg: &str) {
+    assert_eq!(s, 422, "{body}");
+    assert_eq!(assert_proxy_error(body, 422, "budget_exceeded"), msg);
+}
+
+/// `model_max_budget` on keys, teams, users and members: that model stops with
+/// `budget_exceeded` once its window's spend reaches the limit; other models go on. A call of
+/// the mock costs $0.000018, so a $0.00003 cap lets two calls through. (Windows closing after
+/// their period: `service::model_budget::tests`.)
+async fn model_max_budget_stops_one_model(b: Backend) {
+    let yaml = r#"
+model_list:
+  - model_name: fake-gpt
+    litellm_params:
+      model: openai/fake-gpt
+      mock_response: "hello from the mock"
+      input_cost_per_token: 0.000001
+      output_cost_per_token: 0.000002
+  - model_name: other-model
+    litellm_params:
+      model: openai/other
+      mock_response: "hello from the mock"
+      input_cost_per_token: 0.000001
+      output_cost_per_token: 0.000002
+general_settings:
+  master_key: sk-1234
+  proxy_batch_write_at: 0.2
+"#;
+    let app = TestApp::spawn_with(b, yaml).await;
+    let other = json!({"model": "other-model", "messages": [{"role": "user", "content": "hi"}]});
+    let cap = json!({"budget_limit": 0.00003, "time_period": "1d"});
+    let owner = app.user_with_key("u1", "internal_user").await;
+
+    // Keys.
+    let (k, r) = admin_key(
+        &app,
+        json!({"user_id": "u1", "key_alias": "mmb", "model_max_budget": {"fake-gpt": cap}}),
+    )
+    .await;
+    assert_eq!(r["model_max_budget"]["fake-gpt"], cap);
+    let info = key_info(&app, &k).await;
+    assert_eq!(info["model_max_budget"]["fake-gpt"], cap);
+    let token = r["token_id"].as_str().unwrap().to_string();
+    for _ in 0..2 {
+        let (s, body) = app.post("/v1/chat/completions", &k, chat()).await;
+        assert_eq!(s, 200, "{body}");
+    }
+    let (s, body) = app.post("/v1/chat/completions", &k, chat()).await;
+    model_budget_denied(
+        s,
+        &body,
+        &format!(
+            "LiteLLM Virtual Key: {token}, key_alias: mmb, exceeded budget for model=fake-gpt"
+        ),
+    );
+    for _ in 0..3 {
+        let (s, body) = app.post("/v1/chat/completions", &k, other.clone()).await;
+        assert_eq!(s, 200, "other models go on: {body}");
+    }
+    // The owner may not change it; malformed maps are 400s naming the field, changing nothing.
+    let (s, e) = app
+        .post(
+            "/key/update",
+            &owner,
+            json!({"key": k, "model_max_budget": {}}),
+        )
+        .await;
+    assert_eq!(s, 403, "{e}");
+    for bad in [
+        json!({"fake-gpt": {"budget_limit": 1}}),
+        json!({"fake-gpt": {"time_period": "1d"}}),
+        json!({"fake-gpt": {"budget_limit": -1, "time_period": "1d"}}),
+        json!({"fake-gpt": {"budget_limit": 1, "time_period": "whenever"}}),
+        json!({"fake-gpt": 5}),
+    ] {
+        let (s, e) = app
+            .post(
+                "/key/update",
+                MASTER,
+                json!({"key": k, "model_max_budget": bad}),
+            )
+            .await;
+        assert_eq!(s, 400, "{bad} → {e}");
+        assert!(
+            assert_proxy_error(&e, 400, "bad_request_error").contains("'error': ")
+                && e.to_string().contains("model_max_budget: fake-gpt"),
+            "{e}"
+        );
+        let (s, e) = generate(&app, MASTER, json!({"model_max_budget": bad})).await;
+        assert_eq!(s, 400, "{e}");
+    }
+    assert_eq!(
+        key_info(&app, &k).await["model_max_budget"]["fake-gpt"],
+        cap
+    );
+    // The admin lifts it: the next call goes through.
+    let (s, e) = app
+        .post(
+            "/key/update",
+            MASTER,
+            json!({"key": k, "model_max_budget": {}}),
+        )
+        .await;
+    assert_eq!(s, 200, "{e}");
+    let (s, body) = app.post("/v1/chat/completions", &k, chat()).await;
+    assert_eq!(s, 200, "{body}");
+
+    // Teams: shared by the team's keys, unless a key budgets that model itself.
+    let (s, t) = app
+        .post(
+            "/team/new",
+            MASTER,
+            json!({"team_id": "t1", "model_max_budget": {"other-model": cap}}),
+        )
+        .await;
+    assert_eq!(s, 200, "{t}");
+    let (s, t) = app
+        .post(
+            "/team/new",
+            MASTER,
+            json!({"team_id": "bad", "model_max_budget": {"m": {"budget_limit": 1}}}),
+        )
+        .await;
+    assert_eq!(s, 400, "{t}");
+    let (a, _) = admin_key(&app, json!({"team_id": "t1"})).await;
+    let (a2, _) = admin_key(&app, json!({"team_id": "t1"})).await;
+    let big = json!({"other-model": {"budget_limit": 10, "time_period": "1d"}});
+    let (own, _) = admin_key(&app, json!({"team_id": "t1", "model_max_budget": big})).await;
+    for key in [&a, &a2] {
+        let (s, body) = app.post("/v1/chat/completions", key, other.clone()).await;
+        assert_eq!(s, 200, "{body}");
+    }
+    let (s, body) = app.post("/v1/chat/completions", &a, other.clone()).await;
+    model_budget_denied(
+        s,
+        &body,
+        "LiteLLM Team: t1, exceeded budget for model=other-model",
+    );
+    let (s, body) = app.post("/v1/chat/completions", &a2, chat()).await;
+    assert_eq!(s, 200, "the team's other models go on: {body}");
+    let (s, body) = app.post("/v1/chat/completions", &own, other.clone()).await;
+    assert_eq!(s, 200, "a key's own entry overrides the team's: {body}");
+
+    // Users: on every key of the user.
+    let (s, u) = app
+        .post(
+            "/user/new",
+            MASTER,
+            json!({"user_id": "u2", "model_max_budget": {"fake-gpt": cap}}),
+        )
+        .await;
+    assert_eq!(s, 200, "{u}");
+    let uk = u["key"].as_str().unwrap().to_string();
+    for _ in 0..2 {
+        let (s, body) = app.post("/v1/chat/completions", &uk, chat()).await;
+        assert_eq!(s, 200, "{body}");
+    }
+    let (s, body) = app.post("/v1/chat/completions", &uk, chat()).await;
+    model_budget_denied(
+        s,
+        &body,
+        "LiteLLM User: u2, exceeded budget for model=fake-gpt",
+    );
+    let (s, e) = app
+        .post(
+            "/user/update",
+            MASTER,
+            json!({"user_id": "u2", "model_max_budget": {"fake-gpt": 1}}),
+        )
+        .await;
+    assert_eq!(s, 400, "{e}");
+
+    // Members: the member's own cap in the team.
+    let (s, e) = app
+        .post(
+            "/team/member_add",
+            MASTER,
+            json!({"team_id": "t1", "member": {"user_id": "u3", "role": "user"}}),
+        )
+        .await;
+    assert_eq!(s, 200, "{e}");
+    let (s, e) = app
+        .post(
+            "/team/member_update",
+            MASTER,
+            json!({"team_id": "t1", "user_id": "u3", "model_max_budget": {"fake-gpt": cap}}),
+        )
+        .await;
+    assert_eq!(s, 200, "{e}");
+    assert_eq!(e["model_max_budget"]["fake-gpt"], cap);
+    let (s, e) = app
+        .post(
+            "/team/member_update",
+            MASTER,
+            json!({"team_id": "t1", "user_id": "u3", "model_max_budget": {"fake-gpt": {}}}),
+        )
+        .await;
+    assert_eq!(s, 400, "{e}");
+    let (mk, _) = admin_key(&app, json!({"team_id": "t1", "user_id": "u3"})).await;
+    for _ in 0..2 {
+        let (s, body) = app.post("/v1/chat/completions", &mk, chat()).await;
+        assert_eq!(s, 200, "{body}");
+    }
+    let (s, body) = app.post("/v1/chat/completions", &mk, chat()).await;
+    model_budget_denied(
+        s,
+        &body,
+        "LiteLLM Team Member: u3 in Team=t1, exceeded budget for model=fake-gpt",
+    );
+    let (s, body) = app.post("/v1/chat/completions", &a2, chat()).await;
+    assert_eq!(s, 200, "other members go on: {body}");
+    app.shutdown().await;
+}
+
 async fn key_temp_budget_increase_until_its_expiry(b: Backend) {
     let app = TestApp::spawn(b).await;
     let owner = app.user_with_key("u1", "internal_user").await;
@@ -927,6 +1261,8 @@ async fn key_temp_budget_increase_until_its_expiry(b: Backend) {
 }
 
 both_backends!(
+    model_max_budget_stops_one_model,
+    tpd_limits_count_tokens_per_day,
     key_temp_budget_increase_until_its_expiry,
     per_model_limits_leave_other_models_alone,
     unenforced_fields_are_refused,

@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use purser_core::money::Nanos;
 use purser_core::roles::TeamRole;
 use purser_core::validate;
-use serde_json::json;
+use serde_json::{Value, json};
 use sqlx::types::Json;
 
 use crate::app::AppState;
@@ -34,6 +34,9 @@ pub struct MemberPatch {
     pub rpm_limit: Patch<i64>,
     pub budget_duration: Patch<String>,
     pub allowed_models: Patch<Vec<String>>,
+    /// Per-model caps of the member in this team (`service::model_budget`); `{}` or `null`
+    /// removes them.
+    pub model_max_budget: Patch<serde_json::Map<String, Value>>,
 }
 
 impl MemberPatch {
@@ -43,6 +46,7 @@ impl MemberPatch {
             || self.rpm_limit.is_present()
             || self.budget_duration.is_present()
             || self.allowed_models.is_present()
+            || self.model_max_budget.is_present()
     }
 
     /// Applies the patch to a budget row. A changed `budget_duration` recomputes
@@ -59,6 +63,11 @@ impl MemberPatch {
         }
         if let Some(v) = self.allowed_models.as_update() {
             row.allowed_models = Json(v.cloned().unwrap_or_default());
+        }
+        if let Some(v) = self.model_max_budget.as_update() {
+            row.model_max_budget = v
+                .filter(|m| !m.is_empty())
+                .map(|m| Json(Value::Object(m.clone())));
         }
         if let Some(v) = self.budget_duration.as_update()
             && v != row.budget_duration.as_ref()

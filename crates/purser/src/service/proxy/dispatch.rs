@@ -18,6 +18,7 @@ use super::stream::{StreamMeter, pump_stream};
 use crate::app::AppState;
 use crate::error::Error;
 use crate::limiter::RateLimit;
+use crate::service::model_budget::ModelReservation;
 use crate::service::spend::Reservation;
 use crate::store::spend::SpendLogRow;
 use crate::upstream::Slot;
@@ -28,6 +29,8 @@ use crate::upstream::tokens::count_text;
 pub(super) struct Meter {
     pub(super) state: AppState,
     pub(super) reservation: Option<Reservation>,
+    /// The call's hold on its per-model budget windows (`model_max_budget`), if any.
+    pub(super) model_reservation: Option<ModelReservation>,
     pub(super) slot: Slot,
     pub(super) limits: Vec<RateLimit>,
     pub(super) prompt_estimate: u64,
@@ -54,6 +57,9 @@ impl Meter {
             dep.input_pico,
             dep.output_pico,
         );
+        if let Some(m) = self.model_reservation.take() {
+            m.settle(cost.0);
+        }
         self.state.limiter.add_tokens(&self.limits, usage.total());
         dep.add_tokens(usage.total());
         let mut log = self.log.clone();

@@ -14,6 +14,7 @@ use crate::app::AppState;
 use crate::error::Error;
 use crate::limiter::{LimitKind, RateDenied, RateLimit};
 use crate::service::caller::Caller;
+use crate::service::model_budget::{ModelBudgetCheck, resolve};
 use crate::service::spend::{BudgetCheck, OverBudget, SpendScope};
 use crate::store::spend::SpendLogRow;
 use crate::upstream::CallKind;
@@ -53,6 +54,11 @@ pub(super) fn rate_error(d: &RateDenied) -> Error {
     let (kind, limit, remaining) = match d.kind {
         LimitKind::Requests => ("requests", d.limit_requests, d.remaining_requests),
         LimitKind::Tokens => ("tokens", d.limit_tokens, d.remaining_tokens),
+        LimitKind::TokensPerDay => (
+            "tokens_per_day",
+            d.limit_tokens_per_day,
+            d.remaining_tokens_per_day,
+        ),
         LimitKind::Parallel => ("max_parallel_requests", d.limit_parallel, Some(0)),
     };
     let reset = Utc::now() + chrono::Duration::seconds(d.retry_after as i64);
@@ -189,6 +195,22 @@ pub async fn handle(state: AppState, caller: Caller, req: CallRequest) -> Result
         .ledger
         .reserve(&all, estimate, !free)
         .map_err(|o| budget_error(&state, &ctx, &o))?;
+    // 10b. per-model budgets, reserved the same way
+    let model_reservation =
+        if free {
+            None
+        } else {
+            let checks = model_budget_checks(&ctx, &requested, &target);
+            if checks.is_empty() {
+                None
+            } else {
+                let status = StatusCode::from_u16(state.settings.budget_exceeded_status)
+                    .unwrap_or(StatusCode::UNPROCESSABLE_ENTITY);
+                Some(state.model_budgets.reserve(checks, estimate).map_err(|o| {
+                    Error::proxy(status, "budget_exceeded", o.check.message.clone())
+                })?)
+            }
+        };
     // 11. rate limits
     let limits = rate_limits(&ctx, &target);
     state.limiter.acquire(&limits).map_err(|d| rate_error(&d))?;
@@ -243,6 +265,7 @@ pub async fn handle(state: AppState, caller: Caller, req: CallRequest) -> Result
     let meter = Meter {
         state: state.clone(),
         reservation: Some(reservation),
+        model_reservation,
         slot,
         limits,
         prompt_estimate: req.prompt_tokens,
@@ -252,6 +275,51 @@ pub async fn handle(state: AppState, caller: Caller, req: CallRequest) -> Result
     tokio::spawn(dispatch(state, meter, req, requested))
         .await
         .map_err(Error::internal)?
+}
+
+/// The per-model budget windows a call of `target` (requested as `requested`) is checked
+/// against: the key's, the team's unless the key budgets this model itself (the reference's
+/// override), the user's and the member's. Messages are the reference's where it has one.
+fn model_budget_checks(ctx: &CallContext, requested: &str, target: &str) -> Vec<ModelBudgetCheck> {
+    let find = |map: &Value| resolve(map, requested).or_else(|| resolve(map, target));
+    let mut out = Vec::new();
+    let mut key_budgets_model = false;
+    if let Some(k) = &ctx.key
+        && let Some(b) = find(&k.model_max_budget.0)
+    {
+        key_budgets_model = true;
+        let alias = k.key_alias.as_deref().unwrap_or("None");
+        let msg = format!(
+            "LiteLLM Virtual Key: {}, key_alias: {alias}, exceeded budget for model={requested}",
+            k.token
+        );
+        out.push(ModelBudgetCheck::new("key", &k.token, b, msg));
+    }
+    if let Some(t) = &ctx.team
+        && !key_budgets_model
+        && let Some(b) = find(&t.team.model_max_budget.0)
+    {
+        let id = &t.team.team_id;
+        let msg = format!("LiteLLM Team: {id}, exceeded budget for model={requested}");
+        out.push(ModelBudgetCheck::new("team", id, b, msg));
+    }
+    if let Some(u) = &ctx.user
+        && let Some(b) = find(&u.model_max_budget.0)
+    {
+        let id = &u.user_id;
+        let msg = format!("LiteLLM User: {id}, exceeded budget for model={requested}");
+        out.push(ModelBudgetCheck::new("user", id, b, msg));
+    }
+    if let Some(m) = &ctx.member
+        && let Some(map) = m.budget.as_ref().and_then(|b| b.model_max_budget.as_ref())
+        && let Some(b) = find(&map.0)
+    {
+        let (t, u) = (&m.membership.team_id, &m.membership.user_id);
+        let msg =
+            format!("LiteLLM Team Member: {u} in Team={t}, exceeded budget for model={requested}");
+        out.push(ModelBudgetCheck::new("member", &format!("{t}:{u}"), b, msg));
+    }
+    out
 }
 
 pub(super) fn rate_limits(ctx: &CallContext, model: &str) -> Vec<RateLimit> {
@@ -273,6 +341,7 @@ pub(super) fn rate_limits(ctx: &CallContext, model: &str) -> Vec<RateLimit> {
             label: Some(ctx.key_label()),
             rpm: u(k.rpm_limit),
             tpm: u(k.tpm_limit),
+            tpd: u(k.tpd_limit),
             parallel: u(k.max_parallel_requests),
         });
     }
@@ -288,6 +357,7 @@ pub(super) fn rate_limits(ctx: &CallContext, model: &str) -> Vec<RateLimit> {
                 label: Some(format!("{}:{model}", ctx.key_label())),
                 rpm,
                 tpm,
+                tpd: None,
                 parallel: None,
             });
         }
@@ -299,6 +369,7 @@ pub(super) fn rate_limits(ctx: &CallContext, model: &str) -> Vec<RateLimit> {
             id: user.user_id.clone(),
             rpm: u(user.rpm_limit),
             tpm: u(user.tpm_limit),
+            tpd: None,
             parallel: u(user.max_parallel_requests),
         });
     }
@@ -309,6 +380,7 @@ pub(super) fn rate_limits(ctx: &CallContext, model: &str) -> Vec<RateLimit> {
             id: t.team.team_id.clone(),
             rpm: u(t.team.rpm_limit),
             tpm: u(t.team.tpm_limit),
+            tpd: u(t.team.tpd_limit),
             parallel: u(t.team.max_parallel_requests),
         });
     }
@@ -324,6 +396,7 @@ pub(super) fn rate_limits(ctx: &CallContext, model: &str) -> Vec<RateLimit> {
                 id: format!("{}:{model}", t.team.team_id),
                 rpm,
                 tpm,
+                tpd: None,
                 parallel: None,
             });
         }
@@ -337,6 +410,7 @@ pub(super) fn rate_limits(ctx: &CallContext, model: &str) -> Vec<RateLimit> {
             id: format!("{}:{}", m.membership.team_id, m.membership.user_id),
             rpm: u(b.rpm_limit),
             tpm: u(b.tpm_limit),
+            tpd: None,
             parallel: u(b.max_parallel_requests),
         });
     }
