@@ -84,6 +84,16 @@ impl BudgetDuration {
         }
     }
 
+    /// The start of the window that ends at `end`: one period earlier (calendar months for `mo`).
+    pub fn window_start(&self, end: DateTime<Utc>) -> DateTime<Utc> {
+        match self.unit {
+            Unit::Months => end
+                .checked_sub_months(chrono::Months::new(self.count))
+                .unwrap_or(end),
+            _ => end - Duration::seconds(self.approx_seconds()),
+        }
+    }
+
     /// `now + duration` without calendar alignment: used for key expiry (`duration` on keys).
     pub fn after(&self, now: DateTime<Utc>) -> DateTime<Utc> {
         match self.unit {

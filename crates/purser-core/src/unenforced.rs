@@ -7,7 +7,6 @@
 /// `/key/generate`, `/key/update`.
 pub const KEY: &[&str] = &[
     "soft_budget",
-    "budget_limits",
     "budget_id",
     "permissions",
     "config",
@@ -28,7 +27,6 @@ pub const KEY: &[&str] = &[
 /// in its metadata and Purser does not act on).
 pub const TEAM: &[&str] = &[
     "soft_budget",
-    "budget_limits",
     "model_itpm_limit",
     "model_otpm_limit",
     "default_estimated_output_tokens",

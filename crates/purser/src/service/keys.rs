@@ -51,6 +51,8 @@ pub struct GenerateKeyRequest {
     pub rpm_limit: Option<i64>,
     /// Tokens per UTC day (`limiter`).
     pub tpd_limit: Option<i64>,
+    /// Extra budget windows (`service::model_budget`).
+    pub budget_limits: Option<Vec<Value>>,
     pub budget_duration: Option<String>,
     pub config: Option<Map<String, Value>>,
     pub permissions: Option<Map<String, Value>>,
@@ -97,6 +99,8 @@ pub struct UpdateKeyRequest {
     pub rpm_limit: Patch<i64>,
     #[serde(default)]
     pub tpd_limit: Patch<i64>,
+    #[serde(default)]
+    pub budget_limits: Patch<Vec<Value>>,
     #[serde(default)]
     pub budget_duration: Patch<String>,
     #[serde(default)]
@@ -298,6 +302,15 @@ fn loosened(before: &KeyRow, after: &KeyRow) -> Option<&'static str> {
     if !empty(&before.model_max_budget.0) && after.model_max_budget.0 != before.model_max_budget.0 {
         return Some("model_max_budget");
     }
+    let windows = |k: &KeyRow| {
+        k.budget_limits
+            .as_ref()
+            .map(|j| j.0.clone())
+            .filter(|v| v.as_array().is_some_and(|a| !a.is_empty()))
+    };
+    if windows(before).is_some() && windows(after) != windows(before) {
+        return Some("budget_limits");
+    }
     None
 }
 
@@ -430,6 +443,13 @@ pub async fn generate_tx(
     if let Some(m) = &req.model_max_budget {
         limits::check_model_max_budget(&Value::Object(m.clone()))?;
     }
+    let budget_limits = req
+        .budget_limits
+        .as_deref()
+        .filter(|l| !l.is_empty())
+        .map(|l| crate::service::teams::budget_limits(l, now))
+        .transpose()?
+        .map(Json);
     let mut metadata = req.metadata.clone().unwrap_or_default();
     for (f, v) in limits::PER_MODEL_FIELDS
         .iter()
@@ -571,6 +591,7 @@ pub async fn generate_tx(
         updated_at: now,
         updated_by: Some(by),
         tpd_limit,
+        budget_limits,
     };
     store::keys::insert(h, &row).await.map_err(|e| {
         if store::is_unique_violation(&e) {
@@ -613,7 +634,7 @@ pub fn generate_response(raw: Option<&str>, k: &KeyRow, duration: Option<&str>) 
         "rpm_limit": k.rpm_limit,
         "budget_duration": k.budget_duration,
         "budget_reset_at": views::ts_opt(k.budget_reset_at),
-        "budget_limits": null,
+        "budget_limits": k.budget_limits.as_ref().map(|j| &j.0),
         "allowed_cache_controls": [],
         "config": k.config.0,
         "permissions": k.permissions.0,
@@ -786,6 +807,12 @@ pub async fn update_tx(
     }
     if let Some(v) = req.soft_budget.as_update() {
         k.soft_budget = v.map(|x| money_field("soft_budget", *x)).transpose()?;
+    }
+    if let Some(v) = req.budget_limits.as_update() {
+        k.budget_limits = match v.filter(|l| !l.is_empty()) {
+            Some(l) => Some(Json(crate::service::teams::budget_limits(l, store::now())?)),
+            None => None,
+        };
     }
     if let Some(v) = req.tpd_limit.as_update() {
         k.tpd_limit = v.map(|x| limit_field("tpd_limit", *x)).transpose()?;

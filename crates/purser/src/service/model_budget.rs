@@ -1,8 +1,10 @@
-//! Per-model budgets (`model_max_budget`: `{model: {budget_limit, time_period}}`) of keys, teams,
-//! users and team members, as the reference's model-budget limiter enforces them: each (scope,
-//! entity, budget model, period) has its own spend window, opened by the first call that counts
-//! in it and closed one `time_period` later; a call is refused with `budget_exceeded` once the
-//! window's spend has reached the limit, while other models go on.
+//! Spend windows beside the main budgets. Per-model budgets (`model_max_budget`: `{model:
+//! {budget_limit, time_period}}`) of keys, teams, users and team members, as the reference's
+//! model-budget limiter enforces them: each (scope, entity, budget model, period) has its own
+//! window, opened by the first call that counts in it and closed one `time_period` later. And
+//! the extra budget windows of keys and teams (`budget_limits`): calendar windows that end at
+//! the entry's `reset_at`, seeded from the spend log when first opened. A call is refused with
+//! `budget_exceeded` once a window's spend has reached its limit; other windows go on.
 //!
 //! Invariants: a call reserves its estimate on every window it is checked against, all or none
 //! under one lock, so a concurrent burst overshoots by no more than what the estimates miss (the
@@ -90,22 +92,57 @@ pub fn resolve(map: &Value, model: &str) -> Option<ModelBudget> {
         .find_map(|c| map.get(c).and_then(|v| entry(c, v).ok()))
 }
 
-/// One window a call is checked against: its counter id and what a refusal says.
+/// One window a call is checked against: its counter id, its limit and what a refusal says.
 #[derive(Debug, Clone)]
 pub struct ModelBudgetCheck {
     pub counter: String,
-    pub budget: ModelBudget,
+    /// Limit in nano-USD.
+    pub max: i64,
+    /// Unix seconds at which a window opened by this call closes.
+    pub ends_at: i64,
+    /// A calendar window (`budget_limits`): a window held with another end is reopened (its
+    /// schedule changed). A `model_max_budget` window keeps the end it opened with.
+    pub fixed_end: bool,
+    /// Spend a newly opened window starts from (`budget_limits`: what the spend log already
+    /// holds for it; per-model windows start at zero).
+    pub seed: i64,
     pub message: String,
+    /// Append `Spend=$…, Limit=$…` to the message (the reference's `budget_limits` wording).
+    pub show_spend: bool,
 }
 
 impl ModelBudgetCheck {
-    /// `scope` and `id` name the entity (`key` + hash, `team`, `user`, `member` + `team:user`).
-    pub fn new(scope: &str, id: &str, budget: ModelBudget, message: String) -> ModelBudgetCheck {
+    /// A `model_max_budget` window; `scope` and `id` name the entity (`key` + hash, `team`,
+    /// `user`, `member` + `team:user`).
+    pub fn new(
+        scope: &str,
+        id: &str,
+        budget: ModelBudget,
+        message: String,
+        now: DateTime<Utc>,
+    ) -> ModelBudgetCheck {
         ModelBudgetCheck {
             counter: format!("{scope}:{id}:{}:{}", budget.budget_model, budget.period),
-            budget,
+            max: budget.max,
+            ends_at: budget.duration.after(now).timestamp(),
+            fixed_end: false,
+            seed: 0,
             message,
+            show_spend: false,
         }
+    }
+
+    /// The refusal's message for a window holding `spend`; `usd` renders an amount.
+    pub fn refusal(&self, spend: i64, usd: impl Fn(i64) -> String) -> String {
+        if !self.show_spend {
+            return self.message.clone();
+        }
+        format!(
+            "{} Spend=${}, Limit=${}",
+            self.message,
+            usd(spend),
+            usd(self.max)
+        )
     }
 }
 
@@ -158,9 +195,10 @@ impl ModelBudgets {
         let mut g = self.lock();
         for c in &checks {
             let w = window(&mut g, c, now);
-            let fits = w.spend.saturating_add(w.reserved).saturating_add(estimate) <= c.budget.max;
-            let alone = w.in_flight == 0 && w.spend < c.budget.max;
-            if !(fits || alone) {
+            // A reached limit refuses even a call estimated at nothing (the reference's `>=`).
+            let fits = w.spend.saturating_add(w.reserved).saturating_add(estimate) <= c.max;
+            let alone = w.in_flight == 0;
+            if w.spend >= c.max || !(fits || alone) {
                 return Err(Box::new(ModelOverBudget {
                     check: c.clone(),
                     spend: w.spend,
@@ -178,6 +216,14 @@ impl ModelBudgets {
             estimate,
             done: false,
         })
+    }
+
+    /// True when `c`'s window is open (so a seed would not be used).
+    pub fn is_open(&self, c: &ModelBudgetCheck) -> bool {
+        let now = self.now().timestamp();
+        self.lock()
+            .get(&c.counter)
+            .is_some_and(|w| w.ends > now && (!c.fixed_end || w.ends == c.ends_at))
     }
 
     /// The current window's spend of a counter (0 when none is open).
@@ -220,22 +266,22 @@ impl ModelBudgets {
     }
 }
 
-/// The check's window, opened (or reopened after it closed) at `now`.
+/// The check's window, opened (or reopened after it closed, or when its schedule changed) at
+/// `now`.
 fn window<'a>(
     g: &'a mut HashMap<String, Window>,
     c: &ModelBudgetCheck,
     now: DateTime<Utc>,
 ) -> &'a mut Window {
-    let ends = c.budget.duration.after(now).timestamp();
     let w = g.entry(c.counter.clone()).or_insert(Window {
-        ends,
-        spend: 0,
+        ends: c.ends_at,
+        spend: c.seed,
         reserved: 0,
         in_flight: 0,
     });
-    if w.ends <= now.timestamp() {
-        w.ends = ends;
-        w.spend = 0;
+    if w.ends <= now.timestamp() || (c.fixed_end && w.ends != c.ends_at) {
+        w.ends = c.ends_at;
+        w.spend = c.seed;
     }
     w
 }
@@ -267,7 +313,7 @@ impl Drop for ModelReservation {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::clock::ManualClock;
+    use crate::clock::{Clock, ManualClock};
     use serde_json::json;
 
     fn usd(n: f64) -> i64 {
@@ -312,6 +358,7 @@ mod tests {
                 "k",
                 budget.clone(),
                 "over".into(),
+                clock.now(),
             )]
         };
         // A burst: the first fits alone, the next ones only while reservations fit.
@@ -334,7 +381,13 @@ mod tests {
         .unwrap();
         assert!(
             b.reserve(
-                vec![ModelBudgetCheck::new("key", "k", other, "x".into())],
+                vec![ModelBudgetCheck::new(
+                    "key",
+                    "k",
+                    other,
+                    "x".into(),
+                    clock.now()
+                )],
                 0
             )
             .is_ok()
@@ -345,5 +398,42 @@ mod tests {
             b.reserve(check(), usd(0.9)).is_ok(),
             "a new window starts at zero"
         );
+    }
+
+    #[test]
+    fn calendar_windows_start_from_their_seed_and_follow_their_schedule() {
+        let clock = ManualClock::new("2026-12-01T10:00:00Z".parse().unwrap());
+        let b = Arc::new(ModelBudgets::new(clock.clone()));
+        let day_end = "2026-12-02T00:00:00Z"
+            .parse::<DateTime<Utc>>()
+            .unwrap()
+            .timestamp();
+        let check = |ends_at: i64, seed: i64| ModelBudgetCheck {
+            counter: "window:team:t:1d".into(),
+            max: usd(1.0),
+            ends_at,
+            fixed_end: true,
+            seed,
+            message: "ExceededBudget: Team=t over 1d budget.".into(),
+            show_spend: true,
+        };
+        assert!(!b.is_open(&check(day_end, 0)));
+        // Seeded from the spend log: already spent, refused at once.
+        let Err(o) = b.reserve(vec![check(day_end, usd(1.0))], 0) else {
+            panic!("a spent window refuses");
+        };
+        assert_eq!(
+            o.check.refusal(o.spend, |n| Nanos(n).to_usd().to_string()),
+            "ExceededBudget: Team=t over 1d budget. Spend=$1, Limit=$1"
+        );
+        assert!(b.is_open(&check(day_end, 0)));
+        // The next day's window starts from its own seed.
+        clock.advance(std::time::Duration::from_secs(14 * 3600));
+        let next = day_end + 86_400;
+        assert!(!b.is_open(&check(next, 0)));
+        b.reserve(vec![check(next, usd(0.25))], 0)
+            .unwrap()
+            .settle(usd(0.5));
+        assert_eq!(b.spend("window:team:t:1d"), usd(0.75));
     }
 }

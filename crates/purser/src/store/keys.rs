@@ -44,6 +44,8 @@ pub struct KeyRow {
     pub updated_by: Option<String>,
     /// `tpd_limit`: tokens per UTC day (migration 0005).
     pub tpd_limit: Option<i64>,
+    /// `budget_limits`: extra budget windows (migration 0006).
+    pub budget_limits: Option<Json<Value>>,
 }
 
 /// Column list shared by every SELECT of keys.
@@ -53,7 +55,7 @@ macro_rules! key_columns {
         "token, key_name, key_alias, spend, expires, models, aliases, config, permissions, metadata, user_id, team_id, \
          organization_id, budget_id, max_parallel_requests, tpm_limit, rpm_limit, max_budget, soft_budget, budget_duration, \
          budget_reset_at, blocked, allowed_routes, key_type, model_max_budget, model_spend, rotation_count, last_rotation_at, \
-         created_at, created_by, updated_at, updated_by, tpd_limit"
+         created_at, created_by, updated_at, updated_by, tpd_limit, budget_limits"
     };
 }
 
@@ -77,16 +79,16 @@ const INSERT: &str = concat!(
     "INSERT INTO verification_tokens (",
     key_columns!(),
     ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, \
-     $24, $25, $26, $27, $28, $29, $30, $31, $32, $33)"
+     $24, $25, $26, $27, $28, $29, $30, $31, $32, $33, $34)"
 );
 
-/// Rewrites every column of the row identified by `$34` (the old token: regenerate changes the PK).
+/// Rewrites every column of the row identified by `$35` (the old token: regenerate changes the PK).
 const UPDATE: &str = "UPDATE verification_tokens SET token = $1, key_name = $2, key_alias = $3, spend = $4, expires = $5, \
      models = $6, aliases = $7, config = $8, permissions = $9, metadata = $10, user_id = $11, team_id = $12, \
      organization_id = $13, budget_id = $14, max_parallel_requests = $15, tpm_limit = $16, rpm_limit = $17, \
      max_budget = $18, soft_budget = $19, budget_duration = $20, budget_reset_at = $21, blocked = $22, \
      allowed_routes = $23, key_type = $24, model_max_budget = $25, model_spend = $26, rotation_count = $27, \
-     last_rotation_at = $28, created_at = $29, created_by = $30, updated_at = $31, updated_by = $32, tpd_limit = $33 WHERE token = $34";
+     last_rotation_at = $28, created_at = $29, created_by = $30, updated_at = $31, updated_by = $32, tpd_limit = $33, budget_limits = $34 WHERE token = $35";
 
 const DELETE: &str = "DELETE FROM verification_tokens WHERE token = $1";
 const DELETE_BY_TEAM: &str = "DELETE FROM verification_tokens WHERE team_id = $1 RETURNING token";
@@ -141,6 +143,7 @@ macro_rules! bind_all {
             .bind($k.updated_at)
             .bind(&$k.updated_by)
             .bind($k.tpd_limit)
+            .bind(&$k.budget_limits)
     };
 }
 
@@ -267,6 +270,7 @@ impl KeyRow {
             updated_at: now,
             updated_by: None,
             tpd_limit: None,
+            budget_limits: None,
         }
     }
 }

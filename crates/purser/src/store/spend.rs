@@ -273,3 +273,39 @@ const TEAM_DAILY: &str = "SELECT s.team_id AS team_id, t.team_alias AS team_alia
 pub async fn team_daily_spend(h: &mut Handle, since: DateTime<Utc>) -> Result<Vec<TeamDaySpend>> {
     on_conn!(h, c => sqlx::query_as::<_, TeamDaySpend>(TEAM_DAILY).bind(since).fetch_all(c).await)
 }
+
+/// The spend-log column a budget window sums over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SpendColumn {
+    ApiKey,
+    Team,
+}
+
+impl SpendColumn {
+    pub fn name(self) -> &'static str {
+        match self {
+            SpendColumn::ApiKey => "key",
+            SpendColumn::Team => "team",
+        }
+    }
+}
+
+const KEY_WINDOW_SPEND: &str = "SELECT CAST(COALESCE(SUM(spend), 0) AS BIGINT) FROM spend_logs \
+     WHERE api_key = $1 AND start_time >= $2";
+const TEAM_WINDOW_SPEND: &str = "SELECT CAST(COALESCE(SUM(spend), 0) AS BIGINT) FROM spend_logs \
+     WHERE team_id = $1 AND start_time >= $2";
+
+/// Spend logged for a key (hash) or a team since `since` (a budget window's start), through the
+/// `(api_key|team_id, start_time)` indexes.
+pub async fn window_spend(
+    h: &mut Handle,
+    column: SpendColumn,
+    id: &str,
+    since: DateTime<Utc>,
+) -> Result<i64> {
+    let sql = match column {
+        SpendColumn::ApiKey => KEY_WINDOW_SPEND,
+        SpendColumn::Team => TEAM_WINDOW_SPEND,
+    };
+    on_conn!(h, c => sqlx::query_scalar::<_, i64>(sql).bind(id).bind(since).fetch_one(c).await)
+}

@@ -634,8 +634,8 @@ async fn unenforced_fields_are_refused(b: Backend) {
     let refused = [
         (
             "/key/generate",
-            json!({"budget_limits": [{"budget_duration": "1d", "max_budget": 1}]}),
-            "budget_limits",
+            json!({"config": {"x": 1}}),
+            "config",
             "bad_request_error",
         ),
         (
@@ -652,8 +652,8 @@ async fn unenforced_fields_are_refused(b: Backend) {
         ),
         (
             "/key/update",
-            json!({"key": k, "budget_limits": [{"budget_duration": "1d", "max_budget": 1}]}),
-            "budget_limits",
+            json!({"key": k, "guardrails": ["g"]}),
+            "guardrails",
             "bad_request_error",
         ),
         (
@@ -676,8 +676,8 @@ async fn unenforced_fields_are_refused(b: Backend) {
         ),
         (
             "/team/update",
-            json!({"team_id": "t1", "budget_limits": [{"budget_duration": "1d", "max_budget": 1}]}),
-            "budget_limits",
+            json!({"team_id": "t1", "policies": ["p"]}),
+            "policies",
             "internal_server_error",
         ),
         (
@@ -1191,6 +1191,140 @@ general_settings:
     app.shutdown().await;
 }
 
+/// `budget_limits` on keys and teams: every window must pass; a window's spend starts from what
+/// the spend log holds for it (so it survives restarts), and the refusal names the window.
+async fn budget_limits_every_window_must_pass(b: Backend) {
+    let app = TestApp::spawn(b).await;
+    let owner = app.user_with_key("u1", "internal_user").await;
+    let day = json!({"budget_duration": "1d", "max_budget": 0.00003});
+    let month = json!({"budget_duration": "30d", "max_budget": 100});
+    let (k, r) = admin_key(
+        &app,
+        json!({"user_id": "u1", "key_alias": "windows", "budget_limits": [day, month]}),
+    )
+    .await;
+    let stored = r["budget_limits"].as_array().unwrap().clone();
+    assert_eq!(stored.len(), 2, "{r}");
+    assert!(
+        stored[0]["reset_at"].is_string(),
+        "reset_at initialised: {r}"
+    );
+    assert_eq!(key_info(&app, &k).await["budget_limits"], json!(stored));
+    for _ in 0..2 {
+        let (s, body) = app.post("/v1/chat/completions", &k, chat()).await;
+        assert_eq!(s, 200, "{body}");
+    }
+    let (s, body) = app.post("/v1/chat/completions", &k, chat()).await;
+    assert_eq!(s, 422, "{body}");
+    assert_eq!(
+        assert_proxy_error(&body, 422, "budget_exceeded"),
+        "ExceededBudget: Key=windows over 1d budget. Spend=$3.6e-05, Limit=$3e-05"
+    );
+    // The owner may not lift it; malformed windows are 400s; the admin may lift it.
+    let (s, e) = app
+        .post(
+            "/key/update",
+            &owner,
+            json!({"key": k, "budget_limits": [month]}),
+        )
+        .await;
+    assert_eq!(s, 403, "{e}");
+    assert!(assert_proxy_error(&e, 403, "auth_error").contains("budget_limits"));
+    for bad in [
+        json!([{"max_budget": 1}]),
+        json!([{"budget_duration": "1d"}]),
+        json!([{"budget_duration": "sometime", "max_budget": 1}]),
+        json!(["1d"]),
+    ] {
+        let (s, e) = generate(&app, MASTER, json!({"budget_limits": bad})).await;
+        assert_eq!(s, 400, "{bad} → {e}");
+        let m = e.to_string();
+        assert!(
+            m.contains("budget_limits[0]") || m.contains("Invalid budget_duration 'sometime'"),
+            "{e}"
+        );
+    }
+    let (s, e) = app
+        .post(
+            "/key/update",
+            MASTER,
+            json!({"key": k, "budget_limits": [month]}),
+        )
+        .await;
+    assert_eq!(s, 200, "{e}");
+    let (s, body) = app.post("/v1/chat/completions", &k, chat()).await;
+    assert_eq!(s, 200, "only the monthly window is left: {body}");
+
+    // Teams: a window's spend starts from the spend log. A logged call of $1 today, before
+    // this instance ever checked the team's window, fills it.
+    let (s, t) = app
+        .post(
+            "/team/new",
+            MASTER,
+            json!({"team_id": "t1", "budget_limits": [{"budget_duration": "1d", "max_budget": 0.5}]}),
+        )
+        .await;
+    assert_eq!(s, 200, "{t}");
+    let (s, t) = app
+        .post(
+            "/team/new",
+            MASTER,
+            json!({"team_id": "t2", "budget_limits": [{"budget_duration": "1d", "max_budget": 0.5}]}),
+        )
+        .await;
+    assert_eq!(s, 200, "{t}");
+    let now = chrono::Utc::now();
+    let row = purser::store::spend::SpendLogRow {
+        request_id: "logged-before".into(),
+        call_type: "acompletion".into(),
+        api_key: "elsewhere".into(),
+        spend: 1_000_000_000,
+        total_tokens: 10,
+        prompt_tokens: 5,
+        completion_tokens: 5,
+        start_time: now,
+        end_time: now,
+        model: "fake-gpt".into(),
+        model_id: None,
+        model_group: Some("fake-gpt".into()),
+        custom_llm_provider: Some("openai".into()),
+        api_base: None,
+        user_id: None,
+        team_id: Some("t1".into()),
+        end_user: None,
+        status: "success".into(),
+        metadata: sqlx::types::Json(json!({})),
+    };
+    let db = app.reopen_db().await;
+    let mut h = db.conn().await.unwrap();
+    purser::store::spend::insert_log(&mut h, &row)
+        .await
+        .unwrap();
+    drop(h);
+    db.close().await;
+    let (tk, _) = admin_key(&app, json!({"team_id": "t1"})).await;
+    let (s, body) = app.post("/v1/chat/completions", &tk, chat()).await;
+    assert_eq!(s, 422, "{body}");
+    assert_eq!(
+        assert_proxy_error(&body, 422, "budget_exceeded"),
+        "ExceededBudget: Team=t1 over 1d budget. Spend=$1.0, Limit=$0.5"
+    );
+    let (t2k, _) = admin_key(&app, json!({"team_id": "t2"})).await;
+    let (s, body) = app.post("/v1/chat/completions", &t2k, chat()).await;
+    assert_eq!(s, 200, "another team is untouched: {body}");
+    let (s, t) = app
+        .post(
+            "/team/update",
+            MASTER,
+            json!({"team_id": "t1", "budget_limits": [{"budget_duration": "1d", "max_budget": 5}]}),
+        )
+        .await;
+    assert_eq!(s, 200, "{t}");
+    let (s, body) = app.post("/v1/chat/completions", &tk, chat()).await;
+    assert_eq!(s, 200, "a raised window bites on the next call: {body}");
+    app.shutdown().await;
+}
+
 async fn key_temp_budget_increase_until_its_expiry(b: Backend) {
     let app = TestApp::spawn(b).await;
     let owner = app.user_with_key("u1", "internal_user").await;
@@ -1261,6 +1395,7 @@ async fn key_temp_budget_increase_until_its_expiry(b: Backend) {
 }
 
 both_backends!(
+    budget_limits_every_window_must_pass,
     model_max_budget_stops_one_model,
     tpd_limits_count_tokens_per_day,
     key_temp_budget_increase_until_its_expiry,

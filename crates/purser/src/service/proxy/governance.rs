@@ -4,7 +4,8 @@
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::Response;
-use chrono::Utc;
+use chrono::{DateTime, Utc};
+use purser_core::budget::BudgetDuration;
 use purser_core::money::{Nanos, cost_of};
 use serde_json::{Value, json};
 
@@ -16,7 +17,7 @@ use crate::limiter::{LimitKind, RateDenied, RateLimit};
 use crate::service::caller::Caller;
 use crate::service::model_budget::{ModelBudgetCheck, resolve};
 use crate::service::spend::{BudgetCheck, OverBudget, SpendScope};
-use crate::store::spend::SpendLogRow;
+use crate::store::spend::{SpendColumn, SpendLogRow};
 use crate::upstream::CallKind;
 
 /// Python-like float rendering for messages (`0.5`, `1e-05`).
@@ -196,21 +197,21 @@ pub async fn handle(state: AppState, caller: Caller, req: CallRequest) -> Result
         .reserve(&all, estimate, !free)
         .map_err(|o| budget_error(&state, &ctx, &o))?;
     // 10b. per-model budgets, reserved the same way
-    let model_reservation =
-        if free {
+    let model_reservation = if free {
+        None
+    } else {
+        let mut checks = model_budget_checks(&ctx, &requested, &target, now);
+        checks.extend(budget_window_checks(&state, &ctx, now).await?);
+        if checks.is_empty() {
             None
         } else {
-            let checks = model_budget_checks(&ctx, &requested, &target);
-            if checks.is_empty() {
-                None
-            } else {
-                let status = StatusCode::from_u16(state.settings.budget_exceeded_status)
-                    .unwrap_or(StatusCode::UNPROCESSABLE_ENTITY);
-                Some(state.model_budgets.reserve(checks, estimate).map_err(|o| {
-                    Error::proxy(status, "budget_exceeded", o.check.message.clone())
-                })?)
-            }
-        };
+            let status = StatusCode::from_u16(state.settings.budget_exceeded_status)
+                .unwrap_or(StatusCode::UNPROCESSABLE_ENTITY);
+            Some(state.model_budgets.reserve(checks, estimate).map_err(|o| {
+                Error::proxy(status, "budget_exceeded", o.check.refusal(o.spend, usd))
+            })?)
+        }
+    };
     // 11. rate limits
     let limits = rate_limits(&ctx, &target);
     state.limiter.acquire(&limits).map_err(|d| rate_error(&d))?;
@@ -280,7 +281,12 @@ pub async fn handle(state: AppState, caller: Caller, req: CallRequest) -> Result
 /// The per-model budget windows a call of `target` (requested as `requested`) is checked
 /// against: the key's, the team's unless the key budgets this model itself (the reference's
 /// override), the user's and the member's. Messages are the reference's where it has one.
-fn model_budget_checks(ctx: &CallContext, requested: &str, target: &str) -> Vec<ModelBudgetCheck> {
+fn model_budget_checks(
+    ctx: &CallContext,
+    requested: &str,
+    target: &str,
+    now: DateTime<Utc>,
+) -> Vec<ModelBudgetCheck> {
     let find = |map: &Value| resolve(map, requested).or_else(|| resolve(map, target));
     let mut out = Vec::new();
     let mut key_budgets_model = false;
@@ -293,7 +299,7 @@ fn model_budget_checks(ctx: &CallContext, requested: &str, target: &str) -> Vec<
             "LiteLLM Virtual Key: {}, key_alias: {alias}, exceeded budget for model={requested}",
             k.token
         );
-        out.push(ModelBudgetCheck::new("key", &k.token, b, msg));
+        out.push(ModelBudgetCheck::new("key", &k.token, b, msg, now));
     }
     if let Some(t) = &ctx.team
         && !key_budgets_model
@@ -301,14 +307,14 @@ fn model_budget_checks(ctx: &CallContext, requested: &str, target: &str) -> Vec<
     {
         let id = &t.team.team_id;
         let msg = format!("LiteLLM Team: {id}, exceeded budget for model={requested}");
-        out.push(ModelBudgetCheck::new("team", id, b, msg));
+        out.push(ModelBudgetCheck::new("team", id, b, msg, now));
     }
     if let Some(u) = &ctx.user
         && let Some(b) = find(&u.model_max_budget.0)
     {
         let id = &u.user_id;
         let msg = format!("LiteLLM User: {id}, exceeded budget for model={requested}");
-        out.push(ModelBudgetCheck::new("user", id, b, msg));
+        out.push(ModelBudgetCheck::new("user", id, b, msg, now));
     }
     if let Some(m) = &ctx.member
         && let Some(map) = m.budget.as_ref().and_then(|b| b.model_max_budget.as_ref())
@@ -317,9 +323,87 @@ fn model_budget_checks(ctx: &CallContext, requested: &str, target: &str) -> Vec<
         let (t, u) = (&m.membership.team_id, &m.membership.user_id);
         let msg =
             format!("LiteLLM Team Member: {u} in Team={t}, exceeded budget for model={requested}");
-        out.push(ModelBudgetCheck::new("member", &format!("{t}:{u}"), b, msg));
+        out.push(ModelBudgetCheck::new(
+            "member",
+            &format!("{t}:{u}"),
+            b,
+            msg,
+            now,
+        ));
     }
     out
+}
+
+/// The `budget_limits` windows of the key and the team: each entry (`budget_duration`,
+/// `max_budget`, `reset_at`) is a calendar window ending at its `reset_at` (rolled forward on
+/// the entry's own schedule once passed). A window this instance has not opened yet starts from
+/// the spend the spend log already holds for it, so the window's spend survives restarts up to
+/// the spend writer's batch window.
+async fn budget_window_checks(
+    state: &AppState,
+    ctx: &CallContext,
+    now: DateTime<Utc>,
+) -> Result<Vec<ModelBudgetCheck>, Error> {
+    let mut out = Vec::new();
+    let mut scopes: Vec<(SpendColumn, String, String, &Value)> = Vec::new();
+    if let Some(k) = &ctx.key
+        && let Some(l) = &k.budget_limits
+    {
+        scopes.push((
+            SpendColumn::ApiKey,
+            k.token.clone(),
+            format!("Key={}", ctx.key_label()),
+            &l.0,
+        ));
+    }
+    if let Some(t) = &ctx.team
+        && let Some(l) = &t.team.budget_limits
+    {
+        let id = t.team.team_id.clone();
+        scopes.push((SpendColumn::Team, id.clone(), format!("Team={id}"), &l.0));
+    }
+    for (column, id, who, list) in scopes {
+        for e in list.as_array().into_iter().flatten() {
+            let Some(period) = e.get("budget_duration").and_then(Value::as_str) else {
+                continue;
+            };
+            let (Ok(d), Some(max)) = (
+                BudgetDuration::parse(period),
+                e.get("max_budget")
+                    .and_then(Value::as_f64)
+                    .and_then(|v| Nanos::from_usd(v).ok()),
+            ) else {
+                continue;
+            };
+            let reset = e
+                .get("reset_at")
+                .and_then(Value::as_str)
+                .and_then(crate::service::limits::parse_instant)
+                .unwrap_or_else(|| d.next_reset(now));
+            let end = if reset > now {
+                reset
+            } else {
+                d.next_reset_after(reset, now)
+            };
+            let mut c = ModelBudgetCheck {
+                counter: format!("window:{}:{id}:{period}", column.name()),
+                max: max.0,
+                ends_at: end.timestamp(),
+                fixed_end: true,
+                seed: 0,
+                message: format!("ExceededBudget: {who} over {period} budget."),
+                show_spend: true,
+            };
+            if !state.model_budgets.is_open(&c) {
+                let mut h = state.db.conn().await?;
+                c.seed =
+                    crate::store::spend::window_spend(&mut h, column, &id, d.window_start(end))
+                        .await?;
+            }
+            out.push(c);
+        }
+    }
+    Ok(out)
 }
 
 pub(super) fn rate_limits(ctx: &CallContext, model: &str) -> Vec<RateLimit> {

@@ -201,8 +201,8 @@ fn validate_permissions(perms: &[String]) -> Result<(), Error> {
     Ok(())
 }
 
-/// Validates `budget_limits` windows and initialises a missing `reset_at`.
-fn budget_limits(list: &[Value], now: DateTime<Utc>) -> Result<Value, Error> {
+/// Validates `budget_limits` windows (of teams and keys) and initialises a missing `reset_at`.
+pub(crate) fn budget_limits(list: &[Value], now: DateTime<Utc>) -> Result<Value, Error> {
     let mut out = Vec::with_capacity(list.len());
     for (i, entry) in list.iter().enumerate() {
         let bad = |what: &str| {
