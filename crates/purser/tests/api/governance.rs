@@ -987,25 +987,14 @@ fn model_budget_denied(s: StatusCode, body: &Value, msg: &str) {
 /// the mock costs $0.000018, so a $0.00003 cap lets two calls through. (Windows closing after
 /// their period: `service::model_budget::tests`.)
 async fn model_max_budget_stops_one_model(b: Backend) {
-    let yaml = r#"
-model_list:
-  - model_name: fake-gpt
-    litellm_params:
-      model: openai/fake-gpt
-      mock_response: "hello from the mock"
-      input_cost_per_token: 0.000001
-      output_cost_per_token: 0.000002
-  - model_name: other-model
-    litellm_params:
-      model: openai/other
-      mock_response: "hello from the mock"
-      input_cost_per_token: 0.000001
-      output_cost_per_token: 0.000002
-general_settings:
-  master_key: sk-1234
-  proxy_batch_write_at: 0.2
-"#;
-    let app = TestApp::spawn_with(b, yaml).await;
+    // The default config with a second priced model.
+    let yaml = DEFAULT_CONFIG.replace(
+        "general_settings:",
+        "  - model_name: other-model\n    litellm_params:\n      model: openai/other\n      \
+         mock_response: \"hello from the mock\"\n      input_cost_per_token: 0.000001\n      \
+         output_cost_per_token: 0.000002\ngeneral_settings:",
+    );
+    let app = TestApp::spawn_with(b, &yaml).await;
     let other = json!({"model": "other-model", "messages": [{"role": "user", "content": "hi"}]});
     let cap = json!({"budget_limit": 0.00003, "time_period": "1d"});
     let owner = app.user_with_key("u1", "internal_user").await;
