@@ -16,6 +16,8 @@ const LLM_API: &[&str] = &[
     "/embeddings",
     "/v1/models",
     "/models",
+    "/v1/models/{*model_id}",
+    "/models/{*model_id}",
     "/model/info",
     "/v1/model/info",
 ];
@@ -35,6 +37,8 @@ const INFO: &[&str] = &[
     "/key/list",
     "/models",
     "/v1/models",
+    "/models/{*model_id}",
+    "/v1/models/{*model_id}",
     "/health",
 ];
 

@@ -441,3 +441,28 @@ mod tests {
         assert!(parse_json::<Req>(b"").is_err());
     }
 }
+
+/// A boolean query parameter read as FastAPI reads one (`true/false`, `1/0`, `yes/no`, `on/off`,
+/// `t/f`, `y/n`, any case); anything else is a 422 naming the parameter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueryBool(pub bool);
+
+impl<'de> serde::Deserialize<'de> for QueryBool {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        match s.to_ascii_lowercase().as_str() {
+            "true" | "1" | "yes" | "on" | "t" | "y" => Ok(QueryBool(true)),
+            "false" | "0" | "no" | "off" | "f" | "n" => Ok(QueryBool(false)),
+            _ => Err(serde::de::Error::custom(
+                "Input should be a valid boolean, unable to interpret input",
+            )),
+        }
+    }
+}
+
+impl QueryBool {
+    /// The flag's value, `default` when the parameter was not sent.
+    pub fn or(flag: Option<QueryBool>, default: bool) -> bool {
+        flag.map_or(default, |f| f.0)
+    }
+}

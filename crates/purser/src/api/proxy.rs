@@ -2,17 +2,18 @@
 //! Handlers are thin; governance, dispatch and accounting live in `service::proxy`.
 
 use axum::Json;
-use axum::extract::State;
+use axum::extract::{Path, State};
 use axum::response::Response;
+use serde::Deserialize;
 use serde_json::Value;
 
 use super::error::Shape;
-use super::extract::RawBody;
+use super::extract::{QueryBool, QueryParams, RawBody};
 use super::{Gate, Route};
 use crate::app::AppState;
 use crate::error::Result;
 use crate::service::caller::Caller;
-use crate::service::proxy::{self, CallContext, CallRequest};
+use crate::service::proxy::{self, CallContext, CallRequest, ModelListQuery};
 use crate::upstream::CallKind;
 
 pub fn routes() -> Vec<Route> {
@@ -67,6 +68,22 @@ pub fn routes() -> Vec<Route> {
         )
         .answers(Shape::Wrapped),
         Route::get(
+            "/v1/models/{*model_id}",
+            Gate::Llm,
+            tag,
+            "One model this key may call (404 otherwise)",
+            model_retrieve,
+        )
+        .answers(Shape::Wrapped),
+        Route::get(
+            "/models/{*model_id}",
+            Gate::Llm,
+            tag,
+            "One model this key may call (alias)",
+            model_retrieve,
+        )
+        .answers(Shape::Wrapped),
+        Route::get(
             "/model/info",
             Gate::SelfManaged,
             "model management",
@@ -95,11 +112,45 @@ pub async fn embeddings(
     proxy::handle(state, caller, req).await
 }
 
-pub async fn model_list(State(state): State<AppState>, caller: Caller) -> Result<Json<Value>> {
+/// `/v1/models` query: the reference's flags, booleans read as FastAPI reads them.
+#[derive(Debug, Deserialize)]
+pub struct ModelListParams {
+    return_wildcard_routes: Option<QueryBool>,
+    team_id: Option<String>,
+    include_model_access_groups: Option<QueryBool>,
+    only_model_access_groups: Option<QueryBool>,
+    include_metadata: Option<QueryBool>,
+    fallback_type: Option<String>,
+    scope: Option<String>,
+    healthy_only: Option<QueryBool>,
+}
+
+pub async fn model_list(
+    State(state): State<AppState>,
+    caller: Caller,
+    QueryParams(p): QueryParams<ModelListParams>,
+) -> Result<Json<Value>> {
     let ctx = CallContext::load(&state, &caller).await?;
-    Ok(Json(proxy::models_list(&proxy::callable_models(
-        &state, &ctx,
-    ))))
+    let q = ModelListQuery {
+        return_wildcard_routes: QueryBool::or(p.return_wildcard_routes, false),
+        team_id: p.team_id,
+        include_model_access_groups: QueryBool::or(p.include_model_access_groups, false),
+        only_model_access_groups: QueryBool::or(p.only_model_access_groups, false),
+        include_metadata: QueryBool::or(p.include_metadata, false),
+        fallback_type: p.fallback_type,
+        scope: p.scope,
+        healthy_only: QueryBool::or(p.healthy_only, false),
+    };
+    Ok(Json(proxy::model_list(&state, &caller, &ctx, &q).await?))
+}
+
+pub async fn model_retrieve(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(model_id): Path<String>,
+) -> Result<Json<Value>> {
+    let ctx = CallContext::load(&state, &caller).await?;
+    Ok(Json(proxy::model_retrieve(&state, &ctx, &model_id)?))
 }
 
 pub async fn model_info(State(state): State<AppState>, caller: Caller) -> Result<Json<Value>> {

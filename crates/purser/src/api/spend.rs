@@ -26,7 +26,7 @@ use purser_core::keys::token_of;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
-use super::extract::PagedQuery;
+use super::extract::{PagedQuery, QueryBool};
 use super::{Gate, Route};
 use crate::app::AppState;
 use crate::error::{Error, Result};
@@ -69,7 +69,7 @@ pub struct SpendLogsQuery {
     end_date: Option<String>,
     page: Option<i64>,
     page_size: Option<i64>,
-    summarize: Option<String>,
+    summarize: Option<QueryBool>,
 }
 
 impl Paged for SpendLogsQuery {
@@ -84,22 +84,7 @@ pub async fn spend_logs(
     PagedQuery(q, paging): PagedQuery<SpendLogsQuery>,
 ) -> Result<Json<Value>> {
     let (page, page_size) = (paging.number, paging.size);
-    let summarize = match q
-        .summarize
-        .as_deref()
-        .map(str::to_ascii_lowercase)
-        .as_deref()
-    {
-        None | Some("true" | "1" | "yes" | "on") => true,
-        Some("false" | "0" | "no" | "off") => false,
-        Some(_) => {
-            return Err(Error::validation(
-                vec![json!("query"), json!("summarize")],
-                "bool_parsing",
-                "Input should be a valid boolean, unable to interpret input",
-            ));
-        }
-    };
+    let summarize = QueryBool::or(q.summarize, true);
     let start = parse_bound("start_date", q.start_date.as_deref(), false)?;
     let end = parse_bound("end_date", q.end_date.as_deref(), true)?;
     if let (Some(s), Some(e)) = (start, end)

@@ -1383,6 +1383,183 @@ async fn key_temp_budget_increase_until_its_expiry(b: Backend) {
     app.shutdown().await;
 }
 
+/// t1's row and roster and t2's `blocked`, to show a refusal changed nothing.
+async fn team_snapshot(app: &TestApp) -> (Value, Value, Value) {
+    let (_, t1) = app.get("/team/info?team_id=t1", MASTER).await;
+    let (_, t2) = app.get("/team/info?team_id=t2", MASTER).await;
+    (
+        t1["team_info"].clone(),
+        t1["team_memberships"].clone(),
+        t2["team_info"]["blocked"].clone(),
+    )
+}
+
+/// The role matrix of a team's writes: each caller against each route, including an
+/// `internal_user_viewer` who is a team admin and the team's own key (team, no user). `Y` is a
+/// 2xx; every refusal changes nothing (the roster and the team rows are compared).
+async fn team_writes_role_matrix(b: Backend) {
+    let app = TestApp::spawn(b).await;
+    let callers = [
+        (
+            "proxy_admin",
+            app.user_with_key("padmin", "proxy_admin").await,
+        ),
+        (
+            "proxy_admin_viewer",
+            app.user_with_key("pviewer", "proxy_admin_viewer").await,
+        ),
+        (
+            "team_admin",
+            app.user_with_key("tadmin", "internal_user").await,
+        ),
+        (
+            "viewer_team_admin",
+            app.user_with_key("vadmin", "internal_user_viewer").await,
+        ),
+        ("member", app.user_with_key("member", "internal_user").await),
+        (
+            "outsider",
+            app.user_with_key("outsider", "internal_user").await,
+        ),
+    ];
+    let n = callers.len() + 3;
+    let mut roster = vec![
+        json!({"role": "admin", "user_id": "tadmin"}),
+        json!({"role": "admin", "user_id": "vadmin"}),
+        json!({"role": "user", "user_id": "member"}),
+    ];
+    for i in 0..n {
+        app.user_with_key(&format!("cand{i}"), "internal_user")
+            .await;
+        app.user_with_key(&format!("victim{i}"), "internal_user")
+            .await;
+        roster.push(json!({"role": "user", "user_id": format!("victim{i}")}));
+    }
+    for (t, members) in [("t1", json!(roster)), ("t2", json!([]))] {
+        let (s, body) = app
+            .post(
+                "/team/new",
+                MASTER,
+                json!({"team_id": t, "members_with_roles": members}),
+            )
+            .await;
+        assert_eq!(s, 200, "{body}");
+    }
+    let key_for = |body: Value| async {
+        let (s, k) = app.post("/key/generate", MASTER, body).await;
+        assert_eq!(s, 200, "{k}");
+        k["key"].as_str().unwrap().to_string()
+    };
+    let team_only = key_for(json!({"team_id": "t1"})).await;
+    let member_team_key = key_for(json!({"team_id": "t1", "user_id": "member"})).await;
+    let mut callers = callers.to_vec();
+    callers.push(("team_only_key", team_only));
+    callers.push(("member_team_key", member_team_key));
+    callers.insert(0, ("master", MASTER.to_string()));
+
+    type Call = fn(usize) -> (String, Value);
+    let routes: [(&str, Call); 8] = [
+        ("member_add", |i| {
+            (
+                "/team/member_add".into(),
+                json!({"team_id": "t1", "member": {"role": "user", "user_id": format!("cand{i}")}}),
+            )
+        }),
+        ("member_update", |i| {
+            (
+                "/team/member_update".into(),
+                json!({"team_id": "t1", "user_id": "member", "max_budget_in_team": i + 1}),
+            )
+        }),
+        ("member_delete", |i| {
+            (
+                "/team/member_delete".into(),
+                json!({"team_id": "t1", "user_id": format!("victim{i}")}),
+            )
+        }),
+        ("permissions_update", |i| {
+            let perms = if i % 2 == 0 {
+                json!(["/key/info"])
+            } else {
+                json!(["/key/info", "/key/list"])
+            };
+            (
+                "/team/permissions_update".into(),
+                json!({"team_id": "t1", "team_member_permissions": perms}),
+            )
+        }),
+        ("reset_spend", |_| {
+            (
+                "/team/t1/member/member/reset_spend".into(),
+                json!({"reset_to": 0}),
+            )
+        }),
+        ("team_update", |i| {
+            (
+                "/team/update".into(),
+                json!({"team_id": "t1", "max_budget": 100 + i}),
+            )
+        }),
+        ("key_generate", |i| {
+            (
+                "/key/generate".into(),
+                json!({"team_id": "t1", "key_alias": format!("matrix-{i}")}),
+            )
+        }),
+        ("team_block", |_| {
+            ("/team/block".into(), json!({"team_id": "t2"}))
+        }),
+    ];
+    // Rows follow `callers`, columns follow `routes`. `Y` 2xx; refusals by status, as the
+    // reference answers them: `F` 403 (team checks), `U` 401 (route gates, member permissions),
+    // `B` 400 (a user who is not in the team).
+    let want = [
+        ("master", "YYYYYYYY"),
+        ("proxy_admin", "YYYYYYYY"),
+        ("proxy_admin_viewer", "FFFFFFFF"),
+        ("team_admin", "YYYYYFYU"),
+        ("viewer_team_admin", "FFFFFFUU"),
+        ("member", "FFFFFFUU"),
+        ("outsider", "FFFFFFBU"),
+        ("team_only_key", "FFFFFFYU"),
+        ("member_team_key", "FFFFFFUU"),
+    ];
+    let mut got = Vec::new();
+    let mut failures = Vec::new();
+    for (i, (who, key)) in callers.iter().enumerate() {
+        let mut row = String::new();
+        for (route, call) in &routes {
+            let (path, body) = call(i);
+            let before = team_snapshot(&app).await;
+            let (s, resp) = app.post(&path, key, body).await;
+            let cell = match s.as_u16() {
+                200..=299 => 'Y',
+                403 => 'F',
+                401 => 'U',
+                400 => 'B',
+                _ => '?',
+            };
+            row.push(cell);
+            if cell == '?' {
+                failures.push(format!("{who} {route}: {s} {resp}"));
+            } else if cell != 'Y' && team_snapshot(&app).await != before {
+                // A refusal touches nothing, not even `updated_at`: whole rows are compared.
+                failures.push(format!("{who} {route}: refused ({s}) but changed the team"));
+            }
+        }
+        got.push((*who, row));
+    }
+    let got_view: Vec<(&str, &str)> = got.iter().map(|(w, r)| (*w, r.as_str())).collect();
+    assert_eq!(
+        got_view,
+        want,
+        "routes: {:?}; {failures:?}",
+        routes.map(|r| r.0)
+    );
+    assert!(failures.is_empty(), "{failures:?}");
+    app.shutdown().await;
+}
+
 both_backends!(
     budget_limits_every_window_must_pass,
     model_max_budget_stops_one_model,
@@ -1395,6 +1572,7 @@ both_backends!(
     key_types_and_allowed_routes,
     blocked_team_stops_every_route,
     viewers_never_write_even_as_team_admins,
+    team_writes_role_matrix,
     keys_mint_only_inside_their_scope,
     owners_may_only_tighten,
 );

@@ -1324,7 +1324,176 @@ general_settings:
     app.shutdown().await;
 }
 
+fn ids(body: &Value) -> Vec<String> {
+    body["data"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no data in {body}"))
+        .iter()
+        .map(|e| e["id"].as_str().unwrap().to_string())
+        .collect()
+}
+
+async fn model_list_query_flags(b: Backend) {
+    let (app, _m) = setup(b).await;
+    put_user(&app, "u1", |_| {}).await;
+    put_team(&app, "t1", |t| {
+        t.models = Json(vec!["fake-gpt".into(), "beta".into()])
+    })
+    .await;
+    put_team(&app, "t2", |t| t.models = Json(vec!["other-model".into()])).await;
+    put_member(&app, "t1", "u1", None).await;
+    let key = put_key(&app, Some("u1"), Some("t1"), |_| {}).await;
+    let list = |q: &str| format!("/v1/models{q}");
+
+    let (s, body) = app.get(&list(""), &key).await;
+    assert_eq!(s, 200, "{body}");
+    assert_eq!(
+        ids(&body),
+        ["fake-gpt", "gpt-real"],
+        "beta expands to gpt-real"
+    );
+    for (q, want) in [
+        (
+            "?include_model_access_groups=true",
+            vec!["fake-gpt", "gpt-real", "beta"],
+        ),
+        ("?only_model_access_groups=True", vec!["beta"]),
+        (
+            "?only_model_access_groups=1&include_model_access_groups=1",
+            vec!["beta"],
+        ),
+        (
+            "?include_model_access_groups=false",
+            vec!["fake-gpt", "gpt-real"],
+        ),
+        ("?healthy_only=true", vec!["fake-gpt", "gpt-real"]),
+        // a member who is no team admin gets no expansion, and no error
+        ("?scope=expand", vec!["fake-gpt", "gpt-real"]),
+        ("?team_id=t1", vec!["fake-gpt", "gpt-real"]),
+        ("?return_wildcard_routes=true", vec!["fake-gpt", "gpt-real"]),
+        ("?unknown_flag=1", vec!["fake-gpt", "gpt-real"]),
+    ] {
+        let (s, body) = app.get(&list(q), &key).await;
+        assert_eq!(s, 200, "{q}: {body}");
+        assert_eq!(ids(&body), want, "{q}");
+    }
+    let (_, body) = app.get(&list("?include_metadata=true"), &key).await;
+    for e in body["data"].as_array().unwrap() {
+        assert_eq!(e["metadata"], json!({"fallbacks": []}), "{body}");
+    }
+    let (_, body) = app.get(&list(""), &key).await;
+    assert!(body["data"][0].get("metadata").is_none(), "{body}");
+
+    // bad values: 400 in the OpenAI shape naming the parameter, 422 for a non-boolean
+    for (q, param) in [
+        ("?scope=all", "scope"),
+        (
+            "?include_metadata=true&fallback_type=sideways",
+            "fallback_type",
+        ),
+    ] {
+        let (s, body) = app.get(&list(q), &key).await;
+        assert_eq!(s, 400, "{q}: {body}");
+        assert_proxy_error(&body, 400, "bad_request_error");
+        assert_eq!(body["error"]["param"], param, "{body}");
+    }
+    let (_, ok) = app
+        .get(
+            &list("?include_metadata=true&fallback_type=context_window"),
+            &key,
+        )
+        .await;
+    assert_eq!(ids(&ok).len(), 2);
+    for flag in [
+        "include_model_access_groups",
+        "only_model_access_groups",
+        "return_wildcard_routes",
+        "include_metadata",
+        "healthy_only",
+    ] {
+        let (s, body) = app.get(&list(&format!("?{flag}=maybe")), &key).await;
+        assert_eq!(s, 422, "{flag}: {body}");
+        assert_eq!(assert_detail(&body)[0]["loc"], json!(["query", flag]));
+    }
+
+    // team_id: a team the caller is not in is a 403 whether or not it exists; admins see any
+    for t in ["t2", "no-such-team"] {
+        let (s, body) = app.get(&list(&format!("?team_id={t}")), &key).await;
+        assert_eq!(s, 403, "{t}: {body}");
+        assert_proxy_error(&body, 403, "team_model_access_denied");
+    }
+    let (_, body) = app.get(&list("?team_id=t2"), MASTER).await;
+    assert_eq!(ids(&body), ["other-model"]);
+    let (s, body) = app.get(&list("?team_id=no-such-team"), MASTER).await;
+    assert_eq!(s, 404, "{body}");
+    assert_proxy_error(&body, 404, "not_found_error");
+    let (_, body) = app
+        .get(&list("?only_model_access_groups=true"), MASTER)
+        .await;
+    assert_eq!(ids(&body), ["beta"]);
+
+    // wildcard patterns of the key's own list appear only when asked for
+    let wild = put_key(&app, Some("u1"), Some("t1"), |k| {
+        k.models = Json(vec!["fake-*".into(), "gpt-real".into()])
+    })
+    .await;
+    let (_, body) = app.get(&list(""), &wild).await;
+    assert_eq!(ids(&body), ["fake-gpt", "gpt-real"]);
+    let (_, body) = app.get(&list("?return_wildcard_routes=true"), &wild).await;
+    assert_eq!(ids(&body), ["fake-gpt", "gpt-real", "fake-*"]);
+    let (_, body) = app
+        .get(&list("?include_model_access_groups=true"), &wild)
+        .await;
+    assert_eq!(
+        ids(&body),
+        ["fake-gpt", "gpt-real"],
+        "the key does not grant beta whole"
+    );
+
+    // scope=expand: a team admin sees every configured model; a plain member does not (above)
+    put_user(&app, "boss", |_| {}).await;
+    let mut h = app.state.db.conn().await.unwrap();
+    store::members::insert(
+        &mut h,
+        &MembershipRow {
+            team_id: "t2".into(),
+            user_id: "boss".into(),
+            role: "admin".into(),
+            user_email: None,
+            spend: 0,
+            total_spend: 0,
+            budget_id: None,
+            added_at: store::now(),
+        },
+    )
+    .await
+    .unwrap();
+    drop(h);
+    let boss = put_key(&app, Some("boss"), Some("t2"), |_| {}).await;
+    let (_, body) = app.get(&list(""), &boss).await;
+    assert_eq!(ids(&body), ["other-model"]);
+    let (_, body) = app.get(&list("?scope=expand"), &boss).await;
+    assert_eq!(ids(&body).len(), 9, "{body}");
+
+    // one model: 200 for a callable one, 404 otherwise (also for names with slashes)
+    let (s, body) = app.get("/v1/models/fake-gpt", &key).await;
+    assert_eq!(s, 200, "{body}");
+    assert_eq!(
+        body,
+        json!({"id": "fake-gpt", "object": "model", "created": 1677610602, "owned_by": "openai"})
+    );
+    assert_eq!(app.get("/models/gpt-real", &key).await.0, 200);
+    for m in ["other-model", "no-such-model", "openai/fake-gpt", "%00"] {
+        let (s, body) = app.get(&format!("/v1/models/{m}"), &key).await;
+        assert_eq!(s, 404, "{m}: {body}");
+        assert_proxy_error(&body, 404, "invalid_request_error");
+    }
+    assert_eq!(app.get("/v1/models/other-model", MASTER).await.0, 200);
+    app.shutdown().await;
+}
+
 both_backends!(
+    model_list_query_flags,
     deployments_balance_within_their_rpm,
     chat_models_and_info,
     denials_never_reach_upstream,

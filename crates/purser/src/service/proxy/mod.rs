@@ -33,4 +33,4 @@ mod stream;
 
 pub use context::{CallContext, CallRequest, DEFAULT_COMPLETION_ESTIMATE, callable_models};
 pub use governance::handle;
-pub use models::{model_info, models_list};
+pub use models::{ModelListQuery, model_info, model_list, model_retrieve};
