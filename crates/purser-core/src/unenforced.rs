@@ -6,7 +6,6 @@
 
 /// `/key/generate`, `/key/update`.
 pub const KEY: &[&str] = &[
-    "soft_budget",
     "budget_id",
     "permissions",
     "config",
@@ -26,7 +25,6 @@ pub const KEY: &[&str] = &[
 /// `/team/new`, `/team/update`, `PATCH /team/{team_id}` (with the reference fields a team keeps
 /// in its metadata and Purser does not act on).
 pub const TEAM: &[&str] = &[
-    "soft_budget",
     "model_itpm_limit",
     "model_otpm_limit",
     "default_estimated_output_tokens",

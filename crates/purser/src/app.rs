@@ -43,6 +43,71 @@ pub struct Settings {
     pub ledger_limits: LedgerLimits,
     /// HTTP server timeouts (header read, body read, keep-alive idle).
     pub timeouts: Timeouts,
+    /// Where alerts go (`general_settings.alerting: [webhook]`); None = no channel.
+    pub webhook: Option<WebhookSettings>,
+    /// `alerting_args.budget_alert_ttl`: a `budget_crossed` alert of one entity is not repeated
+    /// within it (reference default 24 h).
+    pub budget_alert_ttl: Duration,
+}
+
+/// The webhook channel: its URL (never logged whole) and whether budget alerts are sent to it
+/// (`alert_types` absent or listing `budget_alerts`).
+#[derive(Debug, Clone)]
+pub struct WebhookSettings {
+    pub url: reqwest::Url,
+    pub budget_alerts: bool,
+}
+
+/// Reference default of `alerting_args.budget_alert_ttl`.
+pub const DEFAULT_BUDGET_ALERT_TTL: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// The webhook channel from the config and the `WEBHOOK_URL` environment value (passed in, so
+/// tests need not touch the process environment). `alerting: [webhook]` without a URL from
+/// either is a startup error; a URL without `webhook` in `alerting` is unused and said so.
+pub fn resolve_webhook(
+    config: &Config,
+    env_url: Option<String>,
+    config_name: &str,
+) -> anyhow::Result<Option<WebhookSettings>> {
+    let g = &config.general_settings;
+    let wanted = g.alerting.iter().flatten().any(|c| c == "webhook");
+    let from_config = g.webhook_url.clone().filter(|u| !u.is_empty());
+    let url = match (&from_config, env_url.filter(|u| !u.is_empty())) {
+        (Some(u), _) => u.clone(),
+        (None, Some(u)) => crate::config::parse_webhook_url(&u)
+            .map_err(|p| anyhow::anyhow!("WEBHOOK_URL: {p}"))?
+            .to_string(),
+        (None, None) if wanted => anyhow::bail!(
+            "config {config_name}: general_settings.alerting: 'webhook' needs a URL: set \
+             general_settings.webhook_url or WEBHOOK_URL"
+        ),
+        (None, None) => return Ok(None),
+    };
+    if !wanted {
+        if from_config.is_some() {
+            tracing::warn!(
+                "general_settings.webhook_url is set but general_settings.alerting does not list 'webhook': no alerts are sent"
+            );
+        }
+        return Ok(None);
+    }
+    let url = crate::config::parse_webhook_url(&url)
+        .map_err(|p| anyhow::anyhow!("config {config_name}: general_settings.webhook_url: {p}"))?;
+    let budget_alerts = match &g.alert_types {
+        None => true,
+        Some(types) => {
+            for t in types {
+                if !crate::config::EMITTED_ALERT_TYPES.contains(&t.as_str()) {
+                    tracing::warn!(
+                        alert_type = %t,
+                        "general_settings.alert_types: this gateway emits only budget_alerts; '{t}' is never sent"
+                    );
+                }
+            }
+            types.iter().any(|t| t == "budget_alerts")
+        }
+    };
+    Ok(Some(WebhookSettings { url, budget_alerts }))
 }
 
 impl Settings {
@@ -130,6 +195,13 @@ impl Settings {
                 }
             },
             timeouts,
+            webhook: resolve_webhook(config, std::env::var("WEBHOOK_URL").ok(), config_name)?,
+            budget_alert_ttl: g
+                .alerting_args
+                .as_ref()
+                .and_then(|a| a.budget_alert_ttl)
+                .map(Duration::from_secs_f64)
+                .unwrap_or(DEFAULT_BUDGET_ALERT_TTL),
         })
     }
 }
@@ -152,6 +224,8 @@ pub struct Inner {
     pub ledger: Arc<Ledger>,
     /// Per-model budget windows (`model_max_budget`).
     pub model_budgets: Arc<crate::service::model_budget::ModelBudgets>,
+    /// Budget alerts: soft-budget crossings and budget-exceeded refusals, and the webhook queue.
+    pub alerts: Arc<crate::service::alerts::Alerts>,
     /// The clock of rate-limit windows, ledger idle eviction and budget resets.
     pub clock: SharedClock,
     pub shutdown: CancellationToken,
@@ -200,6 +274,8 @@ impl Gateway {
         let gates = Gates::from_routes(&routes);
         let openapi = api::openapi::document(&routes);
         let ledger = Arc::new(Ledger::new(settings.ledger_limits, clock.clone()));
+        let (settings_webhook, budget_alert_ttl) =
+            (settings.webhook.clone(), settings.budget_alert_ttl);
         let state = AppState(Arc::new(Inner {
             config,
             settings,
@@ -214,6 +290,11 @@ impl Gateway {
                 clock.clone(),
             )),
             ledger,
+            alerts: Arc::new(crate::service::alerts::Alerts::new(
+                settings_webhook,
+                budget_alert_ttl,
+                clock.clone(),
+            )),
             clock,
             shutdown: CancellationToken::new(),
         }));

@@ -1,7 +1,9 @@
 //! The LiteLLM-compatible `config.yaml`: `model_list`, `general_settings`, `litellm_settings`,
 //! `router_settings`. Values written `os.environ/NAME` are read from the environment before
-//! typing. Unknown keys are kept and logged as ignored, never fatal. Invariant: a `Config` that
-//! exists has passed [`Config::validate`]; the gateway never starts half-configured.
+//! typing. Unknown keys are kept and logged as ignored, never fatal — except an alerting channel
+//! Purser does not deliver to (`general_settings.alerting: [slack]`), which is refused. Invariant:
+//! a `Config` that exists has passed [`Config::validate`]; the gateway never starts
+//! half-configured.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -110,6 +112,31 @@ pub struct GeneralSettings {
     pub http_body_read_timeout: Option<f64>,
     /// Seconds an idle kept-alive connection stays open (default 75).
     pub http_keepalive_timeout: Option<f64>,
+    /// Alert channels. Purser implements `webhook` only; any other channel is a config error
+    /// (an operator who asked for Slack must not believe alerts reach Slack).
+    pub alerting: Option<Vec<String>>,
+    /// Alert types to send (reference: absent = all). Budget alerts go out only when this is
+    /// absent or lists `budget_alerts`.
+    pub alert_types: Option<Vec<String>>,
+    pub alerting_args: Option<AlertingArgs>,
+    /// Purser: the webhook's URL (the reference reads only `WEBHOOK_URL`, which still applies
+    /// when this is absent). May be `os.environ/NAME`.
+    pub webhook_url: Option<String>,
+    #[serde(flatten)]
+    pub extra: BTreeMap<String, Value>,
+}
+
+/// Alerting channels Purser can deliver to.
+pub const ALERTING_CHANNELS: &[&str] = &["webhook"];
+
+/// Alert types Purser emits (the reference's names).
+pub const EMITTED_ALERT_TYPES: &[&str] = &["budget_alerts"];
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct AlertingArgs {
+    /// Seconds a `budget_crossed` alert of one entity is not repeated (reference default 24 h).
+    pub budget_alert_ttl: Option<f64>,
     #[serde(flatten)]
     pub extra: BTreeMap<String, Value>,
 }
@@ -310,6 +337,7 @@ impl Config {
                 return Err((k.into(), "must be at least 1".into()));
             }
         }
+        validate_alerting(g)?;
         if let (Some(min), Some(max)) = (
             g.proxy_budget_rescheduler_min_time,
             g.proxy_budget_rescheduler_max_time,
@@ -355,6 +383,9 @@ impl Config {
         add("general_settings", &self.general_settings.extra);
         add("litellm_settings", &self.litellm_settings.extra);
         add("router_settings", &self.router_settings.extra);
+        if let Some(a) = &self.general_settings.alerting_args {
+            add("general_settings.alerting_args", &a.extra);
+        }
         if let Some(p) = &self.litellm_settings.default_internal_user_params {
             add("litellm_settings.default_internal_user_params", &p.extra);
         }
@@ -392,6 +423,48 @@ impl Config {
             Some(p) => format!("redis://:{p}@{host}:{port}"),
             None => format!("redis://{host}:{port}"),
         })
+    }
+}
+
+/// `alerting` names only channels Purser delivers to, `alerting_args` values are usable and a
+/// configured `webhook_url` is an http(s) URL. (Whether a webhook has a URL at all depends on
+/// the environment too: `app::Settings::resolve` checks that.)
+fn validate_alerting(g: &GeneralSettings) -> Result<(), (String, String)> {
+    for (i, channel) in g.alerting.iter().flatten().enumerate() {
+        if !ALERTING_CHANNELS.contains(&channel.as_str()) {
+            return Err((
+                format!("general_settings.alerting[{i}]"),
+                format!(
+                    "'{channel}' is not an alerting channel this gateway delivers to (supported: {}); \
+                     remove it rather than expect alerts there",
+                    ALERTING_CHANNELS.join(", ")
+                ),
+            ));
+        }
+    }
+    if let Some(ttl) = g.alerting_args.as_ref().and_then(|a| a.budget_alert_ttl)
+        && !(ttl.is_finite() && ttl > 0.0)
+    {
+        return Err((
+            "general_settings.alerting_args.budget_alert_ttl".into(),
+            format!("must be a positive number of seconds, got {ttl}"),
+        ));
+    }
+    if let Some(url) = &g.webhook_url {
+        parse_webhook_url(url).map_err(|p| ("general_settings.webhook_url".into(), p))?;
+    }
+    Ok(())
+}
+
+/// An http(s) webhook URL, or why not. The problem never repeats the URL (it may carry a token).
+pub fn parse_webhook_url(url: &str) -> Result<reqwest::Url, String> {
+    match reqwest::Url::parse(url) {
+        Ok(u) if (u.scheme() == "http" || u.scheme() == "https") && u.host().is_some() => Ok(u),
+        Ok(u) => Err(format!(
+            "must be an http:// or https:// URL with a host, got scheme '{}'",
+            u.scheme()
+        )),
+        Err(e) => Err(format!("is not a valid URL: {e}")),
     }
 }
 
@@ -455,7 +528,10 @@ model_list:
 general_settings:
   master_key: sk-1234
   proxy_batch_write_at: 1
-  alerting: [slack]
+  alerting: [webhook]
+  alerting_args:
+    budget_alert_ttl: 60
+    daily_report_frequency: 3600
 litellm_settings:
   budget_exceeded_status_code: 400
   default_internal_user_params:
@@ -467,7 +543,10 @@ litellm_settings:
         assert_eq!(c.available_teams(), ["t1".to_string()]);
         assert_eq!(c.budget_exceeded_status(), 400);
         let ignored = c.ignored_keys();
-        assert!(ignored.contains(&"general_settings.alerting".to_string()));
+        assert!(!ignored.iter().any(|k| k == "general_settings.alerting"));
+        assert!(
+            ignored.contains(&"general_settings.alerting_args.daily_report_frequency".to_string())
+        );
         assert!(ignored.contains(&"litellm_settings.drop_params".to_string()));
     }
 
@@ -482,6 +561,52 @@ litellm_settings:
             assert!(e.key.contains(key), "{e}");
             assert!(Config::parse(&format!("general_settings:\n  {key}: 5\n"), "c.yaml").is_ok());
         }
+    }
+
+    #[test]
+    fn alerting_refuses_what_it_cannot_deliver() {
+        for (yaml, key, says) in [
+            (
+                "alerting: [slack]",
+                "general_settings.alerting[0]",
+                "'slack'",
+            ),
+            (
+                "alerting: [webhook, email]",
+                "general_settings.alerting[1]",
+                "'email'",
+            ),
+            ("alerting: webhook", "general_settings.alerting", ""),
+            (
+                "alerting_args:\n    budget_alert_ttl: -5",
+                "general_settings.alerting_args.budget_alert_ttl",
+                "positive",
+            ),
+            (
+                "webhook_url: ftp://hooks.example.com/x",
+                "general_settings.webhook_url",
+                "http",
+            ),
+            (
+                "webhook_url: not a url",
+                "general_settings.webhook_url",
+                "valid URL",
+            ),
+        ] {
+            let e = Config::parse(&format!("general_settings:\n  {yaml}\n"), "c.yaml").unwrap_err();
+            assert_eq!(e.key, key, "{yaml}: {e}");
+            assert!(e.problem.contains(says), "{yaml}: {e}");
+        }
+        let c = Config::parse(
+            "general_settings:\n  alerting: [webhook]\n  webhook_url: https://h.example.com/hook?token=s3cret\n",
+            "c.yaml",
+        )
+        .unwrap();
+        assert_eq!(
+            c.general_settings.alerting,
+            Some(vec!["webhook".to_string()])
+        );
+        assert!(Config::parse("general_settings:\n  alerting: []\n", "c.yaml").is_ok());
     }
 
     #[test]

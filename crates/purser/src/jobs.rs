@@ -1,5 +1,5 @@
-//! Background jobs started with the server: the spend writer (`service::spend::run_writer`)
-//! and the budget reset loop (`service::resets`). Invariants: the writer outlives the server —
+//! Background jobs started with the server: the spend writer (`service::spend::run_writer`),
+//! the budget reset loop (`service::resets`) and the webhook sender (`service::alerts`). Invariants: the writer outlives the server —
 //! [`Jobs::finish`] is called once the server has stopped accepting and its connections have
 //! finished, and only then does the writer do its final drain; and the writer never runs on a
 //! request worker — it has its own thread, below request handling's priority.
@@ -20,6 +20,9 @@ pub fn spawn(state: AppState) -> Jobs {
     let server_stopped = CancellationToken::new();
     let mut tasks = vec![spawn_writer(state.clone(), server_stopped.clone())];
     if let Some(t) = crate::service::resets::spawn(state.clone()) {
+        tasks.push(t);
+    }
+    if let Some(t) = crate::service::alerts::spawn_sender(&state, server_stopped.clone()) {
         tasks.push(t);
     }
     tasks.push(crate::limiter::spawn_sweeper(state));

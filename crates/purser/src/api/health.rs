@@ -51,6 +51,7 @@ pub async fn health_readiness(State(state): State<AppState>) -> impl IntoRespons
         "litellm_version": env!("CARGO_PKG_VERSION"),
         "success_callbacks": [],
         "spend_writer": state.ledger.snapshot(),
+        "alerting": state.alerts.snapshot(),
     });
     let status = if db_ok {
         StatusCode::OK

@@ -592,6 +592,7 @@ pub async fn generate_tx(
         updated_by: Some(by),
         tpd_limit,
         budget_limits,
+        soft_budget_cooldown: false,
     };
     store::keys::insert(h, &row).await.map_err(|e| {
         if store::is_unique_violation(&e) {

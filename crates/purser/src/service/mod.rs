@@ -1,6 +1,7 @@
 //! Use cases: authorization decisions, management writes in one transaction with their audit
 //! row, and cache eviction before the answer. Handlers call these; these call `store`.
 
+pub mod alerts;
 pub mod audit;
 pub mod auth;
 pub mod cache;

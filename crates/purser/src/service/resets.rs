@@ -16,6 +16,8 @@
 //!   UPDATE): the ledger is told after the change committed, costs settled meanwhile stay in the
 //!   new period, and the cache is evicted after that, so no request re-reads the old spend.
 //! - "Now" comes from the injected clock (`AppState::clock`): tests advance it.
+//! - A key's or team's reset also clears its `soft_budget_cooldown` (in the same UPDATE), so the
+//!   new period's soft-budget crossing is recorded and alerted again (`service::alerts`).
 //!
 //! Timeliness: LiteLLM runs its reset job every `proxy_budget_rescheduler_min_time`…`max_time`
 //! seconds (597–605 s by default), so a team over budget stays blocked up to ~10 minutes after its
@@ -127,11 +129,12 @@ impl Table {
         }
     }
 
-    /// The compare-and-set reset: `$1` next, `$2` id, `$3` old reset instant, `$4` duration.
+    /// The compare-and-set reset: `$1` next, `$2` id, `$3` old reset instant, `$4` duration. Keys
+    /// and teams also clear `soft_budget_cooldown`: the new period may cross its soft budget again.
     fn cas_reset(self) -> &'static str {
         match self {
             Table::Keys => {
-                "UPDATE verification_tokens SET spend = 0, budget_reset_at = $1 \
+                "UPDATE verification_tokens SET spend = 0, budget_reset_at = $1, soft_budget_cooldown = FALSE \
                  WHERE token = $2 AND budget_reset_at = $3 AND budget_duration = $4"
             }
             Table::Users => {
@@ -139,7 +142,7 @@ impl Table {
                  WHERE user_id = $2 AND budget_reset_at = $3 AND budget_duration = $4"
             }
             Table::Teams => {
-                "UPDATE teams SET spend = 0, budget_reset_at = $1 \
+                "UPDATE teams SET spend = 0, budget_reset_at = $1, soft_budget_cooldown = FALSE \
                  WHERE team_id = $2 AND budget_reset_at = $3 AND budget_duration = $4"
             }
             // The budget row only advances; the spend lives on the memberships (MEMBERS_RESET).

@@ -264,7 +264,7 @@ impl<'a> KeyView<'a> {
         KeyView {
             key_name: &k.key_name,
             key_alias: &k.key_alias,
-            soft_budget_cooldown: false,
+            soft_budget_cooldown: k.soft_budget_cooldown,
             spend: dollars(k.spend),
             total_spend: dollars(k.spend),
             expires: k.expires.map(Ts),

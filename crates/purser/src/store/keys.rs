@@ -46,11 +46,24 @@ pub struct KeyRow {
     pub tpd_limit: Option<i64>,
     /// `budget_limits`: extra budget windows (migration 0006).
     pub budget_limits: Option<Json<Value>>,
+    /// Set once per budget period when the spend reaches `soft_budget` (migration 0005). Read
+    /// only: it is written by [`claim_soft_budget_cooldown`] and the reset job, never by the
+    /// full-row INSERT/UPDATE, so a management write cannot clear a crossing it did not see.
+    #[sqlx(default)]
+    pub soft_budget_cooldown: bool,
 }
 
-/// Column list shared by every SELECT of keys.
+/// Column list of every SELECT of keys: the written columns plus `soft_budget_cooldown`.
 #[macro_export]
 macro_rules! key_columns {
+    () => {
+        concat!($crate::key_write_columns!(), ", soft_budget_cooldown")
+    };
+}
+
+/// Columns the full-row INSERT writes (everything but `soft_budget_cooldown`).
+#[macro_export]
+macro_rules! key_write_columns {
     () => {
         "token, key_name, key_alias, spend, expires, models, aliases, config, permissions, metadata, user_id, team_id, \
          organization_id, budget_id, max_parallel_requests, tpm_limit, rpm_limit, max_budget, soft_budget, budget_duration, \
@@ -77,7 +90,7 @@ const SELECT_BY_USER: &str = concat!(
 
 const INSERT: &str = concat!(
     "INSERT INTO verification_tokens (",
-    key_columns!(),
+    key_write_columns!(),
     ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, \
      $24, $25, $26, $27, $28, $29, $30, $31, $32, $33, $34)"
 );
@@ -91,6 +104,8 @@ const UPDATE: &str = "UPDATE verification_tokens SET token = $1, key_name = $2, 
      last_rotation_at = $28, created_at = $29, created_by = $30, updated_at = $31, updated_by = $32, tpd_limit = $33, budget_limits = $34 WHERE token = $35";
 
 const DELETE: &str = "DELETE FROM verification_tokens WHERE token = $1";
+const CLAIM_SOFT_BUDGET_COOLDOWN: &str = "UPDATE verification_tokens SET soft_budget_cooldown = TRUE \
+     WHERE token = $1 AND soft_budget_cooldown = FALSE";
 const DELETE_BY_TEAM: &str = "DELETE FROM verification_tokens WHERE team_id = $1 RETURNING token";
 const DELETE_BY_TEAM_AND_USER: &str =
     "DELETE FROM verification_tokens WHERE team_id = $1 AND user_id = $2 RETURNING token";
@@ -98,6 +113,12 @@ const DELETE_BY_USER: &str = "DELETE FROM verification_tokens WHERE user_id = $1
 
 pub async fn get(h: &mut Handle, token: &str) -> Result<Option<KeyRow>> {
     on_conn!(h, c => sqlx::query_as::<_, KeyRow>(SELECT_BY_TOKEN).bind(token).fetch_optional(c).await)
+}
+
+/// Compare-and-set of the key's soft-budget cooldown: true for exactly one caller per period,
+/// whatever the number of instances sharing the database.
+pub async fn claim_soft_budget_cooldown(h: &mut Handle, token: &str) -> Result<bool> {
+    on_conn!(h, c => sqlx::query(CLAIM_SOFT_BUDGET_COOLDOWN).bind(token).execute(c).await.map(|r| r.rows_affected() == 1))
 }
 
 pub async fn list_by_team(h: &mut Handle, team_id: &str) -> Result<Vec<KeyRow>> {
@@ -271,6 +292,7 @@ impl KeyRow {
             updated_by: None,
             tpd_limit: None,
             budget_limits: None,
+            soft_budget_cooldown: false,
         }
     }
 }

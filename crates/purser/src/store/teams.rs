@@ -36,11 +36,23 @@ pub struct TeamRow {
     pub model_id: Option<i64>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// Set once per budget period when the spend reaches `soft_budget` (migration 0005); read
+    /// only here, written by [`claim_soft_budget_cooldown`] and the reset job.
+    #[sqlx(default)]
+    pub soft_budget_cooldown: bool,
 }
 
-/// Column list shared by every SELECT of teams.
+/// Column list of every SELECT of teams: the written columns plus `soft_budget_cooldown`.
 #[macro_export]
 macro_rules! team_columns {
+    () => {
+        concat!($crate::team_write_columns!(), ", soft_budget_cooldown")
+    };
+}
+
+/// Columns the full-row INSERT writes (everything but `soft_budget_cooldown`).
+#[macro_export]
+macro_rules! team_write_columns {
     () => {
         "team_id, team_alias, organization_id, metadata, max_budget, soft_budget, spend, models, max_parallel_requests, \
          tpm_limit, rpm_limit, tpd_limit, budget_duration, budget_reset_at, blocked, model_spend, model_max_budget, \
@@ -52,7 +64,7 @@ macro_rules! team_columns {
 const SELECT_BY_ID: &str = concat!("SELECT ", team_columns!(), " FROM teams WHERE team_id = $1");
 const INSERT: &str = concat!(
     "INSERT INTO teams (",
-    team_columns!(),
+    team_write_columns!(),
     ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, \
      $24, $25, $26)"
 );
@@ -63,6 +75,8 @@ const UPDATE: &str = "UPDATE teams SET team_alias = $2, organization_id = $3, me
      policies = $21, default_team_member_models = $22, budget_limits = $23, model_id = $24, created_at = $25, \
      updated_at = $26 WHERE team_id = $1";
 const DELETE: &str = "DELETE FROM teams WHERE team_id = $1";
+const CLAIM_SOFT_BUDGET_COOLDOWN: &str = "UPDATE teams SET soft_budget_cooldown = TRUE \
+     WHERE team_id = $1 AND soft_budget_cooldown = FALSE";
 /// PostgreSQL row lock that serialises roster changes of one team (SQLite: the write lock does).
 const LOCK_PG: &str = "SELECT team_id FROM teams WHERE team_id = $1 FOR UPDATE";
 const EXISTS: &str = "SELECT team_id FROM teams WHERE team_id = $1";
@@ -115,6 +129,12 @@ pub async fn insert(h: &mut Handle, t: &TeamRow) -> Result<()> {
 
 pub async fn update(h: &mut Handle, t: &TeamRow) -> Result<bool> {
     on_conn!(h, c => bind_all!(sqlx::query(UPDATE), t).execute(c).await.map(|r| r.rows_affected() > 0))
+}
+
+/// Compare-and-set of the team's soft-budget cooldown: true for exactly one caller per period,
+/// whatever the number of instances sharing the database.
+pub async fn claim_soft_budget_cooldown(h: &mut Handle, team_id: &str) -> Result<bool> {
+    on_conn!(h, c => sqlx::query(CLAIM_SOFT_BUDGET_COOLDOWN).bind(team_id).execute(c).await.map(|r| r.rows_affected() == 1))
 }
 
 pub async fn delete(h: &mut Handle, team_id: &str) -> Result<bool> {
@@ -528,6 +548,7 @@ impl TeamRow {
             model_id: None,
             created_at: now,
             updated_at: now,
+            soft_budget_cooldown: false,
         }
     }
 }

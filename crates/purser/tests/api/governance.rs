@@ -646,8 +646,8 @@ async fn unenforced_fields_are_refused(b: Backend) {
         ),
         (
             "/key/generate",
-            json!({"soft_budget": 1}),
-            "soft_budget",
+            json!({"budget_id": "b1"}),
+            "budget_id",
             "bad_request_error",
         ),
         (
@@ -658,8 +658,8 @@ async fn unenforced_fields_are_refused(b: Backend) {
         ),
         (
             "/team/new",
-            json!({"team_id": "t2", "soft_budget": 1}),
-            "soft_budget",
+            json!({"team_id": "t2", "mcp_rpm_limit": 5}),
+            "mcp_rpm_limit",
             "internal_server_error",
         ),
         (

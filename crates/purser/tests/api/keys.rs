@@ -75,6 +75,8 @@ async fn key_generate_hostile_input(b: Backend) {
     for (bad, status, needle) in [
         (json!({"max_budget": -1}), 400, "max_budget"),
         (json!({"soft_budget": 1e300}), 400, "soft_budget"),
+        (json!({"soft_budget": -0.01}), 400, "soft_budget"),
+        (json!({"soft_budget": "lots"}), 422, "soft_budget"),
         (json!({"tpm_limit": -1}), 400, "tpm_limit"),
         (
             json!({"max_parallel_requests": -3}),

@@ -4,6 +4,7 @@
 mod helpers;
 mod mock_upstream;
 
+mod alerts;
 mod audit;
 mod cli;
 mod durability;

@@ -52,6 +52,7 @@ fn team_row(team_id: &str) -> TeamRow {
         model_id: None,
         created_at: now,
         updated_at: now,
+        soft_budget_cooldown: false,
     }
 }
 

@@ -181,7 +181,7 @@ async fn team_new_happy_and_validation(b: Backend) {
         (
             json!({"team_id": "x1", "soft_budget": -0.5}),
             400,
-            "soft_budget is not enforced by this gateway yet",
+            "soft_budget must be a non-negative finite number. Received: -0.5",
         ),
         (
             json!({"team_id": "x1", "team_member_budget": -3}),
@@ -211,7 +211,7 @@ async fn team_new_happy_and_validation(b: Backend) {
         (
             json!({"team_id": "x1", "max_budget": 10, "soft_budget": 10}),
             400,
-            "soft_budget is not enforced by this gateway yet",
+            "soft_budget (10.0) must be strictly lower than max_budget (10.0)",
         ),
         (json!({"team_id": "litellm-dashboard"}), 400, "reserved"),
         (
@@ -420,7 +420,11 @@ async fn team_update_semantics(b: Backend) {
         )
         .await;
     assert_eq!(s, 400);
-    assert!(wrapped_msg(&e, 400).contains("soft_budget is not enforced by this gateway yet"));
+    assert!(
+        wrapped_msg(&e, 400)
+            .contains("soft_budget (50.0) must be strictly lower than max_budget (10.0)"),
+        "{e}"
+    );
     let (s, _) = app
         .post(
             "/team/update",

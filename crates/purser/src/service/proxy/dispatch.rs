@@ -1,6 +1,7 @@
 //! Calling the deployment and settling the call (`Meter`): non-streaming answers are read as
 //! they arrive and billed even when the upstream breaks mid-body or answers something that is
-//! not JSON. Invariant: every admitted call settles exactly once.
+//! not JSON. Invariant: every admitted call settles exactly once, and the soft budgets of its
+//! key and team are looked at right after (`service::alerts`).
 
 use std::sync::Arc;
 
@@ -18,6 +19,7 @@ use super::stream::{StreamMeter, pump_stream};
 use crate::app::AppState;
 use crate::error::Error;
 use crate::limiter::RateLimit;
+use crate::service::alerts::{Alerts, SoftBudgetWatch};
 use crate::service::model_budget::ModelReservation;
 use crate::service::spend::Reservation;
 use crate::store::spend::SpendLogRow;
@@ -35,6 +37,8 @@ pub(super) struct Meter {
     pub(super) limits: Vec<RateLimit>,
     pub(super) prompt_estimate: u64,
     pub(super) log: SpendLogRow,
+    /// Soft budgets of the key and team, looked at once the cost is booked.
+    pub(super) soft_budgets: Vec<SoftBudgetWatch>,
 }
 
 /// The call's parallel slots are freed when its meter goes, however the call ended: answered,
@@ -70,6 +74,9 @@ impl Meter {
         log.end_time = crate::store::now();
         log.status = status.to_string();
         res.settle(cost.0, log);
+        if !self.soft_budgets.is_empty() {
+            Alerts::after_settle(&self.state, std::mem::take(&mut self.soft_budgets));
+        }
     }
 }
 

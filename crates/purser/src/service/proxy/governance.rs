@@ -14,6 +14,7 @@ use super::dispatch::{Meter, dispatch};
 use crate::app::AppState;
 use crate::error::Error;
 use crate::limiter::{LimitKind, RateDenied, RateLimit};
+use crate::service::alerts::{SoftBudgetWatch, WebhookEvent};
 use crate::service::caller::Caller;
 use crate::service::model_budget::{ModelBudgetCheck, resolve};
 use crate::service::spend::{BudgetCheck, OverBudget, SpendScope};
@@ -27,6 +28,98 @@ pub(super) fn usd(n: i64) -> String {
         Some((m, e)) if e.len() == 1 => format!("{m}e-0{e}"),
         _ => s,
     }
+}
+
+/// A `budget_exceeded` refusal: alerts (`budget_crossed`, deduplicated per entity for the
+/// alert TTL) and returns the error.
+pub(super) fn over_budget(state: &AppState, ctx: &CallContext, o: &OverBudget) -> Error {
+    let (group, prefix, id) = match &o.scope {
+        SpendScope::Key(t) => ("key", "Key Budget: ", t.clone()),
+        SpendScope::Team(t) => ("team", "Team Budget: ", t.clone()),
+        SpendScope::Member { team_id, user_id } => (
+            "team_member",
+            "Team Member Budget: ",
+            format!("{team_id}:{user_id}"),
+        ),
+        SpendScope::User(u) => ("user", "User Budget: ", u.clone()),
+    };
+    let soft_budget = match &o.scope {
+        SpendScope::Key(_) => ctx.key.as_ref().and_then(|k| k.soft_budget),
+        SpendScope::Team(_) => ctx.team.as_ref().and_then(|t| t.team.soft_budget),
+        _ => None,
+    };
+    let event = WebhookEvent {
+        spend: Nanos(o.spend).to_usd(),
+        max_budget: Some(Nanos(o.max).to_usd()),
+        soft_budget: soft_budget.map(|n| Nanos(n).to_usd()),
+        event: "budget_crossed",
+        event_group: group,
+        event_message: format!("{prefix}Budget Crossed\n Total Budget:`{}`", usd(o.max)),
+        ..call_info(ctx)
+    };
+    state.alerts.budget_exceeded(&id, event);
+    budget_error(state, ctx, o)
+}
+
+/// The reference's `CallInfo` of the calling key: who the event is about.
+fn call_info(ctx: &CallContext) -> WebhookEvent {
+    let key = ctx.key.as_deref();
+    WebhookEvent {
+        token: key.map(|k| k.token.clone()),
+        user_id: key.and_then(|k| k.user_id.clone()),
+        team_id: key.and_then(|k| k.team_id.clone()),
+        team_alias: ctx.team.as_ref().and_then(|t| t.team.team_alias.clone()),
+        user_email: ctx.user.as_ref().and_then(|u| u.user_email.clone()),
+        key_alias: key.and_then(|k| k.key_alias.clone()),
+        organization_id: key.and_then(|k| k.organization_id.clone()),
+        ..Default::default()
+    }
+}
+
+/// The soft budgets of the caller's key and team, checked once the call has settled.
+fn soft_budget_watches(ctx: &CallContext) -> Vec<SoftBudgetWatch> {
+    let mut out = Vec::new();
+    let Some(k) = &ctx.key else {
+        return out;
+    };
+    let message = |soft: i64| format!("Soft Budget Crossed: Total Soft Budget:`{}`", usd(soft));
+    if let Some(soft) = k.soft_budget {
+        out.push(SoftBudgetWatch {
+            scope: SpendScope::Key(k.token.clone()),
+            soft,
+            cooldown: k.soft_budget_cooldown,
+            period: k.budget_reset_at.map(|t| t.timestamp()),
+            event: WebhookEvent {
+                max_budget: k.max_budget.map(|n| Nanos(n).to_usd()),
+                soft_budget: Some(Nanos(soft).to_usd()),
+                event: "soft_budget_crossed",
+                event_group: "key",
+                event_message: message(soft),
+                ..call_info(ctx)
+            },
+            key: Some(k.clone()),
+        });
+    }
+    if let Some(t) = &ctx.team
+        && let Some(soft) = t.team.soft_budget
+    {
+        out.push(SoftBudgetWatch {
+            scope: SpendScope::Team(t.team.team_id.clone()),
+            soft,
+            cooldown: t.team.soft_budget_cooldown,
+            period: t.team.budget_reset_at.map(|t| t.timestamp()),
+            event: WebhookEvent {
+                max_budget: t.team.max_budget.map(|n| Nanos(n).to_usd()),
+                soft_budget: Some(Nanos(soft).to_usd()),
+                event: "soft_budget_crossed",
+                event_group: "team",
+                event_message: message(soft),
+                ..call_info(ctx)
+            },
+            key: Some(k.clone()),
+        });
+    }
+    out
 }
 
 pub(super) fn budget_error(state: &AppState, ctx: &CallContext, o: &OverBudget) -> Error {
@@ -169,7 +262,7 @@ pub async fn handle(state: AppState, caller: Caller, req: CallRequest) -> Result
 
     // 6 + 8. member and key budgets
     if !free && let Some(o) = state.ledger.first_exhausted(&first) {
-        return Err(budget_error(&state, &ctx, &o));
+        return Err(over_budget(&state, &ctx, &o));
     }
     // 9.1 team blocked
     if let Some(t) = &ctx.team
@@ -187,7 +280,7 @@ pub async fn handle(state: AppState, caller: Caller, req: CallRequest) -> Result
     }
     // 9.6 team and user budgets
     if !free && let Some(o) = state.ledger.first_exhausted(&later) {
-        return Err(budget_error(&state, &ctx, &o));
+        return Err(over_budget(&state, &ctx, &o));
     }
     // 10. reservation (atomic across every scope)
     let estimate = cost_of(req.prompt_tokens, req.max_completion, in_price, out_price).0;
@@ -195,7 +288,7 @@ pub async fn handle(state: AppState, caller: Caller, req: CallRequest) -> Result
     let reservation = state
         .ledger
         .reserve(&all, estimate, !free)
-        .map_err(|o| budget_error(&state, &ctx, &o))?;
+        .map_err(|o| over_budget(&state, &ctx, &o))?;
     // 10b. per-model budgets, reserved the same way
     let model_reservation = if free {
         None
@@ -265,6 +358,7 @@ pub async fn handle(state: AppState, caller: Caller, req: CallRequest) -> Result
     };
     let meter = Meter {
         state: state.clone(),
+        soft_budgets: soft_budget_watches(&ctx),
         reservation: Some(reservation),
         model_reservation,
         slot,

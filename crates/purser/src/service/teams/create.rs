@@ -220,6 +220,7 @@ pub async fn new_team(
         model_id: model_table.as_ref().map(|m| m.id),
         created_at: now,
         updated_at: now,
+        soft_budget_cooldown: false,
     };
     store::teams::insert(&mut h, &team).await.map_err(|e| {
         if store::is_unique_violation(&e) {
