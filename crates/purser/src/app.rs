@@ -403,4 +403,41 @@ mod tests {
         .unwrap_err();
         assert!(e.to_string().contains("http_keepalive_timeout"), "{e}");
     }
+
+    /// `alerting: [webhook]` needs a URL (config first, then `WEBHOOK_URL`); a bad one is refused
+    /// without echoing it; `alert_types` without `budget_alerts` turns budget alerts off.
+    #[test]
+    fn webhook_resolution() {
+        let parse = |y: &str| Config::parse(y, "t.yaml").unwrap();
+        let wanted = parse("general_settings:\n  alerting: [webhook]\n");
+        let e = resolve_webhook(&wanted, None, "t.yaml").unwrap_err();
+        assert!(e.to_string().contains("needs a URL"), "{e}");
+        let w = resolve_webhook(&wanted, Some("https://env.example.com/h/tok".into()), "t")
+            .unwrap()
+            .unwrap();
+        assert_eq!(w.url.host_str(), Some("env.example.com"));
+        assert!(w.budget_alerts);
+        let e = resolve_webhook(&wanted, Some("gopher://x/s3cret".into()), "t").unwrap_err();
+        assert!(e.to_string().contains("WEBHOOK_URL"), "{e}");
+        assert!(!e.to_string().contains("s3cret"), "{e}");
+        let both = parse(
+            "general_settings:\n  alerting: [webhook]\n  webhook_url: https://conf.example.com/h\n  alert_types: [llm_exceptions]\n",
+        );
+        let w = resolve_webhook(&both, Some("https://env.example.com/h".into()), "t")
+            .unwrap()
+            .unwrap();
+        assert_eq!(w.url.host_str(), Some("conf.example.com"), "config wins");
+        assert!(!w.budget_alerts);
+        let unused = parse("general_settings:\n  webhook_url: https://conf.example.com/h\n");
+        assert!(resolve_webhook(&unused, None, "t").unwrap().is_none());
+        assert!(
+            resolve_webhook(
+                &Config::default(),
+                Some("https://e.example.com".into()),
+                "t"
+            )
+            .unwrap()
+            .is_none()
+        );
+    }
 }
