@@ -108,6 +108,11 @@ async fn key_generate_hostile_input(b: Backend) {
         assert_eq!(s.as_u16(), status, "{bad} → {body}");
         assert!(body.to_string().contains(needle), "{bad} → {body}");
     }
+    // NaN is not JSON (a Python client may still send it): refused before anything is stored.
+    let (s, body) = app
+        .post_raw("/key/generate", MASTER, "{\"soft_budget\": NaN}")
+        .await;
+    assert_eq!(s, 422, "{body}");
     let (s, body) = app
         .post_raw("/key/generate", MASTER, "{\"key_alias\": ")
         .await;
