@@ -175,36 +175,44 @@ where
         F: Fn() -> Fut,
         Fut: Future<Output = store::Result<Option<Arc<T>>>>,
     {
-        for _ in 0..ATTEMPTS {
-            let filled = self
-                .map
-                .try_get_with_by_ref(key, async {
-                    let epoch = epochs.epoch.load(SeqCst);
-                    let value = read().await?;
-                    #[cfg(test)]
-                    {
-                        let hook = self.before_insert.lock().unwrap().take();
-                        if let Some(h) = hook {
-                            h.await;
-                        }
-                    }
-                    Ok::<_, sqlx::Error>(Filled { epoch, value })
-                })
-                .await
-                .map_err(unshare)?;
-            let newest = self
-                .stripes
+        let newest = || {
+            self.stripes
                 .newest(key)
                 .max(epochs.cleared.load(SeqCst))
-                .max(floor());
-            if filled.epoch >= newest {
+                .max(floor())
+        };
+        for _ in 0..ATTEMPTS {
+            // A hit takes moka's small `get` future; the shared load (`try_get_with`, whose
+            // future holds the whole read) is boxed, so it is neither built nor copied through
+            // every enclosing future on the hot path. Same rule as below: never older than the
+            // watermark read after it.
+            if let Some(hit) = self.map.get(key).await
+                && hit.epoch >= newest()
+            {
+                return Ok(hit.value);
+            }
+            let filled = Box::pin(self.map.try_get_with_by_ref(key, async {
+                let epoch = epochs.epoch.load(SeqCst);
+                let value = read().await?;
+                #[cfg(test)]
+                {
+                    let hook = self.before_insert.lock().unwrap().take();
+                    if let Some(h) = hook {
+                        h.await;
+                    }
+                }
+                Ok::<_, sqlx::Error>(Filled { epoch, value })
+            }))
+            .await
+            .map_err(unshare)?;
+            if filled.epoch >= newest() {
                 return Ok(filled.value);
             }
             // Read before an eviction of this key: drop it (whoever put it there) and load again.
             self.map.invalidate(key).await;
         }
         // Evictions keep racing with the fills. A read that begins now is fresh for this caller.
-        read().await
+        Box::pin(read()).await
     }
 
     /// After a write committed: no value read before this call is returned from now on.

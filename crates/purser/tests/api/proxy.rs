@@ -1513,3 +1513,46 @@ both_backends!(
     budget_reset_hook,
     shutdown_under_load_loses_nothing,
 );
+
+/// Every layer above a handler (axum, tower, the auth middleware) moves its future into a box,
+/// copying it whole; a database read left inline in the request path's future made it 15.8 KB
+/// in release builds and cost a third of the gateway's instructions per call in memcpy
+/// (callgrind, bench/reports/process.md). Cold paths are boxed; this keeps them so.
+#[tokio::test]
+async fn request_path_futures_stay_small() {
+    use purser::service::caller::Caller;
+    use purser::service::proxy::{CallContext, CallRequest, handle};
+    use purser::upstream::CallKind;
+    let app = TestApp::spawn(Backend::Sqlite).await;
+    let master = Caller::master();
+    let req = CallRequest::parse(
+        CallKind::Chat,
+        br#"{"model":"fake-gpt","messages":[{"role":"user","content":"hi"}]}"#,
+    )
+    .unwrap();
+    let sizes = [
+        (
+            "cache.key",
+            size_of_val(&app.state.cache.key(&app.state.db, "x")),
+        ),
+        (
+            "auth::resolve",
+            size_of_val(&purser::service::auth::resolve(&app.state, "sk-x")),
+        ),
+        (
+            "CallContext::load",
+            size_of_val(&CallContext::load(&app.state, &master)),
+        ),
+        (
+            "proxy::handle",
+            size_of_val(&handle(app.state.clone(), master.clone(), req)),
+        ),
+    ];
+    for (what, bytes) in sizes {
+        assert!(
+            bytes <= 4096,
+            "{what}'s future is {bytes} bytes: box its cold paths"
+        );
+    }
+    app.shutdown().await;
+}

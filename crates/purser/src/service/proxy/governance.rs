@@ -294,7 +294,16 @@ pub async fn handle(state: AppState, caller: Caller, req: CallRequest) -> Result
         None
     } else {
         let mut checks = model_budget_checks(&ctx, &requested, &target, now);
-        checks.extend(budget_window_checks(&state, &ctx, now).await?);
+        let has_windows = ctx.key.as_ref().is_some_and(|k| k.budget_limits.is_some())
+            || ctx
+                .team
+                .as_ref()
+                .is_some_and(|t| t.team.budget_limits.is_some());
+        if has_windows {
+            // Boxed, and only built when needed: its first-use database read is a large future
+            // that would otherwise sit in (and be copied with) every call's future.
+            checks.extend(Box::pin(budget_window_checks(&state, &ctx, now)).await?);
+        }
         if checks.is_empty() {
             None
         } else {
