@@ -18,7 +18,7 @@ use purser_core::keys::hash_key;
 use serde_json::{Value, json};
 
 use crate::both_backends;
-use crate::helpers::{Backend, MASTER, TestApp, assert_proxy_error};
+use crate::helpers::{Backend, DEFAULT_CONFIG, MASTER, TestApp, assert_proxy_error};
 
 both_backends!(
     soft_budget_crossed_once_per_period,
@@ -76,20 +76,8 @@ impl Receiver {
 }
 
 fn config(webhook: Option<&str>) -> String {
-    let mut c = String::from(
-        r#"
-model_list:
-  - model_name: fake-gpt
-    litellm_params:
-      model: openai/fake-gpt
-      mock_response: "hello from the mock"
-      input_cost_per_token: 0.000001
-      output_cost_per_token: 0.000002
-general_settings:
-  master_key: sk-1234
-  proxy_batch_write_at: 0.2
-"#,
-    );
+    // DEFAULT_CONFIG ends inside general_settings, so the alerting keys append to it.
+    let mut c = DEFAULT_CONFIG.to_string();
     if let Some(url) = webhook {
         c.push_str(&format!(
             "  alerting: [webhook]\n  webhook_url: {url}\n  alerting_args:\n    budget_alert_ttl: 3600\n"

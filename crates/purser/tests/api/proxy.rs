@@ -159,6 +159,16 @@ async fn set_team_aliases(app: &TestApp, id: &str, aliases: Value) {
 }
 
 async fn put_member(app: &TestApp, team: &str, user: &str, budget: Option<BudgetRow>) {
+    put_member_as(app, team, user, "user", budget).await
+}
+
+async fn put_member_as(
+    app: &TestApp,
+    team: &str,
+    user: &str,
+    role: &str,
+    budget: Option<BudgetRow>,
+) {
     let mut h = app.state.db.conn().await.unwrap();
     let budget_id = match budget {
         Some(b) => {
@@ -172,7 +182,7 @@ async fn put_member(app: &TestApp, team: &str, user: &str, budget: Option<Budget
         &MembershipRow {
             team_id: team.into(),
             user_id: user.into(),
-            role: "user".into(),
+            role: role.into(),
             user_email: None,
             spend: 0,
             total_spend: 0,
@@ -1452,23 +1462,7 @@ async fn model_list_query_flags(b: Backend) {
 
     // scope=expand: a team admin sees every configured model; a plain member does not (above)
     put_user(&app, "boss", |_| {}).await;
-    let mut h = app.state.db.conn().await.unwrap();
-    store::members::insert(
-        &mut h,
-        &MembershipRow {
-            team_id: "t2".into(),
-            user_id: "boss".into(),
-            role: "admin".into(),
-            user_email: None,
-            spend: 0,
-            total_spend: 0,
-            budget_id: None,
-            added_at: store::now(),
-        },
-    )
-    .await
-    .unwrap();
-    drop(h);
+    put_member_as(&app, "t2", "boss", "admin", None).await;
     let boss = put_key(&app, Some("boss"), Some("t2"), |_| {}).await;
     let (_, body) = app.get(&list(""), &boss).await;
     assert_eq!(ids(&body), ["other-model"]);
