@@ -80,6 +80,10 @@ pub struct ModelInfo {
     pub input_cost_per_token: Option<f64>,
     #[serde(default)]
     pub output_cost_per_token: Option<f64>,
+    /// The OpenAI model a deployment runs when its name does not say (Azure deployment names):
+    /// picks the tokenizer its prompts are counted with.
+    #[serde(default)]
+    pub base_model: Option<String>,
     #[serde(flatten)]
     pub extra: BTreeMap<String, Value>,
 }

@@ -2,7 +2,8 @@
 //! `model_name`; a call picks the least busy deployment of its group whose per-deployment
 //! rpm/tpm window has room. Invariants: upstream credentials (`api_key`, `api_base`) are private
 //! to this module and never appear in an error message or a response; prices are converted once
-//! to pico-USD per token at startup.
+//! to pico-USD per token at startup, and each deployment's token counter is chosen (and its BPE
+//! encoding loaded) at startup too.
 
 pub mod sse;
 pub mod tokens;
@@ -20,6 +21,7 @@ use serde_json::Value;
 use crate::config::Config;
 use crate::error::Error;
 use crate::limiter::WINDOW_SECS;
+use tokens::TokenCounter;
 
 /// Default whole-request timeout (LiteLLM's 600 s).
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(600);
@@ -41,6 +43,8 @@ pub struct Deployment {
     pub timeout: Duration,
     pub stream_timeout: Duration,
     pub access_groups: Vec<String>,
+    /// How this deployment's prompts are counted (reservations, billing without usage).
+    pub tokens: TokenCounter,
     in_flight: AtomicU64,
     /// (window start, requests, tokens) for the deployment's own rpm/tpm.
     window: Mutex<(u64, u64, u64)>,
@@ -154,6 +158,8 @@ pub struct Registry {
     names: Vec<String>,
     groups: HashMap<String, Vec<Arc<Deployment>>>,
     access_groups: AccessGroups,
+    /// Per group, the distinct counters of its deployments (a call is counted before routing).
+    counters: HashMap<String, Vec<TokenCounter>>,
     client: reqwest::Client,
     rr: AtomicUsize,
 }
@@ -171,6 +177,7 @@ impl Registry {
         let mut names = Vec::new();
         let mut groups: HashMap<String, Vec<Arc<Deployment>>> = HashMap::new();
         let mut access_groups = AccessGroups::new();
+        let mut counters: HashMap<String, Vec<TokenCounter>> = HashMap::new();
         for (i, m) in config.model_list.iter().enumerate() {
             let p = &m.litellm_params;
             let (provider, upstream_model) = match p.model.split_once('/') {
@@ -190,6 +197,8 @@ impl Registry {
                 .timeout
                 .map(Duration::from_secs_f64)
                 .unwrap_or(DEFAULT_TIMEOUT);
+            let tokens =
+                TokenCounter::for_deployment(&upstream_model, m.model_info.base_model.as_deref());
             let dep = Deployment {
                 id: m
                     .model_info
@@ -212,6 +221,7 @@ impl Registry {
                     .map(Duration::from_secs_f64)
                     .unwrap_or(timeout),
                 access_groups: m.model_info.access_groups.clone(),
+                tokens,
                 in_flight: AtomicU64::new(0),
                 window: Mutex::new((0, 0, 0)),
             };
@@ -223,6 +233,11 @@ impl Registry {
             }
             if !groups.contains_key(&m.model_name) {
                 names.push(m.model_name.clone());
+            }
+            let group_counters: &mut Vec<TokenCounter> =
+                counters.entry(m.model_name.clone()).or_default();
+            if !group_counters.contains(&tokens) {
+                group_counters.push(tokens);
             }
             groups
                 .entry(m.model_name.clone())
@@ -236,13 +251,55 @@ impl Registry {
             .tcp_nodelay(true)
             .tcp_keepalive(Duration::from_secs(30))
             .build()?;
-        Ok(Registry {
+        let registry = Registry {
             names,
             groups,
             access_groups,
+            counters,
             client,
             rr: AtomicUsize::new(0),
-        })
+        };
+        // Loaded here, once per process, so no request pays for the tables.
+        for counter in registry.bpe_counters() {
+            counter.load();
+            tracing::info!(
+                encoding = counter.encoding(),
+                "token counting with tiktoken"
+            );
+        }
+        Ok(registry)
+    }
+
+    /// The distinct BPE counters of the configured deployments: a config of unknown or mock
+    /// models has none, and loads no tables.
+    fn bpe_counters(&self) -> Vec<TokenCounter> {
+        let mut out: Vec<TokenCounter> = self
+            .counters
+            .values()
+            .flatten()
+            .copied()
+            .filter(|c| c.encoding().is_some())
+            .collect();
+        out.sort_by_key(|c| c.encoding());
+        out.dedup();
+        out
+    }
+
+    /// Names of the BPE encodings this registry loaded.
+    pub fn encodings(&self) -> Vec<&'static str> {
+        self.bpe_counters()
+            .into_iter()
+            .filter_map(TokenCounter::encoding)
+            .collect()
+    }
+
+    /// The counters a call of the group is counted with (one per distinct tokenizer of its
+    /// deployments; the reservation takes the largest count).
+    pub fn counters(&self, name: &str) -> Vec<TokenCounter> {
+        self.counters
+            .get(name)
+            .cloned()
+            .unwrap_or_else(|| vec![TokenCounter::Heuristic])
     }
 
     /// Public model names in config order.

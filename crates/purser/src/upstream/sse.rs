@@ -4,7 +4,7 @@
 
 use serde_json::Value;
 
-use super::tokens::count_text;
+use super::tokens::TokenCounter;
 
 /// Token usage of a call.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -37,12 +37,22 @@ impl Usage {
 pub struct SseTap {
     buf: Vec<u8>,
     pub usage: Option<Usage>,
-    /// Estimated tokens of the text produced so far.
+    /// Estimated tokens of the text produced so far, by `counter`.
     pub produced_tokens: u64,
+    /// The deployment's counter (the heuristic by default).
+    pub counter: TokenCounter,
     pub done: bool,
 }
 
 impl SseTap {
+    /// A tap counting produced text with `counter`.
+    pub fn new(counter: TokenCounter) -> SseTap {
+        SseTap {
+            counter,
+            ..SseTap::default()
+        }
+    }
+
     pub fn feed(&mut self, bytes: &[u8]) {
         self.buf.extend_from_slice(bytes);
         while let Some(pos) = self.buf.iter().position(|b| *b == b'\n') {
@@ -72,7 +82,7 @@ impl SseTap {
         if let Some(choices) = v.get("choices").and_then(Value::as_array) {
             for c in choices {
                 if let Some(t) = c.pointer("/delta/content").and_then(Value::as_str) {
-                    self.produced_tokens += count_text(t);
+                    self.produced_tokens += self.counter.text(t);
                 }
             }
         }

@@ -1,6 +1,7 @@
 //! Who is calling and what they ask for: the caller's cached key, team, membership and user
 //! (`CallContext`), model allow-lists and aliases (§7.2 steps 3, 9.2–9.5, §7.4), and the parsed
-//! OpenAI request (`CallRequest`). Invariant: reads memory only.
+//! OpenAI request (`CallRequest`) and its prompt count. Invariant: reads memory only; a large
+//! body is counted on tokio's blocking pool, never on an async worker.
 
 use std::sync::Arc;
 
@@ -16,10 +17,13 @@ use crate::service::caller::{Caller, MASTER_KEY_ALIAS};
 use crate::store::keys::KeyRow;
 use crate::store::users::UserRow;
 use crate::upstream::CallKind;
-use crate::upstream::tokens::{count_messages, count_value};
+use crate::upstream::tokens::TokenCounter;
 
 /// Completion tokens assumed for a reservation when the client sets no `max_tokens`.
 pub const DEFAULT_COMPLETION_ESTIMATE: u64 = 256;
+/// Bodies larger than this are counted on the blocking pool: counting runs at roughly
+/// 10–50 MB/s, so a body this size costs a worker at most a few milliseconds.
+pub const BLOCKING_COUNT_BYTES: usize = 64 * 1024;
 
 /// Everything governance needs about the caller, all from the cache.
 pub struct CallContext {
@@ -212,8 +216,11 @@ pub struct CallRequest {
     pub body: serde_json::Map<String, Value>,
     pub model: String,
     pub stream: bool,
+    /// Prompt tokens as counted for the called group (`counted`); 0 until then.
     pub prompt_tokens: u64,
     pub max_completion: u64,
+    /// Size of the JSON body received.
+    pub body_bytes: usize,
 }
 
 impl CallRequest {
@@ -238,19 +245,26 @@ impl CallRequest {
             Some(Value::Bool(b)) => *b,
             Some(_) => return Err(bad("stream must be a boolean").with_param("stream")),
         };
-        let prompt_tokens = match kind {
-            CallKind::Chat => match body.get("messages") {
-                Some(m) if m.as_array().is_some_and(|l| !l.is_empty()) => count_messages(m),
-                _ => {
+        match kind {
+            CallKind::Chat => {
+                if !body
+                    .get("messages")
+                    .and_then(Value::as_array)
+                    .is_some_and(|l| !l.is_empty())
+                {
                     return Err(bad("messages must be a non-empty list of chat messages")
                         .with_param("messages"));
                 }
-            },
-            CallKind::Embeddings => match body.get("input") {
-                Some(i) if i.is_string() || i.is_array() => count_value(i),
-                _ => return Err(bad("input must be a string or a list").with_param("input")),
-            },
-        };
+            }
+            CallKind::Embeddings => {
+                if !body
+                    .get("input")
+                    .is_some_and(|i| i.is_string() || i.is_array())
+                {
+                    return Err(bad("input must be a string or a list").with_param("input"));
+                }
+            }
+        }
         if kind == CallKind::Embeddings && stream {
             return Err(bad("embeddings cannot be streamed").with_param("stream"));
         }
@@ -274,8 +288,37 @@ impl CallRequest {
             body,
             model,
             stream,
-            prompt_tokens,
+            prompt_tokens: 0,
             max_completion,
+            body_bytes: bytes.len(),
         })
+    }
+
+    /// Prompt tokens of the whole request by each of `counters` (the largest, so a group whose
+    /// deployments tokenize differently reserves for the costliest).
+    pub fn count_prompt(&self, counters: &[TokenCounter]) -> u64 {
+        counters
+            .iter()
+            .map(|c| match self.kind {
+                CallKind::Chat => c.chat_prompt(&self.body),
+                CallKind::Embeddings => self.body.get("input").map_or(0, |i| c.embedding_input(i)),
+            })
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// The request with `prompt_tokens` counted; bodies above `BLOCKING_COUNT_BYTES` are
+    /// counted on the blocking pool.
+    pub async fn counted(mut self, counters: Vec<TokenCounter>) -> Result<CallRequest, Error> {
+        if self.body_bytes <= BLOCKING_COUNT_BYTES {
+            self.prompt_tokens = self.count_prompt(&counters);
+            return Ok(self);
+        }
+        tokio::task::spawn_blocking(move || {
+            self.prompt_tokens = self.count_prompt(&counters);
+            self
+        })
+        .await
+        .map_err(Error::internal)
     }
 }

@@ -23,9 +23,8 @@ use crate::service::alerts::{Alerts, SoftBudgetWatch};
 use crate::service::model_budget::ModelReservation;
 use crate::service::spend::Reservation;
 use crate::store::spend::SpendLogRow;
-use crate::upstream::Slot;
 use crate::upstream::sse::{SseTap, Usage, UsageChunkFilter};
-use crate::upstream::tokens::count_text;
+use crate::upstream::{Deployment, Slot};
 
 /// What a settled call books.
 pub(super) struct Meter {
@@ -119,7 +118,7 @@ pub(super) async fn dispatch(
             chunks,
             StreamMeter {
                 meter,
-                tap: SseTap::default(),
+                tap: SseTap::new(dep.tokens),
             },
             dep.stream_timeout,
             dep.timeout,
@@ -155,7 +154,7 @@ pub(super) async fn dispatch(
         match part {
             Ok(b) => bytes.extend_from_slice(&b),
             Err(e) => {
-                meter.settle(partial_usage(&req, &bytes), "failure");
+                meter.settle(partial_usage(&dep, &req, &bytes), "failure");
                 return Err(crate::upstream::transport_error(&dep, &e));
             }
         }
@@ -163,7 +162,7 @@ pub(super) async fn dispatch(
     let parsed: Value = match serde_json::from_slice(&bytes) {
         Ok(v) => v,
         Err(_) => {
-            meter.settle(partial_usage(&req, &bytes), "failure");
+            meter.settle(partial_usage(&dep, &req, &bytes), "failure");
             return Err(Error::proxy(
                 StatusCode::BAD_GATEWAY,
                 "api_error",
@@ -176,7 +175,7 @@ pub(super) async fn dispatch(
     };
     let usage = Usage::from_json(&parsed).unwrap_or_else(|| Usage {
         prompt_tokens: req.prompt_tokens,
-        completion_tokens: produced_tokens(&parsed),
+        completion_tokens: produced_tokens(&dep, &parsed),
     });
     meter.settle(usage, "success");
     let mut out = Response::new(Body::from(Bytes::from(bytes)));
@@ -189,20 +188,20 @@ pub(super) async fn dispatch(
 
 /// Usage billed for a non-streaming answer cut short or unreadable: the counted prompt and the
 /// tokens of whatever text arrived.
-pub(super) fn partial_usage(req: &CallRequest, received: &[u8]) -> Usage {
+pub(super) fn partial_usage(dep: &Deployment, req: &CallRequest, received: &[u8]) -> Usage {
     Usage {
         prompt_tokens: req.prompt_tokens,
-        completion_tokens: count_text(&String::from_utf8_lossy(received)),
+        completion_tokens: dep.tokens.text(&String::from_utf8_lossy(received)),
     }
 }
 
-pub(super) fn produced_tokens(v: &Value) -> u64 {
+pub(super) fn produced_tokens(dep: &Deployment, v: &Value) -> u64 {
     v.get("choices")
         .and_then(Value::as_array)
         .map(|cs| {
             cs.iter()
                 .filter_map(|c| c.pointer("/message/content").and_then(Value::as_str))
-                .map(count_text)
+                .map(|t| dep.tokens.text(t))
                 .sum()
         })
         .unwrap_or(0)

@@ -205,6 +205,7 @@ pub async fn handle(state: AppState, caller: Caller, req: CallRequest) -> Result
         )
         .with_param("model"));
     }
+    let req = req.counted(state.models.counters(&target)).await?;
     let (in_price, out_price) = state.models.max_prices(&target);
     let free = in_price == 0 && out_price == 0;
 
