@@ -17,4 +17,5 @@ mod proxy;
 mod server;
 mod spend_and_resets;
 mod teams;
+mod tokens;
 mod users;

@@ -11,7 +11,11 @@
 //! - `notjson`: a 200 answer whose body is not JSON;
 //! - `endless`: streams a chunk every 50 ms and never ends (deadline tests);
 //! - `flood`: streams 16 KiB chunks as fast as the client takes them, forever (a client that
-//!   stops reading).
+//!   stops reading);
+//! - `counted`: bills the whole request: `prompt_tokens` is the o200k_base count of the entire
+//!   JSON body as received (keys, quotes and escapes included: at least what any upstream could
+//!   bill), and the completion uses the whole `max_tokens` (6 without it); while `hold()` is on
+//!   it keeps every call waiting until `release()`.
 //!
 //! Every call counts a hit, so tests can assert that denials never reach the upstream.
 
@@ -20,7 +24,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use axum::Router;
@@ -41,6 +45,22 @@ pub struct Seen {
     pub auth: Mutex<Vec<String>>,
     /// Chunks of `long` streams actually written.
     pub long_chunks_sent: AtomicUsize,
+    /// `counted` calls wait while this is set.
+    holding: AtomicBool,
+    released: tokio::sync::Notify,
+}
+
+impl Seen {
+    async fn wait_while_held(&self) {
+        loop {
+            // Created before the check, so a release in between still wakes it.
+            let released = self.released.notified();
+            if !self.holding.load(Ordering::SeqCst) {
+                return;
+            }
+            released.await;
+        }
+    }
 }
 
 pub struct MockUpstream {
@@ -66,6 +86,17 @@ impl MockUpstream {
 
     pub fn base(&self, mode: &str) -> String {
         format!("http://{}/{mode}/v1", self.addr)
+    }
+
+    /// Keeps `counted` calls waiting (they still count their hit on arrival).
+    pub fn hold(&self) {
+        self.seen.holding.store(true, Ordering::SeqCst);
+    }
+
+    /// Lets every waiting `counted` call answer.
+    pub fn release(&self) {
+        self.seen.holding.store(false, Ordering::SeqCst);
+        self.seen.released.notify_waiters();
     }
 
     pub fn hits(&self) -> usize {
@@ -229,6 +260,15 @@ async fn chat(
                 .header("content-type", "text/event-stream")
                 .body(Body::from_stream(s))
                 .unwrap()
+        }
+        "counted" => {
+            seen.wait_while_held().await;
+            let prompt = tiktoken_rs::o200k_base_singleton().count_ordinary(&body.to_string());
+            let completion_tokens = body["max_tokens"].as_u64().unwrap_or(6) as usize;
+            let mut v = completion(true);
+            v["usage"] = json!({"prompt_tokens": prompt, "completion_tokens": completion_tokens,
+                "total_tokens": prompt + completion_tokens});
+            axum::Json(v).into_response()
         }
         "nousage" if stream => sse(stream_chunks(false), Duration::from_millis(50), None),
         "nousage" => axum::Json(completion(false)).into_response(),
