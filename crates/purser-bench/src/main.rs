@@ -14,6 +14,8 @@
 //! - `process` benchmarks the release gateway binary as its own process with wrk, against a
 //!   direct baseline (see `process.rs`); `mock` is its upstream (`mock.rs`) and `stream-client`
 //!   its time-to-first-byte client (`stream_client.rs`).
+//! - `tokens` measures what prompt counting costs: RSS per BPE encoding, µs per count
+//!   (`tokens.rs`).
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
@@ -37,6 +39,7 @@ mod mock;
 mod process;
 mod proxy;
 mod stream_client;
+mod tokens;
 mod writer;
 mod wrk;
 
@@ -69,6 +72,8 @@ enum Command {
     Process(process::ProcessArgs),
     /// Fast mock OpenAI upstream (`/v1/chat/completions`, JSON or SSE) on 127.0.0.1.
     Mock(mock::MockArgs),
+    /// What prompt counting costs: RSS each BPE encoding adds, µs per count.
+    Tokens(tokens::TokensArgs),
     /// Sequential streaming client timing the first byte (used by `process`).
     #[command(hide = true)]
     StreamClient(stream_client::StreamClientArgs),
@@ -122,6 +127,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Writer(a) => writer::run(a).await,
         Command::Process(a) => process::run(a).await,
         Command::Mock(a) => mock::run(a).await,
+        Command::Tokens(a) => tokens::run(a).await,
         Command::StreamClient(a) => stream_client::run(a).await,
     }
 }

@@ -21,8 +21,8 @@ use crate::upstream::tokens::TokenCounter;
 
 /// Completion tokens assumed for a reservation when the client sets no `max_tokens`.
 pub const DEFAULT_COMPLETION_ESTIMATE: u64 = 256;
-/// Bodies larger than this are counted on the blocking pool: counting runs at roughly
-/// 10–50 MB/s, so a body this size costs a worker at most a few milliseconds.
+/// Bodies larger than this are counted on the blocking pool: the BPE counts 17–35 MB/s
+/// (`bench/reports/tokens.md`), so a body this size costs a worker at most about 4 ms.
 pub const BLOCKING_COUNT_BYTES: usize = 64 * 1024;
 
 /// Everything governance needs about the caller, all from the cache.
@@ -247,10 +247,10 @@ impl CallRequest {
         };
         match kind {
             CallKind::Chat => {
-                if !body
+                if body
                     .get("messages")
                     .and_then(Value::as_array)
-                    .is_some_and(|l| !l.is_empty())
+                    .is_none_or(Vec::is_empty)
                 {
                     return Err(bad("messages must be a non-empty list of chat messages")
                         .with_param("messages"));
