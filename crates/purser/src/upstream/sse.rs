@@ -20,7 +20,11 @@ impl Usage {
 
     /// The `usage` object of an OpenAI response, if it carries token counts.
     pub fn from_json(v: &Value) -> Option<Usage> {
-        let u = v.get("usage")?;
+        Usage::from_usage(v.get("usage")?)
+    }
+
+    /// From a `usage` object: `prompt_tokens` required, `completion_tokens` 0 when absent.
+    pub fn from_usage(u: &Value) -> Option<Usage> {
         let p = u.get("prompt_tokens")?.as_u64()?;
         let c = u
             .get("completion_tokens")

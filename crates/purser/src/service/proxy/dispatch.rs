@@ -91,15 +91,17 @@ fn client_wants_usage(req: &CallRequest) -> bool {
 pub(super) async fn dispatch(
     state: AppState,
     mut meter: Meter,
-    req: CallRequest,
+    mut req: CallRequest,
     requested: String,
 ) -> Result<Response, Error> {
     let dep = Arc::clone(&meter.slot.0);
     if req.stream {
+        let wants_usage = client_wants_usage(&req);
         let chunks: BoxStream<'static, Result<Bytes, std::io::Error>> = if dep.is_mock() {
             mock_stream(&dep, &requested, &req)
         } else {
-            let mut body = req.body.clone();
+            // The request body is not read again: moved, not deep-copied.
+            let mut body = std::mem::take(&mut req.body);
             body.insert("model".into(), Value::String(dep.upstream_model.clone()));
             let opts = body.entry("stream_options").or_insert_with(|| json!({}));
             if !opts.is_object() {
@@ -122,7 +124,7 @@ pub(super) async fn dispatch(
             },
             dep.stream_timeout,
             dep.timeout,
-            (!client_wants_usage(&req)).then(UsageChunkFilter::default),
+            (!wants_usage).then(UsageChunkFilter::default),
         );
         let mut resp = Response::new(body);
         let h = resp.headers_mut();
@@ -139,7 +141,7 @@ pub(super) async fn dispatch(
         meter.settle(usage, "success");
         return Ok(axum::Json(body).into_response());
     }
-    let mut body = req.body.clone();
+    let mut body = std::mem::take(&mut req.body);
     body.insert("model".into(), Value::String(dep.upstream_model.clone()));
     let resp = state
         .models
@@ -159,24 +161,31 @@ pub(super) async fn dispatch(
             }
         }
     }
-    let parsed: Value = match serde_json::from_slice(&bytes) {
-        Ok(v) => v,
-        Err(_) => {
-            meter.settle(partial_usage(&dep, &req, &bytes), "failure");
-            return Err(Error::proxy(
-                StatusCode::BAD_GATEWAY,
-                "api_error",
-                format!(
-                    "litellm.APIError: upstream of model={} returned a body that is not JSON",
-                    dep.model_name
-                ),
-            ));
-        }
+    let usage = match serde_json::from_slice::<UsageOnly>(&bytes)
+        .ok()
+        .and_then(|a| a.usage.as_ref().and_then(Usage::from_usage))
+    {
+        // The common answer: only `usage` is built; the rest is skipped, not made into maps
+        // (the client gets the bytes as received either way).
+        Some(u) => u,
+        None => match serde_json::from_slice::<Value>(&bytes) {
+            Ok(parsed) => Usage {
+                prompt_tokens: req.prompt_tokens,
+                completion_tokens: produced_tokens(&dep, &parsed),
+            },
+            Err(_) => {
+                meter.settle(partial_usage(&dep, &req, &bytes), "failure");
+                return Err(Error::proxy(
+                    StatusCode::BAD_GATEWAY,
+                    "api_error",
+                    format!(
+                        "litellm.APIError: upstream of model={} returned a body that is not JSON",
+                        dep.model_name
+                    ),
+                ));
+            }
+        },
     };
-    let usage = Usage::from_json(&parsed).unwrap_or_else(|| Usage {
-        prompt_tokens: req.prompt_tokens,
-        completion_tokens: produced_tokens(&dep, &parsed),
-    });
     meter.settle(usage, "success");
     let mut out = Response::new(Body::from(Bytes::from(bytes)));
     out.headers_mut().insert(
@@ -184,6 +193,12 @@ pub(super) async fn dispatch(
         HeaderValue::from_static("application/json"),
     );
     Ok(out)
+}
+
+/// What billing reads of a non-streaming answer.
+#[derive(serde::Deserialize)]
+struct UsageOnly {
+    usage: Option<Value>,
 }
 
 /// Usage billed for a non-streaming answer cut short or unreadable: the counted prompt and the
