@@ -26,6 +26,8 @@
 //!   memberships, users — the order every other writer that touches several of them uses.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
+
+use foldhash::fast::RandomState as FastHash;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -127,7 +129,9 @@ struct Settled {
 
 #[derive(Default)]
 struct Inner {
-    counters: HashMap<SpendScope, Counter>,
+    /// Looked up several times per call, by 64-character key hashes: a fast hasher (the keys are
+    /// not chosen by clients: tokens are sha256 hashes, ids are set by admins).
+    counters: HashMap<SpendScope, Counter, FastHash>,
     queue: VecDeque<Settled>,
     /// Entries taken off `queue` by the writer and not yet committed. They count against the
     /// capacity: room appears when a chunk is durable, not when it is taken, so the bound holds
@@ -139,7 +143,7 @@ struct Inner {
     /// Regenerated keys: old token → (new token, unix seconds of the rename). Calls that
     /// resolved the old token before the regeneration reserve and settle on the new one; kept
     /// for [`IDLE_EVICT_AFTER`].
-    renamed: HashMap<SpendScope, (SpendScope, i64)>,
+    renamed: HashMap<SpendScope, (SpendScope, i64), FastHash>,
 }
 
 impl Inner {
@@ -149,7 +153,15 @@ impl Inner {
     }
 
     fn counter(&mut self, scope: &SpendScope) -> &mut Counter {
-        self.counters.entry(scope.clone()).or_default()
+        self.counter_or(scope, Counter::default)
+    }
+
+    /// The scope's counter, made by `new` on first sight (a hit clones nothing).
+    fn counter_or(&mut self, scope: &SpendScope, new: impl FnOnce() -> Counter) -> &mut Counter {
+        if !self.counters.contains_key(scope) {
+            self.counters.insert(scope.clone(), new());
+        }
+        self.counters.get_mut(scope).expect("inserted above")
     }
 
     /// The scope a key's spend lives under now: its token after any regenerations (a call that
@@ -331,10 +343,7 @@ impl Ledger {
         let mut g = self.lock();
         for c in checks {
             let scope = g.resolve(&c.scope);
-            let counter = g
-                .counters
-                .entry(scope.clone())
-                .or_insert_with(|| Counter::seeded(c.seed, now));
+            let counter = g.counter_or(&scope, || Counter::seeded(c.seed, now));
             if let Some(max) = c.max
                 && counter.spend >= max
             {
@@ -360,10 +369,7 @@ impl Ledger {
         let mut g = self.lock();
         let resolved: Vec<SpendScope> = checks.iter().map(|c| g.resolve(&c.scope)).collect();
         for (c, scope) in checks.iter().zip(&resolved) {
-            let counter = *g
-                .counters
-                .entry(scope.clone())
-                .or_insert_with(|| Counter::seeded(c.seed, now));
+            let counter = *g.counter_or(scope, || Counter::seeded(c.seed, now));
             if !enforce {
                 continue;
             }
