@@ -71,14 +71,13 @@ pub struct WebhookEvent {
     pub event_message: String,
 }
 
-/// A soft budget a settled call may have reached: the entity's scope, its soft budget in nanos,
-/// the cooldown and budget period as the call saw them, and the event to send with the spend
-/// filled in. `key` is the calling key (the audit row's `changed_by_api_key`).
+/// A soft budget a settled call may have reached while its cooldown was off: the entity's scope,
+/// its soft budget in nanos, the budget period as the call saw it, and the event to send with the
+/// spend filled in. `key` is the calling key (the audit row's `changed_by_api_key`).
 #[derive(Debug, Clone)]
 pub struct SoftBudgetWatch {
     pub scope: SpendScope,
     pub soft: i64,
-    pub cooldown: bool,
     /// The period's end (`budget_reset_at`, unix seconds), None for a budget without period.
     pub period: Option<i64>,
     pub event: WebhookEvent,
@@ -256,14 +255,12 @@ impl Alerts {
         true
     }
 
-    /// After a call settled: for each soft budget whose entity's spend has reached it while the
-    /// cooldown was off, claims it once per period on this instance and records the crossing in
-    /// the background (the request does not wait for the database or the hook).
+    /// After a call settled: for each watched soft budget (cooldown off when the call began)
+    /// whose entity's spend has reached it, claims it once per period on this instance and
+    /// records the crossing in the background (the request waits for neither the database nor
+    /// the hook).
     pub fn after_settle(state: &AppState, watches: Vec<SoftBudgetWatch>) {
         for w in watches {
-            if w.cooldown {
-                continue;
-            }
             let Some(spend) = state.ledger.spend(&w.scope) else {
                 continue;
             };

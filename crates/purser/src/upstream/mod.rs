@@ -158,8 +158,9 @@ pub struct Registry {
     names: Vec<String>,
     groups: HashMap<String, Vec<Arc<Deployment>>>,
     access_groups: AccessGroups,
-    /// Per group, the distinct counters of its deployments (a call is counted before routing).
-    counters: HashMap<String, Vec<TokenCounter>>,
+    /// Per group, the distinct counters of its deployments (a call is counted before routing);
+    /// shared, so a call takes them without allocating.
+    counters: HashMap<String, Arc<[TokenCounter]>>,
     client: reqwest::Client,
     rr: AtomicUsize,
 }
@@ -255,7 +256,7 @@ impl Registry {
             names,
             groups,
             access_groups,
-            counters,
+            counters: counters.into_iter().map(|(k, v)| (k, v.into())).collect(),
             client,
             rr: AtomicUsize::new(0),
         };
@@ -276,8 +277,7 @@ impl Registry {
         let mut out: Vec<TokenCounter> = self
             .counters
             .values()
-            .flatten()
-            .copied()
+            .flat_map(|cs| cs.iter().copied())
             .filter(|c| c.encoding().is_some())
             .collect();
         out.sort_by_key(|c| c.encoding());
@@ -295,11 +295,11 @@ impl Registry {
 
     /// The counters a call of the group is counted with (one per distinct tokenizer of its
     /// deployments; the reservation takes the largest count).
-    pub fn counters(&self, name: &str) -> Vec<TokenCounter> {
+    pub fn counters(&self, name: &str) -> Arc<[TokenCounter]> {
         self.counters
             .get(name)
             .cloned()
-            .unwrap_or_else(|| vec![TokenCounter::Heuristic])
+            .unwrap_or_else(|| Arc::new([TokenCounter::Heuristic]))
     }
 
     /// Public model names in config order.

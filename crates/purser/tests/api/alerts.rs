@@ -263,7 +263,6 @@ async fn soft_budget_crossed_once_per_period(b: Backend) {
     let watch = SoftBudgetWatch {
         scope: SpendScope::Key(hash_key(&racer)),
         soft: 500_000_000,
-        cooldown: false,
         period: None,
         event: WebhookEvent {
             event: "soft_budget_crossed",

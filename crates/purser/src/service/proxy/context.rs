@@ -309,7 +309,7 @@ impl CallRequest {
 
     /// The request with `prompt_tokens` counted; bodies above `BLOCKING_COUNT_BYTES` are
     /// counted on the blocking pool.
-    pub async fn counted(mut self, counters: Vec<TokenCounter>) -> Result<CallRequest, Error> {
+    pub async fn counted(mut self, counters: Arc<[TokenCounter]>) -> Result<CallRequest, Error> {
         if self.body_bytes <= BLOCKING_COUNT_BYTES {
             self.prompt_tokens = self.count_prompt(&counters);
             return Ok(self);

@@ -76,48 +76,41 @@ fn call_info(ctx: &CallContext) -> WebhookEvent {
     }
 }
 
-/// The soft budgets of the caller's key and team, checked once the call has settled.
+/// The soft budgets of the caller's key and team, checked once the call has settled. One whose
+/// cooldown is already on was crossed this period: nothing is built for it.
 fn soft_budget_watches(ctx: &CallContext) -> Vec<SoftBudgetWatch> {
-    let mut out = Vec::new();
     let Some(k) = &ctx.key else {
-        return out;
+        return Vec::new();
     };
-    let message = |soft: i64| format!("Soft Budget Crossed: Total Soft Budget:`{}`", usd(soft));
-    if let Some(soft) = k.soft_budget {
-        out.push(SoftBudgetWatch {
-            scope: SpendScope::Key(k.token.clone()),
+    let watch = |scope, soft: i64, reset_at: Option<DateTime<Utc>>, max: Option<i64>, group| {
+        SoftBudgetWatch {
+            scope,
             soft,
-            cooldown: k.soft_budget_cooldown,
-            period: k.budget_reset_at.map(|t| t.timestamp()),
+            period: reset_at.map(|t| t.timestamp()),
             event: WebhookEvent {
-                max_budget: k.max_budget.map(|n| Nanos(n).to_usd()),
+                max_budget: max.map(|n| Nanos(n).to_usd()),
                 soft_budget: Some(Nanos(soft).to_usd()),
                 event: "soft_budget_crossed",
-                event_group: "key",
-                event_message: message(soft),
+                event_group: group,
+                event_message: format!("Soft Budget Crossed: Total Soft Budget:`{}`", usd(soft)),
                 ..call_info(ctx)
             },
             key: Some(k.clone()),
-        });
-    }
-    if let Some(t) = &ctx.team
-        && let Some(soft) = t.team.soft_budget
+        }
+    };
+    let mut out = Vec::new();
+    if let Some(soft) = k.soft_budget
+        && !k.soft_budget_cooldown
     {
-        out.push(SoftBudgetWatch {
-            scope: SpendScope::Team(t.team.team_id.clone()),
-            soft,
-            cooldown: t.team.soft_budget_cooldown,
-            period: t.team.budget_reset_at.map(|t| t.timestamp()),
-            event: WebhookEvent {
-                max_budget: t.team.max_budget.map(|n| Nanos(n).to_usd()),
-                soft_budget: Some(Nanos(soft).to_usd()),
-                event: "soft_budget_crossed",
-                event_group: "team",
-                event_message: message(soft),
-                ..call_info(ctx)
-            },
-            key: Some(k.clone()),
-        });
+        let scope = SpendScope::Key(k.token.clone());
+        out.push(watch(scope, soft, k.budget_reset_at, k.max_budget, "key"));
+    }
+    if let Some(t) = ctx.team.as_ref().map(|t| &t.team)
+        && let Some(soft) = t.soft_budget
+        && !t.soft_budget_cooldown
+    {
+        let scope = SpendScope::Team(t.team_id.clone());
+        out.push(watch(scope, soft, t.budget_reset_at, t.max_budget, "team"));
     }
     out
 }
