@@ -221,6 +221,8 @@ pub struct Inner {
     pub openapi: OpenApi,
     pub models: Registry,
     pub limiter: Limiter,
+    /// The change bus to other instances and the counters shared with them (both optional).
+    pub cluster: crate::cluster::Cluster,
     pub ledger: Arc<Ledger>,
     /// Per-model budget windows (`model_max_budget`).
     pub model_budgets: Arc<crate::service::model_budget::ModelBudgets>,
@@ -273,7 +275,29 @@ impl Gateway {
         let routes = api::all_routes();
         let gates = Gates::from_routes(&routes);
         let openapi = api::openapi::document(&routes);
-        let ledger = Arc::new(Ledger::new(settings.ledger_limits, clock.clone()));
+        let cluster = crate::cluster::Cluster {
+            bus: match db.pg_pool() {
+                Some(pool) => Some(
+                    crate::cluster::Bus::new(pool.clone())
+                        .await
+                        .context("setting up the change bus")?,
+                ),
+                None => None,
+            },
+            redis: match &settings.redis_url {
+                Some(url) => Some(crate::cluster::RedisCounters::new(
+                    url,
+                    format!("purser:{}:", db.identity().await?),
+                )?),
+                None => None,
+            },
+        };
+        if let Some(r) = &cluster.redis {
+            r.probe_once().await;
+        }
+        let ledger = Arc::new(
+            Ledger::new(settings.ledger_limits, clock.clone()).with_redis(cluster.redis.clone()),
+        );
         let (settings_webhook, budget_alert_ttl) =
             (settings.webhook.clone(), settings.budget_alert_ttl);
         let state = AppState(Arc::new(Inner {
@@ -285,7 +309,8 @@ impl Gateway {
             gates,
             openapi,
             models,
-            limiter: Limiter::new(clock.clone()),
+            limiter: Limiter::new(clock.clone(), cluster.redis.clone()),
+            cluster,
             model_budgets: Arc::new(crate::service::model_budget::ModelBudgets::new(
                 clock.clone(),
             )),

@@ -1,5 +1,6 @@
 //! Background jobs started with the server: the spend writer (`service::spend::run_writer`),
-//! the budget reset loop (`service::resets`) and the webhook sender (`service::alerts`). Invariants: the writer outlives the server —
+//! the budget reset loop (`service::resets`), the webhook sender (`service::alerts`), and with
+//! several instances the change bus listener and the Redis prober (`cluster`). Invariants: the writer outlives the server —
 //! [`Jobs::finish`] is called once the server has stopped accepting and its connections have
 //! finished, and only then does the writer do its final drain; and the writer never runs on a
 //! request worker — it has its own thread, below request handling's priority.
@@ -24,6 +25,17 @@ pub fn spawn(state: AppState) -> Jobs {
     }
     if let Some(t) = crate::service::alerts::spawn_sender(&state, server_stopped.clone()) {
         tasks.push(t);
+    }
+    if let Some(bus) = state.cluster.bus.clone() {
+        let applying = state.clone();
+        let apply: crate::cluster::bus::Handler = std::sync::Arc::new(move |payload: String| {
+            let state = applying.clone();
+            Box::pin(async move { crate::service::write::apply_remote(&state, &payload).await })
+        });
+        tasks.push(tokio::spawn(bus.run(apply, state.shutdown.clone())));
+    }
+    if let Some(redis) = state.cluster.redis.clone() {
+        tasks.push(tokio::spawn(redis.run_prober(state.shutdown.clone())));
     }
     tasks.push(crate::limiter::spawn_sweeper(state));
     Jobs {

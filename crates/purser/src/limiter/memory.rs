@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 
 use dashmap::DashMap;
 
-use super::{DAY_SECS, LimitKind, RateDenied, RateLimit, WINDOW_SECS};
+use super::{DAY_SECS, RateDenied, RateLimit, WINDOW_SECS};
 
 #[derive(Debug, Default)]
 struct Window {
@@ -65,7 +65,6 @@ impl MemoryLimiter {
             .iter()
             .map(|c| c.lock().unwrap_or_else(|p| p.into_inner()))
             .collect();
-        let retry_after = WINDOW_SECS - now % WINDOW_SECS;
         // Report refusals in the caller's descriptor order (key before team before member…).
         for l in limits {
             let Some(i) = active.iter().position(|(a, _)| std::ptr::eq(*a, l)) else {
@@ -73,38 +72,9 @@ impl MemoryLimiter {
             };
             let w = &mut guards[i];
             w.roll(now);
-            let parallel_full = l.parallel.is_some_and(|p| w.in_flight >= p);
-            let rpm_full = l.rpm.is_some_and(|r| w.requests >= r);
-            let tpm_full = l.tpm.is_some_and(|t| w.tokens >= t);
-            let tpd_full = l.tpd.is_some_and(|t| w.day_tokens >= t);
-            if parallel_full || rpm_full || tpm_full || tpd_full {
-                return Err(Box::new(RateDenied {
-                    scope: l.scope,
-                    id: l.label.clone().unwrap_or_else(|| l.id.clone()),
-                    kind: if parallel_full {
-                        LimitKind::Parallel
-                    } else if rpm_full {
-                        LimitKind::Requests
-                    } else if tpm_full {
-                        LimitKind::Tokens
-                    } else {
-                        LimitKind::TokensPerDay
-                    },
-                    limit_requests: l.rpm,
-                    remaining_requests: l.rpm.map(|r| r.saturating_sub(w.requests)),
-                    limit_tokens: l.tpm,
-                    remaining_tokens: l.tpm.map(|t| t.saturating_sub(w.tokens)),
-                    limit_tokens_per_day: l.tpd,
-                    remaining_tokens_per_day: l.tpd.map(|t| t.saturating_sub(w.day_tokens)),
-                    limit_parallel: l.parallel,
-                    retry_after: if parallel_full {
-                        1
-                    } else if rpm_full || tpm_full {
-                        retry_after
-                    } else {
-                        DAY_SECS - now % DAY_SECS
-                    },
-                }));
+            if let Some(d) = super::denied(l, w.requests, w.tokens, w.day_tokens, w.in_flight, now)
+            {
+                return Err(Box::new(d));
             }
         }
         for ((l, _), w) in active.iter().zip(guards.iter_mut()) {
@@ -191,6 +161,7 @@ impl MemoryLimiter {
 
 #[cfg(test)]
 mod tests {
+    use super::super::LimitKind;
     use super::*;
 
     fn lim(scope: &'static str, id: &str, rpm: Option<u64>, tpm: Option<u64>) -> RateLimit {

@@ -5,14 +5,19 @@
 //! incremented atomically (all or none, per-counter locks taken in key order so two calls can
 //! never deadlock); TPM is refused up front only when a window is already at/over its limit and
 //! real usage is added afterwards, so overshoot is bounded by one request per scope.
-//! [`Limiter`] is an enum so a Redis backend (same algorithm in a Lua script) can be added.
+//! With Redis configured the same algorithm runs in one Lua script per call (`cluster::counters`),
+//! shared by every instance; the in-process windows serve while Redis is down.
 //! Windows are read from the injected clock; windows that ended are swept (memory stays flat
 //! under key churn).
 
 mod memory;
 
+use std::sync::Arc;
+
 use crate::app::AppState;
 use crate::clock::SharedClock;
+use crate::cluster::RedisCounters;
+use crate::cluster::counters::WindowArgs;
 
 pub use memory::MemoryLimiter;
 
@@ -75,20 +80,74 @@ pub struct RateDenied {
     pub retry_after: u64,
 }
 
-/// The rate limiter backend and its clock.
+/// The refusal of `l` given its window's counts, or None when it has room.
+pub(crate) fn denied(
+    l: &RateLimit,
+    requests: u64,
+    tokens: u64,
+    day_tokens: u64,
+    in_flight: u64,
+    now: u64,
+) -> Option<RateDenied> {
+    let parallel_full = l.parallel.is_some_and(|p| in_flight >= p);
+    let rpm_full = l.rpm.is_some_and(|r| requests >= r);
+    let tpm_full = l.tpm.is_some_and(|t| tokens >= t);
+    let tpd_full = l.tpd.is_some_and(|t| day_tokens >= t);
+    if !(parallel_full || rpm_full || tpm_full || tpd_full) {
+        return None;
+    }
+    Some(RateDenied {
+        scope: l.scope,
+        id: l.label.clone().unwrap_or_else(|| l.id.clone()),
+        kind: if parallel_full {
+            LimitKind::Parallel
+        } else if rpm_full {
+            LimitKind::Requests
+        } else if tpm_full {
+            LimitKind::Tokens
+        } else {
+            LimitKind::TokensPerDay
+        },
+        limit_requests: l.rpm,
+        remaining_requests: l.rpm.map(|r| r.saturating_sub(requests)),
+        limit_tokens: l.tpm,
+        remaining_tokens: l.tpm.map(|t| t.saturating_sub(tokens)),
+        limit_tokens_per_day: l.tpd,
+        remaining_tokens_per_day: l.tpd.map(|t| t.saturating_sub(day_tokens)),
+        limit_parallel: l.parallel,
+        retry_after: if parallel_full {
+            1
+        } else if rpm_full || tpm_full {
+            WINDOW_SECS - now % WINDOW_SECS
+        } else {
+            DAY_SECS - now % DAY_SECS
+        },
+    })
+}
+
+/// Where a call's counts live: the call must be released where it was admitted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Held {
+    /// In this process (no Redis, or Redis down when the call was admitted).
+    #[default]
+    Local,
+    /// In Redis, shared by every instance.
+    Shared,
+}
+
+/// The rate limiter: in-process windows, and Redis windows shared by every instance when
+/// Redis is configured and up (the in-process ones are the fallback while it is down).
 pub struct Limiter {
-    backend: Backend,
+    memory: MemoryLimiter,
+    redis: Option<Arc<RedisCounters>>,
     clock: SharedClock,
 }
 
-enum Backend {
-    Memory(MemoryLimiter),
-}
-
 impl Limiter {
-    pub fn new(clock: SharedClock) -> Limiter {
+    pub fn new(clock: SharedClock, redis: Option<Arc<RedisCounters>>) -> Limiter {
         Limiter {
-            backend: Backend::Memory(MemoryLimiter::default()),
+            memory: MemoryLimiter::default(),
+            redis,
             clock,
         }
     }
@@ -97,54 +156,140 @@ impl Limiter {
         self.clock.unix_secs()
     }
 
+    /// The limited descriptors, first of each counter in the caller's order, with their Redis keys.
+    fn shared_windows(r: &RedisCounters, limits: &[RateLimit]) -> (Vec<usize>, Vec<WindowArgs>) {
+        let mut idx = Vec::new();
+        let mut args: Vec<WindowArgs> = Vec::new();
+        for (i, l) in limits.iter().enumerate() {
+            if !l.is_limited() {
+                continue;
+            }
+            let key = r.window_key(&l.counter_key());
+            if args.iter().any(|a| a.key == key) {
+                continue;
+            }
+            idx.push(i);
+            args.push(WindowArgs {
+                key,
+                rpm: l.rpm,
+                tpm: l.tpm,
+                tpd: l.tpd,
+                parallel: l.parallel,
+            });
+        }
+        (idx, args)
+    }
+
+    fn keys(&self, limits: &[RateLimit], which: impl Fn(&RateLimit) -> bool) -> Vec<String> {
+        let Some(r) = &self.redis else {
+            return Vec::new();
+        };
+        let mut keys: Vec<String> = limits
+            .iter()
+            .filter(|l| which(l))
+            .map(|l| r.window_key(&l.counter_key()))
+            .collect();
+        keys.sort();
+        keys.dedup();
+        keys
+    }
+
     /// Counts one request against every descriptor if all of them have room (RPM below limit,
     /// TPM window below limit, a free parallel slot) and takes the slots; otherwise counts and
     /// takes nothing and names the first refusing scope. Every success must be followed by
-    /// exactly one [`Limiter::release`] or [`Limiter::refund`].
-    pub fn acquire(&self, limits: &[RateLimit]) -> Result<(), Box<RateDenied>> {
-        match &self.backend {
-            Backend::Memory(m) => m.acquire(limits, self.now()),
+    /// exactly one [`Limiter::release`] or [`Limiter::refund`] with the returned [`Held`].
+    /// With Redis up this is one script run; if Redis fails, the call is counted here instead.
+    pub async fn acquire(&self, limits: &[RateLimit]) -> Result<Held, Box<RateDenied>> {
+        let now = self.now();
+        if let Some(r) = self.redis.as_ref()
+            && limits.iter().any(RateLimit::is_limited)
+        {
+            if r.up() {
+                let (idx, args) = Self::shared_windows(r, limits);
+                match r.acquire(&args, now).await {
+                    Ok(None) => return Ok(Held::Shared),
+                    Ok(Some(full)) => {
+                        let l = &limits[idx[full.index]];
+                        return Err(Box::new(
+                            denied(
+                                l,
+                                full.requests,
+                                full.tokens,
+                                full.day_tokens,
+                                full.in_flight,
+                                now,
+                            )
+                            .unwrap_or_else(|| {
+                                denied(l, u64::MAX, u64::MAX, u64::MAX, u64::MAX, now)
+                                    .expect("full")
+                            }),
+                        ));
+                    }
+                    Err(_) => {} // marked down; counted here
+                }
+            } else {
+                r.fell_back();
+            }
         }
+        self.memory.acquire(limits, now).map(|()| Held::Local)
     }
 
     /// Gives back the request and the slots an [`Limiter::acquire`] took, for a call refused
     /// after it (no deployment could take it): a refused pick must not burn the caller's RPM.
-    pub fn refund(&self, limits: &[RateLimit]) {
-        match &self.backend {
-            Backend::Memory(m) => {
-                m.refund(limits, self.now());
-                m.release(limits);
+    pub fn refund(&self, limits: &[RateLimit], held: Held) {
+        let now = self.now();
+        match (held, &self.redis) {
+            (Held::Shared, Some(r)) => r.refund(
+                self.keys(limits, RateLimit::is_limited),
+                self.keys(limits, |l| l.parallel.is_some()),
+                now,
+            ),
+            _ => {
+                self.memory.refund(limits, now);
+                self.memory.release(limits);
             }
         }
     }
 
     /// Frees the parallel slots of a call that ended (answered, failed, stream finished or
     /// client gone).
-    pub fn release(&self, limits: &[RateLimit]) {
-        match &self.backend {
-            Backend::Memory(m) => m.release(limits),
+    pub fn release(&self, limits: &[RateLimit], held: Held) {
+        match (held, &self.redis) {
+            (Held::Shared, Some(r)) => {
+                let slots = self.keys(limits, |l| l.parallel.is_some());
+                if !slots.is_empty() {
+                    r.release(slots);
+                }
+            }
+            _ => self.memory.release(limits),
         }
     }
 
     /// Adds the real token usage of a finished call to every descriptor with a TPM or TPD limit.
-    pub fn add_tokens(&self, limits: &[RateLimit], tokens: u64) {
-        match &self.backend {
-            Backend::Memory(m) => m.add_tokens(limits, tokens, self.now()),
+    pub fn add_tokens(&self, limits: &[RateLimit], tokens: u64, held: Held) {
+        if tokens == 0 {
+            return;
+        }
+        let now = self.now();
+        match (held, &self.redis) {
+            (Held::Shared, Some(r)) => r.add_tokens(
+                self.keys(limits, |l| l.tpm.is_some() || l.tpd.is_some()),
+                tokens,
+                now,
+            ),
+            _ => self.memory.add_tokens(limits, tokens, now),
         }
     }
 
-    /// Drops windows that have ended. Returns how many were dropped.
+    /// Drops in-process windows that have ended (Redis windows expire by themselves). Returns
+    /// how many were dropped.
     pub fn sweep(&self) -> usize {
-        match &self.backend {
-            Backend::Memory(m) => m.sweep(self.now()),
-        }
+        self.memory.sweep(self.now())
     }
 
-    /// Windows held (tests).
+    /// In-process windows held (tests).
     pub fn windows(&self) -> usize {
-        match &self.backend {
-            Backend::Memory(m) => m.window_count(),
-        }
+        self.memory.window_count()
     }
 }
 

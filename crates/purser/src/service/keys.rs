@@ -1259,7 +1259,18 @@ pub async fn regenerate(
     h.key(&old);
     h.key(&row.token);
     h.commit().await?;
-    spend_write.rename(&SpendScope::Key(old), &SpendScope::Key(row.token.clone()));
+    spend_write.rename(
+        &SpendScope::Key(old.clone()),
+        &SpendScope::Key(row.token.clone()),
+    );
     drop(spend_write);
+    crate::service::write::after_commit(
+        state,
+        &[crate::service::write::Changed::KeyRenamed {
+            from: old,
+            to: row.token.clone(),
+        }],
+    )
+    .await;
     Ok((raw, row))
 }

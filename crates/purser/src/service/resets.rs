@@ -299,7 +299,15 @@ pub async fn reset_row(
             );
         }
         drop(spend_write);
-        write::after_commit(state, &members_changed(&members)).await;
+        let mut changed = members_changed(&members);
+        changed.extend(members.iter().map(|(team_id, user_id)| Changed::SpendSet {
+            scope: SpendScope::Member {
+                team_id: team_id.clone(),
+                user_id: user_id.clone(),
+            },
+            value: 0,
+        }));
+        write::after_commit(state, &changed).await;
         return Ok((Outcome::Won, members.len() as u64));
     }
     // A single UPDATE is atomic on both backends: no transaction needed.
@@ -320,7 +328,14 @@ pub async fn reset_row(
     };
     spend_write.set(&scope, 0);
     drop(spend_write);
-    write::after_commit(state, &[row_changed(table, &id)]).await;
+    write::after_commit(
+        state,
+        &[
+            row_changed(table, &id),
+            Changed::SpendSet { scope, value: 0 },
+        ],
+    )
+    .await;
     Ok((Outcome::Won, 0))
 }
 

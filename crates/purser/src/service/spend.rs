@@ -37,11 +37,15 @@ use tokio_util::sync::CancellationToken;
 
 use crate::app::AppState;
 use crate::clock::{SharedClock, SystemClock};
+use crate::cluster::RedisCounters;
+use crate::cluster::counters::BudgetArgs;
 use crate::store::{self, Db, spend::SpendLogRow};
 
 /// An entity whose spend is tracked and can be reset by the budget reset job. The variant
 /// order is the lock order of the spend writer (derived `Ord`): teams, keys, memberships, users.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 pub enum SpendScope {
     Team(String),
     Key(String),
@@ -228,6 +232,8 @@ pub struct Ledger {
     pub stats: LedgerStats,
     /// Unix seconds of the last backpressure warning (one log line per 10 s at most).
     last_warn: AtomicI64,
+    /// Budget counters shared with the other instances (Redis), when configured.
+    redis: Option<Arc<RedisCounters>>,
 }
 
 impl std::fmt::Debug for Ledger {
@@ -257,6 +263,85 @@ impl Ledger {
             clock,
             stats: LedgerStats::default(),
             last_warn: AtomicI64::new(0),
+            redis: None,
+        }
+    }
+
+    /// Shares budget counters with the other instances through Redis (see [`Ledger::reserve_shared`]).
+    pub fn with_redis(mut self, redis: Option<Arc<RedisCounters>>) -> Ledger {
+        self.redis = redis;
+        self
+    }
+
+    /// The Redis key of a scope's shared budget counter.
+    pub fn shared_key(r: &RedisCounters, scope: &SpendScope) -> String {
+        r.budget_key(&match scope {
+            SpendScope::Team(t) => format!("t:{t}"),
+            SpendScope::Key(k) => format!("k:{k}"),
+            SpendScope::Member { team_id, user_id } => format!("m:{team_id}\u{1f}{user_id}"),
+            SpendScope::User(u) => format!("u:{u}"),
+        })
+    }
+
+    /// The shared counters, when configured (up or not).
+    pub fn redis(&self) -> Option<&Arc<RedisCounters>> {
+        self.redis.as_ref()
+    }
+
+    /// [`Ledger::reserve`], then, with Redis up, the same all-or-nothing reservation on the
+    /// counters every instance shares (seeded from this instance's counters): a budget is
+    /// enforced against the spend of all instances. Redis failing mid-call leaves the local
+    /// reservation standing (the per-instance fallback).
+    pub async fn reserve_shared(
+        self: &Arc<Self>,
+        checks: &[BudgetCheck],
+        estimate: i64,
+        enforce: bool,
+    ) -> Result<Reservation, OverBudget> {
+        let mut res = self.reserve(checks, estimate, enforce)?;
+        let Some(r) = self.redis.as_ref() else {
+            return Ok(res);
+        };
+        if !r.up() {
+            r.fell_back();
+            return Ok(res);
+        }
+        let mut scopes: Vec<(SpendScope, Option<i64>)> = Vec::with_capacity(checks.len());
+        let args: Vec<BudgetArgs> = {
+            let g = self.lock();
+            checks
+                .iter()
+                .filter_map(|c| {
+                    let scope = g.resolve(&c.scope);
+                    if scopes.iter().any(|(s, _)| *s == scope) {
+                        return None;
+                    }
+                    let seed = g.counters.get(&scope).map(|c| c.spend).unwrap_or(c.seed);
+                    let key = Ledger::shared_key(r, &scope);
+                    scopes.push((scope, c.max));
+                    Some(BudgetArgs {
+                        key,
+                        seed,
+                        max: c.max,
+                    })
+                })
+                .collect()
+        };
+        match r.reserve(&args, res.estimate, enforce).await {
+            Ok(None) => {
+                res.shared = Some((r.clone(), args.into_iter().map(|a| a.key).collect()));
+                Ok(res)
+            }
+            Ok(Some((i, spend))) => {
+                let (scope, max) = scopes.swap_remove(i);
+                Err(OverBudget {
+                    scope,
+                    spend,
+                    max: max.unwrap_or(0),
+                })
+            }
+            // Marked down; this call is governed by this instance's counters.
+            Err(_) => Ok(res),
         }
     }
 
@@ -404,6 +489,7 @@ impl Ledger {
             scopes,
             estimate,
             done: false,
+            shared: None,
         })
     }
 
@@ -477,6 +563,13 @@ impl Ledger {
             _gate: gate,
             seq0,
         }
+    }
+
+    /// Drops every counter with nothing in flight or unwritten: they are seeded afresh from
+    /// the database (after this instance may have missed a peer's spend-set).
+    pub fn forget_settled(&self) {
+        let mut g = self.lock();
+        g.counters.retain(|_, c| c.in_flight > 0 || c.queued > 0);
     }
 
     /// Drops counters unused for [`IDLE_EVICT_AFTER`] with nothing in flight or unwritten
@@ -635,6 +728,8 @@ pub struct Reservation {
     scopes: Vec<SpendScope>,
     estimate: i64,
     done: bool,
+    /// The same reservation on the shared counters (Redis) and their keys.
+    shared: Option<(Arc<RedisCounters>, Vec<String>)>,
 }
 
 impl Reservation {
@@ -643,6 +738,9 @@ impl Reservation {
         self.done = true;
         self.ledger
             .release(&self.scopes, self.estimate, cost.max(0), Some(log));
+        if let Some((r, keys)) = self.shared.take() {
+            r.settle(keys, self.estimate, cost.max(0));
+        }
     }
 }
 
@@ -651,6 +749,9 @@ impl Drop for Reservation {
         if !self.done {
             self.done = true;
             self.ledger.release(&self.scopes, self.estimate, 0, None);
+            if let Some((r, keys)) = self.shared.take() {
+                r.settle(keys, self.estimate, 0);
+            }
         }
     }
 }
@@ -706,6 +807,11 @@ pub async fn run_writer(state: AppState, server_stopped: CancellationToken) {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn shared_counters_outlive_idle_eviction() {
+        assert!(crate::cluster::counters::BUDGET_TTL_SECS > super::IDLE_EVICT_AFTER.as_secs());
+    }
+
     use super::*;
     use crate::clock::ManualClock;
 

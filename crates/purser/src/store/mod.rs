@@ -220,6 +220,41 @@ impl Db {
         Ok(db)
     }
 
+    /// The PostgreSQL pool (the change bus listens on it), if this is PostgreSQL.
+    pub fn pg_pool(&self) -> Option<&PgPool> {
+        match self {
+            Db::Postgres(p) => Some(p),
+            Db::Sqlite(_) => None,
+        }
+    }
+
+    /// A short stable name of the database this pool writes (instances on one database agree
+    /// on it): a hash of the PostgreSQL database and schema, or of the SQLite file's path.
+    pub async fn identity(&self) -> anyhow::Result<String> {
+        use sha2::Digest;
+        let name = match self {
+            Db::Postgres(p) => {
+                sqlx::query_scalar::<_, String>(
+                    "SELECT current_database()::text || '/' || current_schema()::text",
+                )
+                .fetch_one(p)
+                .await?
+            }
+            Db::Sqlite(p) => {
+                let file: Option<String> =
+                    sqlx::query_scalar("SELECT file FROM pragma_database_list WHERE name = 'main'")
+                        .fetch_optional(p)
+                        .await?;
+                match file.filter(|f| !f.is_empty()) {
+                    Some(f) => f,
+                    // An in-memory database is never shared.
+                    None => uuid::Uuid::new_v4().to_string(),
+                }
+            }
+        };
+        Ok(hex::encode(&sha2::Sha256::digest(name.as_bytes())[..6]))
+    }
+
     pub fn backend_name(&self) -> &'static str {
         match self {
             Db::Sqlite(_) => "sqlite",

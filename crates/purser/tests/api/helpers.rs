@@ -79,6 +79,17 @@ pub async fn postgres_available() -> bool {
     }
 }
 
+/// With `PURSER_TEST_REDIS_BACKEND=1` every test gateway shares its counters through the Redis
+/// at `PURSER_TEST_REDIS_URL` (keys prefixed by the test's own database, so tests never meet).
+pub fn redis_backend() -> Option<String> {
+    std::env::var("PURSER_TEST_REDIS_BACKEND")
+        .is_ok_and(|v| v == "1")
+        .then(|| {
+            std::env::var("PURSER_TEST_REDIS_URL")
+                .unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+        })
+}
+
 pub struct TestApp {
     pub base: String,
     pub addr: SocketAddr,
@@ -119,7 +130,7 @@ impl TestApp {
             host: "127.0.0.1".into(),
             port: 0,
             database_url: Some(db_url),
-            redis_url: None,
+            redis_url: redis_backend(),
             master_key: None,
             log_json: false,
             timeouts: Default::default(),

@@ -7,6 +7,7 @@ mod mock_upstream;
 mod alerts;
 mod audit;
 mod cli;
+mod cluster;
 mod durability;
 mod e2e;
 mod foundation;

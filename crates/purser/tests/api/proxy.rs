@@ -1217,7 +1217,18 @@ async fn budget_reset_hook(b: Backend) {
     drop(h);
     w.set(&SpendScope::Team("t1".into()), 0);
     drop(w);
-    app.state.cache.evict_team("t1").await;
+    // The after-commit step: cache, peers and the shared (Redis) counter follow.
+    purser::service::write::after_commit(
+        &app.state,
+        &[
+            purser::service::write::Changed::Team("t1".into()),
+            purser::service::write::Changed::SpendSet {
+                scope: SpendScope::Team("t1".into()),
+                value: 0,
+            },
+        ],
+    )
+    .await;
     assert_eq!(
         app.post("/v1/chat/completions", &key, chat("fake-gpt"))
             .await

@@ -93,10 +93,16 @@ pub async fn reset_spend(
     drop(spend_write);
     write::after_commit(
         state,
-        &[Changed::Member {
-            team_id: team_id.to_string(),
-            user_id: user_id.to_string(),
-        }],
+        &[
+            Changed::Member {
+                team_id: team_id.to_string(),
+                user_id: user_id.to_string(),
+            },
+            Changed::SpendSet {
+                scope: member_scope(team_id, user_id),
+                value: target,
+            },
+        ],
     )
     .await;
     Ok(json!({

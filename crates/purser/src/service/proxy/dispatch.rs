@@ -18,7 +18,7 @@ use super::mock::{mock_body, mock_stream};
 use super::stream::{StreamMeter, pump_stream};
 use crate::app::AppState;
 use crate::error::Error;
-use crate::limiter::RateLimit;
+use crate::limiter::{Held, RateLimit};
 use crate::service::alerts::{Alerts, SoftBudgetWatch};
 use crate::service::model_budget::ModelReservation;
 use crate::service::spend::Reservation;
@@ -34,6 +34,8 @@ pub(super) struct Meter {
     pub(super) model_reservation: Option<ModelReservation>,
     pub(super) slot: Slot,
     pub(super) limits: Vec<RateLimit>,
+    /// Where `limits` were counted (released there).
+    pub(super) held: Held,
     pub(super) prompt_estimate: u64,
     pub(super) log: SpendLogRow,
     /// Soft budgets of the key and team, looked at once the cost is booked.
@@ -44,7 +46,7 @@ pub(super) struct Meter {
 /// failed, stream finished, client gone (the stream task drops it) or the overall deadline.
 impl Drop for Meter {
     fn drop(&mut self) {
-        self.state.limiter.release(&self.limits);
+        self.state.limiter.release(&self.limits, self.held);
     }
 }
 
@@ -63,7 +65,9 @@ impl Meter {
         if let Some(m) = self.model_reservation.take() {
             m.settle(cost.0);
         }
-        self.state.limiter.add_tokens(&self.limits, usage.total());
+        self.state
+            .limiter
+            .add_tokens(&self.limits, usage.total(), self.held);
         dep.add_tokens(usage.total());
         let mut log = self.log.clone();
         log.spend = cost.0;

@@ -281,7 +281,8 @@ pub async fn handle(state: AppState, caller: Caller, req: CallRequest) -> Result
     let all: Vec<BudgetCheck> = first.into_iter().chain(later).collect();
     let reservation = state
         .ledger
-        .reserve(&all, estimate, !free)
+        .reserve_shared(&all, estimate, !free)
+        .await
         .map_err(|o| over_budget(&state, &ctx, &o))?;
     // 10b. per-model budgets, reserved the same way
     let model_reservation = if free {
@@ -310,11 +311,15 @@ pub async fn handle(state: AppState, caller: Caller, req: CallRequest) -> Result
     };
     // 11. rate limits
     let limits = rate_limits(&ctx, &target);
-    state.limiter.acquire(&limits).map_err(|d| rate_error(&d))?;
+    let held = state
+        .limiter
+        .acquire(&limits)
+        .await
+        .map_err(|d| rate_error(&d))?;
     // 12. routing
     let Some(slot) = state.models.pick(&target) else {
         // No deployment took the call: it must not count against the caller's RPM.
-        state.limiter.refund(&limits);
+        state.limiter.refund(&limits, held);
         return Err(Error::proxy(
             StatusCode::TOO_MANY_REQUESTS,
             "rate_limit_error",
@@ -366,6 +371,7 @@ pub async fn handle(state: AppState, caller: Caller, req: CallRequest) -> Result
         model_reservation,
         slot,
         limits,
+        held,
         prompt_estimate: req.prompt_tokens,
         log,
     };

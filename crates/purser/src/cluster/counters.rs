@@ -1,0 +1,520 @@
+//! Counters shared by every instance through Redis: rate-limit windows and parallel slots, and
+//! budget reservations. Each decision is one Lua script (atomic across every scope of a call);
+//! what happens after a call (slot release, real tokens, settled cost) is sent without waiting.
+//!
+//! Invariants:
+//! - Callers use Redis only while [`RedisCounters::up`]; any error marks it down (the caller
+//!   falls back to its in-process counters for that call) and the prober brings it back.
+//! - Increments that could not reach Redis (a call admitted through Redis that ended while it was
+//!   down) are kept, summed per field, and applied when Redis is back, before it is used again;
+//!   so released slots and settled spend are not lost by an outage, and keys Redis no longer holds
+//!   (restarted, flushed) are seeded again from the instance's counters instead.
+//! - Budget counters are seeded from the caller's counter (database value plus this instance's
+//!   unwritten spend) the first time Redis lacks them; spend reaches the database through each
+//!   instance's own writer, so the database sums every instance exactly.
+//! - Every key starts with the instance group's prefix (derived from the database's identity, so
+//!   instances on one database share counters and test runs never collide).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{AsyncCommands, Script};
+use tokio_util::sync::CancellationToken;
+
+/// How often Redis is probed (and how soon after it returns instances share again).
+pub const PROBE_EVERY: Duration = Duration::from_millis(500);
+/// A Redis answer slower than this counts as Redis being down (the call goes on locally).
+const RESPONSE_TIMEOUT: Duration = Duration::from_millis(250);
+/// Budget counters unused this long expire: longer than the ledger's idle eviction (360 s; a
+/// unit test in `service::spend` checks), so an instance that still counts a scope finds it.
+pub const BUDGET_TTL_SECS: u64 = 420;
+
+/// Budget reservation across scopes: seed missing counters, check every cap, reserve on all
+/// or none. KEYS: counters. ARGV: estimate, enforce (1/0), ttl, then seed and max (-1: none)
+/// per key. Returns {0} or {index, spend} of the first scope over budget.
+const RESERVE: &str = r#"
+local est = tonumber(ARGV[1])
+local enforce = ARGV[2] == '1'
+local ttl = tonumber(ARGV[3])
+for i = 1, #KEYS do
+  if redis.call('EXISTS', KEYS[i]) == 0 then
+    redis.call('HSET', KEYS[i], 's', ARGV[2 + 2 * i], 'r', 0, 'f', 0)
+  end
+end
+if enforce then
+  for i = 1, #KEYS do
+    local max = tonumber(ARGV[3 + 2 * i])
+    if max >= 0 then
+      local v = redis.call('HMGET', KEYS[i], 's', 'r', 'f')
+      local s, r, f = tonumber(v[1]) or 0, tonumber(v[2]) or 0, tonumber(v[3]) or 0
+      if not (s + r + est <= max or (f <= 0 and s < max)) then
+        return {i, s}
+      end
+    end
+  end
+end
+for i = 1, #KEYS do
+  redis.call('HINCRBY', KEYS[i], 'r', est)
+  redis.call('HINCRBY', KEYS[i], 'f', 1)
+  redis.call('EXPIRE', KEYS[i], ttl)
+end
+return {0}
+"#;
+
+/// Adds deltas to fields of keys that exist (a missing key is seeded afresh later); `r`, `f`
+/// and `pf` never go below zero. KEYS: one per delta. ARGV: field, delta per key.
+const INCR_EXISTING: &str = r#"
+for i = 1, #KEYS do
+  if redis.call('EXISTS', KEYS[i]) == 1 then
+    local field = ARGV[2 * i - 1]
+    local v = redis.call('HINCRBY', KEYS[i], field, ARGV[2 * i])
+    if v < 0 and field ~= 's' then
+      redis.call('HSET', KEYS[i], field, 0)
+    end
+  end
+end
+return 0
+"#;
+
+/// Rate-limit admission (the in-process limiter's algorithm): fixed 60 s windows and a UTC
+/// day, checked for every key first, then counted on all. KEYS: windows. ARGV: now, then rpm,
+/// tpm, tpd, parallel (-1: none) per key. Returns {0}, or {index, requests, tokens,
+/// day_tokens, in_flight} of the first key with no room.
+const ACQUIRE: &str = r#"
+local now = tonumber(ARGV[1])
+local ws = now - now % 60
+local ds = now - now % 86400
+local st = {}
+for i = 1, #KEYS do
+  local v = redis.call('HMGET', KEYS[i], 'ws', 'rq', 'tk', 'ds', 'dt', 'pf')
+  local rq, tk, dt, pf = tonumber(v[2]) or 0, tonumber(v[3]) or 0, tonumber(v[5]) or 0, tonumber(v[6]) or 0
+  if tonumber(v[1]) ~= ws then rq = 0; tk = 0 end
+  if tonumber(v[4]) ~= ds then dt = 0 end
+  local b = 1 + (i - 1) * 4
+  local rpm, tpm, tpd, par = tonumber(ARGV[b + 1]), tonumber(ARGV[b + 2]), tonumber(ARGV[b + 3]), tonumber(ARGV[b + 4])
+  if (par >= 0 and pf >= par) or (rpm >= 0 and rq >= rpm) or (tpm >= 0 and tk >= tpm) or (tpd >= 0 and dt >= tpd) then
+    return {i, rq, tk, dt, pf}
+  end
+  st[i] = {rq, tk, dt, pf, par, tpd}
+end
+for i = 1, #KEYS do
+  local s = st[i]
+  local pf = s[4]
+  if s[5] >= 0 then pf = pf + 1 end
+  redis.call('HSET', KEYS[i], 'ws', ws, 'rq', s[1] + 1, 'tk', s[2], 'ds', ds, 'dt', s[3], 'pf', pf)
+  if s[6] >= 0 then redis.call('EXPIRE', KEYS[i], 86400 + 120) else redis.call('EXPIRE', KEYS[i], 600) end
+end
+return {0}
+"#;
+
+/// Real tokens of a finished call on windows that exist (rolling them as the in-process
+/// limiter does). KEYS: windows. ARGV: now, tokens.
+const TOKENS: &str = r#"
+local now = tonumber(ARGV[1])
+local n = tonumber(ARGV[2])
+local ws = now - now % 60
+local ds = now - now % 86400
+for i = 1, #KEYS do
+  if redis.call('EXISTS', KEYS[i]) == 1 then
+    local v = redis.call('HMGET', KEYS[i], 'ws', 'ds')
+    if tonumber(v[1]) ~= ws then redis.call('HSET', KEYS[i], 'ws', ws, 'rq', 0, 'tk', 0) end
+    if tonumber(v[2]) ~= ds then redis.call('HSET', KEYS[i], 'ds', ds, 'dt', 0) end
+    redis.call('HINCRBY', KEYS[i], 'tk', n)
+    redis.call('HINCRBY', KEYS[i], 'dt', n)
+  end
+end
+return 0
+"#;
+
+/// Gives back a request counted in the current window (a refused pick). KEYS: windows.
+/// ARGV: now.
+const REFUND: &str = r#"
+local now = tonumber(ARGV[1])
+local ws = now - now % 60
+for i = 1, #KEYS do
+  local v = redis.call('HGET', KEYS[i], 'ws')
+  if tonumber(v) == ws then
+    local rq = redis.call('HINCRBY', KEYS[i], 'rq', -1)
+    if rq < 0 then redis.call('HSET', KEYS[i], 'rq', 0) end
+  end
+end
+return 0
+"#;
+
+/// One rate-limit descriptor as the script takes it.
+#[derive(Debug, Clone)]
+pub struct WindowArgs {
+    pub key: String,
+    pub rpm: Option<u64>,
+    pub tpm: Option<u64>,
+    pub tpd: Option<u64>,
+    pub parallel: Option<u64>,
+}
+
+/// Counts of the window that refused a call.
+#[derive(Debug, Clone, Copy)]
+pub struct WindowFull {
+    pub index: usize,
+    pub requests: u64,
+    pub tokens: u64,
+    pub day_tokens: u64,
+    pub in_flight: u64,
+}
+
+/// One budget scope of a reservation.
+#[derive(Debug, Clone)]
+pub struct BudgetArgs {
+    pub key: String,
+    pub seed: i64,
+    pub max: Option<i64>,
+}
+
+struct Scripts {
+    reserve: Script,
+    incr: Script,
+    acquire: Script,
+    tokens: Script,
+    refund: Script,
+}
+
+pub struct RedisCounters {
+    conn: ConnectionManager,
+    prefix: String,
+    up: AtomicBool,
+    scripts: Scripts,
+    /// Increments that could not be sent: (key, field) → delta.
+    pending: Mutex<HashMap<(String, &'static str), i64>>,
+    /// Calls that fell back to in-process counters because Redis failed or was down.
+    pub fallbacks: AtomicU64,
+}
+
+impl std::fmt::Debug for RedisCounters {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisCounters")
+            .field("up", &self.up())
+            .finish()
+    }
+}
+
+fn opt(v: Option<u64>) -> i64 {
+    v.map(|x| x.min(i64::MAX as u64) as i64).unwrap_or(-1)
+}
+
+impl RedisCounters {
+    /// Counters on the Redis at `url` (`redis://` or `rediss://`), connected lazily: a Redis
+    /// that is down at start-up is joined when it comes up.
+    pub fn new(url: &str, prefix: String) -> anyhow::Result<Arc<RedisCounters>> {
+        let client = redis::Client::open(url)
+            .map_err(|e| anyhow::anyhow!("REDIS_URL / router_settings.redis_*: {e}"))?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(RESPONSE_TIMEOUT))
+            .set_response_timeout(Some(RESPONSE_TIMEOUT))
+            .set_number_of_retries(1)
+            .set_max_delay(Duration::from_millis(200));
+        let conn = ConnectionManager::new_lazy_with_config(client, config)?;
+        Ok(Arc::new(RedisCounters {
+            conn,
+            prefix,
+            up: AtomicBool::new(false),
+            scripts: Scripts {
+                reserve: Script::new(RESERVE),
+                incr: Script::new(INCR_EXISTING),
+                acquire: Script::new(ACQUIRE),
+                tokens: Script::new(TOKENS),
+                refund: Script::new(REFUND),
+            },
+            pending: Mutex::new(HashMap::new()),
+            fallbacks: AtomicU64::new(0),
+        }))
+    }
+
+    /// True while Redis answers (calls share counters); false: in-process fallback.
+    pub fn up(&self) -> bool {
+        self.up.load(Ordering::Relaxed)
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// The key of a budget counter (`scope` encoded by the caller).
+    pub fn budget_key(&self, scope: &str) -> String {
+        format!("{}b:{scope}", self.prefix)
+    }
+
+    /// The key of a rate-limit window (`scope:id`).
+    pub fn window_key(&self, counter: &str) -> String {
+        format!("{}rl:{counter}", self.prefix)
+    }
+
+    fn failed(&self, e: &redis::RedisError) {
+        self.fallbacks.fetch_add(1, Ordering::Relaxed);
+        if self.up.swap(false, Ordering::Relaxed) {
+            tracing::warn!(error = %e, "Redis unreachable: rate limits and budgets fall back to per-instance counters");
+        }
+    }
+
+    /// Counts a fallback taken because Redis is down (no attempt made).
+    pub fn fell_back(&self) {
+        self.fallbacks.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Reserves `estimate` on every budget counter or on none. `Ok(None)`: admitted;
+    /// `Ok(Some((i, spend)))`: `scopes[i]` is over budget. An error marks Redis down.
+    pub async fn reserve(
+        &self,
+        scopes: &[BudgetArgs],
+        estimate: i64,
+        enforce: bool,
+    ) -> redis::RedisResult<Option<(usize, i64)>> {
+        let mut inv = self.scripts.reserve.prepare_invoke();
+        inv.arg(estimate)
+            .arg(if enforce { 1 } else { 0 })
+            .arg(BUDGET_TTL_SECS);
+        for s in scopes {
+            inv.key(&s.key).arg(s.seed).arg(s.max.unwrap_or(-1));
+        }
+        let mut conn = self.conn.clone();
+        let r: Vec<i64> = inv
+            .invoke_async(&mut conn)
+            .await
+            .inspect_err(|e| self.failed(e))?;
+        Ok(match r.as_slice() {
+            [i, spend, ..] if *i > 0 => Some((*i as usize - 1, *spend)),
+            _ => None,
+        })
+    }
+
+    /// Settles a reservation made through Redis: releases it and adds the real cost (sent
+    /// without waiting; kept for later if Redis is down).
+    pub fn settle(self: &Arc<Self>, keys: Vec<String>, estimate: i64, cost: i64) {
+        let mut deltas = Vec::with_capacity(keys.len() * 3);
+        for k in keys {
+            deltas.push((k.clone(), "r", -estimate));
+            deltas.push((k.clone(), "f", -1));
+            if cost != 0 {
+                deltas.push((k, "s", cost));
+            }
+        }
+        self.send(deltas);
+    }
+
+    /// Moves a budget counter to `value` (a reset or spend-set committed to the database),
+    /// keeping the reservations of calls in flight.
+    pub async fn set_spend(&self, key: &str, value: i64) {
+        if !self.up() {
+            // Seeded afresh from the instance's counter when Redis is back.
+            self.pending
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .retain(|(k, f), _| !(k == key && *f == "s"));
+            return;
+        }
+        let mut conn = self.conn.clone();
+        let r: redis::RedisResult<()> = redis::cmd("HSET")
+            .arg(key)
+            .arg("s")
+            .arg(value)
+            .query_async(&mut conn)
+            .await;
+        if let Err(e) = r {
+            self.failed(&e);
+        }
+    }
+
+    /// Drops a counter (entity deleted; a later one of that id starts from its own row).
+    pub async fn forget(&self, key: &str) {
+        let mut conn = self.conn.clone();
+        let r: redis::RedisResult<()> = conn.del(key).await;
+        if let Err(e) = r {
+            self.failed(&e);
+        }
+    }
+
+    /// A key regenerated: its budget counter follows it (if Redis holds one).
+    pub async fn rename(&self, from: &str, to: &str) {
+        let mut conn = self.conn.clone();
+        let exists: redis::RedisResult<bool> = conn.exists(from).await;
+        match exists {
+            Ok(true) => {
+                let r: redis::RedisResult<()> = conn.rename(from, to).await;
+                if let Err(e) = r {
+                    self.failed(&e);
+                }
+            }
+            Ok(false) => {}
+            Err(e) => self.failed(&e),
+        }
+    }
+
+    /// Admits a call on every window or none (see [`ACQUIRE`]).
+    pub async fn acquire(
+        &self,
+        windows: &[WindowArgs],
+        now: u64,
+    ) -> redis::RedisResult<Option<WindowFull>> {
+        let mut inv = self.scripts.acquire.prepare_invoke();
+        inv.arg(now);
+        for w in windows {
+            inv.key(&w.key)
+                .arg(opt(w.rpm))
+                .arg(opt(w.tpm))
+                .arg(opt(w.tpd))
+                .arg(opt(w.parallel));
+        }
+        let mut conn = self.conn.clone();
+        let r: Vec<i64> = inv
+            .invoke_async(&mut conn)
+            .await
+            .inspect_err(|e| self.failed(e))?;
+        Ok(match r.as_slice() {
+            [i, rq, tk, dt, pf, ..] if *i > 0 => Some(WindowFull {
+                index: *i as usize - 1,
+                requests: *rq as u64,
+                tokens: *tk as u64,
+                day_tokens: *dt as u64,
+                in_flight: *pf as u64,
+            }),
+            _ => None,
+        })
+    }
+
+    /// Frees the parallel slots a call admitted through Redis holds.
+    pub fn release(self: &Arc<Self>, keys: Vec<String>) {
+        self.send(keys.into_iter().map(|k| (k, "pf", -1)).collect());
+    }
+
+    /// Gives back the request (and slots) of a call refused after admission.
+    pub fn refund(self: &Arc<Self>, keys: Vec<String>, slots: Vec<String>, now: u64) {
+        let me = self.clone();
+        tokio::spawn(async move {
+            if me.up() {
+                let mut inv = me.scripts.refund.prepare_invoke();
+                inv.arg(now);
+                for k in &keys {
+                    inv.key(k);
+                }
+                let mut conn = me.conn.clone();
+                if let Err(e) = inv.invoke_async::<()>(&mut conn).await {
+                    me.failed(&e);
+                }
+            }
+            me.release(slots);
+        });
+    }
+
+    /// Adds a finished call's real tokens to its windows (lost if Redis is down: windows are
+    /// short and the in-process fallback counts them meanwhile).
+    pub fn add_tokens(self: &Arc<Self>, keys: Vec<String>, tokens: u64, now: u64) {
+        if keys.is_empty() || !self.up() {
+            return;
+        }
+        let me = self.clone();
+        tokio::spawn(async move {
+            let mut inv = me.scripts.tokens.prepare_invoke();
+            inv.arg(now).arg(tokens.min(i64::MAX as u64));
+            for k in &keys {
+                inv.key(k);
+            }
+            let mut conn = me.conn.clone();
+            if let Err(e) = inv.invoke_async::<()>(&mut conn).await {
+                me.failed(&e);
+            }
+        });
+    }
+
+    /// Sends increments now, or keeps them for when Redis is back.
+    fn send(self: &Arc<Self>, deltas: Vec<(String, &'static str, i64)>) {
+        if deltas.is_empty() {
+            return;
+        }
+        if !self.up() {
+            self.keep(deltas);
+            return;
+        }
+        let me = self.clone();
+        tokio::spawn(async move {
+            if let Err(e) = me.incr(&deltas).await {
+                me.failed(&e);
+                me.keep(deltas);
+            }
+        });
+    }
+
+    fn keep(&self, deltas: Vec<(String, &'static str, i64)>) {
+        let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        for (k, f, d) in deltas {
+            *p.entry((k, f)).or_default() += d;
+        }
+    }
+
+    async fn incr(&self, deltas: &[(String, &'static str, i64)]) -> redis::RedisResult<()> {
+        let mut inv = self.scripts.incr.prepare_invoke();
+        for (k, f, d) in deltas {
+            inv.key(k).arg(*f).arg(*d);
+        }
+        let mut conn = self.conn.clone();
+        inv.invoke_async(&mut conn).await
+    }
+
+    /// One probe now (start-up): an instance that can reach Redis shares from its first call.
+    pub async fn probe_once(&self) {
+        let mut conn = self.conn.clone();
+        let ping: redis::RedisResult<String> = redis::cmd("PING").query_async(&mut conn).await;
+        match ping {
+            Ok(_) => self.up.store(true, Ordering::Relaxed),
+            Err(e) => {
+                tracing::warn!(error = %e, "Redis unreachable at start-up: rate limits and budgets use per-instance counters until it answers")
+            }
+        }
+    }
+
+    /// Probes Redis every [`PROBE_EVERY`] until `shutdown`: marks it down when it stops
+    /// answering, and when it answers again applies the kept increments before marking it up.
+    pub async fn run_prober(self: Arc<Self>, shutdown: CancellationToken) {
+        let mut every = tokio::time::interval(PROBE_EVERY);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut warned = false;
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = every.tick() => {}
+            }
+            let mut conn = self.conn.clone();
+            let ping: redis::RedisResult<String> = redis::cmd("PING").query_async(&mut conn).await;
+            match ping {
+                Ok(_) if self.up() => {}
+                Ok(_) => {
+                    let kept: Vec<(String, &'static str, i64)> = {
+                        let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+                        p.drain().map(|((k, f), d)| (k, f, d)).collect()
+                    };
+                    let mut ok = true;
+                    for part in kept.chunks(256) {
+                        if let Err(e) = self.incr(part).await {
+                            tracing::warn!(error = %e, "Redis answered but catching up failed; retrying");
+                            self.keep(part.to_vec());
+                            ok = false;
+                            break;
+                        }
+                    }
+                    if ok {
+                        self.up.store(true, Ordering::Relaxed);
+                        warned = false;
+                        tracing::info!(prefix = %self.prefix, "Redis reachable: rate limits and budgets are shared across instances");
+                    }
+                }
+                Err(e) => {
+                    let was_up = self.up.swap(false, Ordering::Relaxed);
+                    if was_up || !warned {
+                        warned = true;
+                        tracing::warn!(error = %e, "Redis unreachable: rate limits and budgets fall back to per-instance counters");
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,498 @@
+//! Scale-out: two real `purser` processes on one PostgreSQL schema and one private
+//! `redis-server` (started on a free port by the test, so it can be stopped and restarted).
+//! Governance changes made on one instance bite on the other's very next request; rate limits
+//! and budgets are shared; spend sums exactly; Redis going away fails no call.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use sqlx::Connection;
+
+use crate::helpers::{MASTER, pg_url, postgres_available};
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+const CONFIG: &str = r#"
+model_list:
+  - model_name: fake-gpt
+    litellm_params:
+      model: openai/fake-gpt
+      mock_response: "hello from the mock"
+      input_cost_per_token: 0.000001
+      output_cost_per_token: 0.000002
+  - model_name: other-gpt
+    litellm_params:
+      model: openai/other-gpt
+      mock_response: "other"
+general_settings:
+  master_key: sk-1234
+  proxy_batch_write_at: 0.2
+"#;
+
+/// A private Redis on a free port; killed on drop.
+pub struct RedisServer {
+    pub port: u16,
+    child: Option<Child>,
+}
+
+impl RedisServer {
+    pub fn start() -> RedisServer {
+        let mut r = RedisServer {
+            port: free_port(),
+            child: None,
+        };
+        r.restart();
+        r
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Starts (again) on the same port, with nothing kept from before.
+    pub fn restart(&mut self) {
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string()])
+            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server (Debian package redis-server) must be installed");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(Instant::now() < deadline, "redis-server did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// One gateway process.
+pub struct Instance {
+    pub base: String,
+    child: Child,
+}
+
+impl Drop for Instance {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Two instances on one fresh PostgreSQL schema (and Redis, if given).
+pub struct Pair {
+    pub a: Instance,
+    pub b: Instance,
+    pub client: reqwest::Client,
+    schema: String,
+    _dir: tempfile::TempDir,
+}
+
+fn start_instance(config: &PathBuf, db_url: &str, redis: Option<&str>) -> Instance {
+    let port = free_port();
+    let mut c = Command::new(env!("CARGO_BIN_EXE_purser"));
+    c.args(["serve", "--config"])
+        .arg(config)
+        .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+        .env("DATABASE_URL", db_url)
+        .env_remove("LITELLM_MASTER_KEY")
+        .env_remove("PURSER_MASTER_KEY")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit());
+    match redis {
+        Some(r) => c.env("REDIS_URL", r),
+        None => c.env_remove("REDIS_URL"),
+    };
+    Instance {
+        base: format!("http://127.0.0.1:{port}"),
+        child: c.spawn().expect("purser binary"),
+    }
+}
+
+impl Pair {
+    /// Starts both at once (migrations race: the advisory lock must hold) and waits until each
+    /// sees the other on the change bus and, with Redis, shares counters.
+    pub async fn start(redis: Option<&str>) -> Pair {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("config.yaml");
+        std::fs::write(&config, CONFIG).unwrap();
+        let schema = format!("c_{}", uuid::Uuid::new_v4().simple());
+        let mut c = sqlx::PgConnection::connect(&pg_url()).await.expect("pg");
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {schema}")))
+            .execute(&mut c)
+            .await
+            .unwrap();
+        let _ = c.close().await;
+        let sep = if pg_url().contains('?') { '&' } else { '?' };
+        let db_url = format!("{}{sep}options[search_path]={schema}", pg_url());
+        let a = start_instance(&config, &db_url, redis);
+        let b = start_instance(&config, &db_url, redis);
+        let pair = Pair {
+            a,
+            b,
+            client: reqwest::Client::new(),
+            schema,
+            _dir: dir,
+        };
+        pair.wait_joined(redis.is_some(), Duration::from_secs(30))
+            .await;
+        pair
+    }
+
+    /// Waits until both instances see one peer (and share Redis counters when `redis`).
+    pub async fn wait_joined(&self, redis: bool, within: Duration) {
+        let deadline = Instant::now() + within;
+        for inst in [&self.a, &self.b] {
+            loop {
+                let ready = self
+                    .client
+                    .get(format!("{}/health/readiness", inst.base))
+                    .send()
+                    .await;
+                if let Ok(r) = ready
+                    && let Ok(v) = r.json::<Value>().await
+                    && v["cluster"]["peers"] == 1
+                    && (!redis || v["cluster"]["counters"] == "redis")
+                {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "instances did not join within {within:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+
+    pub async fn post(
+        &self,
+        inst: &Instance,
+        path: &str,
+        key: &str,
+        body: Value,
+    ) -> (StatusCode, Value) {
+        let r = self
+            .client
+            .post(format!("{}{path}", inst.base))
+            .bearer_auth(key)
+            .json(&body)
+            .send()
+            .await
+            .expect("request");
+        let s = r.status();
+        (s, r.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn get(&self, inst: &Instance, path: &str, key: &str) -> (StatusCode, Value) {
+        let r = self
+            .client
+            .get(format!("{}{path}", inst.base))
+            .bearer_auth(key)
+            .send()
+            .await
+            .expect("request");
+        let s = r.status();
+        (s, r.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn chat(&self, inst: &Instance, key: &str, model: &str) -> (StatusCode, Value) {
+        self.post(
+            inst,
+            "/v1/chat/completions",
+            key,
+            json!({"model": model, "messages": [{"role": "user", "content": "hi"}]}),
+        )
+        .await
+    }
+
+    /// A team (through A) and a key of it.
+    pub async fn team_key(&self, team: Value) -> (String, String) {
+        let (s, t) = self.post(&self.a, "/team/new", MASTER, team).await;
+        assert_eq!(s, 200, "{t}");
+        let team_id = t["team_id"].as_str().unwrap().to_string();
+        let (s, k) = self
+            .post(
+                &self.a,
+                "/key/generate",
+                MASTER,
+                json!({"team_id": team_id}),
+            )
+            .await;
+        assert_eq!(s, 200, "{k}");
+        (team_id, k["key"].as_str().unwrap().to_string())
+    }
+
+    pub async fn shutdown(self) {
+        let schema = self.schema.clone();
+        drop(self);
+        if let Ok(mut c) = sqlx::PgConnection::connect(&pg_url()).await {
+            let _ = sqlx::query(sqlx::AssertSqlSafe(format!("DROP SCHEMA {schema} CASCADE")))
+                .execute(&mut c)
+                .await;
+            let _ = c.close().await;
+        }
+    }
+}
+
+fn cost_of(body: &Value) -> f64 {
+    let u = &body["usage"];
+    u["prompt_tokens"].as_f64().unwrap() * 0.000001
+        + u["completion_tokens"].as_f64().unwrap() * 0.000002
+}
+
+/// Block, key delete, member removal, model list change and a lowered budget made on A bite on
+/// B's next request; without Redis (the change bus is PostgreSQL's LISTEN/NOTIFY).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn governance_changes_on_one_instance_bite_on_the_other() {
+    if !postgres_available().await {
+        return;
+    }
+    let p = Pair::start(None).await;
+    let (team, key) = p.team_key(json!({"team_alias": "blockme"})).await;
+    // Warm B's cache with the key, the team and its (empty) model list.
+    assert_eq!(p.chat(&p.b, &key, "fake-gpt").await.0, 200);
+    let (s, _) = p
+        .post(&p.a, "/team/block", MASTER, json!({"team_id": team}))
+        .await;
+    assert_eq!(s, 200);
+    let (s, body) = p.chat(&p.b, &key, "fake-gpt").await;
+    assert_eq!(s, 401, "blocked team on A still served by B: {body}");
+    assert!(body.to_string().contains("is blocked"), "{body}");
+    p.post(&p.a, "/team/unblock", MASTER, json!({"team_id": team}))
+        .await;
+    assert_eq!(p.chat(&p.b, &key, "fake-gpt").await.0, 200, "unblocked");
+
+    // Model list change.
+    let (s, body) = p
+        .post(
+            &p.a,
+            "/team/update",
+            MASTER,
+            json!({"team_id": team, "models": ["other-gpt"]}),
+        )
+        .await;
+    assert_eq!(s, 200, "{body}");
+    let (s, body) = p.chat(&p.b, &key, "fake-gpt").await;
+    assert_eq!(s, 403, "model removed on A still served by B: {body}");
+    assert_eq!(p.chat(&p.b, &key, "other-gpt").await.0, 200);
+    p.post(
+        &p.a,
+        "/team/update",
+        MASTER,
+        json!({"team_id": team, "models": []}),
+    )
+    .await;
+
+    // Lowered budget: spend is above the new cap once B's spend is on disk.
+    let (s, body) = p.chat(&p.b, &key, "fake-gpt").await;
+    assert_eq!(s, 200, "{body}");
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let (s, body) = p
+        .post(
+            &p.a,
+            "/team/update",
+            MASTER,
+            json!({"team_id": team, "max_budget": 0.0000001}),
+        )
+        .await;
+    assert_eq!(s, 200, "{body}");
+    let (s, body) = p.chat(&p.b, &key, "fake-gpt").await;
+    assert_eq!(s, 422, "lowered budget on A not enforced by B: {body}");
+    assert!(
+        body.to_string().contains("Budget has been exceeded"),
+        "{body}"
+    );
+
+    // Key delete.
+    let (_, key2) = p.team_key(json!({"team_alias": "delme"})).await;
+    assert_eq!(p.chat(&p.b, &key2, "fake-gpt").await.0, 200);
+    let (s, body) = p
+        .post(&p.a, "/key/delete", MASTER, json!({"keys": [key2]}))
+        .await;
+    assert_eq!(s, 200, "{body}");
+    let (s, body) = p.chat(&p.b, &key2, "fake-gpt").await;
+    assert_eq!(s, 401, "key deleted on A still works on B: {body}");
+
+    // Member removal (the member's team keys go with it).
+    let (s, t) = p
+        .post(&p.a, "/team/new", MASTER, json!({"team_alias": "members"}))
+        .await;
+    assert_eq!(s, 200, "{t}");
+    let tid = t["team_id"].as_str().unwrap().to_string();
+    let (s, body) = p
+        .post(
+            &p.a,
+            "/team/member_add",
+            MASTER,
+            json!({"team_id": tid, "member": {"role": "user", "user_id": "alice"}}),
+        )
+        .await;
+    assert_eq!(s, 200, "{body}");
+    let (s, k) = p
+        .post(
+            &p.a,
+            "/key/generate",
+            MASTER,
+            json!({"team_id": tid, "user_id": "alice"}),
+        )
+        .await;
+    assert_eq!(s, 200, "{k}");
+    let alice = k["key"].as_str().unwrap().to_string();
+    assert_eq!(p.chat(&p.b, &alice, "fake-gpt").await.0, 200);
+    let (s, body) = p
+        .post(
+            &p.a,
+            "/team/member_delete",
+            MASTER,
+            json!({"team_id": tid, "user_id": "alice"}),
+        )
+        .await;
+    assert_eq!(s, 200, "{body}");
+    let (s, body) = p.chat(&p.b, &alice, "fake-gpt").await;
+    assert_eq!(s, 401, "member removed on A still served by B: {body}");
+    p.shutdown().await;
+}
+
+/// Rate limits and budgets shared through Redis; spend sums exactly on both instances; Redis
+/// stopped mid-run fails no call, and once it is back the instances share again within 5 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limits_and_budgets_are_shared_and_survive_redis_outages() {
+    if !postgres_available().await {
+        return;
+    }
+    let mut redis = RedisServer::start();
+    let p = Pair::start(Some(&redis.url())).await;
+
+    // A team rpm_limit of 20, hit alternately through both: 20–22 admitted.
+    let (_, key) = p.team_key(json!({"rpm_limit": 20})).await;
+    let mut admitted = 0;
+    for i in 0..40 {
+        let inst = if i % 2 == 0 { &p.a } else { &p.b };
+        let (s, body) = p.chat(inst, &key, "fake-gpt").await;
+        match s.as_u16() {
+            200 => admitted += 1,
+            429 => {}
+            other => panic!("unexpected {other}: {body}"),
+        }
+    }
+    assert!(
+        (20..=22).contains(&admitted),
+        "rpm_limit 20 across two instances admitted {admitted}"
+    );
+
+    // A team budget that fits 10 calls: not overshot by more than one call across both.
+    let (probe_team, probe) = p.team_key(json!({})).await;
+    let (s, body) = p.chat(&p.a, &probe, "fake-gpt").await;
+    assert_eq!(s, 200, "{body}");
+    let per_call = cost_of(&body);
+    let (budget_team, key) = p
+        .team_key(json!({"max_budget": per_call * 10.0 + per_call / 2.0}))
+        .await;
+    let mut admitted = 0;
+    for i in 0..30 {
+        let inst = if i % 2 == 0 { &p.a } else { &p.b };
+        let (s, body) = p.chat(inst, &key, "fake-gpt").await;
+        match s.as_u16() {
+            200 => admitted += 1,
+            400 | 422 => assert!(
+                body.to_string().contains("Budget has been exceeded"),
+                "{body}"
+            ),
+            other => panic!("unexpected {other}: {body}"),
+        }
+    }
+    assert!(
+        (10..=11).contains(&admitted),
+        "budget for 10 calls admitted {admitted} across two instances"
+    );
+
+    // Spend sums exactly: every admitted call of both instances, on both.
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let expected = per_call * admitted as f64;
+    for inst in [&p.a, &p.b] {
+        let (s, info) = p
+            .get(inst, &format!("/team/info?team_id={budget_team}"), MASTER)
+            .await;
+        assert_eq!(s, 200, "{info}");
+        let spend = info["team_info"]["spend"].as_f64().unwrap();
+        assert!(
+            (spend - expected).abs() < 1e-12,
+            "team spend {spend} != {expected} on {}",
+            inst.base
+        );
+        let (s, logs) = p
+            .get(inst, &format!("/spend/logs?team_id={budget_team}"), MASTER)
+            .await;
+        assert_eq!(s, 200, "{logs}");
+        let rows = logs.as_array().expect("spend logs list");
+        assert_eq!(rows.len(), admitted, "spend log rows on {}", inst.base);
+        let sum: f64 = rows.iter().map(|r| r["spend"].as_f64().unwrap()).sum();
+        assert!((sum - expected).abs() < 1e-12, "{sum} != {expected}");
+    }
+    let (s, info) = p
+        .get(&p.b, &format!("/team/info?team_id={probe_team}"), MASTER)
+        .await;
+    assert_eq!(s, 200);
+    assert!((info["team_info"]["spend"].as_f64().unwrap() - per_call).abs() < 1e-12);
+
+    // Redis stopped mid-run: no call fails because of it.
+    let (_, key) = p.team_key(json!({"rpm_limit": 1000})).await;
+    for i in 0..6 {
+        let inst = if i % 2 == 0 { &p.a } else { &p.b };
+        assert_eq!(p.chat(inst, &key, "fake-gpt").await.0, 200);
+    }
+    redis.stop();
+    for i in 0..20 {
+        let inst = if i % 2 == 0 { &p.a } else { &p.b };
+        let (s, body) = p.chat(inst, &key, "fake-gpt").await;
+        assert_eq!(s, 200, "call {i} failed while Redis was down: {body}");
+    }
+    let (_, ready) = p.get(&p.a, "/health/readiness", MASTER).await;
+    assert_eq!(
+        ready["cluster"]["counters"], "in_process_fallback",
+        "{ready}"
+    );
+    // Restarted (empty): shared again within 5 s.
+    redis.restart();
+    let back = Instant::now();
+    p.wait_joined(true, Duration::from_secs(5)).await;
+    assert!(back.elapsed() < Duration::from_secs(5));
+    let (_, key) = p.team_key(json!({"rpm_limit": 10})).await;
+    let mut admitted = 0;
+    for i in 0..20 {
+        let inst = if i % 2 == 0 { &p.a } else { &p.b };
+        if p.chat(inst, &key, "fake-gpt").await.0 == 200 {
+            admitted += 1;
+        }
+    }
+    assert!(
+        (10..=11).contains(&admitted),
+        "after Redis came back, rpm_limit 10 admitted {admitted}"
+    );
+    p.shutdown().await;
+}
