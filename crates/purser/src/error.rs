@@ -129,7 +129,22 @@ impl Error {
 }
 
 impl From<sqlx::Error> for Error {
+    /// A database that cannot be reached is a 503 (nothing was changed; retry later), any
+    /// other database failure a 500.
     fn from(e: sqlx::Error) -> Error {
-        Error::internal(format_args!("database: {e}"))
+        match e {
+            sqlx::Error::Io(_)
+            | sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::Tls(_) => {
+                tracing::warn!(error = %e, "database unreachable");
+                Error::proxy(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "service_unavailable",
+                    "Database unavailable: nothing was changed. Retry later.",
+                )
+            }
+            e => Error::internal(format_args!("database: {e}")),
+        }
     }
 }

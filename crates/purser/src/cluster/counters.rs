@@ -32,38 +32,6 @@ const RESPONSE_TIMEOUT: Duration = Duration::from_millis(250);
 /// unit test in `service::spend` checks), so an instance that still counts a scope finds it.
 pub const BUDGET_TTL_SECS: u64 = 420;
 
-/// Budget reservation across scopes: seed missing counters, check every cap, reserve on all
-/// or none. KEYS: counters. ARGV: estimate, enforce (1/0), ttl, then seed and max (-1: none)
-/// per key. Returns {0} or {index, spend} of the first scope over budget.
-const RESERVE: &str = r#"
-local est = tonumber(ARGV[1])
-local enforce = ARGV[2] == '1'
-local ttl = tonumber(ARGV[3])
-for i = 1, #KEYS do
-  if redis.call('EXISTS', KEYS[i]) == 0 then
-    redis.call('HSET', KEYS[i], 's', ARGV[2 + 2 * i], 'r', 0, 'f', 0)
-  end
-end
-if enforce then
-  for i = 1, #KEYS do
-    local max = tonumber(ARGV[3 + 2 * i])
-    if max >= 0 then
-      local v = redis.call('HMGET', KEYS[i], 's', 'r', 'f')
-      local s, r, f = tonumber(v[1]) or 0, tonumber(v[2]) or 0, tonumber(v[3]) or 0
-      if not (s + r + est <= max or (f <= 0 and s < max)) then
-        return {i, s}
-      end
-    end
-  end
-end
-for i = 1, #KEYS do
-  redis.call('HINCRBY', KEYS[i], 'r', est)
-  redis.call('HINCRBY', KEYS[i], 'f', 1)
-  redis.call('EXPIRE', KEYS[i], ttl)
-end
-return {0}
-"#;
-
 /// Adds deltas to fields of keys that exist (a missing key is seeded afresh later); `r`, `f`
 /// and `pf` never go below zero. KEYS: one per delta. ARGV: field, delta per key.
 const INCR_EXISTING: &str = r#"
@@ -79,33 +47,64 @@ end
 return 0
 "#;
 
-/// Rate-limit admission (the in-process limiter's algorithm): fixed 60 s windows and a UTC
-/// day, checked for every key first, then counted on all. KEYS: windows. ARGV: now, then rpm,
-/// tpm, tpd, parallel (-1: none) per key. Returns {0}, or {index, requests, tokens,
-/// day_tokens, in_flight} of the first key with no room.
-const ACQUIRE: &str = r#"
-local now = tonumber(ARGV[1])
+/// A call's whole admission in one round trip: a budget reservation across scopes (seed missing
+/// counters, check every cap: `spend + reserved + estimate <= max`, or nothing in flight and
+/// `spend < max`) and the in-process limiter's window check (fixed 60 s windows and a UTC
+/// day), all or nothing across both (a call refused by a rate limit
+/// reserves no budget, and one over budget counts no request). KEYS: budget counters, then
+/// windows. ARGV: budget count, estimate, enforce, ttl, now, seed and max per budget key, then
+/// rpm, tpm, tpd, parallel per window. Returns {0}, {1, index, spend} or {2, index, requests,
+/// tokens, day_tokens, in_flight}.
+const ADMIT: &str = r#"
+local nb = tonumber(ARGV[1])
+local est = tonumber(ARGV[2])
+local enforce = ARGV[3] == '1'
+local ttl = tonumber(ARGV[4])
+local now = tonumber(ARGV[5])
+for i = 1, nb do
+  if redis.call('EXISTS', KEYS[i]) == 0 then
+    redis.call('HSET', KEYS[i], 's', ARGV[4 + 2 * i], 'r', 0, 'f', 0)
+  end
+end
+if enforce then
+  for i = 1, nb do
+    local max = tonumber(ARGV[5 + 2 * i])
+    if max >= 0 then
+      local v = redis.call('HMGET', KEYS[i], 's', 'r', 'f')
+      local s, r, f = tonumber(v[1]) or 0, tonumber(v[2]) or 0, tonumber(v[3]) or 0
+      if not (s + r + est <= max or (f <= 0 and s < max)) then
+        return {1, i, s}
+      end
+    end
+  end
+end
 local ws = now - now % 60
 local ds = now - now % 86400
+local base = 5 + 2 * nb
 local st = {}
-for i = 1, #KEYS do
-  local v = redis.call('HMGET', KEYS[i], 'ws', 'rq', 'tk', 'ds', 'dt', 'pf')
+for j = nb + 1, #KEYS do
+  local v = redis.call('HMGET', KEYS[j], 'ws', 'rq', 'tk', 'ds', 'dt', 'pf')
   local rq, tk, dt, pf = tonumber(v[2]) or 0, tonumber(v[3]) or 0, tonumber(v[5]) or 0, tonumber(v[6]) or 0
   if tonumber(v[1]) ~= ws then rq = 0; tk = 0 end
   if tonumber(v[4]) ~= ds then dt = 0 end
-  local b = 1 + (i - 1) * 4
+  local b = base + (j - nb - 1) * 4
   local rpm, tpm, tpd, par = tonumber(ARGV[b + 1]), tonumber(ARGV[b + 2]), tonumber(ARGV[b + 3]), tonumber(ARGV[b + 4])
   if (par >= 0 and pf >= par) or (rpm >= 0 and rq >= rpm) or (tpm >= 0 and tk >= tpm) or (tpd >= 0 and dt >= tpd) then
-    return {i, rq, tk, dt, pf}
+    return {2, j - nb, rq, tk, dt, pf}
   end
-  st[i] = {rq, tk, dt, pf, par, tpd}
+  st[j] = {rq, tk, dt, pf, par, tpd}
 end
-for i = 1, #KEYS do
-  local s = st[i]
+for i = 1, nb do
+  redis.call('HINCRBY', KEYS[i], 'r', est)
+  redis.call('HINCRBY', KEYS[i], 'f', 1)
+  redis.call('EXPIRE', KEYS[i], ttl)
+end
+for j = nb + 1, #KEYS do
+  local s = st[j]
   local pf = s[4]
   if s[5] >= 0 then pf = pf + 1 end
-  redis.call('HSET', KEYS[i], 'ws', ws, 'rq', s[1] + 1, 'tk', s[2], 'ds', ds, 'dt', s[3], 'pf', pf)
-  if s[6] >= 0 then redis.call('EXPIRE', KEYS[i], 86400 + 120) else redis.call('EXPIRE', KEYS[i], 600) end
+  redis.call('HSET', KEYS[j], 'ws', ws, 'rq', s[1] + 1, 'tk', s[2], 'ds', ds, 'dt', s[3], 'pf', pf)
+  if s[6] >= 0 then redis.call('EXPIRE', KEYS[j], 86400 + 120) else redis.call('EXPIRE', KEYS[j], 600) end
 end
 return {0}
 "#;
@@ -164,6 +163,17 @@ pub struct WindowFull {
     pub in_flight: u64,
 }
 
+/// What refused a call in [`RedisCounters::admit`].
+#[derive(Debug, Clone, Copy)]
+pub enum Refused {
+    /// `budgets[index]` is over budget at this spend.
+    Budget {
+        index: usize,
+        spend: i64,
+    },
+    Window(WindowFull),
+}
+
 /// One budget scope of a reservation.
 #[derive(Debug, Clone)]
 pub struct BudgetArgs {
@@ -173,9 +183,8 @@ pub struct BudgetArgs {
 }
 
 struct Scripts {
-    reserve: Script,
+    admit: Script,
     incr: Script,
-    acquire: Script,
     tokens: Script,
     refund: Script,
 }
@@ -220,9 +229,8 @@ impl RedisCounters {
             prefix,
             up: AtomicBool::new(false),
             scripts: Scripts {
-                reserve: Script::new(RESERVE),
+                admit: Script::new(ADMIT),
                 incr: Script::new(INCR_EXISTING),
-                acquire: Script::new(ACQUIRE),
                 tokens: Script::new(TOKENS),
                 refund: Script::new(REFUND),
             },
@@ -262,20 +270,31 @@ impl RedisCounters {
         self.fallbacks.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Reserves `estimate` on every budget counter or on none. `Ok(None)`: admitted;
-    /// `Ok(Some((i, spend)))`: `scopes[i]` is over budget. An error marks Redis down.
-    pub async fn reserve(
+    /// Reserves `estimate` on every budget and counts the call on every window, or neither
+    /// (one script run: the request path's one Redis round trip). An error marks Redis down.
+    pub async fn admit(
         &self,
-        scopes: &[BudgetArgs],
+        budgets: &[BudgetArgs],
         estimate: i64,
         enforce: bool,
-    ) -> redis::RedisResult<Option<(usize, i64)>> {
-        let mut inv = self.scripts.reserve.prepare_invoke();
-        inv.arg(estimate)
+        windows: &[WindowArgs],
+        now: u64,
+    ) -> redis::RedisResult<Option<Refused>> {
+        let mut inv = self.scripts.admit.prepare_invoke();
+        inv.arg(budgets.len())
+            .arg(estimate)
             .arg(if enforce { 1 } else { 0 })
-            .arg(BUDGET_TTL_SECS);
-        for s in scopes {
-            inv.key(&s.key).arg(s.seed).arg(s.max.unwrap_or(-1));
+            .arg(BUDGET_TTL_SECS)
+            .arg(now);
+        for b in budgets {
+            inv.key(&b.key).arg(b.seed).arg(b.max.unwrap_or(-1));
+        }
+        for w in windows {
+            inv.key(&w.key)
+                .arg(opt(w.rpm))
+                .arg(opt(w.tpm))
+                .arg(opt(w.tpd))
+                .arg(opt(w.parallel));
         }
         let mut conn = self.conn.clone();
         let r: Vec<i64> = inv
@@ -283,7 +302,17 @@ impl RedisCounters {
             .await
             .inspect_err(|e| self.failed(e))?;
         Ok(match r.as_slice() {
-            [i, spend, ..] if *i > 0 => Some((*i as usize - 1, *spend)),
+            [1, i, spend, ..] => Some(Refused::Budget {
+                index: *i as usize - 1,
+                spend: *spend,
+            }),
+            [2, i, rq, tk, dt, pf, ..] => Some(Refused::Window(WindowFull {
+                index: *i as usize - 1,
+                requests: *rq as u64,
+                tokens: *tk as u64,
+                day_tokens: *dt as u64,
+                in_flight: *pf as u64,
+            })),
             _ => None,
         })
     }
@@ -348,38 +377,6 @@ impl RedisCounters {
             Ok(false) => {}
             Err(e) => self.failed(&e),
         }
-    }
-
-    /// Admits a call on every window or none (see [`ACQUIRE`]).
-    pub async fn acquire(
-        &self,
-        windows: &[WindowArgs],
-        now: u64,
-    ) -> redis::RedisResult<Option<WindowFull>> {
-        let mut inv = self.scripts.acquire.prepare_invoke();
-        inv.arg(now);
-        for w in windows {
-            inv.key(&w.key)
-                .arg(opt(w.rpm))
-                .arg(opt(w.tpm))
-                .arg(opt(w.tpd))
-                .arg(opt(w.parallel));
-        }
-        let mut conn = self.conn.clone();
-        let r: Vec<i64> = inv
-            .invoke_async(&mut conn)
-            .await
-            .inspect_err(|e| self.failed(e))?;
-        Ok(match r.as_slice() {
-            [i, rq, tk, dt, pf, ..] if *i > 0 => Some(WindowFull {
-                index: *i as usize - 1,
-                requests: *rq as u64,
-                tokens: *tk as u64,
-                day_tokens: *dt as u64,
-                in_flight: *pf as u64,
-            }),
-            _ => None,
-        })
     }
 
     /// Frees the parallel slots a call admitted through Redis holds.

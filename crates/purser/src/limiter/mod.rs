@@ -17,7 +17,7 @@ use std::sync::Arc;
 use crate::app::AppState;
 use crate::clock::SharedClock;
 use crate::cluster::RedisCounters;
-use crate::cluster::counters::WindowArgs;
+use crate::cluster::counters::{WindowArgs, WindowFull};
 
 pub use memory::MemoryLimiter;
 
@@ -152,12 +152,16 @@ impl Limiter {
         }
     }
 
-    fn now(&self) -> u64 {
+    pub fn now(&self) -> u64 {
         self.clock.unix_secs()
     }
 
-    /// The limited descriptors, first of each counter in the caller's order, with their Redis keys.
-    fn shared_windows(r: &RedisCounters, limits: &[RateLimit]) -> (Vec<usize>, Vec<WindowArgs>) {
+    /// The limited descriptors, first of each counter in the caller's order, with their Redis
+    /// keys: the indexes into `limits` and the script's arguments.
+    pub fn shared_windows(
+        r: &RedisCounters,
+        limits: &[RateLimit],
+    ) -> (Vec<usize>, Vec<WindowArgs>) {
         let mut idx = Vec::new();
         let mut args: Vec<WindowArgs> = Vec::new();
         for (i, l) in limits.iter().enumerate() {
@@ -198,43 +202,30 @@ impl Limiter {
     /// TPM window below limit, a free parallel slot) and takes the slots; otherwise counts and
     /// takes nothing and names the first refusing scope. Every success must be followed by
     /// exactly one [`Limiter::release`] or [`Limiter::refund`] with the returned [`Held`].
-    /// With Redis up this is one script run; if Redis fails, the call is counted here instead.
-    pub async fn acquire(&self, limits: &[RateLimit]) -> Result<Held, Box<RateDenied>> {
-        let now = self.now();
-        if let Some(r) = self.redis.as_ref()
-            && limits.iter().any(RateLimit::is_limited)
-        {
-            if r.up() {
-                let (idx, args) = Self::shared_windows(r, limits);
-                match r.acquire(&args, now).await {
-                    Ok(None) => return Ok(Held::Shared),
-                    Ok(Some(full)) => {
-                        let l = &limits[idx[full.index]];
-                        return Err(Box::new(
-                            denied(
-                                l,
-                                full.requests,
-                                full.tokens,
-                                full.day_tokens,
-                                full.in_flight,
-                                now,
-                            )
-                            .unwrap_or_else(|| {
-                                denied(l, u64::MAX, u64::MAX, u64::MAX, u64::MAX, now)
-                                    .expect("full")
-                            }),
-                        ));
-                    }
-                    Err(_) => {} // marked down; counted here
-                }
-            } else {
-                r.fell_back();
-            }
-        }
-        self.memory.acquire(limits, now).map(|()| Held::Local)
+    /// In process: with Redis up, calls are admitted by `RedisCounters::admit` (one script
+    /// with the budget reservation) and this serves as the fallback.
+    pub fn acquire_local(&self, limits: &[RateLimit]) -> Result<Held, Box<RateDenied>> {
+        self.memory
+            .acquire(limits, self.now())
+            .map(|()| Held::Local)
     }
 
-    /// Gives back the request and the slots an [`Limiter::acquire`] took, for a call refused
+    /// The refusal a Redis window's counts mean for `l`.
+    pub fn denied_at(l: &RateLimit, full: WindowFull, now: u64) -> RateDenied {
+        denied(
+            l,
+            full.requests,
+            full.tokens,
+            full.day_tokens,
+            full.in_flight,
+            now,
+        )
+        // Redis judged it full; if its counts read as room here, report the limit spent.
+        .or_else(|| denied(l, u64::MAX, u64::MAX, u64::MAX, u64::MAX, now))
+        .expect("a limited descriptor")
+    }
+
+    /// Gives back the request and the slots an [`Limiter::acquire_local`] (or the shared admission) took, for a call refused
     /// after it (no deployment could take it): a refused pick must not burn the caller's RPM.
     pub fn refund(&self, limits: &[RateLimit], held: Held) {
         let now = self.now();

@@ -267,7 +267,7 @@ impl Ledger {
         }
     }
 
-    /// Shares budget counters with the other instances through Redis (see [`Ledger::reserve_shared`]).
+    /// Shares budget counters with the other instances through Redis (see [`Ledger::shared_budgets`]).
     pub fn with_redis(mut self, redis: Option<Arc<RedisCounters>>) -> Ledger {
         self.redis = redis;
         self
@@ -288,61 +288,30 @@ impl Ledger {
         self.redis.as_ref()
     }
 
-    /// [`Ledger::reserve`], then, with Redis up, the same all-or-nothing reservation on the
-    /// counters every instance shares (seeded from this instance's counters): a budget is
-    /// enforced against the spend of all instances. Redis failing mid-call leaves the local
-    /// reservation standing (the per-instance fallback).
-    pub async fn reserve_shared(
-        self: &Arc<Self>,
+    /// The shared (Redis) counters of `checks`' scopes, deduplicated in order, each seeded with
+    /// this instance's counter (database value plus its unwritten spend): the scopes with their
+    /// caps, and the script's arguments. Used right after [`Ledger::reserve`].
+    pub fn shared_budgets(
+        &self,
+        r: &RedisCounters,
         checks: &[BudgetCheck],
-        estimate: i64,
-        enforce: bool,
-    ) -> Result<Reservation, OverBudget> {
-        let mut res = self.reserve(checks, estimate, enforce)?;
-        let Some(r) = self.redis.as_ref() else {
-            return Ok(res);
-        };
-        if !r.up() {
-            r.fell_back();
-            return Ok(res);
-        }
+    ) -> (Vec<(SpendScope, Option<i64>)>, Vec<BudgetArgs>) {
         let mut scopes: Vec<(SpendScope, Option<i64>)> = Vec::with_capacity(checks.len());
-        let args: Vec<BudgetArgs> = {
-            let g = self.lock();
-            checks
-                .iter()
-                .filter_map(|c| {
-                    let scope = g.resolve(&c.scope);
-                    if scopes.iter().any(|(s, _)| *s == scope) {
-                        return None;
-                    }
-                    let seed = g.counters.get(&scope).map(|c| c.spend).unwrap_or(c.seed);
-                    let key = Ledger::shared_key(r, &scope);
-                    scopes.push((scope, c.max));
-                    Some(BudgetArgs {
-                        key,
-                        seed,
-                        max: c.max,
-                    })
-                })
-                .collect()
-        };
-        match r.reserve(&args, res.estimate, enforce).await {
-            Ok(None) => {
-                res.shared = Some((r.clone(), args.into_iter().map(|a| a.key).collect()));
-                Ok(res)
+        let mut args = Vec::with_capacity(checks.len());
+        let g = self.lock();
+        for c in checks {
+            let scope = g.resolve(&c.scope);
+            if scopes.iter().any(|(s, _)| *s == scope) {
+                continue;
             }
-            Ok(Some((i, spend))) => {
-                let (scope, max) = scopes.swap_remove(i);
-                Err(OverBudget {
-                    scope,
-                    spend,
-                    max: max.unwrap_or(0),
-                })
-            }
-            // Marked down; this call is governed by this instance's counters.
-            Err(_) => Ok(res),
+            args.push(BudgetArgs {
+                key: Ledger::shared_key(r, &scope),
+                seed: g.counters.get(&scope).map(|c| c.spend).unwrap_or(c.seed),
+                max: c.max,
+            });
+            scopes.push((scope, c.max));
         }
+        (scopes, args)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -733,6 +702,16 @@ pub struct Reservation {
 }
 
 impl Reservation {
+    /// The nanos held per scope.
+    pub fn estimate(&self) -> i64 {
+        self.estimate
+    }
+
+    /// The same reservation is held on the shared counters `keys`: settled there too.
+    pub fn share(&mut self, r: Arc<RedisCounters>, keys: Vec<String>) {
+        self.shared = Some((r, keys));
+    }
+
     /// Releases the reservation and books the real cost on every scope plus the log row.
     pub fn settle(mut self, cost: i64, log: SpendLogRow) {
         self.done = true;

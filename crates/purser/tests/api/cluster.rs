@@ -496,3 +496,181 @@ async fn limits_and_budgets_are_shared_and_survive_redis_outages() {
     );
     p.shutdown().await;
 }
+
+/// A TCP forwarder to PostgreSQL that the test can cut and restore (the database "goes away"
+/// for the gateway only).
+struct Cuttable {
+    port: u16,
+    up: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    conns: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+}
+
+impl Cuttable {
+    async fn start(target: String) -> Cuttable {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let up = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let conns = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (up2, conns2) = (up.clone(), conns.clone());
+        tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                if !up2.load(std::sync::atomic::Ordering::SeqCst) {
+                    continue; // dropped: connection refused, in effect
+                }
+                let target = target.clone();
+                conns2.lock().unwrap().push(tokio::spawn(async move {
+                    if let Ok(mut out) = tokio::net::TcpStream::connect(target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut out).await;
+                    }
+                }));
+            }
+        });
+        Cuttable { port, up, conns }
+    }
+
+    fn cut(&self) {
+        self.up.store(false, std::sync::atomic::Ordering::SeqCst);
+        for c in self.conns.lock().unwrap().drain(..) {
+            c.abort();
+        }
+    }
+
+    fn restore(&self) {
+        self.up.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// PostgreSQL unreachable: management writes answer 503 and change nothing, calls with cached
+/// keys go on, and their spend is written once the database is back — nothing lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn database_outage_serves_cached_keys_and_loses_no_spend() {
+    if !postgres_available().await {
+        return;
+    }
+    let url = reqwest::Url::parse(&pg_url()).unwrap();
+    let target = format!(
+        "{}:{}",
+        url.host_str().unwrap_or("127.0.0.1"),
+        url.port().unwrap_or(5432)
+    );
+    let proxy = Cuttable::start(target.clone()).await;
+    let schema = format!("c_{}", uuid::Uuid::new_v4().simple());
+    let mut c = sqlx::PgConnection::connect(&pg_url()).await.unwrap();
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {schema}")))
+        .execute(&mut c)
+        .await
+        .unwrap();
+    let through = pg_url().replacen(&target, &format!("127.0.0.1:{}", proxy.port), 1);
+    let sep = if through.contains('?') { '&' } else { '?' };
+    let db_url = format!("{through}{sep}options[search_path]={schema}");
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.yaml");
+    std::fs::write(&config, CONFIG).unwrap();
+    let inst = start_instance(&config, &db_url, None);
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while client
+        .get(format!("{}/health/readiness", inst.base))
+        .send()
+        .await
+        .map(|r| r.status() != 200)
+        .unwrap_or(true)
+    {
+        assert!(Instant::now() < deadline, "gateway did not start");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let call = |key: String| {
+        let (client, base) = (client.clone(), inst.base.clone());
+        async move {
+            let r = client
+                .post(format!("{base}/v1/chat/completions"))
+                .bearer_auth(key)
+                .json(
+                    &json!({"model": "fake-gpt", "messages": [{"role": "user", "content": "hi"}]}),
+                )
+                .send()
+                .await
+                .unwrap();
+            let s = r.status();
+            (s, r.json::<Value>().await.unwrap_or(Value::Null))
+        }
+    };
+    let post = |path: &str, body: Value| {
+        let (client, url) = (client.clone(), format!("{}{path}", inst.base));
+        async move {
+            let r = client
+                .post(url)
+                .bearer_auth(MASTER)
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            let s = r.status();
+            (s, r.json::<Value>().await.unwrap_or(Value::Null))
+        }
+    };
+    let (s, t) = post("/team/new", json!({"team_id": "outage"})).await;
+    assert_eq!(s, 200, "{t}");
+    let (s, k) = post("/key/generate", json!({"team_id": "outage"})).await;
+    assert_eq!(s, 200, "{k}");
+    let key = k["key"].as_str().unwrap().to_string();
+    let (s, first) = call(key.clone()).await;
+    assert_eq!(s, 200, "{first}");
+    let per_call = cost_of(&first);
+
+    proxy.cut();
+    let (s, body) = post("/team/new", json!({"team_id": "during-outage"})).await;
+    assert_eq!(s, 503, "management write with the database down: {body}");
+    assert!(body.to_string().contains("Database unavailable"), "{body}");
+    for i in 0..5 {
+        let (s, body) = call(key.clone()).await;
+        assert_eq!(
+            s, 200,
+            "cached key refused during the outage (call {i}): {body}"
+        );
+    }
+    let (s, _) = client
+        .get(format!("{}/health/readiness", inst.base))
+        .send()
+        .await
+        .map(|r| (r.status(), ()))
+        .unwrap();
+    assert_eq!(s, 503, "readiness reports the database down");
+
+    proxy.restore();
+    // Every answered call's spend reaches the database once it is back.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let rows: Option<(i64, i64)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT (SELECT COUNT(*) FROM {schema}.spend_logs), (SELECT spend FROM {schema}.teams WHERE team_id = 'outage')"
+        )))
+        .fetch_optional(&mut c)
+        .await
+        .unwrap();
+        if let Some((n, spend)) = rows
+            && n == 6
+        {
+            let expected = (per_call * 6.0 * 1e9).round() as i64;
+            assert_eq!(spend, expected, "team spend after the outage");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "spend not written after the outage: {rows:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (s, body) = post("/team/new", json!({"team_id": "after-outage"})).await;
+    assert_eq!(s, 200, "writes work again: {body}");
+    let none: Option<(String,)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT team_id FROM {schema}.teams WHERE team_id = 'during-outage'"
+    )))
+    .fetch_optional(&mut c)
+    .await
+    .unwrap();
+    assert!(none.is_none(), "the refused write changed nothing");
+    drop(inst);
+    let _ = sqlx::query(sqlx::AssertSqlSafe(format!("DROP SCHEMA {schema} CASCADE")))
+        .execute(&mut c)
+        .await;
+}

@@ -12,12 +12,13 @@ use serde_json::{Value, json};
 use super::context::{CallContext, CallRequest, check_key_models, check_scope_models};
 use super::dispatch::{Meter, dispatch};
 use crate::app::AppState;
+use crate::cluster::counters::Refused;
 use crate::error::Error;
-use crate::limiter::{LimitKind, RateDenied, RateLimit};
+use crate::limiter::{Held, LimitKind, Limiter, RateDenied, RateLimit};
 use crate::service::alerts::{SoftBudgetWatch, WebhookEvent};
 use crate::service::caller::Caller;
 use crate::service::model_budget::{ModelBudgetCheck, resolve};
-use crate::service::spend::{BudgetCheck, OverBudget, SpendScope};
+use crate::service::spend::{BudgetCheck, OverBudget, Reservation, SpendScope};
 use crate::store::spend::{SpendColumn, SpendLogRow};
 use crate::upstream::CallKind;
 
@@ -281,8 +282,7 @@ pub async fn handle(state: AppState, caller: Caller, req: CallRequest) -> Result
     let all: Vec<BudgetCheck> = first.into_iter().chain(later).collect();
     let reservation = state
         .ledger
-        .reserve_shared(&all, estimate, !free)
-        .await
+        .reserve(&all, estimate, !free)
         .map_err(|o| over_budget(&state, &ctx, &o))?;
     // 10b. per-model budgets, reserved the same way
     let model_reservation = if free {
@@ -311,11 +311,8 @@ pub async fn handle(state: AppState, caller: Caller, req: CallRequest) -> Result
     };
     // 11. rate limits
     let limits = rate_limits(&ctx, &target);
-    let held = state
-        .limiter
-        .acquire(&limits)
-        .await
-        .map_err(|d| rate_error(&d))?;
+    let mut reservation = reservation;
+    let held = Box::pin(admit(&state, &ctx, &mut reservation, &all, &limits, !free)).await?;
     // 12. routing
     let Some(slot) = state.models.pick(&target) else {
         // No deployment took the call: it must not count against the caller's RPM.
@@ -379,6 +376,59 @@ pub async fn handle(state: AppState, caller: Caller, req: CallRequest) -> Result
     tokio::spawn(dispatch(state, meter, req, requested))
         .await
         .map_err(Error::internal)?
+}
+
+/// Steps 10 and 11 on the counters every instance shares: one Redis script run reserves the
+/// call's budgets and counts its rate limits, all or nothing. Without Redis (or while it is
+/// down, or when it fails mid-call) the local reservation governs the call and the in-process
+/// limiter counts it.
+async fn admit(
+    state: &AppState,
+    ctx: &CallContext,
+    reservation: &mut Reservation,
+    checks: &[BudgetCheck],
+    limits: &[RateLimit],
+    enforce: bool,
+) -> Result<Held, Error> {
+    if let Some(r) = state.cluster.shared() {
+        let (scopes, budgets) = state.ledger.shared_budgets(r, checks);
+        let (idx, windows) = Limiter::shared_windows(r, limits);
+        let now = state.limiter.now();
+        match r
+            .admit(&budgets, reservation.estimate(), enforce, &windows, now)
+            .await
+        {
+            Ok(None) => {
+                reservation.share(r.clone(), budgets.into_iter().map(|b| b.key).collect());
+                return Ok(Held::Shared);
+            }
+            Ok(Some(Refused::Budget { index, spend })) => {
+                let (scope, max) = scopes[index].clone();
+                return Err(over_budget(
+                    state,
+                    ctx,
+                    &OverBudget {
+                        scope,
+                        spend,
+                        max: max.unwrap_or(0),
+                    },
+                ));
+            }
+            Ok(Some(Refused::Window(full))) => {
+                return Err(rate_error(&Limiter::denied_at(
+                    &limits[idx[full.index]],
+                    full,
+                    now,
+                )));
+            }
+            // Marked down: this instance's counters govern the call.
+            Err(_) => {}
+        }
+    }
+    state
+        .limiter
+        .acquire_local(limits)
+        .map_err(|d| rate_error(&d))
 }
 
 /// The per-model budget windows a call of `target` (requested as `requested`) is checked
