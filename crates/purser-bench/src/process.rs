@@ -113,6 +113,13 @@ pub struct ProcessArgs {
     /// A note printed at the top of the report (e.g. "validation run on a busy machine").
     #[arg(long)]
     note: Option<String>,
+    /// Run every gateway on this PostgreSQL database (a fresh schema per gateway) instead of a
+    /// fresh SQLite file: the scale-out configuration. Scenarios `chat` and `team` only.
+    #[arg(long)]
+    postgres: Option<String>,
+    /// Share the gateways' counters through this Redis (`REDIS_URL`).
+    #[arg(long)]
+    redis: Option<String>,
 }
 
 // ---------------------------------------------------------------- child processes
@@ -318,7 +325,25 @@ impl Harness {
         std::fs::write(&config, self.yaml(mock_port))?;
         let db = self.dir.path().join(format!("{tag}.db"));
         let port = free_port()?;
-        let args = [
+        let db_url = match &self.a.postgres {
+            Some(pg) => {
+                use sqlx::Connection;
+                let schema = format!("bench_{tag}_{}", std::process::id()).replace('-', "_");
+                let mut c = sqlx::PgConnection::connect(pg).await?;
+                sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "DROP SCHEMA IF EXISTS {schema} CASCADE"
+                )))
+                .execute(&mut c)
+                .await?;
+                sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {schema}")))
+                    .execute(&mut c)
+                    .await?;
+                let sep = if pg.contains('?') { '&' } else { '?' };
+                format!("{pg}{sep}options[search_path]={schema}")
+            }
+            None => db.display().to_string(),
+        };
+        let mut args = vec![
             "serve".to_string(),
             "--config".into(),
             config.display().to_string(),
@@ -327,8 +352,11 @@ impl Harness {
             "--port".into(),
             port.to_string(),
             "--database-url".into(),
-            db.display().to_string(),
+            db_url,
         ];
+        if let Some(r) = &self.a.redis {
+            args.extend(["--redis-url".to_string(), r.clone()]);
+        }
         let log = self.dir.path().join(format!("{tag}.log"));
         let mut proc = Proc::spawn(
             &format!("gateway ({tag})"),
@@ -1019,6 +1047,20 @@ fn targets(a: &ProcessArgs, res: &Results) -> Vec<Target> {
 
 fn report(a: &ProcessArgs, meta: &Meta, res: &Results) -> String {
     let mut md = String::from("# Process benchmark — gateway binary vs direct upstream\n\n");
+    let _ = writeln!(
+        md,
+        "Gateway storage: **{}**, counters: **{}**.\n",
+        if a.postgres.is_some() {
+            "PostgreSQL"
+        } else {
+            "SQLite"
+        },
+        if a.redis.is_some() {
+            "Redis"
+        } else {
+            "in-process"
+        }
+    );
     if let Some(note) = &a.note {
         let _ = writeln!(md, "> **{note}**\n");
     }
@@ -1316,6 +1358,8 @@ fn report_json(a: &ProcessArgs, meta: &Meta, res: &Results) -> Value {
         "elapsed_s": meta.elapsed.as_secs_f64(),
         "commit": git_commit(),
         "note": a.note,
+        "postgres": a.postgres.is_some(),
+        "redis": a.redis.is_some(),
         "machine": {"nproc": cmd_output("nproc", &["--all"]), "cpu": cpu_model(),
                     "loadavg_start": loadavg(&meta.load_start), "loadavg_end": loadavg(&meta.load_end)},
         "settings": {"purser": a.purser.display().to_string(), "runs": a.runs, "duration_s": a.duration,

@@ -375,6 +375,112 @@ async fn governance_changes_on_one_instance_bite_on_the_other() {
     assert_eq!(s, 200, "{body}");
     let (s, body) = p.chat(&p.b, &alice, "fake-gpt").await;
     assert_eq!(s, 401, "member removed on A still served by B: {body}");
+
+    // Key block, then regeneration: the old key stops on B at once, the new one works there.
+    let (_, key3) = p.team_key(json!({"team_alias": "regen"})).await;
+    assert_eq!(p.chat(&p.b, &key3, "fake-gpt").await.0, 200);
+    let (s, body) = p
+        .post(&p.a, "/key/block", MASTER, json!({"key": key3}))
+        .await;
+    assert_eq!(s, 200, "{body}");
+    let (s, body) = p.chat(&p.b, &key3, "fake-gpt").await;
+    assert_eq!(s, 401, "key blocked on A still served by B: {body}");
+    p.post(&p.a, "/key/unblock", MASTER, json!({"key": key3}))
+        .await;
+    assert_eq!(p.chat(&p.b, &key3, "fake-gpt").await.0, 200);
+    let (s, body) = p
+        .post(&p.a, &format!("/key/{key3}/regenerate"), MASTER, json!({}))
+        .await;
+    assert_eq!(s, 200, "{body}");
+    let fresh = body["key"].as_str().unwrap().to_string();
+    let (s, body) = p.chat(&p.b, &key3, "fake-gpt").await;
+    assert_eq!(s, 401, "regenerated-away key still works on B: {body}");
+    assert_eq!(p.chat(&p.b, &fresh, "fake-gpt").await.0, 200);
+
+    // User delete: the user's own keys stop on B.
+    let (s, u) = p
+        .post(&p.a, "/user/new", MASTER, json!({"user_id": "bob"}))
+        .await;
+    assert_eq!(s, 200, "{u}");
+    let bob = u["key"].as_str().unwrap().to_string();
+    assert_eq!(p.chat(&p.b, &bob, "fake-gpt").await.0, 200);
+    let (s, body) = p
+        .post(&p.a, "/user/delete", MASTER, json!({"user_ids": ["bob"]}))
+        .await;
+    assert_eq!(s, 200, "{body}");
+    let (s, body) = p.chat(&p.b, &bob, "fake-gpt").await;
+    assert_eq!(s, 401, "deleted user's key still works on B: {body}");
+    p.shutdown().await;
+}
+
+/// The budget reset job runs on both instances: each due reset is won once (compare-and-set)
+/// and both instances' counters and the shared Redis counter take it, so a team refused on
+/// both for its budget is served again on both once its period rolls.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn budget_resets_reach_both_instances() {
+    if !postgres_available().await {
+        return;
+    }
+    let redis = RedisServer::start();
+    let p = Pair::start(Some(&redis.url())).await;
+    let (probe_team, probe) = p.team_key(json!({})).await;
+    let (s, body) = p.chat(&p.a, &probe, "fake-gpt").await;
+    assert_eq!(s, 200, "{body}");
+    let per_call = cost_of(&body);
+    let (team, key) = p
+        .team_key(json!({"max_budget": per_call * 1.5, "budget_duration": "2s"}))
+        .await;
+    // Exhaust it until both instances refuse (a reset may land meanwhile; keep going).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let (mut refused_a, mut refused_b) = (false, false);
+    let mut i = 0;
+    while !(refused_a && refused_b) {
+        assert!(Instant::now() < deadline, "never refused on both");
+        let on_a = i % 2 == 0;
+        i += 1;
+        let (s, body) = p
+            .chat(if on_a { &p.a } else { &p.b }, &key, "fake-gpt")
+            .await;
+        match s.as_u16() {
+            200 => {}
+            422 => {
+                assert!(
+                    body.to_string().contains("Budget has been exceeded"),
+                    "{body}"
+                );
+                if on_a {
+                    refused_a = true
+                } else {
+                    refused_b = true
+                }
+            }
+            other => panic!("unexpected {other}: {body}"),
+        }
+    }
+    // Within a period (plus the job's one-second tick), both serve the team again.
+    for inst in [&p.b, &p.a] {
+        let deadline = Instant::now() + Duration::from_secs(6);
+        loop {
+            let (s, body) = p.chat(inst, &key, "fake-gpt").await;
+            if s == 200 {
+                break;
+            }
+            assert_eq!(s, 422, "{body}");
+            assert!(
+                Instant::now() < deadline,
+                "{} never saw the reset: {body}",
+                inst.base
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    // One reset per period: the audit log holds no duplicate reset of one period.
+    let (s, info) = p
+        .get(&p.b, &format!("/team/info?team_id={team}"), MASTER)
+        .await;
+    assert_eq!(s, 200, "{info}");
+    assert!(info["team_info"]["spend"].as_f64().unwrap() <= per_call * 2.0 + 1e-12);
+    let _ = probe_team;
     p.shutdown().await;
 }
 
@@ -453,6 +559,16 @@ async fn limits_and_budgets_are_shared_and_survive_redis_outages() {
         assert_eq!(rows.len(), admitted, "spend log rows on {}", inst.base);
         let sum: f64 = rows.iter().map(|r| r["spend"].as_f64().unwrap()).sum();
         assert!((sum - expected).abs() < 1e-12, "{sum} != {expected}");
+    }
+    for inst in [&p.a, &p.b] {
+        let (s, info) = p.get(inst, &format!("/key/info?key={key}"), MASTER).await;
+        assert_eq!(s, 200, "{info}");
+        let spend = info["info"]["spend"].as_f64().unwrap();
+        assert!(
+            (spend - expected).abs() < 1e-12,
+            "key spend {spend} != {expected} on {}",
+            inst.base
+        );
     }
     let (s, info) = p
         .get(&p.b, &format!("/team/info?team_id={probe_team}"), MASTER)
