@@ -69,7 +69,7 @@ enum Command {
     /// Measure the spend writer's rate (spend-log rows per second) on SQLite and PostgreSQL.
     Writer(writer::WriterArgs),
     /// Benchmark the gateway binary as a process (wrk, direct baseline, RSS, SIGKILL spend loss).
-    Process(process::ProcessArgs),
+    Process(Box<process::ProcessArgs>),
     /// Fast mock OpenAI upstream (`/v1/chat/completions`, JSON or SSE) on 127.0.0.1.
     Mock(mock::MockArgs),
     /// What prompt counting costs: RSS each BPE encoding adds, µs per count.
@@ -125,7 +125,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Run(a) => run(a).await,
         Command::Proxy(a) => proxy::run(a).await,
         Command::Writer(a) => writer::run(a).await,
-        Command::Process(a) => process::run(a).await,
+        Command::Process(a) => process::run(*a).await,
         Command::Mock(a) => mock::run(a).await,
         Command::Tokens(a) => tokens::run(a).await,
         Command::StreamClient(a) => stream_client::run(a).await,

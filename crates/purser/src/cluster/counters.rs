@@ -47,59 +47,90 @@ end
 return 0
 "#;
 
-/// A call's whole admission in one round trip: a budget reservation across scopes (seed missing
-/// counters, check every cap: `spend + reserved + estimate <= max`, or nothing in flight and
-/// `spend < max`) and the in-process limiter's window check (fixed 60 s windows and a UTC
-/// day), all or nothing across both (a call refused by a rate limit
-/// reserves no budget, and one over budget counts no request). KEYS: budget counters, then
-/// windows. ARGV: budget count, estimate, enforce, ttl, now, seed and max per budget key, then
-/// rpm, tpm, tpd, parallel per window. Returns {0}, {1, index, spend} or {2, index, requests,
-/// tokens, day_tokens, in_flight}.
+/// A call's whole admission in one round trip, all or nothing across its three parts (a call
+/// refused by a rate limit reserves no budget, one over budget counts no request):
+/// - budget counters (key, team, member, user): seeded when missing; a capped one admits when
+///   `spend + reserved + estimate <= max`, or nothing is in flight and `spend < max`;
+/// - spend windows (`model_max_budget`, `budget_limits`): opened (or reopened once ended, or
+///   when a calendar window's end moved) with the caller's end and seed; refused once `spend >=
+///   max`, else admitted by the same rule;
+/// - rate-limit windows: the in-process limiter's algorithm (fixed 60 s windows and a UTC day).
+///
+/// KEYS: budgets, spend windows, rate windows. ARGV: budget count, spend-window count,
+/// estimate, enforce, ttl, now; seed and max (-1: none) per budget; max, end, fixed end (1/0)
+/// and seed per spend window; rpm, tpm, tpd, parallel (-1: none) per rate window. Returns {0},
+/// {1, index, spend}, {2, index, requests, tokens, day_tokens, in_flight} or {3, index, spend}.
 const ADMIT: &str = r#"
 local nb = tonumber(ARGV[1])
-local est = tonumber(ARGV[2])
-local enforce = ARGV[3] == '1'
-local ttl = tonumber(ARGV[4])
-local now = tonumber(ARGV[5])
+local nm = tonumber(ARGV[2])
+local est = tonumber(ARGV[3])
+local enforce = ARGV[4] == '1'
+local ttl = tonumber(ARGV[5])
+local now = tonumber(ARGV[6])
+local fits = function(s, r, f, max)
+  return s + r + est <= max or (f <= 0 and s < max)
+end
 for i = 1, nb do
   if redis.call('EXISTS', KEYS[i]) == 0 then
-    redis.call('HSET', KEYS[i], 's', ARGV[4 + 2 * i], 'r', 0, 'f', 0)
+    redis.call('HSET', KEYS[i], 's', ARGV[5 + 2 * i], 'r', 0, 'f', 0)
   end
 end
 if enforce then
   for i = 1, nb do
-    local max = tonumber(ARGV[5 + 2 * i])
+    local max = tonumber(ARGV[6 + 2 * i])
     if max >= 0 then
       local v = redis.call('HMGET', KEYS[i], 's', 'r', 'f')
       local s, r, f = tonumber(v[1]) or 0, tonumber(v[2]) or 0, tonumber(v[3]) or 0
-      if not (s + r + est <= max or (f <= 0 and s < max)) then
+      if not fits(s, r, f, max) then
         return {1, i, s}
       end
     end
   end
 end
+local mbase = 6 + 2 * nb
+for m = 1, nm do
+  local k = KEYS[nb + m]
+  local b = mbase + (m - 1) * 4
+  local max, ends, fixed, seed = tonumber(ARGV[b + 1]), tonumber(ARGV[b + 2]), ARGV[b + 3] == '1', ARGV[b + 4]
+  local v = redis.call('HMGET', k, 's', 'r', 'f', 'e')
+  local e = tonumber(v[4])
+  if e == nil or e <= now or (fixed and e ~= ends) then
+    redis.call('HSET', k, 's', seed, 'r', 0, 'f', 0, 'e', ends)
+    v = {seed, 0, 0}
+  end
+  local s, r, f = tonumber(v[1]) or 0, tonumber(v[2]) or 0, tonumber(v[3]) or 0
+  if s >= max or not fits(s, r, f, max) then
+    return {3, m, s}
+  end
+end
 local ws = now - now % 60
 local ds = now - now % 86400
-local base = 5 + 2 * nb
+local base = mbase + 4 * nm
+local first = nb + nm
 local st = {}
-for j = nb + 1, #KEYS do
+for j = first + 1, #KEYS do
   local v = redis.call('HMGET', KEYS[j], 'ws', 'rq', 'tk', 'ds', 'dt', 'pf')
   local rq, tk, dt, pf = tonumber(v[2]) or 0, tonumber(v[3]) or 0, tonumber(v[5]) or 0, tonumber(v[6]) or 0
   if tonumber(v[1]) ~= ws then rq = 0; tk = 0 end
   if tonumber(v[4]) ~= ds then dt = 0 end
-  local b = base + (j - nb - 1) * 4
+  local b = base + (j - first - 1) * 4
   local rpm, tpm, tpd, par = tonumber(ARGV[b + 1]), tonumber(ARGV[b + 2]), tonumber(ARGV[b + 3]), tonumber(ARGV[b + 4])
   if (par >= 0 and pf >= par) or (rpm >= 0 and rq >= rpm) or (tpm >= 0 and tk >= tpm) or (tpd >= 0 and dt >= tpd) then
-    return {2, j - nb, rq, tk, dt, pf}
+    return {2, j - first, rq, tk, dt, pf}
   end
   st[j] = {rq, tk, dt, pf, par, tpd}
 end
-for i = 1, nb do
+for i = 1, first do
   redis.call('HINCRBY', KEYS[i], 'r', est)
   redis.call('HINCRBY', KEYS[i], 'f', 1)
-  redis.call('EXPIRE', KEYS[i], ttl)
+  if i <= nb then
+    redis.call('EXPIRE', KEYS[i], ttl)
+  else
+    local ends = tonumber(ARGV[mbase + (i - nb - 1) * 4 + 2])
+    redis.call('EXPIRE', KEYS[i], math.max(ends - now, 1) + 120)
+  end
 end
-for j = nb + 1, #KEYS do
+for j = first + 1, #KEYS do
   local s = st[j]
   local pf = s[4]
   if s[5] >= 0 then pf = pf + 1 end
@@ -171,7 +202,25 @@ pub enum Refused {
         index: usize,
         spend: i64,
     },
+    /// `spend_windows[index]` is over its limit at this spend.
+    SpendWindow {
+        index: usize,
+        spend: i64,
+    },
     Window(WindowFull),
+}
+
+/// One spend window (`model_max_budget`, `budget_limits`) as the script takes it.
+#[derive(Debug, Clone)]
+pub struct SpendWindowArgs {
+    pub key: String,
+    pub max: i64,
+    /// Unix seconds at which a window opened now ends.
+    pub ends_at: i64,
+    /// A calendar window: one held with another end is reopened.
+    pub fixed_end: bool,
+    /// Spend a newly opened window starts from.
+    pub seed: i64,
 }
 
 /// One budget scope of a reservation.
@@ -253,6 +302,11 @@ impl RedisCounters {
         format!("{}b:{scope}", self.prefix)
     }
 
+    /// The key of a spend window (`model_max_budget`, `budget_limits`) by its counter id.
+    pub fn spend_window_key(&self, counter: &str) -> String {
+        format!("{}mb:{counter}", self.prefix)
+    }
+
     /// The key of a rate-limit window (`scope:id`).
     pub fn window_key(&self, counter: &str) -> String {
         format!("{}rl:{counter}", self.prefix)
@@ -275,6 +329,7 @@ impl RedisCounters {
     pub async fn admit(
         &self,
         budgets: &[BudgetArgs],
+        spend_windows: &[SpendWindowArgs],
         estimate: i64,
         enforce: bool,
         windows: &[WindowArgs],
@@ -282,12 +337,20 @@ impl RedisCounters {
     ) -> redis::RedisResult<Option<Refused>> {
         let mut inv = self.scripts.admit.prepare_invoke();
         inv.arg(budgets.len())
+            .arg(spend_windows.len())
             .arg(estimate)
             .arg(if enforce { 1 } else { 0 })
             .arg(BUDGET_TTL_SECS)
             .arg(now);
         for b in budgets {
             inv.key(&b.key).arg(b.seed).arg(b.max.unwrap_or(-1));
+        }
+        for m in spend_windows {
+            inv.key(&m.key)
+                .arg(m.max)
+                .arg(m.ends_at)
+                .arg(if m.fixed_end { 1 } else { 0 })
+                .arg(m.seed);
         }
         for w in windows {
             inv.key(&w.key)
@@ -313,6 +376,10 @@ impl RedisCounters {
                 day_tokens: *dt as u64,
                 in_flight: *pf as u64,
             })),
+            [3, i, spend, ..] => Some(Refused::SpendWindow {
+                index: *i as usize - 1,
+                spend: *spend,
+            }),
             _ => None,
         })
     }

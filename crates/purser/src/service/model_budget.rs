@@ -12,7 +12,8 @@
 //! limit, or if it is alone and the limit is not yet reached); a settled call moves its
 //! reservation to its real cost, a dropped one gives it back. Windows live in this instance's
 //! memory (a restart opens new windows, as the reference's do without Redis); ended windows
-//! with nothing in flight are swept.
+//! with nothing in flight are swept. With Redis the same windows are also decided in the
+//! call's one admission script (`cluster::counters`), shared by every instance.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -23,6 +24,8 @@ use purser_core::money::Nanos;
 use serde_json::Value;
 
 use crate::clock::SharedClock;
+use crate::cluster::RedisCounters;
+use crate::cluster::counters::SpendWindowArgs;
 
 /// One entry of a `model_max_budget` map, validated.
 #[derive(Debug, Clone, PartialEq)]
@@ -215,6 +218,7 @@ impl ModelBudgets {
             counters: checks.into_iter().map(|c| c.counter).collect(),
             estimate,
             done: false,
+            shared: None,
         })
     }
 
@@ -292,13 +296,23 @@ pub struct ModelReservation {
     counters: Vec<String>,
     estimate: i64,
     done: bool,
+    /// The same hold on the windows every instance shares (Redis), and their keys.
+    shared: Option<(Arc<RedisCounters>, Vec<String>)>,
 }
 
 impl ModelReservation {
+    /// The same hold is on the shared windows `keys`: settled there too.
+    pub fn share(&mut self, r: Arc<RedisCounters>, keys: Vec<String>) {
+        self.shared = Some((r, keys));
+    }
+
     pub fn settle(mut self, cost: i64) {
         self.done = true;
         self.budgets
             .release(&self.counters, self.estimate, cost.max(0));
+        if let Some((r, keys)) = self.shared.take() {
+            r.settle(keys, self.estimate, cost.max(0));
+        }
     }
 }
 
@@ -306,6 +320,22 @@ impl Drop for ModelReservation {
     fn drop(&mut self) {
         if !self.done {
             self.budgets.release(&self.counters, self.estimate, 0);
+            if let Some((r, keys)) = self.shared.take() {
+                r.settle(keys, self.estimate, 0);
+            }
+        }
+    }
+}
+
+impl ModelBudgetCheck {
+    /// The script's view of this window on the shared counters.
+    pub fn shared(&self, r: &RedisCounters) -> SpendWindowArgs {
+        SpendWindowArgs {
+            key: r.spend_window_key(&self.counter),
+            max: self.max,
+            ends_at: self.ends_at,
+            fixed_end: self.fixed_end,
+            seed: self.seed,
         }
     }
 }

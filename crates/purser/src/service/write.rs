@@ -104,18 +104,7 @@ impl<'a> Write<'a> {
 /// compare-and-set UPDATEs, spend writes under the writer's gate) call it after their statement.
 pub async fn after_commit(state: &AppState, changed: &[Changed]) {
     for c in changed {
-        match c {
-            Changed::Key(token) => state.cache.evict_key(token).await,
-            Changed::Team(id) => state.cache.evict_team(id).await,
-            Changed::TeamMembers(id) => state.cache.evict_team_members(id),
-            Changed::Member { team_id, user_id } => {
-                state.cache.evict_member(team_id, user_id).await
-            }
-            Changed::User(id) => state.cache.evict_user(id).await,
-            Changed::SpendZeroed(scope) => state.ledger.on_spend_set(scope, 0),
-            // Applied by the writer's `SpendWrite` before this step.
-            Changed::SpendSet { .. } | Changed::KeyRenamed { .. } => {}
-        }
+        apply_cached(state, c).await;
     }
     if let Some(r) = state.ledger.redis() {
         for c in changed {
@@ -167,14 +156,6 @@ pub async fn apply_remote(state: &AppState, payload: &str) {
     }
     for c in &changed {
         match c {
-            Changed::Key(token) => state.cache.evict_key(token).await,
-            Changed::Team(id) => state.cache.evict_team(id).await,
-            Changed::TeamMembers(id) => state.cache.evict_team_members(id),
-            Changed::Member { team_id, user_id } => {
-                state.cache.evict_member(team_id, user_id).await
-            }
-            Changed::User(id) => state.cache.evict_user(id).await,
-            Changed::SpendZeroed(scope) => state.ledger.on_spend_set(scope, 0),
             Changed::SpendSet { scope, value } => {
                 state.ledger.spend_write().await.set(scope, *value)
             }
@@ -183,7 +164,22 @@ pub async fn apply_remote(state: &AppState, payload: &str) {
                 .spend_write()
                 .await
                 .rename(&SpendScope::Key(from.clone()), &SpendScope::Key(to.clone())),
+            c => apply_cached(state, c).await,
         }
+    }
+}
+
+/// A change's cache evictions and spend-counter zeroing here. Spend-sets and renames are the
+/// writer's `SpendWrite` on the instance that made them (see [`apply_remote`] for peers).
+async fn apply_cached(state: &AppState, c: &Changed) {
+    match c {
+        Changed::Key(token) => state.cache.evict_key(token).await,
+        Changed::Team(id) => state.cache.evict_team(id).await,
+        Changed::TeamMembers(id) => state.cache.evict_team_members(id),
+        Changed::Member { team_id, user_id } => state.cache.evict_member(team_id, user_id).await,
+        Changed::User(id) => state.cache.evict_user(id).await,
+        Changed::SpendZeroed(scope) => state.ledger.on_spend_set(scope, 0),
+        Changed::SpendSet { .. } | Changed::KeyRenamed { .. } => {}
     }
 }
 

@@ -8,20 +8,14 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
+use crate::helpers::free_port;
+
 fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_purser")
 }
 
 fn quickstart() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../examples/quickstart.yaml")
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// `purser serve` on the quickstart config, in `dir`, on 127.0.0.1:`port`, with no database or

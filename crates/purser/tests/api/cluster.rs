@@ -11,32 +11,15 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 use sqlx::Connection;
 
-use crate::helpers::{MASTER, pg_url, postgres_available};
+use crate::helpers::{DEFAULT_CONFIG, MASTER, free_port, pg_url, postgres_available};
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+/// The tests' default config plus a second mock model (for model list changes).
+fn cluster_config() -> String {
+    DEFAULT_CONFIG.replace(
+        "general_settings:",
+        "  - model_name: other-gpt\n    litellm_params:\n      model: openai/other-gpt\n      mock_response: \"other\"\ngeneral_settings:",
+    )
 }
-
-const CONFIG: &str = r#"
-model_list:
-  - model_name: fake-gpt
-    litellm_params:
-      model: openai/fake-gpt
-      mock_response: "hello from the mock"
-      input_cost_per_token: 0.000001
-      output_cost_per_token: 0.000002
-  - model_name: other-gpt
-    litellm_params:
-      model: openai/other-gpt
-      mock_response: "other"
-general_settings:
-  master_key: sk-1234
-  proxy_batch_write_at: 0.2
-"#;
 
 /// A private Redis on a free port; killed on drop.
 pub struct RedisServer {
@@ -121,7 +104,16 @@ fn start_instance(config: &PathBuf, db_url: &str, redis: Option<&str>) -> Instan
         .env_remove("LITELLM_MASTER_KEY")
         .env_remove("PURSER_MASTER_KEY")
         .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
+        .stdout(match std::env::var("PURSER_TEST_INSTANCE_LOG") {
+            Ok(path) => Stdio::from(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)
+                    .expect("instance log"),
+            ),
+            Err(_) => Stdio::null(),
+        })
         .stderr(Stdio::inherit());
     match redis {
         Some(r) => c.env("REDIS_URL", r),
@@ -139,7 +131,7 @@ impl Pair {
     pub async fn start(redis: Option<&str>) -> Pair {
         let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("config.yaml");
-        std::fs::write(&config, CONFIG).unwrap();
+        std::fs::write(&config, cluster_config()).unwrap();
         let schema = format!("c_{}", uuid::Uuid::new_v4().simple());
         let mut c = sqlx::PgConnection::connect(&pg_url()).await.expect("pg");
         sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {schema}")))
@@ -537,6 +529,33 @@ async fn limits_and_budgets_are_shared_and_survive_redis_outages() {
         "budget for 10 calls admitted {admitted} across two instances"
     );
 
+    // A key's model_max_budget window is shared the same way.
+    let (s, k) = p
+        .post(
+            &p.a,
+            "/key/generate",
+            MASTER,
+            json!({"model_max_budget": {"fake-gpt": {
+                "budget_limit": per_call * 5.0 + per_call / 2.0, "time_period": "1d"}}}),
+        )
+        .await;
+    assert_eq!(s, 200, "{k}");
+    let model_key = k["key"].as_str().unwrap().to_string();
+    let mut model_admitted = 0;
+    for i in 0..16 {
+        let inst = if i % 2 == 0 { &p.a } else { &p.b };
+        let (s, body) = p.chat(inst, &model_key, "fake-gpt").await;
+        match s.as_u16() {
+            200 => model_admitted += 1,
+            400 | 422 => assert!(body.to_string().contains("budget"), "{body}"),
+            other => panic!("unexpected {other}: {body}"),
+        }
+    }
+    assert!(
+        (5..=6).contains(&model_admitted),
+        "a model budget for 5 calls admitted {model_admitted} across two instances"
+    );
+
     // Spend sums exactly: every admitted call of both instances, on both.
     tokio::time::sleep(Duration::from_millis(1_500)).await;
     let expected = per_call * admitted as f64;
@@ -613,46 +632,51 @@ async fn limits_and_budgets_are_shared_and_survive_redis_outages() {
     p.shutdown().await;
 }
 
-/// A TCP forwarder to PostgreSQL that the test can cut and restore (the database "goes away"
-/// for the gateway only).
+/// A TCP forwarder to PostgreSQL that the test can cut (connections reset, new ones refused:
+/// the port is closed) and restore on the same port; the database "goes away" for the gateway
+/// only.
 struct Cuttable {
     port: u16,
-    up: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    conns: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+    target: String,
+    tasks: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
 }
 
 impl Cuttable {
     async fn start(target: String) -> Cuttable {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let up = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
-        let conns = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        let (up2, conns2) = (up.clone(), conns.clone());
-        tokio::spawn(async move {
+        let port = free_port();
+        let c = Cuttable {
+            port,
+            target,
+            tasks: Default::default(),
+        };
+        c.restore().await;
+        c
+    }
+
+    async fn restore(&self) {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", self.port))
+            .await
+            .expect("forwarder port");
+        let (target, tasks) = (self.target.clone(), self.tasks.clone());
+        let accept = tokio::spawn(async move {
             while let Ok((mut inbound, _)) = listener.accept().await {
-                if !up2.load(std::sync::atomic::Ordering::SeqCst) {
-                    continue; // dropped: connection refused, in effect
-                }
                 let target = target.clone();
-                conns2.lock().unwrap().push(tokio::spawn(async move {
+                tasks.lock().unwrap().push(tokio::spawn(async move {
                     if let Ok(mut out) = tokio::net::TcpStream::connect(target).await {
                         let _ = tokio::io::copy_bidirectional(&mut inbound, &mut out).await;
                     }
                 }));
             }
         });
-        Cuttable { port, up, conns }
+        self.tasks.lock().unwrap().push(accept);
     }
 
-    fn cut(&self) {
-        self.up.store(false, std::sync::atomic::Ordering::SeqCst);
-        for c in self.conns.lock().unwrap().drain(..) {
-            c.abort();
+    async fn cut(&self) {
+        for t in self.tasks.lock().unwrap().drain(..) {
+            t.abort();
         }
-    }
-
-    fn restore(&self) {
-        self.up.store(true, std::sync::atomic::Ordering::SeqCst);
+        // Let the aborted tasks drop their sockets (and the listener its port).
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
@@ -681,7 +705,7 @@ async fn database_outage_serves_cached_keys_and_loses_no_spend() {
     let db_url = format!("{through}{sep}options[search_path]={schema}");
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("config.yaml");
-    std::fs::write(&config, CONFIG).unwrap();
+    std::fs::write(&config, cluster_config()).unwrap();
     let inst = start_instance(&config, &db_url, None);
     let client = reqwest::Client::new();
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -695,28 +719,16 @@ async fn database_outage_serves_cached_keys_and_loses_no_spend() {
         assert!(Instant::now() < deadline, "gateway did not start");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let call = |key: String| {
-        let (client, base) = (client.clone(), inst.base.clone());
-        async move {
-            let r = client
-                .post(format!("{base}/v1/chat/completions"))
-                .bearer_auth(key)
-                .json(
-                    &json!({"model": "fake-gpt", "messages": [{"role": "user", "content": "hi"}]}),
-                )
-                .send()
-                .await
-                .unwrap();
-            let s = r.status();
-            (s, r.json::<Value>().await.unwrap_or(Value::Null))
-        }
-    };
-    let post = |path: &str, body: Value| {
-        let (client, url) = (client.clone(), format!("{}{path}", inst.base));
+    let send = |path: &str, key: &str, body: Value| {
+        let (client, url, key) = (
+            client.clone(),
+            format!("{}{path}", inst.base),
+            key.to_string(),
+        );
         async move {
             let r = client
                 .post(url)
-                .bearer_auth(MASTER)
+                .bearer_auth(key)
                 .json(&body)
                 .send()
                 .await
@@ -724,6 +736,14 @@ async fn database_outage_serves_cached_keys_and_loses_no_spend() {
             let s = r.status();
             (s, r.json::<Value>().await.unwrap_or(Value::Null))
         }
+    };
+    let post = |path: &'static str, body: Value| send(path, MASTER, body);
+    let call = |key: String| {
+        send(
+            "/v1/chat/completions",
+            &key,
+            json!({"model": "fake-gpt", "messages": [{"role": "user", "content": "hi"}]}),
+        )
     };
     let (s, t) = post("/team/new", json!({"team_id": "outage"})).await;
     assert_eq!(s, 200, "{t}");
@@ -734,7 +754,7 @@ async fn database_outage_serves_cached_keys_and_loses_no_spend() {
     assert_eq!(s, 200, "{first}");
     let per_call = cost_of(&first);
 
-    proxy.cut();
+    proxy.cut().await;
     let (s, body) = post("/team/new", json!({"team_id": "during-outage"})).await;
     assert_eq!(s, 503, "management write with the database down: {body}");
     assert!(body.to_string().contains("Database unavailable"), "{body}");
@@ -753,7 +773,7 @@ async fn database_outage_serves_cached_keys_and_loses_no_spend() {
         .unwrap();
     assert_eq!(s, 503, "readiness reports the database down");
 
-    proxy.restore();
+    proxy.restore().await;
     // Every answered call's spend reaches the database once it is back.
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {

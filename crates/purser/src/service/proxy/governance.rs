@@ -17,7 +17,7 @@ use crate::error::Error;
 use crate::limiter::{Held, LimitKind, Limiter, RateDenied, RateLimit};
 use crate::service::alerts::{SoftBudgetWatch, WebhookEvent};
 use crate::service::caller::Caller;
-use crate::service::model_budget::{ModelBudgetCheck, resolve};
+use crate::service::model_budget::{ModelBudgetCheck, ModelReservation, resolve};
 use crate::service::spend::{BudgetCheck, OverBudget, Reservation, SpendScope};
 use crate::store::spend::{SpendColumn, SpendLogRow};
 use crate::upstream::CallKind;
@@ -285,7 +285,8 @@ pub async fn handle(state: AppState, caller: Caller, req: CallRequest) -> Result
         .reserve(&all, estimate, !free)
         .map_err(|o| over_budget(&state, &ctx, &o))?;
     // 10b. per-model budgets, reserved the same way
-    let model_reservation = if free {
+    let mut model_checks = Vec::new();
+    let mut model_reservation = if free {
         None
     } else {
         let mut checks = model_budget_checks(&ctx, &requested, &target, now);
@@ -304,15 +305,32 @@ pub async fn handle(state: AppState, caller: Caller, req: CallRequest) -> Result
         } else {
             let status = StatusCode::from_u16(state.settings.budget_exceeded_status)
                 .unwrap_or(StatusCode::UNPROCESSABLE_ENTITY);
-            Some(state.model_budgets.reserve(checks, estimate).map_err(|o| {
-                Error::proxy(status, "budget_exceeded", o.check.refusal(o.spend, usd))
-            })?)
+            let held = state
+                .model_budgets
+                .reserve(checks.clone(), estimate)
+                .map_err(|o| {
+                    Error::proxy(status, "budget_exceeded", o.check.refusal(o.spend, usd))
+                })?;
+            model_checks = checks;
+            Some(held)
         }
     };
     // 11. rate limits
     let limits = rate_limits(&ctx, &target);
     let mut reservation = reservation;
-    let held = Box::pin(admit(&state, &ctx, &mut reservation, &all, &limits, !free)).await?;
+    let held = Box::pin(admit(
+        &state,
+        &ctx,
+        Admission {
+            reservation: &mut reservation,
+            checks: &all,
+            model_reservation: model_reservation.as_mut(),
+            model_checks: &model_checks,
+            limits: &limits,
+            enforce: !free,
+        },
+    ))
+    .await?;
     // 12. routing
     let Some(slot) = state.models.pick(&target) else {
         // No deployment took the call: it must not count against the caller's RPM.
@@ -378,28 +396,40 @@ pub async fn handle(state: AppState, caller: Caller, req: CallRequest) -> Result
         .map_err(Error::internal)?
 }
 
-/// Steps 10 and 11 on the counters every instance shares: one Redis script run reserves the
-/// call's budgets and counts its rate limits, all or nothing. Without Redis (or while it is
-/// down, or when it fails mid-call) the local reservation governs the call and the in-process
-/// limiter counts it.
-async fn admit(
-    state: &AppState,
-    ctx: &CallContext,
-    reservation: &mut Reservation,
-    checks: &[BudgetCheck],
-    limits: &[RateLimit],
+/// What a call holds and is checked against when it is admitted on the shared counters.
+struct Admission<'a> {
+    reservation: &'a mut Reservation,
+    checks: &'a [BudgetCheck],
+    model_reservation: Option<&'a mut ModelReservation>,
+    model_checks: &'a [ModelBudgetCheck],
+    limits: &'a [RateLimit],
     enforce: bool,
-) -> Result<Held, Error> {
+}
+
+/// Steps 10 and 11 on the counters every instance shares: one Redis script run reserves the
+/// call's budgets and spend windows and counts its rate limits, all or nothing. Without Redis
+/// (or while it is down, or when it fails mid-call) the local reservations govern the call and
+/// the in-process limiter counts it.
+async fn admit(state: &AppState, ctx: &CallContext, a: Admission<'_>) -> Result<Held, Error> {
     if let Some(r) = state.cluster.shared() {
-        let (scopes, budgets) = state.ledger.shared_budgets(r, checks);
-        let (idx, windows) = Limiter::shared_windows(r, limits);
+        let (scopes, budgets) = state.ledger.shared_budgets(r, a.checks);
+        let spend_windows: Vec<_> = a.model_checks.iter().map(|c| c.shared(r)).collect();
+        let (idx, windows) = Limiter::shared_windows(r, a.limits);
         let now = state.limiter.now();
+        let estimate = a.reservation.estimate();
         match r
-            .admit(&budgets, reservation.estimate(), enforce, &windows, now)
+            .admit(&budgets, &spend_windows, estimate, a.enforce, &windows, now)
             .await
         {
             Ok(None) => {
-                reservation.share(r.clone(), budgets.into_iter().map(|b| b.key).collect());
+                a.reservation
+                    .share(r.clone(), budgets.into_iter().map(|b| b.key).collect());
+                if let Some(m) = a.model_reservation {
+                    m.share(
+                        r.clone(),
+                        spend_windows.into_iter().map(|w| w.key).collect(),
+                    );
+                }
                 return Ok(Held::Shared);
             }
             Ok(Some(Refused::Budget { index, spend })) => {
@@ -414,9 +444,18 @@ async fn admit(
                     },
                 ));
             }
+            Ok(Some(Refused::SpendWindow { index, spend })) => {
+                let status = StatusCode::from_u16(state.settings.budget_exceeded_status)
+                    .unwrap_or(StatusCode::UNPROCESSABLE_ENTITY);
+                return Err(Error::proxy(
+                    status,
+                    "budget_exceeded",
+                    a.model_checks[index].refusal(spend, usd),
+                ));
+            }
             Ok(Some(Refused::Window(full))) => {
                 return Err(rate_error(&Limiter::denied_at(
-                    &limits[idx[full.index]],
+                    &a.limits[idx[full.index]],
                     full,
                     now,
                 )));
@@ -427,7 +466,7 @@ async fn admit(
     }
     state
         .limiter
-        .acquire_local(limits)
+        .acquire_local(a.limits)
         .map_err(|d| rate_error(&d))
 }
 
