@@ -253,7 +253,8 @@ fn vm_rss_mib(pid: u32) -> anyhow::Result<f64> {
 struct Gateway {
     proc: Proc,
     base: String,
-    db: PathBuf,
+    /// The gateway's database: a SQLite path or a `postgres://` URL.
+    db: String,
 }
 
 struct Harness {
@@ -343,6 +344,7 @@ impl Harness {
             }
             None => db.display().to_string(),
         };
+        let db = db_url.clone();
         let mut args = vec![
             "serve".to_string(),
             "--config".into(),
@@ -352,7 +354,7 @@ impl Harness {
             "--port".into(),
             port.to_string(),
             "--database-url".into(),
-            db_url,
+            db_url.clone(),
         ];
         if let Some(r) = &self.a.redis {
             args.extend(["--redis-url".to_string(), r.clone()]);
@@ -736,16 +738,21 @@ impl Harness {
     }
 }
 
-async fn count_spend_logs(db: &Path) -> anyhow::Result<i64> {
+async fn count_spend_logs(db: &str) -> anyhow::Result<i64> {
     use sqlx::{ConnectOptions, Connection};
+    const COUNT: &str = "SELECT COUNT(*) FROM spend_logs";
+    if db.starts_with("postgres") {
+        let mut c = sqlx::PgConnection::connect(db).await?;
+        let n: i64 = sqlx::query_scalar(COUNT).fetch_one(&mut c).await?;
+        c.close().await?;
+        return Ok(n);
+    }
     let mut c = sqlx::sqlite::SqliteConnectOptions::new()
         .filename(db)
         .connect()
         .await
-        .with_context(|| format!("opening {}", db.display()))?;
-    let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM spend_logs")
-        .fetch_one(&mut c)
-        .await?;
+        .with_context(|| format!("opening {db}"))?;
+    let n: i64 = sqlx::query_scalar(COUNT).fetch_one(&mut c).await?;
     c.close().await?;
     Ok(n)
 }

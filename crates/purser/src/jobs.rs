@@ -35,7 +35,11 @@ pub fn spawn(state: AppState) -> Jobs {
         tasks.push(tokio::spawn(bus.run(apply, state.shutdown.clone())));
     }
     if let Some(redis) = state.cluster.redis.clone() {
-        tasks.push(tokio::spawn(redis.run_prober(state.shutdown.clone())));
+        tasks.push(tokio::spawn(
+            redis.clone().run_prober(state.shutdown.clone()),
+        ));
+        // Ends with the writer (after the server stopped), so calls settling late are sent.
+        tasks.push(tokio::spawn(redis.run_flusher(server_stopped.clone())));
     }
     tasks.push(crate::limiter::spawn_sweeper(state));
     Jobs {

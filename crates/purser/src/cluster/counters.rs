@@ -1,12 +1,15 @@
-//! Counters shared by every instance through Redis: rate-limit windows and parallel slots, and
-//! budget reservations. Each decision is one Lua script (atomic across every scope of a call);
-//! what happens after a call (slot release, real tokens, settled cost) is sent without waiting.
+//! Counters shared by every instance through Redis: rate-limit windows and parallel slots,
+//! budget reservations and spend windows. A call's admission is one Lua script (atomic across
+//! every scope of the call); what it leaves when it ends (slot release, real tokens, settled
+//! cost) is summed with other ended calls and sent by the flusher every [`FLUSH_GAP`].
 //!
 //! Invariants:
 //! - Callers use Redis only while [`RedisCounters::up`]; any error marks it down (the caller
 //!   falls back to its in-process counters for that call) and the prober brings it back.
-//! - Increments that could not reach Redis (a call admitted through Redis that ended while it was
-//!   down) are kept, summed per field, and applied when Redis is back, before it is used again;
+//! - Increments not yet sent (a call admitted through Redis that ended while it was down, or in
+//!   the last [`FLUSH_GAP`]) are kept, summed per field, and applied when Redis is back, before it
+//!   is used again; a reservation is held until its release is applied, so the delay can only
+//!   make a budget stricter;
 //!   so released slots and settled spend are not lost by an outage, and keys Redis no longer holds
 //!   (restarted, flushed) are seeded again from the instance's counters instead.
 //! - Budget counters are seeded from the caller's counter (database value plus this instance's
@@ -22,8 +25,11 @@ use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{AsyncCommands, Script};
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+/// How long the flusher gathers ended calls before one script run sends their sum.
+const FLUSH_GAP: Duration = Duration::from_millis(2);
 /// How often Redis is probed (and how soon after it returns instances share again).
 pub const PROBE_EVERY: Duration = Duration::from_millis(500);
 /// A Redis answer slower than this counts as Redis being down (the call goes on locally).
@@ -32,18 +38,39 @@ const RESPONSE_TIMEOUT: Duration = Duration::from_millis(250);
 /// unit test in `service::spend` checks), so an instance that still counts a scope finds it.
 pub const BUDGET_TTL_SECS: u64 = 420;
 
-/// Adds deltas to fields of keys that exist (a missing key is seeded afresh later); `r`, `f`
-/// and `pf` never go below zero. KEYS: one per delta. ARGV: field, delta per key.
-const INCR_EXISTING: &str = r#"
-for i = 1, #KEYS do
-  if redis.call('EXISTS', KEYS[i]) == 1 then
-    local field = ARGV[2 * i - 1]
-    local v = redis.call('HINCRBY', KEYS[i], field, ARGV[2 * i])
-    if v < 0 and field ~= 's' then
-      redis.call('HSET', KEYS[i], field, 0)
+/// What calls left behind once they ended, summed over many calls: deltas added to fields
+/// of keys that exist (a missing key is seeded afresh later); `r`, `f` and `pf` never go below
+/// zero. The field `tk` is a call's real tokens: added to the minute's and the day's counts of
+/// a rate-limit window, rolling it as the in-process limiter does. KEYS: one per delta. ARGV:
+/// now, then field and delta per key.
+const APPLY_FN: &str = r#"
+local function apply_deltas(n, koff, aoff, now)
+  local ws = now - now % 60
+  local ds = now - now % 86400
+  for i = 1, n do
+    local k = KEYS[koff + i]
+    if redis.call('EXISTS', k) == 1 then
+      local field, d = ARGV[aoff + 2 * i - 1], ARGV[aoff + 2 * i]
+      if field == 'tk' then
+        local v = redis.call('HMGET', k, 'ws', 'ds')
+        if tonumber(v[1]) ~= ws then redis.call('HSET', k, 'ws', ws, 'rq', 0, 'tk', 0) end
+        if tonumber(v[2]) ~= ds then redis.call('HSET', k, 'ds', ds, 'dt', 0) end
+        redis.call('HINCRBY', k, 'tk', d)
+        redis.call('HINCRBY', k, 'dt', d)
+      else
+        local v = redis.call('HINCRBY', k, field, d)
+        if v < 0 and field ~= 's' then
+          redis.call('HSET', k, field, 0)
+        end
+      end
     end
   end
 end
+"#;
+
+/// [`APPLY_FN`] over all KEYS. ARGV: now, then field and delta per key.
+const APPLY: &str = r#"
+apply_deltas(#KEYS, 0, 1, tonumber(ARGV[1]))
 return 0
 "#;
 
@@ -56,30 +83,39 @@ return 0
 ///   max`, else admitted by the same rule;
 /// - rate-limit windows: the in-process limiter's algorithm (fixed 60 s windows and a UTC day).
 ///
-/// KEYS: budgets, spend windows, rate windows. ARGV: budget count, spend-window count,
+/// First, this instance's increments not yet sent ([`APPLY_FN`]), so its own ended calls are
+/// always seen by its next admission.
+///
+/// KEYS: pending increments, budgets, spend windows, rate windows. ARGV: increment count, now,
+/// field and delta per increment, then budget count, spend-window count,
 /// estimate, enforce, ttl, now; seed and max (-1: none) per budget; max, end, fixed end (1/0)
 /// and seed per spend window; rpm, tpm, tpd, parallel (-1: none) per rate window. Returns {0},
 /// {1, index, spend}, {2, index, requests, tokens, day_tokens, in_flight} or {3, index, spend}.
 const ADMIT: &str = r#"
-local nb = tonumber(ARGV[1])
-local nm = tonumber(ARGV[2])
-local est = tonumber(ARGV[3])
-local enforce = ARGV[4] == '1'
-local ttl = tonumber(ARGV[5])
-local now = tonumber(ARGV[6])
+local na = tonumber(ARGV[1])
+apply_deltas(na, 0, 2, tonumber(ARGV[2]))
+local K, A = {}, {}
+for i = na + 1, #KEYS do K[#K + 1] = KEYS[i] end
+for i = 3 + 2 * na, #ARGV do A[#A + 1] = ARGV[i] end
+local nb = tonumber(A[1])
+local nm = tonumber(A[2])
+local est = tonumber(A[3])
+local enforce = A[4] == '1'
+local ttl = tonumber(A[5])
+local now = tonumber(A[6])
 local fits = function(s, r, f, max)
   return s + r + est <= max or (f <= 0 and s < max)
 end
 for i = 1, nb do
-  if redis.call('EXISTS', KEYS[i]) == 0 then
-    redis.call('HSET', KEYS[i], 's', ARGV[5 + 2 * i], 'r', 0, 'f', 0)
+  if redis.call('EXISTS', K[i]) == 0 then
+    redis.call('HSET', K[i], 's', A[5 + 2 * i], 'r', 0, 'f', 0)
   end
 end
 if enforce then
   for i = 1, nb do
-    local max = tonumber(ARGV[6 + 2 * i])
+    local max = tonumber(A[6 + 2 * i])
     if max >= 0 then
-      local v = redis.call('HMGET', KEYS[i], 's', 'r', 'f')
+      local v = redis.call('HMGET', K[i], 's', 'r', 'f')
       local s, r, f = tonumber(v[1]) or 0, tonumber(v[2]) or 0, tonumber(v[3]) or 0
       if not fits(s, r, f, max) then
         return {1, i, s}
@@ -89,9 +125,9 @@ if enforce then
 end
 local mbase = 6 + 2 * nb
 for m = 1, nm do
-  local k = KEYS[nb + m]
+  local k = K[nb + m]
   local b = mbase + (m - 1) * 4
-  local max, ends, fixed, seed = tonumber(ARGV[b + 1]), tonumber(ARGV[b + 2]), ARGV[b + 3] == '1', ARGV[b + 4]
+  local max, ends, fixed, seed = tonumber(A[b + 1]), tonumber(A[b + 2]), A[b + 3] == '1', A[b + 4]
   local v = redis.call('HMGET', k, 's', 'r', 'f', 'e')
   local e = tonumber(v[4])
   if e == nil or e <= now or (fixed and e ~= ends) then
@@ -108,55 +144,36 @@ local ds = now - now % 86400
 local base = mbase + 4 * nm
 local first = nb + nm
 local st = {}
-for j = first + 1, #KEYS do
-  local v = redis.call('HMGET', KEYS[j], 'ws', 'rq', 'tk', 'ds', 'dt', 'pf')
+for j = first + 1, #K do
+  local v = redis.call('HMGET', K[j], 'ws', 'rq', 'tk', 'ds', 'dt', 'pf')
   local rq, tk, dt, pf = tonumber(v[2]) or 0, tonumber(v[3]) or 0, tonumber(v[5]) or 0, tonumber(v[6]) or 0
   if tonumber(v[1]) ~= ws then rq = 0; tk = 0 end
   if tonumber(v[4]) ~= ds then dt = 0 end
   local b = base + (j - first - 1) * 4
-  local rpm, tpm, tpd, par = tonumber(ARGV[b + 1]), tonumber(ARGV[b + 2]), tonumber(ARGV[b + 3]), tonumber(ARGV[b + 4])
+  local rpm, tpm, tpd, par = tonumber(A[b + 1]), tonumber(A[b + 2]), tonumber(A[b + 3]), tonumber(A[b + 4])
   if (par >= 0 and pf >= par) or (rpm >= 0 and rq >= rpm) or (tpm >= 0 and tk >= tpm) or (tpd >= 0 and dt >= tpd) then
     return {2, j - first, rq, tk, dt, pf}
   end
   st[j] = {rq, tk, dt, pf, par, tpd}
 end
 for i = 1, first do
-  redis.call('HINCRBY', KEYS[i], 'r', est)
-  redis.call('HINCRBY', KEYS[i], 'f', 1)
+  redis.call('HINCRBY', K[i], 'r', est)
+  redis.call('HINCRBY', K[i], 'f', 1)
   if i <= nb then
-    redis.call('EXPIRE', KEYS[i], ttl)
+    redis.call('EXPIRE', K[i], ttl)
   else
-    local ends = tonumber(ARGV[mbase + (i - nb - 1) * 4 + 2])
-    redis.call('EXPIRE', KEYS[i], math.max(ends - now, 1) + 120)
+    local ends = tonumber(A[mbase + (i - nb - 1) * 4 + 2])
+    redis.call('EXPIRE', K[i], math.max(ends - now, 1) + 120)
   end
 end
-for j = first + 1, #KEYS do
+for j = first + 1, #K do
   local s = st[j]
   local pf = s[4]
   if s[5] >= 0 then pf = pf + 1 end
-  redis.call('HSET', KEYS[j], 'ws', ws, 'rq', s[1] + 1, 'tk', s[2], 'ds', ds, 'dt', s[3], 'pf', pf)
-  if s[6] >= 0 then redis.call('EXPIRE', KEYS[j], 86400 + 120) else redis.call('EXPIRE', KEYS[j], 600) end
+  redis.call('HSET', K[j], 'ws', ws, 'rq', s[1] + 1, 'tk', s[2], 'ds', ds, 'dt', s[3], 'pf', pf)
+  if s[6] >= 0 then redis.call('EXPIRE', K[j], 86400 + 120) else redis.call('EXPIRE', K[j], 600) end
 end
 return {0}
-"#;
-
-/// Real tokens of a finished call on windows that exist (rolling them as the in-process
-/// limiter does). KEYS: windows. ARGV: now, tokens.
-const TOKENS: &str = r#"
-local now = tonumber(ARGV[1])
-local n = tonumber(ARGV[2])
-local ws = now - now % 60
-local ds = now - now % 86400
-for i = 1, #KEYS do
-  if redis.call('EXISTS', KEYS[i]) == 1 then
-    local v = redis.call('HMGET', KEYS[i], 'ws', 'ds')
-    if tonumber(v[1]) ~= ws then redis.call('HSET', KEYS[i], 'ws', ws, 'rq', 0, 'tk', 0) end
-    if tonumber(v[2]) ~= ds then redis.call('HSET', KEYS[i], 'ds', ds, 'dt', 0) end
-    redis.call('HINCRBY', KEYS[i], 'tk', n)
-    redis.call('HINCRBY', KEYS[i], 'dt', n)
-  end
-end
-return 0
 "#;
 
 /// Gives back a request counted in the current window (a refused pick). KEYS: windows.
@@ -233,8 +250,7 @@ pub struct BudgetArgs {
 
 struct Scripts {
     admit: Script,
-    incr: Script,
-    tokens: Script,
+    apply: Script,
     refund: Script,
 }
 
@@ -243,8 +259,13 @@ pub struct RedisCounters {
     prefix: String,
     up: AtomicBool,
     scripts: Scripts,
-    /// Increments that could not be sent: (key, field) → delta.
+    /// What ended calls left for Redis, summed per (key, field) until the flusher sends it (or,
+    /// while Redis is down, until the prober catches up). Field `tk`: real tokens.
     pending: Mutex<HashMap<(String, &'static str), i64>>,
+    /// Wakes the flusher when `pending` gets its first entry.
+    flush: Notify,
+    /// The limiter's clock at the last tokens added (the windows they count in).
+    clock: AtomicU64,
     /// Calls that fell back to in-process counters because Redis failed or was down.
     pub fallbacks: AtomicU64,
 }
@@ -278,12 +299,13 @@ impl RedisCounters {
             prefix,
             up: AtomicBool::new(false),
             scripts: Scripts {
-                admit: Script::new(ADMIT),
-                incr: Script::new(INCR_EXISTING),
-                tokens: Script::new(TOKENS),
+                admit: Script::new(&format!("{APPLY_FN}{ADMIT}")),
+                apply: Script::new(&format!("{APPLY_FN}{APPLY}")),
                 refund: Script::new(REFUND),
             },
             pending: Mutex::new(HashMap::new()),
+            flush: Notify::new(),
+            clock: AtomicU64::new(0),
             fallbacks: AtomicU64::new(0),
         }))
     }
@@ -335,7 +357,12 @@ impl RedisCounters {
         windows: &[WindowArgs],
         now: u64,
     ) -> redis::RedisResult<Option<Refused>> {
+        let deltas = self.take_pending(true);
         let mut inv = self.scripts.admit.prepare_invoke();
+        inv.arg(deltas.len()).arg(now);
+        for (k, f, d) in &deltas {
+            inv.key(k).arg(*f).arg(*d);
+        }
         inv.arg(budgets.len())
             .arg(spend_windows.len())
             .arg(estimate)
@@ -360,10 +387,15 @@ impl RedisCounters {
                 .arg(opt(w.parallel));
         }
         let mut conn = self.conn.clone();
-        let r: Vec<i64> = inv
-            .invoke_async(&mut conn)
-            .await
-            .inspect_err(|e| self.failed(e))?;
+        let r: Vec<i64> = match inv.invoke_async(&mut conn).await {
+            Ok(r) => r,
+            Err(e) => {
+                // Not applied (a script runs whole or not at all): sent later.
+                self.restore(deltas);
+                self.failed(&e);
+                return Err(e);
+            }
+        };
         Ok(match r.as_slice() {
             [1, i, spend, ..] => Some(Refused::Budget {
                 index: *i as usize - 1,
@@ -401,13 +433,13 @@ impl RedisCounters {
     /// Moves a budget counter to `value` (a reset or spend-set committed to the database),
     /// keeping the reservations of calls in flight.
     pub async fn set_spend(&self, key: &str, value: i64) {
+        // Costs settled before the new value are in it (or belong to the period it ended).
+        self.pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|(k, f), _| !(k == key && *f == "s"));
         if !self.up() {
-            // Seeded afresh from the instance's counter when Redis is back.
-            self.pending
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .retain(|(k, f), _| !(k == key && *f == "s"));
-            return;
+            return; // seeded afresh from the instance's counter when Redis is back
         }
         let mut conn = self.conn.clone();
         let r: redis::RedisResult<()> = redis::cmd("HSET")
@@ -423,6 +455,10 @@ impl RedisCounters {
 
     /// Drops a counter (entity deleted; a later one of that id starts from its own row).
     pub async fn forget(&self, key: &str) {
+        self.pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|(k, _), _| k != key);
         let mut conn = self.conn.clone();
         let r: redis::RedisResult<()> = conn.del(key).await;
         if let Err(e) = r {
@@ -432,6 +468,18 @@ impl RedisCounters {
 
     /// A key regenerated: its budget counter follows it (if Redis holds one).
     pub async fn rename(&self, from: &str, to: &str) {
+        {
+            let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+            let moved: Vec<_> = p
+                .iter()
+                .filter(|((k, _), _)| k == from)
+                .map(|((_, f), d)| (*f, *d))
+                .collect();
+            p.retain(|(k, _), _| k != from);
+            for (f, d) in moved {
+                *p.entry((to.to_string(), f)).or_default() += d;
+            }
+        }
         let mut conn = self.conn.clone();
         let exists: redis::RedisResult<bool> = conn.exists(from).await;
         match exists {
@@ -470,58 +518,108 @@ impl RedisCounters {
         });
     }
 
-    /// Adds a finished call's real tokens to its windows (lost if Redis is down: windows are
-    /// short and the in-process fallback counts them meanwhile).
+    /// Adds a finished call's real tokens to its windows (dropped while Redis is down: windows
+    /// are short and the in-process fallback counts them meanwhile).
     pub fn add_tokens(self: &Arc<Self>, keys: Vec<String>, tokens: u64, now: u64) {
-        if keys.is_empty() || !self.up() {
+        if keys.is_empty() || tokens == 0 || !self.up() {
             return;
         }
-        let me = self.clone();
-        tokio::spawn(async move {
-            let mut inv = me.scripts.tokens.prepare_invoke();
-            inv.arg(now).arg(tokens.min(i64::MAX as u64));
-            for k in &keys {
-                inv.key(k);
-            }
-            let mut conn = me.conn.clone();
-            if let Err(e) = inv.invoke_async::<()>(&mut conn).await {
-                me.failed(&e);
-            }
-        });
+        self.clock.store(now, Ordering::Relaxed);
+        let tokens = tokens.min(i64::MAX as u64) as i64;
+        self.send(keys.into_iter().map(|k| (k, "tk", tokens)).collect());
     }
 
-    /// Sends increments now, or keeps them for when Redis is back.
+    /// Adds increments to what the flusher sends next (or what the prober applies once Redis
+    /// is back).
     fn send(self: &Arc<Self>, deltas: Vec<(String, &'static str, i64)>) {
         if deltas.is_empty() {
             return;
         }
-        if !self.up() {
-            self.keep(deltas);
-            return;
-        }
-        let me = self.clone();
-        tokio::spawn(async move {
-            if let Err(e) = me.incr(&deltas).await {
-                me.failed(&e);
-                me.keep(deltas);
+        let first = {
+            let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+            let first = p.is_empty();
+            for (k, f, d) in deltas {
+                *p.entry((k, f)).or_default() += d;
             }
-        });
+            first
+        };
+        if first {
+            self.flush.notify_one();
+        }
     }
 
-    fn keep(&self, deltas: Vec<(String, &'static str, i64)>) {
+    /// Takes everything pending (tokens too when `with_tokens`, else they are dropped).
+    fn take_pending(&self, with_tokens: bool) -> Vec<(String, &'static str, i64)> {
+        let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        p.drain()
+            .filter(|((_, f), d)| *d != 0 && (with_tokens || *f != "tk"))
+            .map(|((k, f), d)| (k, f, d))
+            .collect()
+    }
+
+    /// Puts increments that were not applied back into `pending`.
+    fn restore(&self, deltas: Vec<(String, &'static str, i64)>) {
+        if deltas.is_empty() {
+            return;
+        }
         let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
         for (k, f, d) in deltas {
             *p.entry((k, f)).or_default() += d;
         }
     }
 
-    async fn incr(&self, deltas: &[(String, &'static str, i64)]) -> redis::RedisResult<()> {
-        let mut inv = self.scripts.incr.prepare_invoke();
-        for (k, f, d) in deltas {
-            inv.key(k).arg(*f).arg(*d);
+    /// Sends increments in chunks; what could not be sent goes back to `pending`.
+    async fn apply(&self, deltas: Vec<(String, &'static str, i64)>) -> redis::RedisResult<()> {
+        let now = self.clock.load(Ordering::Relaxed);
+        for (i, part) in deltas.chunks(256).enumerate() {
+            let mut inv = self.scripts.apply.prepare_invoke();
+            inv.arg(now);
+            for (k, f, d) in part {
+                inv.key(k).arg(*f).arg(*d);
+            }
+            let mut conn = self.conn.clone();
+            if let Err(e) = inv.invoke_async::<()>(&mut conn).await {
+                self.restore(deltas[i * 256..].to_vec());
+                return Err(e);
+            }
         }
-        let mut conn = self.conn.clone();
-        inv.invoke_async(&mut conn).await
+        Ok(())
+    }
+
+    /// Sends what ended calls left, summed, every [`FLUSH_GAP`] while there is any and Redis is
+    /// up: one script run carries the releases, settled costs and tokens of many calls, one
+    /// increment per counter. Sends the rest at shutdown.
+    pub async fn run_flusher(self: Arc<Self>, shutdown: CancellationToken) {
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = self.flush.notified() => {}
+            }
+            tokio::time::sleep(FLUSH_GAP).await;
+            if !self.up() {
+                continue; // the prober catches up when Redis is back
+            }
+            let deltas = self.take_pending(true);
+            if !deltas.is_empty()
+                && let Err(e) = self.apply(deltas).await
+            {
+                self.failed(&e);
+            }
+            if !self
+                .pending
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .is_empty()
+            {
+                self.flush.notify_one();
+            }
+        }
+        if self.up() {
+            let deltas = self.take_pending(true);
+            if let Err(e) = self.apply(deltas).await {
+                tracing::warn!(error = %e, "Redis: final release of this instance's holds failed");
+            }
+        }
     }
 
     /// One probe now (start-up): an instance that can reach Redis shares from its first call.
@@ -552,19 +650,14 @@ impl RedisCounters {
             match ping {
                 Ok(_) if self.up() => {}
                 Ok(_) => {
-                    let kept: Vec<(String, &'static str, i64)> = {
-                        let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-                        p.drain().map(|((k, f), d)| (k, f, d)).collect()
-                    };
-                    let mut ok = true;
-                    for part in kept.chunks(256) {
-                        if let Err(e) = self.incr(part).await {
+                    let kept = self.take_pending(false);
+                    let ok = match self.apply(kept).await {
+                        Ok(()) => true,
+                        Err(e) => {
                             tracing::warn!(error = %e, "Redis answered but catching up failed; retrying");
-                            self.keep(part.to_vec());
-                            ok = false;
-                            break;
+                            false
                         }
-                    }
+                    };
                     if ok {
                         self.up.store(true, Ordering::Relaxed);
                         warned = false;

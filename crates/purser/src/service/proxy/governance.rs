@@ -415,6 +415,10 @@ async fn admit(state: &AppState, ctx: &CallContext, a: Admission<'_>) -> Result<
         let (scopes, budgets) = state.ledger.shared_budgets(r, a.checks);
         let spend_windows: Vec<_> = a.model_checks.iter().map(|c| c.shared(r)).collect();
         let (idx, windows) = Limiter::shared_windows(r, a.limits);
+        if budgets.is_empty() && spend_windows.is_empty() && windows.is_empty() {
+            // Nothing counted or capped (the master key): no round trip.
+            return Ok(Held::Local);
+        }
         let now = state.limiter.now();
         let estimate = a.reservation.estimate();
         match r
