@@ -106,38 +106,40 @@ local now = tonumber(A[6])
 local fits = function(s, r, f, max)
   return s + r + est <= max or (f <= 0 and s < max)
 end
+-- Read everything once; write only when the whole call is admitted.
+local bud = {}
 for i = 1, nb do
-  if redis.call('EXISTS', K[i]) == 0 then
-    redis.call('HSET', K[i], 's', A[5 + 2 * i], 'r', 0, 'f', 0)
+  local v = redis.call('HMGET', K[i], 's', 'r', 'f', 'x')
+  local fresh = not v[1]
+  local s, r, f = tonumber(A[5 + 2 * i]), 0, 0
+  if not fresh then
+    s, r, f = tonumber(v[1]) or 0, tonumber(v[2]) or 0, tonumber(v[3]) or 0
   end
-end
-if enforce then
-  for i = 1, nb do
+  if enforce then
     local max = tonumber(A[6 + 2 * i])
-    if max >= 0 then
-      local v = redis.call('HMGET', K[i], 's', 'r', 'f')
-      local s, r, f = tonumber(v[1]) or 0, tonumber(v[2]) or 0, tonumber(v[3]) or 0
-      if not fits(s, r, f, max) then
-        return {1, i, s}
-      end
+    if max >= 0 and not fits(s, r, f, max) then
+      return {1, i, s}
     end
   end
+  bud[i] = {s, r, f, tonumber(v[4]) or 0, fresh}
 end
 local mbase = 6 + 2 * nb
+local mw = {}
 for m = 1, nm do
   local k = K[nb + m]
   local b = mbase + (m - 1) * 4
-  local max, ends, fixed, seed = tonumber(A[b + 1]), tonumber(A[b + 2]), A[b + 3] == '1', A[b + 4]
+  local max, ends, fixed, seed = tonumber(A[b + 1]), tonumber(A[b + 2]), A[b + 3] == '1', tonumber(A[b + 4])
   local v = redis.call('HMGET', k, 's', 'r', 'f', 'e')
   local e = tonumber(v[4])
-  if e == nil or e <= now or (fixed and e ~= ends) then
-    redis.call('HSET', k, 's', seed, 'r', 0, 'f', 0, 'e', ends)
-    v = {seed, 0, 0}
+  local reopen = e == nil or e <= now or (fixed and e ~= ends)
+  local s, r, f = seed, 0, 0
+  if not reopen then
+    s, r, f = tonumber(v[1]) or 0, tonumber(v[2]) or 0, tonumber(v[3]) or 0
   end
-  local s, r, f = tonumber(v[1]) or 0, tonumber(v[2]) or 0, tonumber(v[3]) or 0
   if s >= max or not fits(s, r, f, max) then
     return {3, m, s}
   end
+  mw[m] = {s, r, f, reopen, ends}
 end
 local ws = now - now % 60
 local ds = now - now % 86400
@@ -147,31 +149,46 @@ local st = {}
 for j = first + 1, #K do
   local v = redis.call('HMGET', K[j], 'ws', 'rq', 'tk', 'ds', 'dt', 'pf')
   local rq, tk, dt, pf = tonumber(v[2]) or 0, tonumber(v[3]) or 0, tonumber(v[5]) or 0, tonumber(v[6]) or 0
-  if tonumber(v[1]) ~= ws then rq = 0; tk = 0 end
+  local rolled = tonumber(v[1]) ~= ws
+  if rolled then rq = 0; tk = 0 end
   if tonumber(v[4]) ~= ds then dt = 0 end
   local b = base + (j - first - 1) * 4
   local rpm, tpm, tpd, par = tonumber(A[b + 1]), tonumber(A[b + 2]), tonumber(A[b + 3]), tonumber(A[b + 4])
   if (par >= 0 and pf >= par) or (rpm >= 0 and rq >= rpm) or (tpm >= 0 and tk >= tpm) or (tpd >= 0 and dt >= tpd) then
     return {2, j - first, rq, tk, dt, pf}
   end
-  st[j] = {rq, tk, dt, pf, par, tpd}
+  st[j] = {rq, tk, dt, pf, par, tpd, rolled}
 end
-for i = 1, first do
-  redis.call('HINCRBY', K[i], 'r', est)
-  redis.call('HINCRBY', K[i], 'f', 1)
-  if i <= nb then
+-- Budget counters: their expiry is pushed back at most once a minute ('x'), not per call.
+for i = 1, nb do
+  local c = bud[i]
+  if c[5] or now - c[4] >= 60 then
+    redis.call('HSET', K[i], 's', c[1], 'r', c[2] + est, 'f', c[3] + 1, 'x', now)
     redis.call('EXPIRE', K[i], ttl)
   else
-    local ends = tonumber(A[mbase + (i - nb - 1) * 4 + 2])
-    redis.call('EXPIRE', K[i], math.max(ends - now, 1) + 120)
+    redis.call('HSET', K[i], 'r', c[2] + est, 'f', c[3] + 1)
   end
 end
+-- Spend windows expire after their end, set when (re)opened.
+for m = 1, nm do
+  local w = mw[m]
+  local k = K[nb + m]
+  if w[4] then
+    redis.call('HSET', k, 's', w[1], 'r', est, 'f', 1, 'e', w[5])
+    redis.call('EXPIRE', k, math.max(w[5] - now, 1) + 120)
+  else
+    redis.call('HSET', k, 'r', w[2] + est, 'f', w[3] + 1)
+  end
+end
+-- Rate windows: expiry pushed back when a new minute's window starts.
 for j = first + 1, #K do
   local s = st[j]
   local pf = s[4]
   if s[5] >= 0 then pf = pf + 1 end
   redis.call('HSET', K[j], 'ws', ws, 'rq', s[1] + 1, 'tk', s[2], 'ds', ds, 'dt', s[3], 'pf', pf)
-  if s[6] >= 0 then redis.call('EXPIRE', K[j], 86400 + 120) else redis.call('EXPIRE', K[j], 600) end
+  if s[7] then
+    if s[6] >= 0 then redis.call('EXPIRE', K[j], 86400 + 120) else redis.call('EXPIRE', K[j], 600) end
+  end
 end
 return {0}
 "#;
