@@ -53,8 +53,6 @@ pub struct Bus {
     peers: Mutex<HashMap<String, Instant>>,
     waiting: Mutex<HashMap<u64, Waiter>>,
     listening: AtomicBool,
-    /// Writes that answered before every peer acknowledged (readiness, tests).
-    pub late_acks: AtomicU64,
 }
 
 impl std::fmt::Debug for Bus {
@@ -90,7 +88,6 @@ impl Bus {
             peers: Mutex::new(HashMap::new()),
             waiting: Mutex::new(HashMap::new()),
             listening: AtomicBool::new(false),
-            late_acks: AtomicU64::new(0),
         }))
     }
 
@@ -160,7 +157,6 @@ impl Bus {
             .is_none_or(|w| w.pending.is_empty());
         if !all_acked && tokio::time::timeout(ACK_DEADLINE, notified).await.is_err() {
             let missing = self.forget(seq);
-            self.late_acks.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(
                 peers = ?missing,
                 "change broadcast: not every instance acknowledged in time"

@@ -332,10 +332,6 @@ impl RedisCounters {
         self.up.load(Ordering::Relaxed)
     }
 
-    pub fn prefix(&self) -> &str {
-        &self.prefix
-    }
-
     /// The key of a budget counter (`scope` encoded by the caller).
     pub fn budget_key(&self, scope: &str) -> String {
         format!("{}b:{scope}", self.prefix)
