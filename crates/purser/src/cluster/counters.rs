@@ -41,36 +41,43 @@ pub const BUDGET_TTL_SECS: u64 = 420;
 /// What calls left behind once they ended, summed over many calls: deltas added to fields
 /// of keys that exist (a missing key is seeded afresh later); `r`, `f` and `pf` never go below
 /// zero. The field `tk` is a call's real tokens: added to the minute's and the day's counts of
-/// a rate-limit window, rolling it as the in-process limiter does. KEYS: one per delta. ARGV:
-/// now, then field and delta per key.
+/// a rate-limit window, rolling it as the in-process limiter does. KEYS: the keys with deltas;
+/// from ARGV index `a`: per key, its delta count, then field and delta per delta. Returns the
+/// ARGV index after the last group. (Redis's Lua bridge costs about a microsecond per command
+/// argument and reply element on these machines, so every call and field counts: one EXISTS
+/// per key, not per delta.)
 const APPLY_FN: &str = r#"
-local function apply_deltas(n, koff, aoff, now)
+local function apply_deltas(nk, koff, a, now)
+  local tn, call = tonumber, redis.call
   local ws = now - now % 60
   local ds = now - now % 86400
-  for i = 1, n do
+  for i = 1, nk do
     local k = KEYS[koff + i]
-    if redis.call('EXISTS', k) == 1 then
-      local field, d = ARGV[aoff + 2 * i - 1], ARGV[aoff + 2 * i]
-      if field == 'tk' then
-        local v = redis.call('HMGET', k, 'ws', 'ds')
-        if tonumber(v[1]) ~= ws then redis.call('HSET', k, 'ws', ws, 'rq', 0, 'tk', 0) end
-        if tonumber(v[2]) ~= ds then redis.call('HSET', k, 'ds', ds, 'dt', 0) end
-        redis.call('HINCRBY', k, 'tk', d)
-        redis.call('HINCRBY', k, 'dt', d)
-      else
-        local v = redis.call('HINCRBY', k, field, d)
-        if v < 0 and field ~= 's' then
-          redis.call('HSET', k, field, 0)
+    local n = tn(ARGV[a])
+    if call('EXISTS', k) == 1 then
+      for j = 1, n do
+        local field, d = ARGV[a + 2 * j - 1], ARGV[a + 2 * j]
+        if field == 'tk' then
+          local v = call('HMGET', k, 'ws', 'ds')
+          if tn(v[1]) ~= ws then call('HSET', k, 'ws', ws, 'rq', 0, 'tk', 0) end
+          if tn(v[2]) ~= ds then call('HSET', k, 'ds', ds, 'dt', 0) end
+          call('HINCRBY', k, 'tk', d)
+          call('HINCRBY', k, 'dt', d)
+        else
+          local v = call('HINCRBY', k, field, d)
+          if v < 0 and field ~= 's' then call('HSET', k, field, 0) end
         end
       end
     end
+    a = a + 1 + 2 * n
   end
+  return a
 end
 "#;
 
-/// [`APPLY_FN`] over all KEYS. ARGV: now, then field and delta per key.
+/// [`APPLY_FN`] over all KEYS. ARGV: now, then the groups of deltas (one per key).
 const APPLY: &str = r#"
-apply_deltas(#KEYS, 0, 1, tonumber(ARGV[1]))
+apply_deltas(#KEYS, 0, 2, tonumber(ARGV[1]))
 return 0
 "#;
 
@@ -86,109 +93,116 @@ return 0
 /// First, this instance's increments not yet sent ([`APPLY_FN`]), so its own ended calls are
 /// always seen by its next admission.
 ///
-/// KEYS: pending increments, budgets, spend windows, rate windows. ARGV: increment count, now,
-/// field and delta per increment, then budget count, spend-window count,
+/// KEYS: keys with pending increments, budgets, spend windows, rate windows. ARGV: count of
+/// keys with increments, now, their groups ([`APPLY_FN`]), then budget count, spend-window count,
 /// estimate, enforce, ttl, now; seed and max (-1: none) per budget; max, end, fixed end (1/0)
 /// and seed per spend window; rpm, tpm, tpd, parallel (-1: none) per rate window. Returns {0},
 /// {1, index, spend}, {2, index, requests, tokens, day_tokens, in_flight} or {3, index, spend}.
+/// Limits are compared as strings first (`'-1'`) and parsed only when set; rate windows write
+/// only the fields that changed.
 const ADMIT: &str = r#"
-local na = tonumber(ARGV[1])
-apply_deltas(na, 0, 2, tonumber(ARGV[2]))
-local K, A = {}, {}
-for i = na + 1, #KEYS do K[#K + 1] = KEYS[i] end
-for i = 3 + 2 * na, #ARGV do A[#A + 1] = ARGV[i] end
-local nb = tonumber(A[1])
-local nm = tonumber(A[2])
-local est = tonumber(A[3])
-local enforce = A[4] == '1'
-local ttl = tonumber(A[5])
-local now = tonumber(A[6])
-local fits = function(s, r, f, max)
-  return s + r + est <= max or (f <= 0 and s < max)
-end
+local tn, call = tonumber, redis.call
+local na = tn(ARGV[1])
+local now = tn(ARGV[2])
+local o = apply_deltas(na, 0, 3, now) - 1
+local nb, nm = tn(ARGV[o + 1]), tn(ARGV[o + 2])
+local est = tn(ARGV[o + 3])
+local enforce = ARGV[o + 4] == '1'
+local ttl = ARGV[o + 5]
+local bo = o + 6
 -- Read everything once; write only when the whole call is admitted.
-local bud = {}
+local bs, br, bf, bx = {}, {}, {}, {}
 for i = 1, nb do
-  local v = redis.call('HMGET', K[i], 's', 'r', 'f', 'x')
-  local fresh = not v[1]
-  local s, r, f = tonumber(A[5 + 2 * i]), 0, 0
-  if not fresh then
-    s, r, f = tonumber(v[1]) or 0, tonumber(v[2]) or 0, tonumber(v[3]) or 0
+  local v = call('HMGET', KEYS[na + i], 's', 'r', 'f', 'x')
+  local s, r, f
+  if v[1] then
+    s, r, f = tn(v[1]) or 0, tn(v[2]) or 0, tn(v[3]) or 0
+    bx[i] = tn(v[4]) or 0
+  else
+    s, r, f = tn(ARGV[bo + 2 * i - 1]), 0, 0
+    bx[i] = false
   end
   if enforce then
-    local max = tonumber(A[6 + 2 * i])
-    if max >= 0 and not fits(s, r, f, max) then
-      return {1, i, s}
+    local mx = ARGV[bo + 2 * i]
+    if mx ~= '-1' then
+      mx = tn(mx)
+      if s + r + est > mx and (f > 0 or s >= mx) then return {1, i, s} end
     end
   end
-  bud[i] = {s, r, f, tonumber(v[4]) or 0, fresh}
+  bs[i], br[i], bf[i] = s, r, f
 end
-local mbase = 6 + 2 * nb
-local mw = {}
+local mo = bo + 2 * nb
+local ko = na + nb
+local ms, mr, mf, mre, me = {}, {}, {}, {}, {}
 for m = 1, nm do
-  local k = K[nb + m]
-  local b = mbase + (m - 1) * 4
-  local max, ends, fixed, seed = tonumber(A[b + 1]), tonumber(A[b + 2]), A[b + 3] == '1', tonumber(A[b + 4])
-  local v = redis.call('HMGET', k, 's', 'r', 'f', 'e')
-  local e = tonumber(v[4])
-  local reopen = e == nil or e <= now or (fixed and e ~= ends)
+  local b = mo + (m - 1) * 4
+  local mx, ends, seed = tn(ARGV[b + 1]), ARGV[b + 2], tn(ARGV[b + 4])
+  local v = call('HMGET', KEYS[ko + m], 's', 'r', 'f', 'e')
+  local e = tn(v[4])
+  local reopen = e == nil or e <= now or (ARGV[b + 3] == '1' and v[4] ~= ends)
   local s, r, f = seed, 0, 0
   if not reopen then
-    s, r, f = tonumber(v[1]) or 0, tonumber(v[2]) or 0, tonumber(v[3]) or 0
+    s, r, f = tn(v[1]) or 0, tn(v[2]) or 0, tn(v[3]) or 0
   end
-  if s >= max or not fits(s, r, f, max) then
-    return {3, m, s}
-  end
-  mw[m] = {s, r, f, reopen, ends}
+  if s >= mx or (s + r + est > mx and f > 0) then return {3, m, s} end
+  ms[m], mr[m], mf[m], mre[m], me[m] = s, r, f, reopen, ends
 end
 local ws = now - now % 60
 local ds = now - now % 86400
-local base = mbase + 4 * nm
-local first = nb + nm
-local st = {}
-for j = first + 1, #K do
-  local v = redis.call('HMGET', K[j], 'ws', 'rq', 'tk', 'ds', 'dt', 'pf')
-  local rq, tk, dt, pf = tonumber(v[2]) or 0, tonumber(v[3]) or 0, tonumber(v[5]) or 0, tonumber(v[6]) or 0
-  local rolled = tonumber(v[1]) ~= ws
-  if rolled then rq = 0; tk = 0 end
-  if tonumber(v[4]) ~= ds then dt = 0 end
-  local b = base + (j - first - 1) * 4
-  local rpm, tpm, tpd, par = tonumber(A[b + 1]), tonumber(A[b + 2]), tonumber(A[b + 3]), tonumber(A[b + 4])
-  if (par >= 0 and pf >= par) or (rpm >= 0 and rq >= rpm) or (tpm >= 0 and tk >= tpm) or (tpd >= 0 and dt >= tpd) then
-    return {2, j - first, rq, tk, dt, pf}
+local wss, dss = tostring(ws), tostring(ds)
+local ro = mo + 4 * nm
+local wo = ko + nm
+local nw = #KEYS - wo
+local wq, wp, wt, wd, wroll, wdroll = {}, {}, {}, {}, {}, {}
+for j = 1, nw do
+  local v = call('HMGET', KEYS[wo + j], 'ws', 'rq', 'tk', 'ds', 'dt', 'pf')
+  local b = ro + (j - 1) * 4
+  local rolled = v[1] ~= wss
+  local drolled = v[4] ~= dss
+  local rq, pf = 0, tn(v[6]) or 0
+  local tk, dt = 0, 0
+  if not rolled then rq = tn(v[2]) or 0; tk = tn(v[3]) or 0 end
+  if not drolled then dt = tn(v[5]) or 0 end
+  local rpm, tpm, tpd, par = ARGV[b + 1], ARGV[b + 2], ARGV[b + 3], ARGV[b + 4]
+  if (par ~= '-1' and pf >= tn(par)) or (rpm ~= '-1' and rq >= tn(rpm))
+    or (tpm ~= '-1' and tk >= tn(tpm)) or (tpd ~= '-1' and dt >= tn(tpd)) then
+    return {2, j, rq, tk, dt, pf}
   end
-  st[j] = {rq, tk, dt, pf, par, tpd, rolled}
+  wq[j], wt[j], wd[j], wroll[j], wdroll[j] = rq, tk, dt, rolled, drolled
+  if par ~= '-1' then wp[j] = pf + 1 else wp[j] = false end
+  if tpd ~= '-1' then wroll[j] = rolled and 2 or false elseif rolled then wroll[j] = 1 end
 end
 -- Budget counters: their expiry is pushed back at most once a minute ('x'), not per call.
 for i = 1, nb do
-  local c = bud[i]
-  if c[5] or now - c[4] >= 60 then
-    redis.call('HSET', K[i], 's', c[1], 'r', c[2] + est, 'f', c[3] + 1, 'x', now)
-    redis.call('EXPIRE', K[i], ttl)
+  local k = KEYS[na + i]
+  local x = bx[i]
+  if not x or now - x >= 60 then
+    call('HSET', k, 's', bs[i], 'r', br[i] + est, 'f', bf[i] + 1, 'x', now)
+    call('EXPIRE', k, ttl)
   else
-    redis.call('HSET', K[i], 'r', c[2] + est, 'f', c[3] + 1)
+    call('HSET', k, 'r', br[i] + est, 'f', bf[i] + 1)
   end
 end
 -- Spend windows expire after their end, set when (re)opened.
 for m = 1, nm do
-  local w = mw[m]
-  local k = K[nb + m]
-  if w[4] then
-    redis.call('HSET', k, 's', w[1], 'r', est, 'f', 1, 'e', w[5])
-    redis.call('EXPIRE', k, math.max(w[5] - now, 1) + 120)
+  local k = KEYS[ko + m]
+  if mre[m] then
+    call('HSET', k, 's', ms[m], 'r', est, 'f', 1, 'e', me[m])
+    call('EXPIRE', k, math.max(tn(me[m]) - now, 1) + 120)
   else
-    redis.call('HSET', k, 'r', w[2] + est, 'f', w[3] + 1)
+    call('HSET', k, 'r', mr[m] + est, 'f', mf[m] + 1)
   end
 end
--- Rate windows: expiry pushed back when a new minute's window starts.
-for j = first + 1, #K do
-  local s = st[j]
-  local pf = s[4]
-  if s[5] >= 0 then pf = pf + 1 end
-  redis.call('HSET', K[j], 'ws', ws, 'rq', s[1] + 1, 'tk', s[2], 'ds', ds, 'dt', s[3], 'pf', pf)
-  if s[7] then
-    if s[6] >= 0 then redis.call('EXPIRE', K[j], 86400 + 120) else redis.call('EXPIRE', K[j], 600) end
+-- Rate windows: only what changed is written; expiry pushed back when a minute's window starts.
+for j = 1, nw do
+  local k = KEYS[wo + j]
+  if wroll[j] or wdroll[j] then
+    call('HSET', k, 'ws', ws, 'rq', wq[j] + 1, 'tk', wt[j], 'ds', ds, 'dt', wd[j])
+    if wroll[j] == 2 then call('EXPIRE', k, 86520) elseif wroll[j] then call('EXPIRE', k, 600) end
+  else
+    call('HSET', k, 'rq', wq[j] + 1)
   end
+  if wp[j] then call('HSET', k, 'pf', wp[j]) end
 end
 return {0}
 "#;
@@ -295,6 +309,22 @@ impl std::fmt::Debug for RedisCounters {
     }
 }
 
+/// How many distinct keys `deltas` (sorted by key) name.
+fn key_count(deltas: &[(String, &'static str, i64)]) -> usize {
+    deltas.chunk_by(|a, b| a.0 == b.0).count()
+}
+
+/// Adds `deltas` (sorted by key) to a script invocation as [`APPLY_FN`] takes them: one KEY per
+/// distinct key, and per key its delta count, then field and delta per delta.
+fn push_groups(inv: &mut redis::ScriptInvocation<'_>, deltas: &[(String, &'static str, i64)]) {
+    for group in deltas.chunk_by(|a, b| a.0 == b.0) {
+        inv.key(&group[0].0).arg(group.len());
+        for (_, f, d) in group {
+            inv.arg(*f).arg(*d);
+        }
+    }
+}
+
 fn opt(v: Option<u64>) -> i64 {
     v.map(|x| x.min(i64::MAX as u64) as i64).unwrap_or(-1)
 }
@@ -372,10 +402,8 @@ impl RedisCounters {
     ) -> redis::RedisResult<Option<Refused>> {
         let deltas = self.take_pending(true);
         let mut inv = self.scripts.admit.prepare_invoke();
-        inv.arg(deltas.len()).arg(now);
-        for (k, f, d) in &deltas {
-            inv.key(k).arg(*f).arg(*d);
-        }
+        inv.arg(key_count(&deltas)).arg(now);
+        push_groups(&mut inv, &deltas);
         inv.arg(budgets.len())
             .arg(spend_windows.len())
             .arg(estimate)
@@ -561,13 +589,18 @@ impl RedisCounters {
         }
     }
 
-    /// Takes everything pending (tokens too when `with_tokens`, else they are dropped).
+    /// Takes everything pending (tokens too when `with_tokens`, else they are dropped), sorted
+    /// by key so each key's deltas form one group of the scripts' arguments.
     fn take_pending(&self, with_tokens: bool) -> Vec<(String, &'static str, i64)> {
-        let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-        p.drain()
-            .filter(|((_, f), d)| *d != 0 && (with_tokens || *f != "tk"))
-            .map(|((k, f), d)| (k, f, d))
-            .collect()
+        let mut taken: Vec<_> = {
+            let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+            p.drain()
+                .filter(|((_, f), d)| *d != 0 && (with_tokens || *f != "tk"))
+                .map(|((k, f), d)| (k, f, d))
+                .collect()
+        };
+        taken.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        taken
     }
 
     /// Puts increments that were not applied back into `pending`.
@@ -587,9 +620,7 @@ impl RedisCounters {
         for (i, part) in deltas.chunks(256).enumerate() {
             let mut inv = self.scripts.apply.prepare_invoke();
             inv.arg(now);
-            for (k, f, d) in part {
-                inv.key(k).arg(*f).arg(*d);
-            }
+            push_groups(&mut inv, part);
             let mut conn = self.conn.clone();
             if let Err(e) = inv.invoke_async::<()>(&mut conn).await {
                 self.restore(deltas[i * 256..].to_vec());
