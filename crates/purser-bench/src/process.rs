@@ -120,6 +120,71 @@ pub struct ProcessArgs {
     /// Share the gateways' counters through this Redis (`REDIS_URL`).
     #[arg(long)]
     redis: Option<String>,
+    /// Instead of `--redis`: start a private `redis-server` (no persistence) pinned to this
+    /// core and share the gateways' counters through it.
+    #[arg(long, conflicts_with = "redis")]
+    redis_core: Option<usize>,
+    /// Pin the running PostgreSQL server's processes to this core for the run (their previous
+    /// affinity is restored at the end). Backends started later inherit it from the postmaster.
+    #[arg(long, requires = "postgres")]
+    postgres_core: Option<usize>,
+}
+
+/// True when a Redis on `port` answers PING (inline command, no client crate needed).
+async fn redis_pong(port: u16) -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Ok(mut c) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await else {
+        return false;
+    };
+    let mut buf = [0u8; 16];
+    c.write_all(b"PING\r\n").await.is_ok()
+        && matches!(c.read(&mut buf).await, Ok(n) if buf[..n].starts_with(b"+PONG"))
+}
+
+/// Processes re-pinned for a run, put back to their previous CPU affinity when dropped.
+struct Repinned(Vec<(u32, String)>);
+
+impl Repinned {
+    /// Pins every process named `name` (with all its threads) to `core`.
+    fn pin(name: &str, core: usize) -> anyhow::Result<Repinned> {
+        let pids = cmd_output("pgrep", &["-x", name]);
+        let mut done = Vec::new();
+        for pid in pids
+            .split_whitespace()
+            .filter_map(|p| p.parse::<u32>().ok())
+        {
+            let was = cmd_output("taskset", &["-pc", &pid.to_string()]);
+            let Some(mask) = was.rsplit(':').next().map(|m| m.trim().to_string()) else {
+                continue;
+            };
+            let ok = std::process::Command::new("taskset")
+                .args(["-a", "-pc", &core.to_string(), &pid.to_string()])
+                .stdout(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success());
+            if ok {
+                done.push((pid, mask));
+            }
+        }
+        if done.is_empty() {
+            bail!(
+                "--postgres-core: no process named {name} could be pinned (run as its owner or root)"
+            );
+        }
+        Ok(Repinned(done))
+    }
+}
+
+impl Drop for Repinned {
+    fn drop(&mut self) {
+        for (pid, mask) in &self.0 {
+            let _ = std::process::Command::new("taskset")
+                .args(["-a", "-pc", mask, &pid.to_string()])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
 }
 
 // ---------------------------------------------------------------- child processes
@@ -815,6 +880,50 @@ pub async fn run(a: ProcessArgs) -> anyhow::Result<()> {
     }
     let mock_base = format!("http://127.0.0.1:{mock_port}");
 
+    // Service placement, kept for the whole run.
+    let _pg_pinned = match h.a.postgres_core {
+        Some(core) => Some(Repinned::pin("postgres", core)?),
+        None => None,
+    };
+    let mut private_redis = None;
+    let mut h = h;
+    if let Some(core) = h.a.redis_core {
+        let port = free_port()?;
+        let program = PathBuf::from(cmd_output("sh", &["-c", "command -v redis-server"]));
+        if !program.is_file() {
+            bail!("--redis-core: redis-server not found (apt-get install redis-server)");
+        }
+        let r = Proc::spawn(
+            "private redis-server",
+            core,
+            &program,
+            &[
+                "--port".into(),
+                port.to_string(),
+                "--bind".into(),
+                "127.0.0.1".into(),
+                "--save".into(),
+                "".into(),
+                "--appendonly".into(),
+                "no".into(),
+            ],
+            h.dir.path().join("redis.log"),
+        )?;
+        let url = format!("redis://127.0.0.1:{port}");
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            if redis_pong(port).await {
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!("private redis-server not ready on port {port}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        h.a.redis = Some(url);
+        private_redis = Some(r);
+    }
+
     let mut res = Results::default();
     for run in 0..h.a.runs {
         println!("run {}/{}", run + 1, h.a.runs);
@@ -832,6 +941,7 @@ pub async fn run(a: ProcessArgs) -> anyhow::Result<()> {
         }
     }
     drop(mock);
+    drop(private_redis);
     let meta = Meta {
         started,
         elapsed: clock.elapsed(),
@@ -1068,6 +1178,29 @@ fn report(a: &ProcessArgs, meta: &Meta, res: &Results) -> String {
             "in-process"
         }
     );
+    if a.postgres.is_some() || a.redis.is_some() {
+        let pg = match a.postgres_core {
+            Some(c) => format!("PostgreSQL server pinned to core {c}"),
+            None if a.postgres.is_some() => "PostgreSQL server unpinned".into(),
+            None => String::new(),
+        };
+        let redis = match a.redis_core {
+            Some(c) => format!("a private redis-server pinned to core {c}"),
+            None if a.redis.is_some() => "Redis server unpinned".into(),
+            None => String::new(),
+        };
+        let _ = writeln!(
+            md,
+            "Service placement: {}; gateway on core {}, wrk and mock on core {}.\n",
+            [pg, redis]
+                .into_iter()
+                .filter(|s| !s.is_empty())
+                .collect::<Vec<_>>()
+                .join(", "),
+            a.gateway_core,
+            a.client_core
+        );
+    }
     if let Some(note) = &a.note {
         let _ = writeln!(md, "> **{note}**\n");
     }
@@ -1367,6 +1500,8 @@ fn report_json(a: &ProcessArgs, meta: &Meta, res: &Results) -> Value {
         "note": a.note,
         "postgres": a.postgres.is_some(),
         "redis": a.redis.is_some(),
+        "redis_core": a.redis_core,
+        "postgres_core": a.postgres_core,
         "machine": {"nproc": cmd_output("nproc", &["--all"]), "cpu": cpu_model(),
                     "loadavg_start": loadavg(&meta.load_start), "loadavg_end": loadavg(&meta.load_end)},
         "settings": {"purser": a.purser.display().to_string(), "runs": a.runs, "duration_s": a.duration,
