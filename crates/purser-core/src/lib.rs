@@ -6,6 +6,7 @@ pub mod access;
 pub mod budget;
 pub mod keys;
 pub mod money;
+pub mod provider;
 pub mod redact;
 pub mod roles;
 pub mod routes;

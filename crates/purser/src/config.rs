@@ -66,6 +66,12 @@ pub struct LitellmParams {
     /// Idle timeout in seconds between streamed chunks.
     #[serde(default)]
     pub stream_timeout: Option<f64>,
+    /// Azure OpenAI `api-version` (`v1`, `latest`, `preview`: the v1 surface).
+    #[serde(default)]
+    pub api_version: Option<String>,
+    /// Azure OpenAI: an Entra ID bearer token, sent instead of `api-key`.
+    #[serde(default)]
+    pub azure_ad_token: Option<String>,
     #[serde(flatten)]
     pub extra: BTreeMap<String, Value>,
 }

@@ -5,6 +5,7 @@
 //! to pico-USD per token at startup, and each deployment's token counter is chosen (and its BPE
 //! encoding loaded) at startup too.
 
+pub mod anthropic;
 pub mod sse;
 pub mod tokens;
 
@@ -16,6 +17,7 @@ use std::time::Duration;
 use axum::http::StatusCode;
 use purser_core::access::AccessGroups;
 use purser_core::money::price_per_token_pico;
+use purser_core::provider::{self, Provider, Wire};
 use serde_json::Value;
 
 use crate::config::Config;
@@ -33,8 +35,15 @@ pub struct Deployment {
     /// Provider prefix (`openai`) and the model sent upstream.
     pub provider: String,
     pub upstream_model: String,
-    api_base: Option<String>,
+    /// How requests are shaped (the provider's wire).
+    wire: Wire,
+    /// `api_base` from the config, else the provider's default (required for some).
+    api_base: String,
+    /// The key: `api_key`, else the provider's variable (see [`resolve_key`]).
     api_key: Option<String>,
+    /// Azure: the `api-version`, and an Entra bearer token used instead of `api-key`.
+    api_version: String,
+    azure_ad_token: Option<String>,
     pub mock_response: Option<String>,
     pub rpm: Option<u64>,
     pub tpm: Option<u64>,
@@ -70,24 +79,57 @@ impl Deployment {
         self.input_pico == 0 && self.output_pico == 0
     }
 
-    fn url(&self, path: &str) -> String {
-        let base = self
-            .api_base
-            .as_deref()
-            .unwrap_or("https://api.openai.com/v1")
-            .trim_end_matches('/');
-        format!("{base}/{path}")
+    /// The provider wire this deployment speaks.
+    pub fn wire(&self) -> Wire {
+        self.wire
     }
 
-    /// Removes this deployment's secrets from upstream text: the key in any case and as a
-    /// partly masked copy, the api_base verbatim.
+    fn url(&self, endpoint: &str) -> String {
+        let base = self.api_base.trim_end_matches('/');
+        match self.wire {
+            Wire::OpenAi => format!("{base}/{endpoint}"),
+            Wire::Anthropic => provider::anthropic_messages_url(base),
+            Wire::Azure => format!(
+                "{base}/{}",
+                provider::azure_path(&self.upstream_model, &self.api_version, endpoint)
+            ),
+        }
+    }
+
+    /// The request with this deployment's credentials: a Bearer key (OpenAI wire), or Azure's
+    /// `api-key` header (an Entra token goes as Bearer instead).
+    fn authorize(&self, req: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        match self.wire {
+            Wire::OpenAi => match &self.api_key {
+                Some(k) => req.bearer_auth(k),
+                None => req,
+            },
+            Wire::Azure => match (&self.azure_ad_token, &self.api_key) {
+                (Some(t), _) => req.bearer_auth(t),
+                (None, Some(k)) => req.header("api-key", k),
+                (None, None) => req,
+            },
+            Wire::Anthropic => {
+                let req = req.header("anthropic-version", anthropic::API_VERSION);
+                match &self.api_key {
+                    Some(k) => req.header("x-api-key", k),
+                    None => req,
+                }
+            }
+        }
+    }
+
+    /// Removes this deployment's secrets from upstream text: the key and token in any case and
+    /// as partly masked copies, the api_base verbatim.
     fn scrub(&self, text: &str) -> String {
         let mut out = text.to_string();
-        if let Some(k) = self.api_key.as_deref().filter(|k| !k.is_empty()) {
-            out = purser_core::redact::secret(&out, k);
+        for secret in [&self.api_key, &self.azure_ad_token].into_iter().flatten() {
+            if !secret.is_empty() {
+                out = purser_core::redact::secret(&out, secret);
+            }
         }
-        if let Some(b) = self.api_base.as_deref().filter(|b| !b.is_empty()) {
-            out = out.replace(b, "<redacted>");
+        if !self.api_base.is_empty() {
+            out = out.replace(&self.api_base, "<redacted>");
         }
         out
     }
@@ -175,6 +217,15 @@ impl std::fmt::Debug for Registry {
 
 impl Registry {
     pub fn from_config(config: &Config) -> anyhow::Result<Registry> {
+        Self::from_config_with_env(config, &|name| std::env::var(name).ok())
+    }
+
+    /// [`Registry::from_config`] reading provider variables (`GROQ_API_KEY`, `AZURE_API_VERSION`…)
+    /// through `env`.
+    pub fn from_config_with_env(
+        config: &Config,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> anyhow::Result<Registry> {
         let mut names = Vec::new();
         let mut groups: HashMap<String, Vec<Arc<Deployment>>> = HashMap::new();
         let mut access_groups = AccessGroups::new();
@@ -185,12 +236,19 @@ impl Registry {
                 Some((a, b)) => (a.to_string(), b.to_string()),
                 None => ("openai".to_string(), p.model.clone()),
             };
-            if p.mock_response.is_none() && provider != "openai" && provider != "hosted_vllm" {
-                anyhow::bail!(
-                    "model_list[{i}].litellm_params.model: provider '{provider}' is not supported \
-                     (use 'openai/<model>' with api_base for OpenAI-compatible servers)"
-                );
-            }
+            let at = format!("model_list[{i}].litellm_params");
+            let conn = if p.mock_response.is_some() {
+                Connection::default()
+            } else {
+                let Some(prov) = provider::provider(&provider) else {
+                    anyhow::bail!(
+                        "{at}.model: provider '{provider}' is not supported; served prefixes: {} \
+                         (any OpenAI-compatible server works as 'openai/<model>' with api_base)",
+                        provider::served_prefixes()
+                    );
+                };
+                connection(prov, p, &at, env)?
+            };
             let price = |a: Option<f64>, b: Option<f64>| -> anyhow::Result<i64> {
                 Ok(price_per_token_pico(a.or(b).unwrap_or(0.0))?)
             };
@@ -209,8 +267,11 @@ impl Registry {
                 model_name: m.model_name.clone(),
                 provider,
                 upstream_model,
-                api_base: p.api_base.clone(),
-                api_key: p.api_key.clone(),
+                wire: conn.wire,
+                api_base: conn.api_base,
+                api_key: conn.api_key,
+                api_version: conn.api_version,
+                azure_ad_token: conn.azure_ad_token,
                 mock_response: p.mock_response.clone(),
                 rpm: p.rpm,
                 tpm: p.tpm,
@@ -356,10 +417,7 @@ impl Registry {
         body: &Value,
         stream: bool,
     ) -> Result<reqwest::Response, Error> {
-        let mut req = self.client.post(dep.url(kind.path())).json(body);
-        if let Some(k) = &dep.api_key {
-            req = req.bearer_auth(k);
-        }
+        let mut req = dep.authorize(self.client.post(dep.url(kind.path())).json(body));
         if !stream {
             req = req.timeout(dep.timeout);
         }
@@ -375,6 +433,111 @@ impl Registry {
         let text = resp.text().await.unwrap_or_default();
         Err(status_error(dep, status, &text))
     }
+}
+
+/// Where and how a deployment's calls go.
+struct Connection {
+    wire: Wire,
+    api_base: String,
+    api_key: Option<String>,
+    api_version: String,
+    azure_ad_token: Option<String>,
+}
+
+impl Default for Connection {
+    fn default() -> Self {
+        Connection {
+            wire: Wire::OpenAi,
+            api_base: String::new(),
+            api_key: None,
+            api_version: String::new(),
+            azure_ad_token: None,
+        }
+    }
+}
+
+/// The key a deployment calls with: its `api_key`, else the provider's variable. An empty value
+/// counts as none.
+pub fn resolve_key(
+    api_key: Option<&str>,
+    prov: &Provider,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Option<String> {
+    api_key
+        .map(str::to_string)
+        .or_else(|| prov.key_env.and_then(env))
+        .filter(|k| !k.is_empty())
+}
+
+/// A deployment's connection from its `litellm_params`, or a start-up error naming the field
+/// (never its value: it may be a secret).
+fn connection(
+    prov: &Provider,
+    p: &crate::config::LitellmParams,
+    at: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> anyhow::Result<Connection> {
+    let api_key = resolve_key(p.api_key.as_deref(), prov, env);
+    let api_base = p
+        .api_base
+        .clone()
+        .or_else(|| {
+            (prov.wire == Wire::Azure)
+                .then(|| env("AZURE_API_BASE"))
+                .flatten()
+        })
+        .or_else(|| prov.default_api_base.map(str::to_string));
+    let Some(api_base) = api_base.filter(|b| !b.is_empty()) else {
+        anyhow::bail!(
+            "{at}.api_base: required for '{}/' deployments{}",
+            prov.prefix,
+            if prov.wire == Wire::Azure {
+                " (https://<resource>.openai.azure.com, or AZURE_API_BASE)"
+            } else {
+                ""
+            }
+        );
+    };
+    if reqwest::Url::parse(&api_base).map_or(true, |u| !matches!(u.scheme(), "http" | "https")) {
+        anyhow::bail!("{at}.api_base: must be an http:// or https:// URL");
+    }
+    let mut c = Connection {
+        wire: prov.wire,
+        api_base,
+        api_key,
+        api_version: String::new(),
+        azure_ad_token: None,
+    };
+    if prov.wire == Wire::Azure {
+        c.azure_ad_token = p.azure_ad_token.clone().filter(|t| !t.is_empty());
+        c.api_version = p
+            .api_version
+            .clone()
+            .or_else(|| env("AZURE_API_VERSION"))
+            .filter(|v| !v.is_empty())
+            .unwrap_or_else(|| provider::AZURE_DEFAULT_API_VERSION.to_string());
+        if c.api_key.is_none() && c.azure_ad_token.is_none() {
+            anyhow::bail!(
+                "{at}: an Azure deployment needs api_key (or AZURE_API_KEY) or azure_ad_token"
+            );
+        }
+    } else {
+        if p.api_version.is_some() {
+            anyhow::bail!("{at}.api_version: only Azure deployments take an api_version");
+        }
+        if p.azure_ad_token.is_some() {
+            anyhow::bail!("{at}.azure_ad_token: only Azure deployments take an azure_ad_token");
+        }
+        if prov.key_required && c.api_key.is_none() && p.api_base.is_none() {
+            anyhow::bail!(
+                "{at}.api_key: '{}/' calls {} and need a key: set api_key (os.environ/NAME works) or {}",
+                prov.prefix,
+                prov.default_api_base.unwrap_or("the provider"),
+                prov.key_env.unwrap_or("the provider's key variable")
+            );
+        }
+    }
+    Ok(c)
 }
 
 /// 504: the upstream did not answer in time.

@@ -14,6 +14,7 @@ mod foundation;
 mod governance;
 mod keys;
 mod members;
+mod providers;
 mod proxy;
 mod server;
 mod spend_and_resets;

@@ -17,6 +17,18 @@
 //!   bill), and the completion uses the whole `max_tokens` (6 without it); while `hold()` is on
 //!   it keeps every call waiting until `release()`.
 //!
+//! Azure OpenAI paths (`api_base: http://<addr>/<mode>`): `/<mode>/openai/deployments/<dep>/
+//! {chat/completions,embeddings}` and `/<mode>/openai/v1/…` answer as above (streams start with
+//! Azure's `choices: []` prompt-filter chunk); mode `fail` echoes the `api-key` header it got,
+//! mode `filter` answers Azure's 400 content-filter error. Each call's path with query and its
+//! `api-key` header are recorded.
+//!
+//! Anthropic's Messages API at `/<mode>/v1/messages` (`api_base: http://<addr>/<mode>`): mode `ok`
+//! answers "Hello from Claude." (usage: 5 input, 2 cache read, 1 cache write, 6 output) or, when
+//! the request forces a tool, a `tool_use` of it; streams send that text in three deltas; mode
+//! `fail` answers 529 `overloaded_error` echoing the `x-api-key` it got; mode `broken` streams a
+//! delta then an `error` event. The `x-api-key` and `anthropic-version` headers are recorded.
+//!
 //! Every call counts a hit, so tests can assert that denials never reach the upstream.
 
 #![allow(dead_code)]
@@ -43,6 +55,11 @@ pub struct Seen {
     pub hits: AtomicUsize,
     pub bodies: Mutex<Vec<Value>>,
     pub auth: Mutex<Vec<String>>,
+    /// Azure routes: path and query of each call, and its `api-key` header.
+    pub azure_paths: Mutex<Vec<String>>,
+    pub api_keys: Mutex<Vec<String>>,
+    /// Anthropic routes: `x-api-key` and `anthropic-version` of each call.
+    pub anthropic_headers: Mutex<Vec<(String, String)>>,
     /// Chunks of `long` streams actually written.
     pub long_chunks_sent: AtomicUsize,
     /// `counted` calls wait while this is set.
@@ -75,6 +92,16 @@ impl MockUpstream {
         let app = Router::new()
             .route("/{mode}/v1/chat/completions", post(chat))
             .route("/{mode}/v1/embeddings", post(embeddings))
+            .route(
+                "/{mode}/openai/deployments/{dep}/chat/completions",
+                post(azure_chat),
+            )
+            .route("/{mode}/openai/v1/chat/completions", post(azure_chat_v1))
+            .route("/{mode}/v1/messages", post(anthropic_messages))
+            .route(
+                "/{mode}/openai/deployments/{dep}/embeddings",
+                post(azure_embeddings),
+            )
             .with_state(seen.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -305,4 +332,208 @@ async fn embeddings(
         "data": [{"object": "embedding", "index": 0, "embedding": [0.1, 0.2]}],
         "usage": {"prompt_tokens": 4, "total_tokens": 4}}))
     .into_response()
+}
+
+fn record_azure(seen: &Seen, uri: &axum::http::Uri, headers: &HeaderMap) {
+    seen.azure_paths.lock().unwrap().push(
+        uri.path_and_query()
+            .map(|p| p.as_str().to_string())
+            .unwrap_or_default(),
+    );
+    seen.api_keys.lock().unwrap().push(
+        headers
+            .get("api-key")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string(),
+    );
+}
+
+async fn azure_chat(
+    State(seen): State<Arc<Seen>>,
+    Path((mode, _dep)): Path<(String, String)>,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
+    body: axum::Json<Value>,
+) -> Response {
+    azure_answer(seen, mode, uri, headers, body.0).await
+}
+
+async fn azure_chat_v1(
+    State(seen): State<Arc<Seen>>,
+    Path(mode): Path<String>,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
+    body: axum::Json<Value>,
+) -> Response {
+    azure_answer(seen, mode, uri, headers, body.0).await
+}
+
+async fn azure_answer(
+    seen: Arc<Seen>,
+    mode: String,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
+    body: Value,
+) -> Response {
+    record_azure(&seen, &uri, &headers);
+    let api_key = headers
+        .get("api-key")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    match mode.as_str() {
+        "fail" => {
+            record(&seen, &headers, &body);
+            (
+                StatusCode::UNAUTHORIZED,
+                axum::Json(json!({"error": {"code": "401", "message": format!(
+                    "Access denied due to invalid subscription key {api_key} (upper {}) or wrong API endpoint.",
+                    api_key.to_uppercase()
+                )}})),
+            )
+                .into_response()
+        }
+        "filter" => {
+            record(&seen, &headers, &body);
+            (
+                StatusCode::BAD_REQUEST,
+                axum::Json(json!({"error": {"message": "The response was filtered due to the prompt triggering Azure OpenAI's content management policy.",
+                    "type": null, "param": "prompt", "code": "content_filter", "status": 400,
+                    "innererror": {"code": "ResponsibleAIPolicyViolation",
+                        "content_filter_result": {"hate": {"filtered": true, "severity": "high"}}}}})),
+            )
+                .into_response()
+        }
+        "ok" if body["stream"] == true => {
+            record(&seen, &headers, &body);
+            let filter = json!({"choices": [], "created": 0, "id": "", "model": "", "object": "",
+                "prompt_filter_results": [{"prompt_index": 0, "content_filter_results": {
+                    "hate": {"filtered": false, "severity": "safe"}}}]});
+            let mut chunks = vec![format!("data: {filter}\n\n")];
+            chunks.extend(stream_chunks(
+                body["stream_options"]["include_usage"] == true,
+            ));
+            sse(chunks, Duration::from_millis(20), None)
+        }
+        _ => chat(State(seen), Path(mode), headers, axum::Json(body)).await,
+    }
+}
+
+async fn azure_embeddings(
+    State(seen): State<Arc<Seen>>,
+    Path((mode, _dep)): Path<(String, String)>,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
+    body: axum::Json<Value>,
+) -> Response {
+    record_azure(&seen, &uri, &headers);
+    embeddings(State(seen), Path(mode), headers, body).await
+}
+
+async fn anthropic_messages(
+    State(seen): State<Arc<Seen>>,
+    Path(mode): Path<String>,
+    headers: HeaderMap,
+    body: axum::Json<Value>,
+) -> Response {
+    let body = body.0;
+    record(&seen, &headers, &body);
+    let h = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string()
+    };
+    seen.anthropic_headers
+        .lock()
+        .unwrap()
+        .push((h("x-api-key"), h("anthropic-version")));
+    let usage = json!({"input_tokens": 5, "cache_read_input_tokens": 2,
+        "cache_creation_input_tokens": 1, "output_tokens": 6});
+    let event = |name: &str, v: Value| format!("event: {name}\ndata: {v}\n\n");
+    let start = event(
+        "message_start",
+        json!({"type": "message_start", "message": {"id": "msg_mock", "type": "message",
+            "role": "assistant", "model": "claude-mock", "content": [],
+            "usage": {"input_tokens": 5, "cache_read_input_tokens": 2,
+                "cache_creation_input_tokens": 1, "output_tokens": 1}}}),
+    );
+    let delta = |t: &str| {
+        event(
+            "content_block_delta",
+            json!({"type": "content_block_delta", "index": 0,
+                "delta": {"type": "text_delta", "text": t}}),
+        )
+    };
+    match mode.as_str() {
+        "fail" => (
+            StatusCode::from_u16(529).unwrap(),
+            axum::Json(
+                json!({"type": "error", "error": {"type": "overloaded_error",
+                "message": format!("Overloaded (key {})", h("x-api-key"))}}),
+            ),
+        )
+            .into_response(),
+        "broken" => sse(
+            vec![
+                start,
+                event(
+                    "content_block_start",
+                    json!({"type": "content_block_start", "index": 0,
+                        "content_block": {"type": "text", "text": ""}}),
+                ),
+                delta("Hello"),
+                event(
+                    "error",
+                    json!({"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}),
+                ),
+            ],
+            Duration::from_millis(10),
+            None,
+        ),
+        _ if body["stream"] == true => sse(
+            vec![
+                start,
+                event(
+                    "content_block_start",
+                    json!({"type": "content_block_start", "index": 0,
+                        "content_block": {"type": "text", "text": ""}}),
+                ),
+                event("ping", json!({"type": "ping"})),
+                delta("Hello"),
+                delta(" from"),
+                delta(" Claude."),
+                event(
+                    "content_block_stop",
+                    json!({"type": "content_block_stop", "index": 0}),
+                ),
+                event(
+                    "message_delta",
+                    json!({"type": "message_delta", "delta": {"stop_reason": "end_turn"},
+                        "usage": {"output_tokens": 6}}),
+                ),
+                event("message_stop", json!({"type": "message_stop"})),
+            ],
+            Duration::from_millis(10),
+            None,
+        ),
+        _ => {
+            let forced = body["tool_choice"]["type"] == "tool";
+            let content = if forced {
+                json!([{"type": "tool_use", "id": "toolu_mock", "name": body["tool_choice"]["name"],
+                    "input": {"answer": 42}}])
+            } else {
+                json!([{"type": "text", "text": "Hello from Claude."}])
+            };
+            axum::Json(
+                json!({"id": "msg_mock", "type": "message", "role": "assistant",
+                "model": "claude-mock", "content": content,
+                "stop_reason": if forced { "tool_use" } else { "end_turn" },
+                "stop_sequence": null, "usage": usage}),
+            )
+            .into_response()
+        }
+    }
 }

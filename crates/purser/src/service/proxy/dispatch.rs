@@ -23,8 +23,10 @@ use crate::service::alerts::{Alerts, SoftBudgetWatch};
 use crate::service::model_budget::ModelReservation;
 use crate::service::spend::Reservation;
 use crate::store::spend::SpendLogRow;
+use crate::upstream::anthropic;
 use crate::upstream::sse::{SseTap, Usage, UsageChunkFilter};
-use crate::upstream::{Deployment, Slot};
+use crate::upstream::{CallKind, Deployment, Slot};
+use purser_core::provider::Wire;
 
 /// What a settled call books.
 pub(super) struct Meter {
@@ -40,6 +42,18 @@ pub(super) struct Meter {
     pub(super) log: SpendLogRow,
     /// Soft budgets of the key and team, looked at once the cost is booked.
     pub(super) soft_budgets: Vec<SoftBudgetWatch>,
+}
+
+impl Meter {
+    /// A call refused before anything was sent upstream (its request cannot be put to this
+    /// deployment's provider): gives back its request and slots and its reservations, books
+    /// nothing — it changes nothing, like any refusal.
+    fn refund(mut self) {
+        self.reservation.take(); // released at its drop, cost 0
+        self.model_reservation.take();
+        self.state.limiter.refund(&self.limits, self.held);
+        self.limits.clear(); // the drop's release has nothing left to free
+    }
 }
 
 /// The call's parallel slots are freed when its meter goes, however the call ended: answered,
@@ -94,6 +108,138 @@ fn client_wants_usage(req: &CallRequest) -> bool {
 
 pub(super) async fn dispatch(
     state: AppState,
+    meter: Meter,
+    req: CallRequest,
+    requested: String,
+) -> Result<Response, Error> {
+    if meter.slot.0.wire() == Wire::Anthropic && !meter.slot.0.is_mock() {
+        return Box::pin(dispatch_anthropic(state, meter, req)).await;
+    }
+    dispatch_openai(state, meter, req, requested).await
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// A call to an Anthropic deployment: the OpenAI request translated to a Messages request, the
+/// answer (or each stream event) translated back, usage normalised before it is billed.
+async fn dispatch_anthropic(
+    state: AppState,
+    mut meter: Meter,
+    mut req: CallRequest,
+) -> Result<Response, Error> {
+    let dep = Arc::clone(&meter.slot.0);
+    if req.kind != CallKind::Chat {
+        meter.refund();
+        return Err(Error::proxy(
+            StatusCode::BAD_REQUEST,
+            "bad_request_error",
+            format!(
+                "litellm.BadRequestError: model={} is an Anthropic model; Anthropic offers no embeddings",
+                dep.model_name
+            ),
+        ));
+    }
+    let json_mode = anthropic::json_mode(&req.body);
+    let mut body = match anthropic::to_messages_request(&req.body, &dep.upstream_model) {
+        Ok(b) => b,
+        Err(u) => {
+            meter.refund();
+            return Err(Error::proxy(
+                StatusCode::BAD_REQUEST,
+                "bad_request_error",
+                format!(
+                    "litellm.UnsupportedParamsError: {} {} (model={})",
+                    u.field, u.reason, dep.model_name
+                ),
+            ));
+        }
+    };
+    let wants_usage = client_wants_usage(&req);
+    req.body.clear();
+    if req.stream {
+        body.insert("stream".into(), Value::Bool(true));
+        let resp = state
+            .models
+            .send(&dep, req.kind, &Value::Object(body), true)
+            .await?;
+        let mut translator = anthropic::StreamTranslator::new(json_mode, unix_now());
+        let chunks = resp
+            .bytes_stream()
+            .map(move |r| {
+                r.map(|b| Bytes::from(translator.push(&b)))
+                    .map_err(std::io::Error::other)
+            })
+            .filter(|r| std::future::ready(r.as_ref().map_or(true, |b| !b.is_empty())))
+            .boxed();
+        return Ok(stream_response(pump_stream(
+            chunks,
+            StreamMeter {
+                meter,
+                tap: SseTap::new(dep.tokens),
+            },
+            dep.stream_timeout,
+            dep.timeout,
+            (!wants_usage).then(UsageChunkFilter::default),
+        )));
+    }
+    body.remove("stream");
+    let resp = state
+        .models
+        .send(&dep, req.kind, &Value::Object(body), false)
+        .await?;
+    let bytes = match resp.bytes().await {
+        Ok(b) => b,
+        Err(e) => {
+            meter.settle(
+                Usage {
+                    prompt_tokens: req.prompt_tokens,
+                    completion_tokens: 0,
+                },
+                "failure",
+            );
+            return Err(crate::upstream::transport_error(&dep, &e));
+        }
+    };
+    let Ok(msg) = serde_json::from_slice::<Value>(&bytes) else {
+        meter.settle(partial_usage(&dep, &req, &bytes), "failure");
+        return Err(Error::proxy(
+            StatusCode::BAD_GATEWAY,
+            "api_error",
+            format!(
+                "litellm.APIError: upstream of model={} returned a body that is not JSON",
+                dep.model_name
+            ),
+        ));
+    };
+    let answer = anthropic::to_chat_completion(&msg, json_mode, unix_now());
+    let usage = Usage::from_json(&answer)
+        .filter(|_| msg.get("usage").is_some())
+        .unwrap_or_else(|| Usage {
+            prompt_tokens: req.prompt_tokens,
+            completion_tokens: produced_tokens(&dep, &answer),
+        });
+    meter.settle(usage, "success");
+    Ok(axum::Json(answer).into_response())
+}
+
+fn stream_response(body: Body) -> Response {
+    let mut resp = Response::new(body);
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    resp
+}
+
+async fn dispatch_openai(
+    state: AppState,
     mut meter: Meter,
     mut req: CallRequest,
     requested: String,
@@ -130,14 +276,7 @@ pub(super) async fn dispatch(
             dep.timeout,
             (!wants_usage).then(UsageChunkFilter::default),
         );
-        let mut resp = Response::new(body);
-        let h = resp.headers_mut();
-        h.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("text/event-stream"),
-        );
-        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-        return Ok(resp);
+        return Ok(stream_response(body));
     }
 
     if dep.is_mock() {

@@ -1,0 +1,536 @@
+//! Provider wires: Azure OpenAI (dated and v1 surfaces, `api-key` and Entra token, chat,
+//! streams, embeddings, errors), Anthropic (OpenAI chat translated to Messages and back, streams
+//! event by event, JSON mode, refused parameters), the OpenAI-compatible families by prefix, and
+//! the start-up refusals of deployments Purser cannot serve.
+
+use serde_json::{Value, json};
+
+use crate::both_backends;
+use crate::helpers::{Backend, MASTER, TestApp, assert_proxy_error};
+use crate::mock_upstream::MockUpstream;
+
+const AZURE_KEY: &str = "azure-secret-key-0123456789";
+const ENTRA: &str = "entra-token-abcdef0123456789";
+const ANTHROPIC_KEY: &str = "sk-ant-test-0123456789abcdef";
+
+fn config(m: &MockUpstream) -> String {
+    format!(
+        r#"
+model_list:
+  - model_name: azure-gpt
+    litellm_params:
+      model: azure/prod-gpt4o
+      api_base: http://{addr}/ok
+      api_key: {AZURE_KEY}
+      api_version: "2024-10-21"
+      input_cost_per_token: 0.000001
+      output_cost_per_token: 0.000002
+    model_info:
+      base_model: gpt-4o
+  - model_name: azure-v1
+    litellm_params:
+      model: azure/prod-v1
+      api_base: http://{addr}/ok/
+      api_key: {AZURE_KEY}
+      api_version: v1
+  - model_name: azure-entra
+    litellm_params:
+      model: azure/entra-dep
+      api_base: http://{addr}/ok
+      azure_ad_token: {ENTRA}
+  - model_name: azure-emb
+    litellm_params:
+      model: azure/emb-dep
+      api_base: http://{addr}/ok
+      api_key: {AZURE_KEY}
+      api_version: "2024-10-21"
+      input_cost_per_token: 0.000001
+  - model_name: azure-fail
+    litellm_params:
+      model: azure/fail-dep
+      api_base: http://{addr}/fail
+      api_key: {AZURE_KEY}
+  - model_name: azure-filter
+    litellm_params:
+      model: azure/filter-dep
+      api_base: http://{addr}/filter
+      api_key: {AZURE_KEY}
+  - model_name: claude
+    litellm_params:
+      model: anthropic/claude-sonnet-4-5
+      api_base: http://{addr}/ok
+      api_key: {ANTHROPIC_KEY}
+      input_cost_per_token: 0.000003
+      output_cost_per_token: 0.000015
+  - model_name: claude-fail
+    litellm_params:
+      model: anthropic/claude-sonnet-4-5
+      api_base: http://{addr}/fail
+      api_key: {ANTHROPIC_KEY}
+  - model_name: claude-broken
+    litellm_params:
+      model: anthropic/claude-sonnet-4-5
+      api_base: http://{addr}/broken/v1
+      api_key: {ANTHROPIC_KEY}
+      input_cost_per_token: 0.000003
+      output_cost_per_token: 0.000015
+  - model_name: groq-llama
+    litellm_params:
+      model: groq/llama-3.3-70b
+      api_base: {groq}
+      api_key: groq-key-1
+general_settings:
+  master_key: sk-1234
+  proxy_batch_write_at: 0.2
+"#,
+        addr = m.addr,
+        groq = m.base("ok"),
+    )
+}
+
+fn hi(model: &str) -> Value {
+    json!({"model": model, "messages": [{"role": "user", "content": "hi"}]})
+}
+
+async fn new_key(app: &TestApp) -> String {
+    let (s, b) = app.post("/key/generate", MASTER, json!({})).await;
+    assert_eq!(s, 200, "{b}");
+    b["key"].as_str().unwrap().to_string()
+}
+
+/// The key's spend once the spend writer has written it (nano-dollars: 1e-9 USD).
+async fn spend_after_flush(app: &TestApp, key: &str, at_least: f64) -> f64 {
+    for _ in 0..100 {
+        let (s, b) = app.get(&format!("/key/info?key={key}"), MASTER).await;
+        assert_eq!(s, 200, "{b}");
+        let spend = b["info"]["spend"].as_f64().unwrap_or(0.0);
+        if spend >= at_least {
+            return spend;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("spend of the key never reached {at_least}");
+}
+
+fn last(v: &std::sync::Mutex<Vec<String>>) -> String {
+    v.lock().unwrap().last().cloned().unwrap_or_default()
+}
+
+async fn azure_deployments_speak_azure(b: Backend) {
+    let m = MockUpstream::start().await;
+    let app = TestApp::spawn_with(b, &config(&m)).await;
+    let key = new_key(&app).await;
+
+    // Dated surface: deployment in the path, api-version in the query, key in `api-key`.
+    let (s, body) = app
+        .post("/v1/chat/completions", &key, hi("azure-gpt"))
+        .await;
+    assert_eq!(s, 200, "{body}");
+    assert_eq!(
+        body["choices"][0]["message"]["content"],
+        "Hello from the mock upstream."
+    );
+    assert_eq!(
+        last(&m.seen.azure_paths),
+        "/ok/openai/deployments/prod-gpt4o/chat/completions?api-version=2024-10-21"
+    );
+    assert_eq!(last(&m.seen.api_keys), AZURE_KEY);
+    assert_eq!(last(&m.seen.auth), "", "no Bearer header to Azure");
+    // usage 9 + 6 tokens at 1e-6 / 2e-6 USD
+    let spend = spend_after_flush(&app, &key, 0.0000209).await;
+    assert!((spend - 0.000021).abs() < 1e-12, "{spend}");
+
+    // v1 surface: no deployment in the path, the deployment is the body's model.
+    let (s, body) = app.post("/v1/chat/completions", &key, hi("azure-v1")).await;
+    assert_eq!(s, 200, "{body}");
+    assert_eq!(last(&m.seen.azure_paths), "/ok/openai/v1/chat/completions");
+    assert_eq!(m.last_body()["model"], "prod-v1");
+
+    // Entra token: Bearer, no api-key; default api-version.
+    let (s, body) = app
+        .post("/v1/chat/completions", &key, hi("azure-entra"))
+        .await;
+    assert_eq!(s, 200, "{body}");
+    assert_eq!(last(&m.seen.auth), format!("Bearer {ENTRA}"));
+    assert_eq!(last(&m.seen.api_keys), "");
+    assert_eq!(
+        last(&m.seen.azure_paths),
+        "/ok/openai/deployments/entra-dep/chat/completions?api-version=2025-02-01-preview"
+    );
+
+    // Embeddings on the deployment's embeddings path.
+    let (s, body) = app
+        .post(
+            "/v1/embeddings",
+            &key,
+            json!({"model": "azure-emb", "input": "hello"}),
+        )
+        .await;
+    assert_eq!(s, 200, "{body}");
+    assert_eq!(
+        last(&m.seen.azure_paths),
+        "/ok/openai/deployments/emb-dep/embeddings?api-version=2024-10-21"
+    );
+
+    // A stream opening with Azure's empty prompt-filter chunk is relayed and billed.
+    let before = spend_after_flush(&app, &key, 0.0).await;
+    let r = app
+        .client
+        .post(app.url("/v1/chat/completions"))
+        .bearer_auth(&key)
+        .json(&json!({"model": "azure-gpt", "stream": true,
+            "messages": [{"role": "user", "content": "hi"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let text = r.text().await.unwrap();
+    assert!(text.contains("prompt_filter_results"), "{text}");
+    assert!(text.contains("\" mock\""), "{text}");
+    assert!(text.trim_end().ends_with("data: [DONE]"), "{text}");
+    spend_after_flush(&app, &key, before + 0.0000209).await;
+    app.shutdown().await;
+}
+
+async fn azure_errors_map_and_hide_the_key(b: Backend) {
+    let m = MockUpstream::start().await;
+    let app = TestApp::spawn_with(b, &config(&m)).await;
+    let key = new_key(&app).await;
+    // An upstream auth failure is the gateway's problem, not the caller's.
+    let (s, body) = app
+        .post("/v1/chat/completions", &key, hi("azure-fail"))
+        .await;
+    assert_eq!(s, 502, "{body}");
+    assert_proxy_error(&body, 502, "api_error");
+    let text = body.to_string();
+    assert!(text.contains("Access denied"), "{text}");
+    assert!(!text.contains(AZURE_KEY), "{text}");
+    assert!(!text.contains(&AZURE_KEY.to_uppercase()), "{text}");
+    assert!(!text.contains(&m.addr.to_string()), "{text}");
+    // A content-filter refusal is the caller's: 400 with Azure's message.
+    let (s, body) = app
+        .post("/v1/chat/completions", &key, hi("azure-filter"))
+        .await;
+    assert_eq!(s, 400, "{body}");
+    assert!(
+        body.to_string().contains("content management policy"),
+        "{body}"
+    );
+    // Neither was billed.
+    let (_, info) = app.get(&format!("/key/info?key={key}"), MASTER).await;
+    assert_eq!(info["info"]["spend"].as_f64().unwrap_or(0.0), 0.0, "{info}");
+    app.shutdown().await;
+}
+
+async fn openai_compatible_prefixes_use_the_openai_wire(b: Backend) {
+    let m = MockUpstream::start().await;
+    let app = TestApp::spawn_with(b, &config(&m)).await;
+    let key = new_key(&app).await;
+    let (s, body) = app
+        .post("/v1/chat/completions", &key, hi("groq-llama"))
+        .await;
+    assert_eq!(s, 200, "{body}");
+    assert_eq!(m.last_body()["model"], "llama-3.3-70b");
+    assert_eq!(last(&m.seen.auth), "Bearer groq-key-1");
+    // /v1/models lists it under its public name.
+    let (s, models) = app.get("/v1/models", &key).await;
+    assert_eq!(s, 200);
+    assert!(models.to_string().contains("groq-llama"), "{models}");
+    app.shutdown().await;
+}
+
+/// 5 input + 2 cache read + 1 cache write prompt tokens, 6 output, at $3 / $15 per 1M.
+const CLAUDE_COST: f64 = 8.0 * 0.000003 + 6.0 * 0.000015;
+
+async fn anthropic_deployments_are_translated(b: Backend) {
+    let m = MockUpstream::start().await;
+    let app = TestApp::spawn_with(b, &config(&m)).await;
+    let key = new_key(&app).await;
+    let (s, body) = app
+        .post(
+            "/v1/chat/completions",
+            &key,
+            json!({"model": "claude", "temperature": 0.5, "stop": ["END"], "messages": [
+                {"role": "system", "content": "Be brief."},
+                {"role": "user", "content": "hi"},
+                {"role": "user", "content": "there"}]}),
+        )
+        .await;
+    assert_eq!(s, 200, "{body}");
+    assert_eq!(body["object"], "chat.completion");
+    assert_eq!(body["choices"][0]["message"]["role"], "assistant");
+    assert_eq!(
+        body["choices"][0]["message"]["content"],
+        "Hello from Claude."
+    );
+    assert_eq!(body["choices"][0]["finish_reason"], "stop");
+    assert_eq!(
+        body["usage"]["prompt_tokens"], 8,
+        "cache tokens count: {body}"
+    );
+    assert_eq!(body["usage"]["completion_tokens"], 6);
+    assert_eq!(body["usage"]["prompt_tokens_details"]["cached_tokens"], 2);
+    let sent = m.last_body();
+    assert_eq!(sent["model"], "claude-sonnet-4-5");
+    assert_eq!(sent["max_tokens"], 4096);
+    assert_eq!(
+        sent["system"],
+        json!([{"type": "text", "text": "Be brief."}])
+    );
+    assert_eq!(sent["stop_sequences"], json!(["END"]));
+    assert_eq!(sent["temperature"], 0.5);
+    assert_eq!(
+        sent["messages"],
+        json!([{"role": "user", "content": [{"type": "text", "text": "hi"},
+            {"type": "text", "text": "there"}]}])
+    );
+    let (api_key, version) = m
+        .seen
+        .anthropic_headers
+        .lock()
+        .unwrap()
+        .last()
+        .cloned()
+        .unwrap();
+    assert_eq!(api_key, ANTHROPIC_KEY);
+    assert_eq!(version, "2023-06-01");
+    assert_eq!(last(&m.seen.auth), "", "no Bearer header to Anthropic");
+    let spend = spend_after_flush(&app, &key, CLAUDE_COST * 0.999).await;
+    assert!((spend - CLAUDE_COST).abs() < 1e-12, "{spend}");
+
+    // JSON mode goes through a forced tool; its input is the content.
+    let (s, body) = app
+        .post(
+            "/v1/chat/completions",
+            &key,
+            json!({"model": "claude", "response_format": {"type": "json_object"},
+                "messages": [{"role": "user", "content": "answer"}]}),
+        )
+        .await;
+    assert_eq!(s, 200, "{body}");
+    assert_eq!(body["choices"][0]["message"]["content"], "{\"answer\":42}");
+    assert_eq!(body["choices"][0]["finish_reason"], "stop");
+    assert_eq!(m.last_body()["tool_choice"]["name"], "json_tool_call");
+
+    // Parameters Anthropic cannot honour are refused by name before any call; nothing billed.
+    let hits = m.hits();
+    let before = spend_after_flush(&app, &key, 2.0 * CLAUDE_COST * 0.999).await;
+    for (field, value) in [
+        ("presence_penalty", json!(0.1)),
+        ("n", json!(3)),
+        ("logit_bias", json!({"1": 2})),
+    ] {
+        let mut req = hi("claude");
+        req[field] = value;
+        let (s, body) = app.post("/v1/chat/completions", &key, req).await;
+        assert_eq!(s, 400, "{field}: {body}");
+        assert_proxy_error(&body, 400, "bad_request_error");
+        assert!(body.to_string().contains(field), "{body}");
+    }
+    let (s, body) = app
+        .post(
+            "/v1/chat/completions",
+            &key,
+            json!({"model": "claude", "messages": [{"role": "function", "content": "x"}]}),
+        )
+        .await;
+    assert_eq!(s, 400, "{body}");
+    assert!(body.to_string().contains("messages[0].role"), "{body}");
+    let (s, body) = app
+        .post(
+            "/v1/embeddings",
+            &key,
+            json!({"model": "claude", "input": "x"}),
+        )
+        .await;
+    assert_eq!(s, 400, "{body}");
+    assert_eq!(m.hits(), hits, "refusals never reach Anthropic");
+    assert_eq!(app.state.ledger.in_flight(), 0);
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let (_, info) = app.get(&format!("/key/info?key={key}"), MASTER).await;
+    assert_eq!(info["info"]["spend"].as_f64().unwrap(), before, "{info}");
+
+    // A refused request does not burn the caller's RPM.
+    let (s, b2) = app
+        .post("/key/generate", MASTER, json!({"rpm_limit": 2}))
+        .await;
+    assert_eq!(s, 200, "{b2}");
+    let limited = b2["key"].as_str().unwrap().to_string();
+    for _ in 0..3 {
+        let mut req = hi("claude");
+        req["seed"] = json!(7);
+        let (s, body) = app.post("/v1/chat/completions", &limited, req).await;
+        assert_eq!(s, 400, "refused, not rate limited: {body}");
+    }
+    for _ in 0..2 {
+        let (s, body) = app
+            .post("/v1/chat/completions", &limited, hi("claude"))
+            .await;
+        assert_eq!(s, 200, "{body}");
+    }
+    let (s, _) = app
+        .post("/v1/chat/completions", &limited, hi("claude"))
+        .await;
+    assert_eq!(s, 429, "the limit still bites");
+
+    // An overloaded Anthropic is a 502 without the key.
+    let (s, body) = app
+        .post("/v1/chat/completions", &key, hi("claude-fail"))
+        .await;
+    assert_eq!(s, 502, "{body}");
+    assert!(body.to_string().contains("Overloaded"), "{body}");
+    assert!(!body.to_string().contains(ANTHROPIC_KEY), "{body}");
+    app.shutdown().await;
+}
+
+/// The data events of an OpenAI SSE body.
+fn data_events(text: &str) -> Vec<String> {
+    text.split("\n\n")
+        .filter_map(|e| e.trim().strip_prefix("data: "))
+        .map(str::to_string)
+        .collect()
+}
+
+async fn anthropic_streams_are_translated(b: Backend) {
+    let m = MockUpstream::start().await;
+    let app = TestApp::spawn_with(b, &config(&m)).await;
+    let key = new_key(&app).await;
+    let stream = |model: &str, usage: bool| {
+        let mut v = json!({"model": model, "stream": true,
+            "messages": [{"role": "user", "content": "hi"}]});
+        if usage {
+            v["stream_options"] = json!({"include_usage": true});
+        }
+        app.client
+            .post(app.url("/v1/chat/completions"))
+            .bearer_auth(&key)
+            .json(&v)
+            .send()
+    };
+    // Without include_usage: content chunks, a finish, [DONE]; no usage chunk for the client.
+    let r = stream("claude", false).await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["content-type"], "text/event-stream");
+    let events = data_events(&r.text().await.unwrap());
+    assert_eq!(
+        events.last().map(String::as_str),
+        Some("[DONE]"),
+        "{events:?}"
+    );
+    let chunks: Vec<Value> = events[..events.len() - 1]
+        .iter()
+        .map(|e| serde_json::from_str(e).unwrap())
+        .collect();
+    assert!(
+        chunks
+            .iter()
+            .all(|c| c["object"] == "chat.completion.chunk")
+    );
+    assert!(
+        chunks
+            .iter()
+            .all(|c| !c["choices"].as_array().unwrap().is_empty())
+    );
+    let text: String = chunks
+        .iter()
+        .filter_map(|c| {
+            c.pointer("/choices/0/delta/content")
+                .and_then(Value::as_str)
+        })
+        .collect();
+    assert_eq!(text, "Hello from Claude.");
+    assert!(
+        chunks
+            .iter()
+            .any(|c| c["choices"][0]["finish_reason"] == "stop")
+    );
+    assert_eq!(m.last_body()["stream"], true);
+    let spend = spend_after_flush(&app, &key, CLAUDE_COST * 0.999).await;
+    assert!(
+        (spend - CLAUDE_COST).abs() < 1e-12,
+        "billed from Anthropic's usage: {spend}"
+    );
+
+    // With include_usage: the last chunk carries the normalised usage.
+    let events = data_events(&stream("claude", true).await.unwrap().text().await.unwrap());
+    let usage: Value = serde_json::from_str(&events[events.len() - 2]).unwrap();
+    assert_eq!(usage["choices"], json!([]));
+    assert_eq!(usage["usage"]["prompt_tokens"], 8);
+    assert_eq!(usage["usage"]["completion_tokens"], 6);
+
+    // A stream that breaks with an error event: the client sees the error, no [DONE], and the
+    // call is billed for what it produced.
+    let before = spend_after_flush(&app, &key, 2.0 * CLAUDE_COST * 0.999).await;
+    let text = stream("claude-broken", false)
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(text.contains("overloaded_error"), "{text}");
+    assert!(!text.contains("[DONE]"), "{text}");
+    spend_after_flush(&app, &key, before + 0.000003).await;
+    assert_eq!(app.state.ledger.in_flight(), 0);
+    app.shutdown().await;
+}
+
+both_backends!(
+    anthropic_deployments_are_translated,
+    anthropic_streams_are_translated,
+    azure_deployments_speak_azure,
+    azure_errors_map_and_hide_the_key,
+    openai_compatible_prefixes_use_the_openai_wire,
+);
+
+/// Deployments Purser cannot call refuse to start, naming the field and never its value.
+#[test]
+fn unservable_deployments_refuse_to_start() {
+    use purser::config::Config;
+    use purser::upstream::Registry;
+    let cases: &[(&str, &str)] = &[
+        (
+            "model: bedrock/anthropic.claude-v2\n      api_key: sk-ant-secret",
+            "provider 'bedrock' is not supported",
+        ),
+        ("model: anthropic/claude-sonnet-4-5", "ANTHROPIC_API_KEY"),
+        ("model: azure/dep\n      api_key: k", "api_base: required"),
+        (
+            "model: azure/dep\n      api_base: https://x.openai.azure.com",
+            "needs api_key",
+        ),
+        (
+            "model: groq/llama\n      api_key: gsk-secret-value\n      api_version: \"2024-10-21\"",
+            "api_version: only Azure",
+        ),
+        (
+            "model: openai/gpt\n      api_base: ftp://example.com/secret-path",
+            "must be an http:// or https:// URL",
+        ),
+        ("model: hosted_vllm/llama", "api_base: required"),
+        ("model: mistral/mistral-large", "MISTRAL_API_KEY"),
+    ];
+    for (params, expected) in cases {
+        let yaml = format!("model_list:\n  - model_name: m\n    litellm_params:\n      {params}\n");
+        let config = Config::parse(&yaml, "t.yaml").expect("parses");
+        let err = Registry::from_config_with_env(&config, &|_| None)
+            .expect_err(params)
+            .to_string();
+        assert!(err.contains(expected), "{params}: {err}");
+        assert!(err.contains("model_list[0]"), "{err}");
+        for secret in ["sk-ant-secret", "gsk-secret-value", "secret-path"] {
+            assert!(!err.contains(secret), "{err}");
+        }
+    }
+    // The provider's variable supplies a missing key; an Azure deployment's base and version too.
+    let yaml = "model_list:\n  - model_name: m\n    litellm_params:\n      model: mistral/mistral-large\n  \
+                - model_name: a\n    litellm_params:\n      model: azure/dep\n";
+    let config = Config::parse(yaml, "t.yaml").unwrap();
+    let env = |name: &str| match name {
+        "MISTRAL_API_KEY" => Some("from-env".to_string()),
+        "AZURE_API_KEY" => Some("az-env".to_string()),
+        "AZURE_API_BASE" => Some("https://r.openai.azure.com".to_string()),
+        _ => None,
+    };
+    let r = Registry::from_config_with_env(&config, &env).expect("served");
+    assert!(r.contains("m") && r.contains("a"));
+}
