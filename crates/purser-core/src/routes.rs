@@ -14,6 +14,8 @@ const LLM_API: &[&str] = &[
     "/chat/completions",
     "/v1/embeddings",
     "/embeddings",
+    "/v1/messages",
+    "/v1/messages/count_tokens",
     "/v1/models",
     "/models",
     "/v1/models/{*model_id}",

@@ -39,7 +39,11 @@ pub async fn authenticate(State(state): State<AppState>, mut req: Request, next:
     // Model calls check a blocked team themselves, after budgets (the reference's order).
     let governed = matches!(
         path.as_str(),
-        "/v1/chat/completions" | "/chat/completions" | "/v1/embeddings" | "/embeddings"
+        "/v1/chat/completions"
+            | "/chat/completions"
+            | "/v1/embeddings"
+            | "/embeddings"
+            | "/v1/messages"
     );
     if !governed
         && let Ok(caller) = &checked
@@ -52,7 +56,7 @@ pub async fn authenticate(State(state): State<AppState>, mut req: Request, next:
             req.extensions_mut().insert(caller);
             next.run(req).await
         }
-        Err(e) => refuse(req, e).await,
+        Err(e) => refuse(req, e, path.starts_with("/v1/messages")).await,
     }
 }
 
@@ -60,12 +64,19 @@ pub async fn authenticate(State(state): State<AppState>, mut req: Request, next:
 /// with `Connection: close`: hyper closes a connection whose body was left unread, and the
 /// header tells the client so instead of leaving it to find out on its next request. HTTP/2
 /// needs neither: an unread body only resets its own stream.
-async fn refuse(req: Request, e: Error) -> Response {
+async fn refuse(req: Request, e: Error, anthropic: bool) -> Response {
+    let draw = |e: Error| {
+        if anthropic {
+            super::error::render_anthropic(&e)
+        } else {
+            e.into_response()
+        }
+    };
     if req.version() >= axum::http::Version::HTTP_2 {
-        return e.into_response();
+        return draw(e);
     }
     let drained = super::extract::discard_body(req).await;
-    let mut response = e.into_response();
+    let mut response = draw(e);
     if !drained {
         response.headers_mut().insert(
             axum::http::header::CONNECTION,

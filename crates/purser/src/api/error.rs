@@ -85,6 +85,50 @@ fn proxy_body(
     (status, headers.cloned().unwrap_or_default(), Json(body)).into_response()
 }
 
+/// `e` as Anthropic's API answers errors (`/v1/messages`): `{"type": "error", "error": {"type",
+/// "message"}}`, the type following the status, the headers (`retry-after`…) kept.
+pub fn render_anthropic(e: &Error) -> Response {
+    let (status, message, headers) = match e {
+        Error::Proxy {
+            status,
+            message,
+            headers,
+            ..
+        } => (*status, message.clone(), headers.as_deref().cloned()),
+        Error::Validation { loc, msg, .. } => {
+            let at: Vec<String> = loc
+                .iter()
+                .map(|l| l.as_str().map_or_else(|| l.to_string(), str::to_string))
+                .collect();
+            (
+                StatusCode::BAD_REQUEST,
+                format!("{}: {msg}", at.join(".")),
+                None,
+            )
+        }
+        Error::Http { status, detail } => (
+            *status,
+            match detail {
+                Detail::Error(m) | Detail::Text(m) => m.clone(),
+            },
+            None,
+        ),
+    };
+    let kind = match status.as_u16() {
+        400 | 422 => "invalid_request_error",
+        401 => "authentication_error",
+        402 => "billing_error",
+        403 => "permission_error",
+        404 => "not_found_error",
+        413 => "request_too_large",
+        429 => "rate_limit_error",
+        529 => "overloaded_error",
+        _ => "api_error",
+    };
+    let body = json!({"type": "error", "error": {"type": kind, "message": message}});
+    (status, headers.unwrap_or_default(), Json(body)).into_response()
+}
+
 /// Draws the error in the `Detail` shape and keeps it on the response for the route's layer.
 impl IntoResponse for Error {
     fn into_response(self) -> Response {

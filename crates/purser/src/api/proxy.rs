@@ -3,11 +3,11 @@
 
 use axum::Json;
 use axum::extract::{Path, State};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::error::Shape;
+use super::error::{Shape, render_anthropic};
 use super::extract::{QueryBool, QueryParams, RawBody};
 use super::{Gate, Route};
 use crate::app::AppState;
@@ -51,6 +51,22 @@ pub fn routes() -> Vec<Route> {
             embeddings,
         )
         .answers(Shape::Wrapped),
+        // Anthropic clients: every refusal in Anthropic's error shape (drawn by the handlers
+        // and, for auth, by the middleware).
+        Route::post(
+            "/v1/messages",
+            Gate::Llm,
+            tag,
+            "Anthropic Messages API in front of any deployment (streaming supported; key also in x-api-key)",
+            anthropic_messages,
+        ),
+        Route::post(
+            "/v1/messages/count_tokens",
+            Gate::Llm,
+            tag,
+            "Anthropic token count of a Messages request (the model group's tokenizer, an estimate)",
+            anthropic_count_tokens,
+        ),
         Route::get(
             "/v1/models",
             Gate::Llm,
@@ -110,6 +126,40 @@ pub async fn embeddings(
 ) -> Result<Response> {
     let req = CallRequest::parse(CallKind::Embeddings, &body)?;
     proxy::handle(state, caller, req).await
+}
+
+/// `/v1/messages`: every refusal in Anthropic's error shape.
+pub async fn anthropic_messages(
+    State(state): State<AppState>,
+    caller: Caller,
+    headers: axum::http::HeaderMap,
+    RawBody(body): RawBody,
+) -> Response {
+    let beta = headers
+        .get("anthropic-beta")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let answer = match CallRequest::parse_messages(&body, beta) {
+        Ok(req) => proxy::handle(state, caller, req).await,
+        Err(e) => Err(e),
+    };
+    answer.unwrap_or_else(|e| render_anthropic(&e))
+}
+
+/// `/v1/messages/count_tokens`: `{"input_tokens": n}`.
+pub async fn anthropic_count_tokens(
+    State(state): State<AppState>,
+    caller: Caller,
+    RawBody(body): RawBody,
+) -> Response {
+    let counted = match CallRequest::parse_messages_to_count(&body) {
+        Ok(req) => proxy::count_tokens(state, caller, req).await,
+        Err(e) => Err(e),
+    };
+    match counted {
+        Ok(n) => Json(serde_json::json!({ "input_tokens": n })).into_response(),
+        Err(e) => render_anthropic(&e),
+    }
 }
 
 /// `/v1/models` query: the reference's flags, booleans read as FastAPI reads them.

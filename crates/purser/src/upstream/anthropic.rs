@@ -550,7 +550,11 @@ impl StreamTranslator {
                 if let Some(model) = m.get("model").and_then(Value::as_str) {
                     self.model = model.to_string();
                 }
-                self.start_usage = m.get("usage").cloned().unwrap_or_else(|| json!({}));
+                self.start_usage = m
+                    .get("usage")
+                    .filter(|u| u.is_object())
+                    .cloned()
+                    .unwrap_or_else(|| json!({}));
                 if let Some(o) = self
                     .start_usage
                     .get("output_tokens")
@@ -617,6 +621,18 @@ impl StreamTranslator {
                 if let Some(o) = v.pointer("/usage/output_tokens").and_then(Value::as_u64) {
                     self.output_tokens = o;
                 }
+                // Newer streams repeat the (cumulative) input side here; they win.
+                for k in [
+                    "input_tokens",
+                    "cache_creation_input_tokens",
+                    "cache_read_input_tokens",
+                ] {
+                    if let Some(n) = v.pointer(&format!("/usage/{k}")).and_then(Value::as_u64)
+                        && n > 0
+                    {
+                        self.start_usage[k] = json!(n);
+                    }
+                }
                 let stop = v.pointer("/delta/stop_reason").and_then(Value::as_str);
                 if stop.is_some() {
                     self.chunk(json!({}), Some(finish_reason(stop, self.json_mode)), out);
@@ -649,6 +665,456 @@ impl StreamTranslator {
     pub fn finish(&mut self) -> Vec<u8> {
         self.buf.clear();
         Vec::new()
+    }
+}
+
+// ------------------------------------------------ inbound: Anthropic clients (`/v1/messages`)
+
+/// The OpenAI chat request for an Anthropic Messages request (a client of `/v1/messages` in front
+/// of a deployment that is not Anthropic; also what governance counts and checks).
+pub fn from_messages_request(body: &Map<String, Value>) -> Result<Map<String, Value>, Unsupported> {
+    let mut out = Map::new();
+    let model = body
+        .get("model")
+        .and_then(Value::as_str)
+        .filter(|m| !m.trim().is_empty())
+        .ok_or_else(|| bad("model", "is required"))?;
+    out.insert("model".into(), json!(model));
+    let mut messages = Vec::new();
+    match body.get("system") {
+        None | Some(Value::Null) => {}
+        Some(Value::String(s)) => messages.push(json!({"role": "system", "content": s})),
+        Some(Value::Array(blocks)) => {
+            let text: Vec<&str> = blocks
+                .iter()
+                .filter_map(|b| b.get("text").and_then(Value::as_str))
+                .collect();
+            messages.push(json!({"role": "system", "content": text.join("\n")}));
+        }
+        Some(_) => return Err(bad("system", "must be a string or a list of text blocks")),
+    }
+    let turns = body
+        .get("messages")
+        .and_then(Value::as_array)
+        .filter(|m| !m.is_empty())
+        .ok_or_else(|| bad("messages", "must be a non-empty list"))?;
+    for (i, m) in turns.iter().enumerate() {
+        let at = format!("messages[{i}]");
+        let role = m.get("role").and_then(Value::as_str).unwrap_or("");
+        if role != "user" && role != "assistant" {
+            return Err(bad(format!("{at}.role"), "must be user or assistant"));
+        }
+        let content = m.get("content").unwrap_or(&Value::Null);
+        let blocks: Vec<Value> = match content {
+            Value::String(s) => vec![json!({"type": "text", "text": s})],
+            Value::Array(b) => b.clone(),
+            _ => {
+                return Err(bad(
+                    format!("{at}.content"),
+                    "must be a string or a list of blocks",
+                ));
+            }
+        };
+        let mut parts = Vec::new();
+        let mut calls = Vec::new();
+        for (j, b) in blocks.iter().enumerate() {
+            let at = format!("{at}.content[{j}]");
+            match b.get("type").and_then(Value::as_str) {
+                Some("text") => parts.push(json!({"type": "text",
+                    "text": b.get("text").and_then(Value::as_str).unwrap_or("")})),
+                Some("image") => {
+                    let src = b.get("source").unwrap_or(&Value::Null);
+                    let url = match src.get("type").and_then(Value::as_str) {
+                        Some("base64") => format!(
+                            "data:{};base64,{}",
+                            src.get("media_type").and_then(Value::as_str).unwrap_or("image/png"),
+                            src.get("data").and_then(Value::as_str).unwrap_or("")
+                        ),
+                        Some("url") => src
+                            .get("url")
+                            .and_then(Value::as_str)
+                            .unwrap_or("")
+                            .to_string(),
+                        _ => return Err(bad(format!("{at}.source"), "must be base64 or url")),
+                    };
+                    parts.push(json!({"type": "image_url", "image_url": {"url": url}}));
+                }
+                Some("tool_use") if role == "assistant" => calls.push(json!({
+                    "id": b.get("id").cloned().unwrap_or(Value::Null),
+                    "type": "function",
+                    "function": {"name": b.get("name").cloned().unwrap_or(Value::Null),
+                        "arguments": b.get("input").cloned().unwrap_or_else(|| json!({})).to_string()},
+                })),
+                Some("tool_result") if role == "user" => {
+                    let text = match b.get("content") {
+                        Some(Value::String(s)) => s.clone(),
+                        Some(Value::Array(inner)) => inner
+                            .iter()
+                            .filter_map(|x| x.get("text").and_then(Value::as_str))
+                            .collect::<Vec<_>>()
+                            .join("\n"),
+                        _ => String::new(),
+                    };
+                    messages.push(json!({"role": "tool",
+                        "tool_call_id": b.get("tool_use_id").cloned().unwrap_or(Value::Null),
+                        "content": text}));
+                }
+                // Earlier reasoning is the model's own; an OpenAI upstream takes none back.
+                Some("thinking") | Some("redacted_thinking") if role == "assistant" => {}
+                _ => return Err(bad(at, "is not a block this gateway can send to an OpenAI-style model")),
+            }
+        }
+        if role == "assistant" {
+            let text: String = parts
+                .iter()
+                .filter_map(|p| p.get("text").and_then(Value::as_str))
+                .collect();
+            let mut msg = json!({"role": "assistant",
+                "content": if text.is_empty() && !calls.is_empty() { Value::Null } else { json!(text) }});
+            if !calls.is_empty() {
+                msg["tool_calls"] = Value::Array(calls);
+            }
+            messages.push(msg);
+        } else if !parts.is_empty() {
+            let all_text = parts.iter().all(|p| p["type"] == "text");
+            let content = if all_text {
+                json!(
+                    parts
+                        .iter()
+                        .filter_map(|p| p.get("text").and_then(Value::as_str))
+                        .collect::<Vec<_>>()
+                        .join("\n")
+                )
+            } else {
+                Value::Array(parts)
+            };
+            messages.push(json!({"role": "user", "content": content}));
+        }
+    }
+    out.insert("messages".into(), Value::Array(messages));
+    let max = body
+        .get("max_tokens")
+        .and_then(Value::as_u64)
+        .filter(|n| *n > 0)
+        .ok_or_else(|| bad("max_tokens", "is required and must be a positive integer"))?;
+    out.insert("max_tokens".into(), json!(max));
+    if let Some(stop) = body.get("stop_sequences").filter(|v| !v.is_null()) {
+        out.insert("stop".into(), stop.clone());
+    }
+    for k in ["temperature", "top_p", "stream"] {
+        if let Some(v) = body.get(k).filter(|v| !v.is_null()) {
+            out.insert(k.into(), v.clone());
+        }
+    }
+    if let Some(u) = body
+        .get("metadata")
+        .and_then(|m| m.get("user_id"))
+        .and_then(Value::as_str)
+    {
+        out.insert("user".into(), json!(u));
+    }
+    if let Some(tools) = body.get("tools").and_then(Value::as_array) {
+        let mut ts = Vec::new();
+        for (i, t) in tools.iter().enumerate() {
+            let name = t
+                .get("name")
+                .and_then(Value::as_str)
+                .ok_or_else(|| bad(format!("tools[{i}].name"), "is required"))?;
+            if is_server_tool(t) {
+                continue; // refused by `native_only` unless the deployment is Anthropic
+            }
+            ts.push(json!({"type": "function", "function": {"name": name,
+                "description": t.get("description").cloned().unwrap_or(json!("")),
+                "parameters": t.get("input_schema").cloned().unwrap_or_else(|| json!({"type": "object"}))}}));
+        }
+        out.insert("tools".into(), Value::Array(ts));
+    }
+    if let Some(tc) = body.get("tool_choice").filter(|v| !v.is_null()) {
+        let choice = match tc.get("type").and_then(Value::as_str) {
+            Some("auto") => json!("auto"),
+            Some("any") => json!("required"),
+            Some("none") => json!("none"),
+            Some("tool") => {
+                json!({"type": "function", "function": {"name": tc.get("name").cloned().unwrap_or(Value::Null)}})
+            }
+            _ => return Err(bad("tool_choice", "must be auto, any, none or tool")),
+        };
+        out.insert("tool_choice".into(), choice);
+        if tc.get("disable_parallel_tool_use") == Some(&Value::Bool(true)) {
+            out.insert("parallel_tool_calls".into(), Value::Bool(false));
+        }
+    }
+    if let Some(t) = body.get("thinking").filter(|v| !v.is_null())
+        && t.get("type").and_then(Value::as_str) == Some("enabled")
+    {
+        let budget = t.get("budget_tokens").and_then(Value::as_u64).unwrap_or(0);
+        let effort = match budget {
+            0..=1024 => "low",
+            1025..=2048 => "medium",
+            _ => "high",
+        };
+        out.insert("reasoning_effort".into(), json!(effort));
+    }
+    Ok(out)
+}
+
+fn is_server_tool(t: &Value) -> bool {
+    t.get("type")
+        .and_then(Value::as_str)
+        .is_some_and(|ty| ty != "custom")
+}
+
+/// What a Messages request asks that only an Anthropic deployment can do (checked when it is
+/// routed to another one, before anything is sent).
+pub fn native_only(body: &Map<String, Value>) -> Option<Unsupported> {
+    if body.get("top_k").is_some_and(|v| !v.is_null()) {
+        return Some(bad("top_k", "is supported by Anthropic models only"));
+    }
+    let tools = body.get("tools").and_then(Value::as_array)?;
+    tools.iter().position(is_server_tool).map(|i| {
+        bad(
+            format!("tools[{i}].type"),
+            "server tools run only on Anthropic models",
+        )
+    })
+}
+
+/// Anthropic's `stop_reason` for OpenAI's `finish_reason`.
+fn stop_reason(finish: Option<&str>) -> &'static str {
+    match finish {
+        Some("length") => "max_tokens",
+        Some("tool_calls") | Some("function_call") => "tool_use",
+        Some("content_filter") => "refusal",
+        _ => "end_turn",
+    }
+}
+
+/// Anthropic's `usage` for an OpenAI one (cached prompt tokens reported apart, as Anthropic does).
+pub fn anthropic_usage(u: &Value) -> Value {
+    let n = |p: &str| u.pointer(p).and_then(Value::as_u64).unwrap_or(0);
+    let cached = n("/prompt_tokens_details/cached_tokens");
+    json!({
+        "input_tokens": n("/prompt_tokens").saturating_sub(cached),
+        "output_tokens": n("/completion_tokens"),
+        "cache_read_input_tokens": cached,
+        "cache_creation_input_tokens": 0,
+    })
+}
+
+/// The Messages answer for an OpenAI `chat.completion` (first choice).
+pub fn to_message(completion: &Value, model: &str) -> Value {
+    let choice = completion.pointer("/choices/0").unwrap_or(&Value::Null);
+    let msg = choice.get("message").unwrap_or(&Value::Null);
+    let mut content = Vec::new();
+    if let Some(t) = msg
+        .get("content")
+        .and_then(Value::as_str)
+        .filter(|t| !t.is_empty())
+    {
+        content.push(json!({"type": "text", "text": t}));
+    }
+    for c in msg
+        .get("tool_calls")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        let args = c
+            .pointer("/function/arguments")
+            .and_then(Value::as_str)
+            .unwrap_or("");
+        let input: Value = serde_json::from_str(args).unwrap_or_else(|_| json!({}));
+        content.push(
+            json!({"type": "tool_use", "id": c.get("id").cloned().unwrap_or(Value::Null),
+            "name": c.pointer("/function/name").cloned().unwrap_or(Value::Null), "input": input}),
+        );
+    }
+    let id = completion.get("id").and_then(Value::as_str).unwrap_or("");
+    json!({
+        "id": format!("msg_{}", id.trim_start_matches("chatcmpl-")),
+        "type": "message",
+        "role": "assistant",
+        "model": model,
+        "content": content,
+        "stop_reason": stop_reason(choice.get("finish_reason").and_then(Value::as_str)),
+        "stop_sequence": null,
+        "usage": anthropic_usage(completion.get("usage").unwrap_or(&Value::Null)),
+    })
+}
+
+/// Turns an OpenAI `chat.completion.chunk` stream into Anthropic's event sequence, as it arrives.
+#[derive(Debug)]
+pub struct ToMessagesStream {
+    buf: Vec<u8>,
+    model: String,
+    started: bool,
+    /// The open content block: its index and whether it is text (else a tool call).
+    open: Option<(usize, bool)>,
+    next_index: usize,
+    /// OpenAI tool-call index → Anthropic block index.
+    tools: Vec<(u64, usize)>,
+    stop: Option<&'static str>,
+    usage: Option<Value>,
+    ended: bool,
+}
+
+impl ToMessagesStream {
+    pub fn new(model: &str) -> ToMessagesStream {
+        ToMessagesStream {
+            buf: Vec::new(),
+            model: model.to_string(),
+            started: false,
+            open: None,
+            next_index: 0,
+            tools: Vec::new(),
+            stop: None,
+            usage: None,
+            ended: false,
+        }
+    }
+
+    fn event(out: &mut Vec<u8>, v: Value) {
+        let name = v["type"].as_str().unwrap_or("event").to_string();
+        out.extend_from_slice(format!("event: {name}\ndata: {v}\n\n").as_bytes());
+    }
+
+    fn close(&mut self, out: &mut Vec<u8>) {
+        if let Some((i, _)) = self.open.take() {
+            Self::event(out, json!({"type": "content_block_stop", "index": i}));
+        }
+    }
+
+    fn start(&mut self, id: &str, out: &mut Vec<u8>) {
+        if self.started {
+            return;
+        }
+        self.started = true;
+        Self::event(
+            out,
+            json!({"type": "message_start", "message": {
+                "id": format!("msg_{}", id.trim_start_matches("chatcmpl-")), "type": "message",
+                "role": "assistant", "model": self.model, "content": [], "stop_reason": null,
+                "stop_sequence": null, "usage": {"input_tokens": 0, "output_tokens": 0}}}),
+        );
+    }
+
+    /// The Anthropic SSE bytes for `bytes` of the OpenAI stream (possibly empty).
+    pub fn push(&mut self, bytes: &[u8]) -> Vec<u8> {
+        self.buf.extend_from_slice(bytes);
+        let mut out = Vec::new();
+        while let Some(pos) = self.buf.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = self.buf.drain(..=pos).collect();
+            let line = String::from_utf8_lossy(&line);
+            let Some(data) = line.trim_end().strip_prefix("data:") else {
+                continue;
+            };
+            let data = data.trim();
+            if data == "[DONE]" {
+                self.end(&mut out);
+                continue;
+            }
+            let Ok(v) = serde_json::from_str::<Value>(data) else {
+                continue;
+            };
+            if let Some(e) = v.get("error") {
+                Self::event(
+                    &mut out,
+                    json!({"type": "error", "error": {"type": "api_error",
+                        "message": e.get("message").cloned().unwrap_or(json!("upstream error"))}}),
+                );
+                continue;
+            }
+            self.start(v.get("id").and_then(Value::as_str).unwrap_or(""), &mut out);
+            if let Some(u) = v.get("usage").filter(|u| u.is_object()) {
+                self.usage = Some(u.clone());
+            }
+            let Some(choice) = v.pointer("/choices/0") else {
+                continue;
+            };
+            let delta = choice.get("delta").unwrap_or(&Value::Null);
+            if let Some(t) = delta
+                .get("content")
+                .and_then(Value::as_str)
+                .filter(|t| !t.is_empty())
+            {
+                if !matches!(self.open, Some((_, true))) {
+                    self.close(&mut out);
+                    let i = self.next_index;
+                    self.next_index += 1;
+                    self.open = Some((i, true));
+                    Self::event(
+                        &mut out,
+                        json!({"type": "content_block_start", "index": i,
+                            "content_block": {"type": "text", "text": ""}}),
+                    );
+                }
+                let i = self.open.map(|o| o.0).unwrap_or(0);
+                Self::event(
+                    &mut out,
+                    json!({"type": "content_block_delta", "index": i,
+                        "delta": {"type": "text_delta", "text": t}}),
+                );
+            }
+            for c in delta
+                .get("tool_calls")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
+                let ti = c.get("index").and_then(Value::as_u64).unwrap_or(0);
+                let block = match self.tools.iter().find(|(t, _)| *t == ti) {
+                    Some((_, b)) => *b,
+                    None => {
+                        self.close(&mut out);
+                        let b = self.next_index;
+                        self.next_index += 1;
+                        self.tools.push((ti, b));
+                        self.open = Some((b, false));
+                        Self::event(
+                            &mut out,
+                            json!({"type": "content_block_start", "index": b,
+                                "content_block": {"type": "tool_use",
+                                    "id": c.get("id").cloned().unwrap_or(Value::Null),
+                                    "name": c.pointer("/function/name").cloned().unwrap_or(Value::Null),
+                                    "input": {}}}),
+                        );
+                        b
+                    }
+                };
+                if let Some(a) = c
+                    .pointer("/function/arguments")
+                    .and_then(Value::as_str)
+                    .filter(|a| !a.is_empty())
+                {
+                    Self::event(
+                        &mut out,
+                        json!({"type": "content_block_delta", "index": block,
+                            "delta": {"type": "input_json_delta", "partial_json": a}}),
+                    );
+                }
+            }
+            if let Some(f) = choice.get("finish_reason").and_then(Value::as_str) {
+                self.stop = Some(stop_reason(Some(f)));
+            }
+        }
+        out
+    }
+
+    fn end(&mut self, out: &mut Vec<u8>) {
+        if self.ended {
+            return;
+        }
+        self.ended = true;
+        self.start("", out);
+        self.close(out);
+        let u = anthropic_usage(self.usage.as_ref().unwrap_or(&Value::Null));
+        Self::event(
+            out,
+            json!({"type": "message_delta",
+                "delta": {"stop_reason": self.stop.unwrap_or("end_turn"), "stop_sequence": null},
+                "usage": u}),
+        );
+        Self::event(out, json!({"type": "message_stop"}));
     }
 }
 
@@ -863,6 +1329,129 @@ mod tests {
         assert_eq!(last["choices"], json!([]));
         assert_eq!(last["usage"]["prompt_tokens"], 16);
         assert_eq!(last["usage"]["completion_tokens"], 9);
+    }
+
+    #[test]
+    fn messages_requests_become_chat_requests() {
+        let body = obj(
+            json!({"model": "m", "max_tokens": 100, "system": [{"type": "text", "text": "S"}],
+            "stop_sequences": ["X"], "metadata": {"user_id": "u"}, "stream": true,
+            "tools": [{"name": "get", "description": "d", "input_schema": {"type": "object"}}],
+            "tool_choice": {"type": "any", "disable_parallel_tool_use": true},
+            "messages": [
+                {"role": "user", "content": "hi"},
+                {"role": "assistant", "content": [{"type": "thinking", "thinking": "t"},
+                    {"type": "text", "text": "calling"},
+                    {"type": "tool_use", "id": "toolu_1", "name": "get", "input": {"q": 1}}]},
+                {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_1", "content": "42"},
+                    {"type": "image", "source": {"type": "base64", "media_type": "image/jpeg", "data": "AA"}}]}
+            ]}),
+        );
+        let out = Value::Object(from_messages_request(&body).unwrap());
+        assert_eq!(out["max_tokens"], 100);
+        assert_eq!(out["stop"], json!(["X"]));
+        assert_eq!(out["user"], "u");
+        assert_eq!(out["tool_choice"], "required");
+        assert_eq!(out["parallel_tool_calls"], false);
+        let m = out["messages"].as_array().unwrap();
+        assert_eq!(m[0], json!({"role": "system", "content": "S"}));
+        assert_eq!(m[1], json!({"role": "user", "content": "hi"}));
+        assert_eq!(m[2]["tool_calls"][0]["function"]["arguments"], "{\"q\":1}");
+        assert_eq!(m[2]["content"], "calling");
+        assert_eq!(
+            m[3],
+            json!({"role": "tool", "tool_call_id": "toolu_1", "content": "42"})
+        );
+        assert_eq!(
+            m[4]["content"][0]["image_url"]["url"],
+            "data:image/jpeg;base64,AA"
+        );
+        for (field, patch) in [
+            ("max_tokens", json!({"max_tokens": null})),
+            (
+                "messages[0].role",
+                json!({"messages": [{"role": "system", "content": "x"}]}),
+            ),
+        ] {
+            let mut b = body.clone();
+            for (k, v) in patch.as_object().unwrap() {
+                b.insert(k.clone(), v.clone());
+            }
+            assert_eq!(from_messages_request(&b).unwrap_err().field, field);
+        }
+    }
+
+    #[test]
+    fn anthropic_only_fields_are_named() {
+        let b = obj(json!({"top_k": 3}));
+        assert_eq!(native_only(&b).unwrap().field, "top_k");
+        let b = obj(json!({"tools": [{"name": "f", "input_schema": {}},
+            {"type": "web_search_20250305", "name": "web_search"}]}));
+        assert_eq!(native_only(&b).unwrap().field, "tools[1].type");
+        assert!(native_only(&obj(json!({"tools": [{"name": "f", "type": "custom"}]}))).is_none());
+    }
+
+    #[test]
+    fn chat_answers_and_streams_become_messages() {
+        let c = json!({"id": "chatcmpl-9", "choices": [{"index": 0, "finish_reason": "tool_calls",
+            "message": {"role": "assistant", "content": "ok", "tool_calls": [{"id": "call_1",
+                "type": "function", "function": {"name": "get", "arguments": "{\"q\":2}"}}]}}],
+            "usage": {"prompt_tokens": 10, "completion_tokens": 3, "prompt_tokens_details": {"cached_tokens": 4}}});
+        let m = to_message(&c, "gpt");
+        assert_eq!(m["id"], "msg_9");
+        assert_eq!(m["stop_reason"], "tool_use");
+        assert_eq!(m["content"][0], json!({"type": "text", "text": "ok"}));
+        assert_eq!(m["content"][1]["input"], json!({"q": 2}));
+        assert_eq!(m["usage"]["input_tokens"], 6);
+        assert_eq!(m["usage"]["cache_read_input_tokens"], 4);
+        let chunks = [
+            json!({"id": "chatcmpl-7", "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]}),
+            json!({"id": "chatcmpl-7", "choices": [{"index": 0, "delta": {"content": "He"}}]}),
+            json!({"id": "chatcmpl-7", "choices": [{"index": 0, "delta": {"content": "y"}}]}),
+            json!({"id": "chatcmpl-7", "choices": [{"index": 0, "delta": {"tool_calls": [{"index": 0,
+                "id": "call_2", "type": "function", "function": {"name": "get", "arguments": ""}}]}}]}),
+            json!({"id": "chatcmpl-7", "choices": [{"index": 0, "delta": {"tool_calls": [{"index": 0,
+                "function": {"arguments": "{}"}}]}}]}),
+            json!({"id": "chatcmpl-7", "choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}]}),
+            json!({"id": "chatcmpl-7", "choices": [], "usage": {"prompt_tokens": 5, "completion_tokens": 2}}),
+        ];
+        let mut sse = String::new();
+        for c in &chunks {
+            sse.push_str(&format!("data: {c}\n\n"));
+        }
+        sse.push_str("data: [DONE]\n\n");
+        let mut t = ToMessagesStream::new("gpt");
+        let mut out = Vec::new();
+        for piece in sse.as_bytes().chunks(5) {
+            out.extend(t.push(piece));
+        }
+        let text = String::from_utf8(out).unwrap();
+        let names: Vec<&str> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("event: "))
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "message_start",
+                "content_block_start",
+                "content_block_delta",
+                "content_block_delta",
+                "content_block_stop",
+                "content_block_start",
+                "content_block_delta",
+                "content_block_stop",
+                "message_delta",
+                "message_stop"
+            ]
+        );
+        assert!(text.contains("\"stop_reason\":\"tool_use\""), "{text}");
+        assert!(text.contains("\"output_tokens\":2"), "{text}");
+        // Anthropic's own events read back through the other translator bill the same usage.
+        let mut back = StreamTranslator::new(false, 1);
+        let openai = String::from_utf8(back.push(text.as_bytes())).unwrap();
+        assert!(back.finished());
+        assert!(openai.contains("\"prompt_tokens\":5"), "{openai}");
     }
 
     #[test]

@@ -417,7 +417,22 @@ impl Registry {
         body: &Value,
         stream: bool,
     ) -> Result<reqwest::Response, Error> {
+        self.send_with(dep, kind, body, stream, &[]).await
+    }
+
+    /// [`Registry::send`] with extra request headers (a client's `anthropic-beta`).
+    pub async fn send_with(
+        &self,
+        dep: &Deployment,
+        kind: CallKind,
+        body: &Value,
+        stream: bool,
+        headers: &[(&str, &str)],
+    ) -> Result<reqwest::Response, Error> {
         let mut req = dep.authorize(self.client.post(dep.url(kind.path())).json(body));
+        for (name, value) in headers {
+            req = req.header(*name, *value);
+        }
         if !stream {
             req = req.timeout(dep.timeout);
         }

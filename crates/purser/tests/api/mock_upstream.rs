@@ -58,8 +58,8 @@ pub struct Seen {
     /// Azure routes: path and query of each call, and its `api-key` header.
     pub azure_paths: Mutex<Vec<String>>,
     pub api_keys: Mutex<Vec<String>>,
-    /// Anthropic routes: `x-api-key` and `anthropic-version` of each call.
-    pub anthropic_headers: Mutex<Vec<(String, String)>>,
+    /// Anthropic routes: `x-api-key`, `anthropic-version` and `anthropic-beta` of each call.
+    pub anthropic_headers: Mutex<Vec<(String, String, String)>>,
     /// Chunks of `long` streams actually written.
     pub long_chunks_sent: AtomicUsize,
     /// `counted` calls wait while this is set.
@@ -446,10 +446,11 @@ async fn anthropic_messages(
             .unwrap_or("")
             .to_string()
     };
-    seen.anthropic_headers
-        .lock()
-        .unwrap()
-        .push((h("x-api-key"), h("anthropic-version")));
+    seen.anthropic_headers.lock().unwrap().push((
+        h("x-api-key"),
+        h("anthropic-version"),
+        h("anthropic-beta"),
+    ));
     let usage = json!({"input_tokens": 5, "cache_read_input_tokens": 2,
         "cache_creation_input_tokens": 1, "output_tokens": 6});
     let event = |name: &str, v: Value| format!("event: {name}\ndata: {v}\n\n");

@@ -74,6 +74,13 @@ model_list:
       api_key: {ANTHROPIC_KEY}
       input_cost_per_token: 0.000003
       output_cost_per_token: 0.000015
+  - model_name: gpt-real
+    litellm_params:
+      model: openai/upstream-model
+      api_base: {groq}
+      api_key: openai-key-1
+      input_cost_per_token: 0.000001
+      output_cost_per_token: 0.000002
   - model_name: groq-llama
     litellm_params:
       model: groq/llama-3.3-70b
@@ -284,7 +291,7 @@ async fn anthropic_deployments_are_translated(b: Backend) {
         json!([{"role": "user", "content": [{"type": "text", "text": "hi"},
             {"type": "text", "text": "there"}]}])
     );
-    let (api_key, version) = m
+    let (api_key, version, _) = m
         .seen
         .anthropic_headers
         .lock()
@@ -474,7 +481,253 @@ async fn anthropic_streams_are_translated(b: Backend) {
     app.shutdown().await;
 }
 
+/// POST to `/v1/messages` the way the Anthropic SDK does (`x-api-key`, `anthropic-version`).
+async fn messages(app: &TestApp, key: &str, path: &str, body: Value) -> reqwest::Response {
+    app.client
+        .post(app.url(path))
+        .header("x-api-key", key)
+        .header("anthropic-version", "2023-06-01")
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+}
+
+fn assert_anthropic_error(body: &Value, kind: &str) {
+    assert_eq!(body["type"], "error", "{body}");
+    assert_eq!(body["error"]["type"], kind, "{body}");
+    assert!(body["error"]["message"].is_string(), "{body}");
+}
+
+async fn messages_route_serves_anthropic_clients(b: Backend) {
+    let m = MockUpstream::start().await;
+    let app = TestApp::spawn_with(b, &config(&m)).await;
+    let key = new_key(&app).await;
+    let ask = |model: &str| {
+        json!({"model": model, "max_tokens": 64, "system": "Be brief.",
+            "messages": [{"role": "user", "content": "hi"}]})
+    };
+
+    // In front of an OpenAI deployment: translated both ways.
+    let r = messages(&app, &key, "/v1/messages", ask("gpt-real")).await;
+    assert_eq!(r.status(), 200);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["type"], "message", "{body}");
+    assert_eq!(body["role"], "assistant");
+    assert_eq!(body["model"], "gpt-real");
+    assert_eq!(
+        body["content"],
+        json!([{"type": "text", "text": "Hello from the mock upstream."}])
+    );
+    assert_eq!(body["stop_reason"], "end_turn");
+    assert_eq!(body["usage"]["input_tokens"], 9);
+    assert_eq!(body["usage"]["output_tokens"], 6);
+    let sent = m.last_body();
+    assert_eq!(sent["model"], "upstream-model");
+    assert_eq!(sent["max_tokens"], 64);
+    assert_eq!(
+        sent["messages"],
+        json!([{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"}])
+    );
+    let spend = spend_after_flush(&app, &key, 0.0000209).await;
+    assert!((spend - 0.000021).abs() < 1e-12, "{spend}");
+
+    // Streamed in front of the OpenAI deployment: Anthropic's event sequence.
+    let mut req = ask("gpt-real");
+    req["stream"] = json!(true);
+    let r = messages(&app, &key, "/v1/messages", req).await;
+    assert_eq!(r.status(), 200);
+    let text = r.text().await.unwrap();
+    let names: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("event: "))
+        .collect();
+    assert_eq!(names.first(), Some(&"message_start"), "{text}");
+    assert_eq!(names.last(), Some(&"message_stop"), "{text}");
+    assert!(names.contains(&"content_block_delta") && names.contains(&"message_delta"));
+    let streamed: String = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .filter_map(|d| serde_json::from_str::<Value>(d).ok())
+        .filter_map(|v| {
+            v.pointer("/delta/text")
+                .and_then(Value::as_str)
+                .map(str::to_string)
+        })
+        .collect();
+    assert_eq!(streamed, "Hello from the mock stream.");
+    assert!(text.contains("\"output_tokens\":6"), "{text}");
+    assert!(!text.contains("[DONE]"), "{text}");
+    let spend = spend_after_flush(&app, &key, 2.0 * 0.0000209).await;
+    assert!((spend - 0.000042).abs() < 1e-12, "{spend}");
+
+    // In front of an Anthropic deployment: sent as the client wrote it (top_k too), answered as
+    // Anthropic answered, billed with the cache tokens.
+    let mut req = ask("claude");
+    req["top_k"] = json!(5);
+    let r = app
+        .client
+        .post(app.url("/v1/messages?beta=true"))
+        .header("x-api-key", &key)
+        .header("anthropic-version", "2023-06-01")
+        .header("anthropic-beta", "prompt-caching-2024-07-31")
+        .json(&req)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let (api_key, _, beta) = m
+        .seen
+        .anthropic_headers
+        .lock()
+        .unwrap()
+        .last()
+        .cloned()
+        .unwrap();
+    assert_eq!(
+        api_key, ANTHROPIC_KEY,
+        "the deployment's key, never the client's"
+    );
+    assert_eq!(beta, "prompt-caching-2024-07-31");
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["id"], "msg_mock", "{body}");
+    assert_eq!(body["usage"]["cache_read_input_tokens"], 2);
+    let sent = m.last_body();
+    assert_eq!(sent["model"], "claude-sonnet-4-5");
+    assert_eq!(sent["top_k"], 5);
+    assert_eq!(sent["system"], "Be brief.");
+    let billed = 0.000042 + CLAUDE_COST;
+    let spend = spend_after_flush(&app, &key, billed * 0.9999).await;
+    assert!((spend - billed).abs() < 1e-12, "{spend}");
+    let mut req = ask("claude");
+    req["stream"] = json!(true);
+    let text = messages(&app, &key, "/v1/messages", req)
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(text.starts_with("event: message_start"), "{text}");
+    assert!(text.contains("event: ping"), "relayed as sent: {text}");
+    let billed = billed + CLAUDE_COST;
+    let spend = spend_after_flush(&app, &key, billed * 0.9999).await;
+    assert!((spend - billed).abs() < 1e-12, "{spend}");
+
+    // count_tokens: the group's estimate, no call.
+    let hits = m.hits();
+    let r = messages(
+        &app,
+        &key,
+        "/v1/messages/count_tokens",
+        json!({"model": "gpt-real", "messages": [{"role": "user", "content": "hello there"}]}),
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    let counted: Value = r.json().await.unwrap();
+    assert!(counted["input_tokens"].as_u64().unwrap() > 0, "{counted}");
+    assert_eq!(m.hits(), hits);
+
+    // Bearer works too.
+    let r = app
+        .client
+        .post(app.url("/v1/messages"))
+        .bearer_auth(&key)
+        .json(&ask("gpt-real"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    app.shutdown().await;
+}
+
+async fn messages_route_refuses_in_anthropic_shape(b: Backend) {
+    let m = MockUpstream::start().await;
+    let app = TestApp::spawn_with(b, &config(&m)).await;
+    let key = new_key(&app).await;
+    let ok = json!({"model": "gpt-real", "max_tokens": 8,
+        "messages": [{"role": "user", "content": "hi"}]});
+    // No key, a wrong key.
+    let r = app
+        .client
+        .post(app.url("/v1/messages"))
+        .json(&ok)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    assert_anthropic_error(&r.json().await.unwrap(), "authentication_error");
+    let r = messages(&app, "sk-not-a-key", "/v1/messages", ok.clone()).await;
+    assert_eq!(r.status(), 401);
+    assert_anthropic_error(&r.json().await.unwrap(), "authentication_error");
+    // Bad requests name the field.
+    for (body, field) in [
+        (
+            json!({"model": "gpt-real", "messages": [{"role": "user", "content": "hi"}]}),
+            "max_tokens",
+        ),
+        (
+            json!({"model": "gpt-real", "max_tokens": 8, "messages": []}),
+            "messages",
+        ),
+        (
+            json!({"max_tokens": 8, "messages": [{"role": "user", "content": "hi"}]}),
+            "model",
+        ),
+        (
+            json!({"model": "gpt-real", "max_tokens": 8, "top_k": 2,
+            "messages": [{"role": "user", "content": "hi"}]}),
+            "top_k",
+        ),
+        (
+            json!({"model": "nope", "max_tokens": 8, "messages": [{"role": "user", "content": "hi"}]}),
+            "nope",
+        ),
+    ] {
+        let r = messages(&app, &key, "/v1/messages", body).await;
+        assert_eq!(r.status(), 400);
+        let body: Value = r.json().await.unwrap();
+        assert_anthropic_error(&body, "invalid_request_error");
+        assert!(body.to_string().contains(field), "{field}: {body}");
+    }
+    let r = app
+        .client
+        .post(app.url("/v1/messages"))
+        .header("x-api-key", &key)
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert_anthropic_error(&r.json().await.unwrap(), "invalid_request_error");
+    // A key out of budget: refused, Anthropic-shaped.
+    let (s, b2) = app
+        .post("/key/generate", MASTER, json!({"max_budget": 0.0}))
+        .await;
+    assert_eq!(s, 200, "{b2}");
+    let broke = b2["key"].as_str().unwrap().to_string();
+    let r = messages(&app, &broke, "/v1/messages", ok.clone()).await;
+    assert!(r.status().is_client_error(), "{}", r.status());
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["type"], "error", "{body}");
+    assert!(body.to_string().contains("udget"), "{body}");
+    // An upstream failure (Anthropic overloaded) keeps the key out of the answer.
+    let r = messages(
+        &app,
+        &key,
+        "/v1/messages",
+        json!({"model": "claude-fail", "max_tokens": 8, "messages": [{"role": "user", "content": "hi"}]}),
+    )
+    .await;
+    assert_eq!(r.status(), 502);
+    let body: Value = r.json().await.unwrap();
+    assert_anthropic_error(&body, "api_error");
+    assert!(!body.to_string().contains(ANTHROPIC_KEY), "{body}");
+    assert_eq!(m.hits(), 1, "only the overloaded call reached an upstream");
+    app.shutdown().await;
+}
+
 both_backends!(
+    messages_route_serves_anthropic_clients,
+    messages_route_refuses_in_anthropic_shape,
     anthropic_deployments_are_translated,
     anthropic_streams_are_translated,
     azure_deployments_speak_azure,

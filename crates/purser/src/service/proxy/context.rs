@@ -211,8 +211,27 @@ pub(super) fn check_scope_models(
 }
 
 /// A parsed OpenAI request.
+/// Which API the client speaks (what its answer must look like).
+#[derive(Debug, Clone, Default)]
+pub enum Inbound {
+    #[default]
+    OpenAi,
+    /// `/v1/messages`: the client's Messages request as sent (forwarded as is to Anthropic
+    /// deployments; `body` holds its OpenAI translation for everything else).
+    Anthropic(Box<MessagesRequest>),
+}
+
+/// A `/v1/messages` request as the client sent it.
+#[derive(Debug, Clone, Default)]
+pub struct MessagesRequest {
+    pub body: serde_json::Map<String, Value>,
+    /// The client's `anthropic-beta` header, forwarded to Anthropic deployments.
+    pub beta: Option<String>,
+}
+
 pub struct CallRequest {
     pub kind: CallKind,
+    pub inbound: Inbound,
     pub body: serde_json::Map<String, Value>,
     pub model: String,
     pub stream: bool,
@@ -223,14 +242,66 @@ pub struct CallRequest {
     pub body_bytes: usize,
 }
 
+/// The body as a JSON object, or the reference's 400.
+fn json_object(bytes: &[u8]) -> Result<serde_json::Map<String, Value>, Error> {
+    let bad = |m: &str| Error::proxy(StatusCode::BAD_REQUEST, "bad_request_error", m);
+    let v: Value = serde_json::from_slice(bytes)
+        .map_err(|e| bad(&format!("Invalid JSON in request body: {e}")))?;
+    match v {
+        Value::Object(body) => Ok(body),
+        _ => Err(bad("Request body must be a JSON object")),
+    }
+}
+
 impl CallRequest {
     pub fn parse(kind: CallKind, bytes: &[u8]) -> Result<CallRequest, Error> {
+        let body = json_object(bytes)?;
+        Self::from_body(kind, body, bytes.len())
+    }
+
+    /// An Anthropic Messages request (`/v1/messages`), checked and translated to OpenAI chat for
+    /// governance and for deployments that are not Anthropic.
+    pub fn parse_messages(bytes: &[u8], beta: Option<String>) -> Result<CallRequest, Error> {
+        let mut req = Self::messages(json_object(bytes)?, bytes.len())?;
+        if let Inbound::Anthropic(m) = &mut req.inbound {
+            m.beta = beta;
+        }
+        Ok(req)
+    }
+
+    /// A `/v1/messages/count_tokens` request (a Messages request without `max_tokens`).
+    pub fn parse_messages_to_count(bytes: &[u8]) -> Result<CallRequest, Error> {
+        let mut original = json_object(bytes)?;
+        original.entry("max_tokens").or_insert(Value::from(1));
+        Self::messages(original, bytes.len())
+    }
+
+    fn messages(
+        original: serde_json::Map<String, Value>,
+        body_bytes: usize,
+    ) -> Result<CallRequest, Error> {
+        let body = crate::upstream::anthropic::from_messages_request(&original).map_err(|u| {
+            Error::proxy(
+                StatusCode::BAD_REQUEST,
+                "bad_request_error",
+                format!("{}: {}", u.field, u.reason),
+            )
+            .with_param(&u.field)
+        })?;
+        let mut req = Self::from_body(CallKind::Chat, body, body_bytes)?;
+        req.inbound = Inbound::Anthropic(Box::new(MessagesRequest {
+            body: original,
+            beta: None,
+        }));
+        Ok(req)
+    }
+
+    fn from_body(
+        kind: CallKind,
+        body: serde_json::Map<String, Value>,
+        body_bytes: usize,
+    ) -> Result<CallRequest, Error> {
         let bad = |m: &str| Error::proxy(StatusCode::BAD_REQUEST, "bad_request_error", m);
-        let v: Value = serde_json::from_slice(bytes)
-            .map_err(|e| bad(&format!("Invalid JSON in request body: {e}")))?;
-        let Value::Object(body) = v else {
-            return Err(bad("Request body must be a JSON object"));
-        };
         let model = match body.get("model") {
             Some(Value::String(m)) if !m.trim().is_empty() => m.clone(),
             _ => {
@@ -285,12 +356,13 @@ impl CallRequest {
         };
         Ok(CallRequest {
             kind,
+            inbound: Inbound::OpenAi,
             body,
             model,
             stream,
             prompt_tokens: 0,
             max_completion,
-            body_bytes: bytes.len(),
+            body_bytes,
         })
     }
 

@@ -13,9 +13,9 @@ use futures_util::stream::BoxStream;
 use purser_core::money::cost_of;
 use serde_json::{Value, json};
 
-use super::context::CallRequest;
+use super::context::{CallRequest, Inbound};
 use super::mock::{mock_body, mock_stream};
-use super::stream::{StreamMeter, pump_stream};
+use super::stream::{Relay, StreamMeter, pump_stream};
 use crate::app::AppState;
 use crate::error::Error;
 use crate::limiter::{Held, RateLimit};
@@ -112,10 +112,109 @@ pub(super) async fn dispatch(
     req: CallRequest,
     requested: String,
 ) -> Result<Response, Error> {
-    if meter.slot.0.wire() == Wire::Anthropic && !meter.slot.0.is_mock() {
-        return Box::pin(dispatch_anthropic(state, meter, req)).await;
+    let anthropic_deployment = meter.slot.0.wire() == Wire::Anthropic && !meter.slot.0.is_mock();
+    match (&req.inbound, anthropic_deployment) {
+        (Inbound::Anthropic(_), true) => {
+            Box::pin(dispatch_messages_native(state, meter, req)).await
+        }
+        (Inbound::Anthropic(original), false) => {
+            if let Some(u) = anthropic::native_only(&original.body) {
+                meter.refund();
+                return Err(Error::proxy(
+                    StatusCode::BAD_REQUEST,
+                    "bad_request_error",
+                    format!("{}: {} (model={requested})", u.field, u.reason),
+                )
+                .with_param(u.field));
+            }
+            Box::pin(dispatch_openai(state, meter, req, requested, true)).await
+        }
+        (Inbound::OpenAi, true) => Box::pin(dispatch_anthropic(state, meter, req)).await,
+        (Inbound::OpenAi, false) => dispatch_openai(state, meter, req, requested, false).await,
     }
-    dispatch_openai(state, meter, req, requested).await
+}
+
+/// A `/v1/messages` call to an Anthropic deployment: the client's request goes as sent (only the
+/// model is the deployment's) and the answer comes back as Anthropic wrote it; the meter reads
+/// Anthropic's usage (cache tokens included) through the stream translator.
+async fn dispatch_messages_native(
+    state: AppState,
+    mut meter: Meter,
+    mut req: CallRequest,
+) -> Result<Response, Error> {
+    let dep = Arc::clone(&meter.slot.0);
+    let Inbound::Anthropic(original) = std::mem::take(&mut req.inbound) else {
+        return Err(Error::internal("a Messages call without its request"));
+    };
+    let beta = original.beta.clone();
+    let extra: Vec<(&str, &str)> = beta
+        .as_deref()
+        .map(|b| ("anthropic-beta", b))
+        .into_iter()
+        .collect();
+    let mut body = original.body;
+    body.insert("model".into(), Value::String(dep.upstream_model.clone()));
+    req.body.clear();
+    if req.stream {
+        let resp = state
+            .models
+            .send_with(&dep, req.kind, &Value::Object(body), true, &extra)
+            .await?;
+        let chunks = resp
+            .bytes_stream()
+            .map(|r| r.map_err(std::io::Error::other))
+            .boxed();
+        return Ok(stream_response(pump_stream(
+            chunks,
+            StreamMeter {
+                meter,
+                tap: SseTap::new(dep.tokens),
+                anthropic_tap: Some(anthropic::StreamTranslator::new(false, 0)),
+            },
+            dep.stream_timeout,
+            dep.timeout,
+            Relay::AsIs,
+        )));
+    }
+    let resp = state
+        .models
+        .send_with(&dep, req.kind, &Value::Object(body), false, &extra)
+        .await?;
+    let bytes = match resp.bytes().await {
+        Ok(b) => b,
+        Err(e) => {
+            meter.settle(
+                Usage {
+                    prompt_tokens: req.prompt_tokens,
+                    completion_tokens: 0,
+                },
+                "failure",
+            );
+            return Err(crate::upstream::transport_error(&dep, &e));
+        }
+    };
+    let usage = serde_json::from_slice::<Value>(&bytes)
+        .ok()
+        .and_then(|m| m.get("usage").map(anthropic::usage))
+        .and_then(|u| Usage::from_usage(&u));
+    let Some(usage) = usage else {
+        meter.settle(partial_usage(&dep, &req, &bytes), "failure");
+        return Err(Error::proxy(
+            StatusCode::BAD_GATEWAY,
+            "api_error",
+            format!(
+                "litellm.APIError: upstream of model={} returned a body that is not a message",
+                dep.model_name
+            ),
+        ));
+    };
+    meter.settle(usage, "success");
+    let mut out = Response::new(Body::from(bytes));
+    out.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    Ok(out)
 }
 
 fn unix_now() -> u64 {
@@ -181,10 +280,15 @@ async fn dispatch_anthropic(
             StreamMeter {
                 meter,
                 tap: SseTap::new(dep.tokens),
+                anthropic_tap: None,
             },
             dep.stream_timeout,
             dep.timeout,
-            (!wants_usage).then(UsageChunkFilter::default),
+            if wants_usage {
+                Relay::AsIs
+            } else {
+                Relay::StripUsage(UsageChunkFilter::default())
+            },
         )));
     }
     body.remove("stream");
@@ -238,15 +342,25 @@ fn stream_response(body: Body) -> Response {
     resp
 }
 
+/// A call to an OpenAI-wire (or mock) deployment; `messages`: the client is a `/v1/messages`
+/// one, so its answer is translated to Anthropic's shape.
 async fn dispatch_openai(
     state: AppState,
     mut meter: Meter,
     mut req: CallRequest,
     requested: String,
+    messages: bool,
 ) -> Result<Response, Error> {
     let dep = Arc::clone(&meter.slot.0);
     if req.stream {
         let wants_usage = client_wants_usage(&req);
+        let relay = if messages {
+            Relay::ToMessages(Box::new(anthropic::ToMessagesStream::new(&requested)))
+        } else if wants_usage {
+            Relay::AsIs
+        } else {
+            Relay::StripUsage(UsageChunkFilter::default())
+        };
         let chunks: BoxStream<'static, Result<Bytes, std::io::Error>> = if dep.is_mock() {
             mock_stream(&dep, &requested, &req)
         } else {
@@ -271,10 +385,11 @@ async fn dispatch_openai(
             StreamMeter {
                 meter,
                 tap: SseTap::new(dep.tokens),
+                anthropic_tap: None,
             },
             dep.stream_timeout,
             dep.timeout,
-            (!wants_usage).then(UsageChunkFilter::default),
+            relay,
         );
         return Ok(stream_response(body));
     }
@@ -282,6 +397,9 @@ async fn dispatch_openai(
     if dep.is_mock() {
         let (body, usage) = mock_body(&dep, &requested, &req);
         meter.settle(usage, "success");
+        if messages {
+            return Ok(axum::Json(anthropic::to_message(&body, &requested)).into_response());
+        }
         return Ok(axum::Json(body).into_response());
     }
     let mut body = std::mem::take(&mut req.body);
@@ -330,6 +448,10 @@ async fn dispatch_openai(
         },
     };
     meter.settle(usage, "success");
+    if messages {
+        let answer = serde_json::from_slice::<Value>(&bytes).unwrap_or(Value::Null);
+        return Ok(axum::Json(anthropic::to_message(&answer, &requested)).into_response());
+    }
     let mut out = Response::new(Body::from(Bytes::from(bytes)));
     out.headers_mut().insert(
         header::CONTENT_TYPE,

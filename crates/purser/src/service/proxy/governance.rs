@@ -177,6 +177,32 @@ pub(super) fn rate_error(d: &RateDenied) -> Error {
 }
 
 /// Runs one OpenAI call through governance and dispatch.
+/// Prompt tokens of a request as its model group would count them (`/v1/messages/count_tokens`):
+/// the caller must be allowed the model, as for a call; nothing is reserved or sent. An estimate
+/// by the group's tokenizer (Anthropic's own counter is not asked).
+pub async fn count_tokens(state: AppState, caller: Caller, req: CallRequest) -> Result<u64, Error> {
+    let ctx = CallContext::load(&state, &caller).await?;
+    let requested = req.model.clone();
+    let target = ctx.resolve_alias(&requested);
+    if !ctx.master {
+        check_key_models(&state, &ctx, &requested, &target)?;
+    }
+    if !state.models.contains(&target) {
+        return Err(Error::proxy(
+            StatusCode::BAD_REQUEST,
+            "bad_request_error",
+            format!(
+                "Invalid model name passed in model={requested}. Call `/v1/models` to view available models for your key."
+            ),
+        )
+        .with_param("model"));
+    }
+    Ok(req
+        .counted(state.models.counters(&target))
+        .await?
+        .prompt_tokens)
+}
+
 pub async fn handle(state: AppState, caller: Caller, req: CallRequest) -> Result<Response, Error> {
     // Backpressure: wait while the spend writer is a full queue behind (bounded memory).
     state.ledger.admit().await;

@@ -31,6 +31,8 @@ mod mock;
 mod models;
 mod stream;
 
-pub use context::{CallContext, CallRequest, DEFAULT_COMPLETION_ESTIMATE, callable_models};
-pub use governance::handle;
+pub use context::{
+    CallContext, CallRequest, DEFAULT_COMPLETION_ESTIMATE, Inbound, callable_models,
+};
+pub use governance::{count_tokens, handle};
 pub use models::{ModelListQuery, model_info, model_list, model_retrieve};

@@ -7,6 +7,7 @@ use futures_util::StreamExt;
 use futures_util::stream::BoxStream;
 
 use super::dispatch::Meter;
+use crate::upstream::anthropic::{StreamTranslator, ToMessagesStream};
 use crate::upstream::sse::{SseTap, Usage, UsageChunkFilter};
 
 /// Settles a stream exactly once: with the upstream usage if it arrived, else with the counted
@@ -14,6 +15,47 @@ use crate::upstream::sse::{SseTap, Usage, UsageChunkFilter};
 pub(super) struct StreamMeter {
     pub(super) meter: Meter,
     pub(super) tap: SseTap,
+    /// An Anthropic stream relayed as is: the tap reads its OpenAI translation.
+    pub(super) anthropic_tap: Option<StreamTranslator>,
+}
+
+impl StreamMeter {
+    fn feed(&mut self, bytes: &[u8]) {
+        match &mut self.anthropic_tap {
+            None => self.tap.feed(bytes),
+            Some(t) => {
+                let openai = t.push(bytes);
+                self.tap.feed(&openai);
+            }
+        }
+    }
+}
+
+/// What reaches the client of a stream.
+pub(super) enum Relay {
+    /// The upstream's bytes unchanged.
+    AsIs,
+    /// Unchanged except the final usage-only chunk (the client did not ask for it).
+    StripUsage(UsageChunkFilter),
+    /// OpenAI chunks turned into Anthropic events (a `/v1/messages` client).
+    ToMessages(Box<ToMessagesStream>),
+}
+
+impl Relay {
+    fn push(&mut self, b: Bytes) -> Bytes {
+        match self {
+            Relay::AsIs => b,
+            Relay::StripUsage(f) => Bytes::from(f.push(&b)),
+            Relay::ToMessages(t) => Bytes::from(t.push(&b)),
+        }
+    }
+
+    fn finish(&mut self) -> Vec<u8> {
+        match self {
+            Relay::AsIs | Relay::ToMessages(_) => Vec::new(),
+            Relay::StripUsage(f) => f.finish(),
+        }
+    }
 }
 
 impl Drop for StreamMeter {
@@ -41,7 +83,7 @@ pub(super) fn pump_stream(
     mut meter: StreamMeter,
     idle: std::time::Duration,
     deadline: std::time::Duration,
-    mut strip_usage: Option<UsageChunkFilter>,
+    mut relay: Relay,
 ) -> Body {
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(STREAM_BUFFER);
     let end = tokio::time::Instant::now() + deadline;
@@ -62,23 +104,17 @@ pub(super) fn pump_stream(
             };
             let item = match next {
                 Ok(Some(Ok(b))) => {
-                    meter.tap.feed(&b);
-                    match &mut strip_usage {
-                        None => Ok(b),
-                        Some(f) => {
-                            let out = f.push(&b);
-                            if out.is_empty() {
-                                continue;
-                            }
-                            Ok(Bytes::from(out))
-                        }
+                    meter.feed(&b);
+                    let out = relay.push(b);
+                    if out.is_empty() {
+                        continue;
                     }
+                    Ok(out)
                 }
                 Ok(Some(Err(e))) => Err(e),
                 Ok(None) => {
-                    if let Some(rest) = strip_usage.as_mut().map(UsageChunkFilter::finish)
-                        && !rest.is_empty()
-                    {
+                    let rest = relay.finish();
+                    if !rest.is_empty() {
                         let _ = tx.send(Ok(Bytes::from(rest))).await;
                     }
                     break;
