@@ -66,6 +66,9 @@ pub struct LitellmParams {
     /// Idle timeout in seconds between streamed chunks.
     #[serde(default)]
     pub stream_timeout: Option<f64>,
+    /// Seconds this deployment is skipped after failing (else `router_settings.cooldown_time`).
+    #[serde(default)]
+    pub cooldown_time: Option<f64>,
     /// Azure OpenAI `api-version` (`v1`, `latest`, `preview`: the v1 surface).
     #[serde(default)]
     pub api_version: Option<String>,
@@ -155,6 +158,8 @@ pub struct AlertingArgs {
 #[serde(default)]
 pub struct LitellmSettings {
     pub default_internal_user_params: Option<DefaultInternalUserParams>,
+    #[serde(flatten)]
+    pub routing: Routing,
     /// HTTP status of budget-exceeded errors (default 422).
     pub budget_exceeded_status_code: Option<u16>,
     pub max_internal_user_budget: Option<f64>,
@@ -183,7 +188,32 @@ pub struct RouterSettings {
     pub redis_port: Option<u16>,
     pub redis_password: Option<String>,
     #[serde(flatten)]
+    pub routing: Routing,
+    #[serde(flatten)]
     pub extra: BTreeMap<String, Value>,
+}
+
+/// Failover settings, read from `router_settings` and (the reference accepts both)
+/// `litellm_settings`; `router_settings` wins.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct Routing {
+    /// Retries within a model group for retryable failures (default 2).
+    pub num_retries: Option<u32>,
+    /// `[{"group": ["fallback", …]}]`, tried in order once retries are spent; key `*`: any group.
+    pub fallbacks: Option<Vec<BTreeMap<String, Vec<String>>>>,
+    /// Used when `fallbacks` has no entry for the group.
+    pub default_fallbacks: Option<Vec<String>>,
+    /// Only for prompts too long for the model (not retried).
+    pub context_window_fallbacks: Option<Vec<BTreeMap<String, Vec<String>>>>,
+    /// Only for content-policy refusals (not retried).
+    pub content_policy_fallbacks: Option<Vec<BTreeMap<String, Vec<String>>>>,
+    /// Failures in a minute a deployment may have before it cools down (default 3).
+    pub allowed_fails: Option<u32>,
+    /// Seconds a failing deployment is skipped (default 5).
+    pub cooldown_time: Option<f64>,
+    /// Minimum seconds between retries (default 0).
+    pub retry_after: Option<f64>,
 }
 
 impl Config {
@@ -348,6 +378,7 @@ impl Config {
             }
         }
         validate_alerting(g)?;
+        self.validate_routing()?;
         if let (Some(min), Some(max)) = (
             g.proxy_budget_rescheduler_min_time,
             g.proxy_budget_rescheduler_max_time,
@@ -373,6 +404,93 @@ impl Config {
                 "litellm_settings.internal_user_budget_duration".into(),
                 e.to_string(),
             ));
+        }
+        Ok(())
+    }
+
+    /// The failover settings in effect (`router_settings` over `litellm_settings`).
+    pub fn routing(&self) -> Routing {
+        let r = &self.router_settings.routing;
+        let l = &self.litellm_settings.routing;
+        Routing {
+            num_retries: r.num_retries.or(l.num_retries),
+            fallbacks: r.fallbacks.clone().or_else(|| l.fallbacks.clone()),
+            default_fallbacks: r
+                .default_fallbacks
+                .clone()
+                .or_else(|| l.default_fallbacks.clone()),
+            context_window_fallbacks: r
+                .context_window_fallbacks
+                .clone()
+                .or_else(|| l.context_window_fallbacks.clone()),
+            content_policy_fallbacks: r
+                .content_policy_fallbacks
+                .clone()
+                .or_else(|| l.content_policy_fallbacks.clone()),
+            allowed_fails: r.allowed_fails.or(l.allowed_fails),
+            cooldown_time: r.cooldown_time.or(l.cooldown_time),
+            retry_after: r.retry_after.or(l.retry_after),
+        }
+    }
+
+    /// Fallback lists name model groups of this config; times are non-negative.
+    fn validate_routing(&self) -> Result<(), (String, String)> {
+        let known = |g: &str| self.model_list.iter().any(|m| m.model_name == g);
+        for (section, r) in [
+            ("router_settings", &self.router_settings.routing),
+            ("litellm_settings", &self.litellm_settings.routing),
+        ] {
+            for (name, lists) in [
+                ("fallbacks", &r.fallbacks),
+                ("context_window_fallbacks", &r.context_window_fallbacks),
+                ("content_policy_fallbacks", &r.content_policy_fallbacks),
+            ] {
+                for (i, entry) in lists.iter().flatten().enumerate() {
+                    for (from, to) in entry {
+                        if from != "*" && !known(from) {
+                            return Err((
+                                format!("{section}.{name}[{i}]"),
+                                format!("'{from}' is not a model_name of model_list"),
+                            ));
+                        }
+                        if let Some(t) = to.iter().find(|t| !known(t)) {
+                            return Err((
+                                format!("{section}.{name}[{i}].{from}"),
+                                format!("'{t}' is not a model_name of model_list"),
+                            ));
+                        }
+                    }
+                }
+            }
+            if let Some(t) = r.default_fallbacks.iter().flatten().find(|t| !known(t)) {
+                return Err((
+                    format!("{section}.default_fallbacks"),
+                    format!("'{t}' is not a model_name of model_list"),
+                ));
+            }
+            for (k, v) in [
+                ("cooldown_time", r.cooldown_time),
+                ("retry_after", r.retry_after),
+            ] {
+                if let Some(v) = v
+                    && !(v.is_finite() && v >= 0.0)
+                {
+                    return Err((
+                        format!("{section}.{k}"),
+                        format!("must be a non-negative number of seconds, got {v}"),
+                    ));
+                }
+            }
+        }
+        for (i, m) in self.model_list.iter().enumerate() {
+            if let Some(v) = m.litellm_params.cooldown_time
+                && !(v.is_finite() && v >= 0.0)
+            {
+                return Err((
+                    format!("model_list[{i}].litellm_params.cooldown_time"),
+                    format!("must be a non-negative number of seconds, got {v}"),
+                ));
+            }
         }
         Ok(())
     }
@@ -558,6 +676,52 @@ litellm_settings:
             ignored.contains(&"general_settings.alerting_args.daily_report_frequency".to_string())
         );
         assert!(ignored.contains(&"litellm_settings.drop_params".to_string()));
+    }
+
+    #[test]
+    fn routing_settings_are_read_and_checked() {
+        let models = "model_list:\n  - model_name: a\n    litellm_params: {model: openai/a, mock_response: x}\n  \
+                      - model_name: b\n    litellm_params: {model: openai/b, mock_response: x}\n";
+        let c = Config::parse(
+            &format!(
+                "{models}router_settings:\n  num_retries: 1\n  fallbacks: [{{a: [b]}}]\n  cooldown_time: 2\n\
+                 litellm_settings:\n  num_retries: 4\n  allowed_fails: 7\n"
+            ),
+            "c.yaml",
+        )
+        .unwrap();
+        let r = c.routing();
+        assert_eq!(r.num_retries, Some(1), "router_settings wins");
+        assert_eq!(r.allowed_fails, Some(7), "litellm_settings fills in");
+        assert_eq!(r.cooldown_time, Some(2.0));
+        let ignored = c.ignored_keys();
+        assert!(
+            !ignored
+                .iter()
+                .any(|k| k.contains("num_retries") || k.contains("fallbacks")),
+            "{ignored:?}"
+        );
+        for (yaml, key) in [
+            (
+                "router_settings:\n  fallbacks: [{a: [zzz]}]\n",
+                "router_settings.fallbacks[0].a",
+            ),
+            (
+                "router_settings:\n  fallbacks: [{zzz: [a]}]\n",
+                "router_settings.fallbacks[0]",
+            ),
+            (
+                "litellm_settings:\n  default_fallbacks: [zzz]\n",
+                "litellm_settings.default_fallbacks",
+            ),
+            (
+                "router_settings:\n  cooldown_time: -1\n",
+                "router_settings.cooldown_time",
+            ),
+        ] {
+            let e = Config::parse(&format!("{models}{yaml}"), "c.yaml").unwrap_err();
+            assert_eq!(e.key, key, "{e}");
+        }
     }
 
     #[test]

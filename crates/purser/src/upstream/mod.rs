@@ -57,6 +57,12 @@ pub struct Deployment {
     in_flight: AtomicU64,
     /// (window start, requests, tokens) for the deployment's own rpm/tpm.
     window: Mutex<(u64, u64, u64)>,
+    /// `litellm_params.cooldown_time`, over the router's.
+    cooldown: Option<Duration>,
+    /// Unix ms until which the deployment is skipped.
+    cooling_until: AtomicU64,
+    /// (minute, failures in it).
+    fails: Mutex<(u64, u32)>,
 }
 
 impl std::fmt::Debug for Deployment {
@@ -142,6 +148,18 @@ impl Deployment {
         now - now % WINDOW_SECS
     }
 
+    fn now_ms() -> u64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0)
+    }
+
+    /// Whether the deployment is cooling down after failures (skipped by the router).
+    pub fn cooling(&self) -> bool {
+        self.cooling_until.load(Ordering::Relaxed) > Self::now_ms()
+    }
+
     /// Takes one request of the deployment's rpm if it and its tpm window have room.
     fn try_take(&self) -> bool {
         let mut w = self.window.lock().unwrap_or_else(|p| p.into_inner());
@@ -205,6 +223,7 @@ pub struct Registry {
     counters: HashMap<String, Arc<[TokenCounter]>>,
     client: reqwest::Client,
     rr: AtomicUsize,
+    policy: RouterPolicy,
 }
 
 impl std::fmt::Debug for Registry {
@@ -286,6 +305,9 @@ impl Registry {
                 tokens,
                 in_flight: AtomicU64::new(0),
                 window: Mutex::new((0, 0, 0)),
+                cooldown: p.cooldown_time.map(Duration::from_secs_f64),
+                cooling_until: AtomicU64::new(0),
+                fails: Mutex::new((0, 0)),
             };
             for g in &dep.access_groups {
                 access_groups
@@ -320,6 +342,7 @@ impl Registry {
             counters: counters.into_iter().map(|(k, v)| (k, v.into())).collect(),
             client,
             rr: AtomicUsize::new(0),
+            policy: RouterPolicy::from_config(config),
         };
         // Loaded here, once per process, so no request pays for the tables.
         for counter in registry.bpe_counters() {
@@ -387,8 +410,20 @@ impl Registry {
         })
     }
 
-    /// Least-busy deployment of the group with rpm/tpm room (round robin among ties).
+    /// The router's failover rules.
+    pub fn policy(&self) -> &RouterPolicy {
+        &self.policy
+    }
+
+    /// Least-busy deployment of the group with rpm/tpm room that is not cooling down (round
+    /// robin among ties).
     pub fn pick(&self, name: &str) -> Option<Slot> {
+        self.pick_avoiding(name, &[])
+    }
+
+    /// [`Registry::pick`] preferring deployments whose id is not in `tried` (a retry goes to
+    /// another deployment when the group has one).
+    pub fn pick_avoiding(&self, name: &str, tried: &[String]) -> Option<Slot> {
         let deps = self.deployments(name);
         if deps.is_empty() {
             return None;
@@ -396,8 +431,9 @@ impl Registry {
         let start = self.rr.fetch_add(1, Ordering::Relaxed);
         let mut order: Vec<&Arc<Deployment>> = (0..deps.len())
             .map(|i| &deps[(start + i) % deps.len()])
+            .filter(|d| !d.cooling())
             .collect();
-        order.sort_by_key(|d| d.in_flight.load(Ordering::Acquire));
+        order.sort_by_key(|d| (tried.contains(&d.id), d.in_flight.load(Ordering::Acquire)));
         for d in order {
             if d.try_take() {
                 d.in_flight.fetch_add(1, Ordering::AcqRel);
@@ -405,6 +441,51 @@ impl Registry {
             }
         }
         None
+    }
+
+    /// Whether the group has a deployment other than `id` that is not cooling down.
+    pub fn others_healthy(&self, name: &str, id: &str) -> bool {
+        self.deployments(name)
+            .iter()
+            .any(|d| d.id != id && !d.cooling())
+    }
+
+    /// Counts a failed attempt against its deployment and cools it down when the reference's
+    /// rules say so: at once for 401/403/404 and for a 429 in a group with other deployments;
+    /// otherwise once its failures this minute exceed `allowed_fails`. The cooldown lasts the
+    /// deployment's `cooldown_time`, else the upstream's `retry-after`, else the router's.
+    pub fn record_failure(&self, dep: &Deployment, f: &Failure) {
+        if matches!(
+            f.class,
+            FailureClass::Request | FailureClass::ContextWindow | FailureClass::ContentPolicy
+        ) {
+            return;
+        }
+        let minute = Deployment::now_ms() / 60_000;
+        let fails = {
+            let mut w = dep.fails.lock().unwrap_or_else(|p| p.into_inner());
+            if w.0 != minute {
+                *w = (minute, 0);
+            }
+            w.1 += 1;
+            w.1
+        };
+        let group_size = self.deployments(&dep.model_name).len();
+        let at_once =
+            f.class == FailureClass::Deployment || (f.status == Some(429) && group_size > 1);
+        if at_once || fails > self.policy.allowed_fails {
+            let d = dep
+                .cooldown
+                .or(f.retry_after.filter(|d| !d.is_zero()))
+                .unwrap_or(self.policy.cooldown);
+            if !d.is_zero() {
+                dep.cooling_until.store(
+                    Deployment::now_ms() + d.as_millis() as u64,
+                    Ordering::Relaxed,
+                );
+                tracing::warn!(deployment = %dep.id, model = %dep.model_name, seconds = d.as_secs_f64(), "deployment cooling down after failures");
+            }
+        }
     }
 
     /// Sends a call upstream and returns the response once its headers arrived. Non-streaming
@@ -416,7 +497,7 @@ impl Registry {
         kind: CallKind,
         body: &Value,
         stream: bool,
-    ) -> Result<reqwest::Response, Error> {
+    ) -> Result<reqwest::Response, Failure> {
         self.send_with(dep, kind, body, stream, &[]).await
     }
 
@@ -428,7 +509,7 @@ impl Registry {
         body: &Value,
         stream: bool,
         headers: &[(&str, &str)],
-    ) -> Result<reqwest::Response, Error> {
+    ) -> Result<reqwest::Response, Failure> {
         let mut req = dep.authorize(self.client.post(dep.url(kind.path())).json(body));
         for (name, value) in headers {
             req = req.header(*name, *value);
@@ -436,17 +517,188 @@ impl Registry {
         if !stream {
             req = req.timeout(dep.timeout);
         }
+        let unanswered = |error: Error| Failure {
+            error,
+            class: FailureClass::Retryable,
+            retry_after: None,
+            status: None,
+        };
         let resp = match tokio::time::timeout(dep.timeout, req.send()).await {
-            Err(_) => return Err(timeout_error(dep)),
-            Ok(Err(e)) => return Err(transport_error(dep, &e)),
+            Err(_) => return Err(unanswered(timeout_error(dep))),
+            Ok(Err(e)) => return Err(unanswered(transport_error(dep, &e))),
             Ok(Ok(r)) => r,
         };
         if resp.status().is_success() {
             return Ok(resp);
         }
         let status = resp.status();
+        let after = retry_after(resp.headers());
         let text = resp.text().await.unwrap_or_default();
-        Err(status_error(dep, status, &text))
+        Err(Failure {
+            error: status_error(dep, status, &text),
+            class: classify(status.as_u16(), &text),
+            retry_after: after,
+            status: Some(status.as_u16()),
+        })
+    }
+}
+
+/// Why an upstream call failed before it answered, for the router's decisions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureClass {
+    /// Connect errors, timeouts, 429, 5xx: retried, then fallbacks.
+    Retryable,
+    /// The prompt is too long for the model: `context_window_fallbacks`, never retried.
+    ContextWindow,
+    /// A content-policy refusal: `content_policy_fallbacks`, never retried.
+    ContentPolicy,
+    /// Upstream 401/403/404: the deployment is misconfigured; cooled down, general fallbacks.
+    Deployment,
+    /// Any other client error: the caller's request; answered as is.
+    Request,
+}
+
+/// A failed upstream attempt: the error the caller gets if nothing else is tried.
+#[derive(Debug)]
+pub struct Failure {
+    pub error: Error,
+    pub class: FailureClass,
+    /// The upstream's `retry-after` / `retry-after-ms`, when it sent one.
+    pub retry_after: Option<Duration>,
+    /// The upstream status (None: no answer).
+    pub status: Option<u16>,
+}
+
+impl From<Failure> for Error {
+    fn from(f: Failure) -> Error {
+        f.error
+    }
+}
+
+fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+    let num = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .filter(|v| v.is_finite() && *v >= 0.0)
+    };
+    num("retry-after-ms")
+        .map(|ms| Duration::from_secs_f64(ms / 1000.0))
+        .or_else(|| num("retry-after").map(Duration::from_secs_f64))
+}
+
+fn classify(status: u16, body: &str) -> FailureClass {
+    let lower = body.to_ascii_lowercase();
+    match status {
+        408 | 409 | 429 | 500..=599 => FailureClass::Retryable,
+        401 | 403 | 404 => FailureClass::Deployment,
+        400 | 413 | 422
+            if lower.contains("context_length_exceeded")
+                || lower.contains("maximum context length")
+                || lower.contains("prompt is too long")
+                || lower.contains("context window") =>
+        {
+            FailureClass::ContextWindow
+        }
+        400 if lower.contains("content_filter")
+            || lower.contains("content_policy")
+            || lower.contains("content management policy") =>
+        {
+            FailureClass::ContentPolicy
+        }
+        _ => FailureClass::Request,
+    }
+}
+
+/// The router's failover rules (`router_settings` / `litellm_settings`).
+#[derive(Debug, Clone)]
+pub struct RouterPolicy {
+    pub num_retries: u32,
+    pub allowed_fails: u32,
+    pub cooldown: Duration,
+    pub retry_after: Duration,
+    fallbacks: HashMap<String, Vec<String>>,
+    default_fallbacks: Vec<String>,
+    context_window: HashMap<String, Vec<String>>,
+    content_policy: HashMap<String, Vec<String>>,
+}
+
+/// At most this many fallback groups per call (the reference's `max_fallbacks`).
+pub const MAX_FALLBACKS: usize = 5;
+
+impl RouterPolicy {
+    fn from_config(config: &Config) -> RouterPolicy {
+        let r = config.routing();
+        let table = |lists: &Option<Vec<std::collections::BTreeMap<String, Vec<String>>>>| {
+            let mut out: HashMap<String, Vec<String>> = HashMap::new();
+            for entry in lists.iter().flatten() {
+                for (from, to) in entry {
+                    out.entry(from.clone())
+                        .or_default()
+                        .extend(to.iter().cloned());
+                }
+            }
+            out
+        };
+        RouterPolicy {
+            num_retries: r.num_retries.unwrap_or(2),
+            allowed_fails: r.allowed_fails.unwrap_or(3),
+            cooldown: Duration::from_secs_f64(r.cooldown_time.unwrap_or(5.0)),
+            retry_after: Duration::from_secs_f64(r.retry_after.unwrap_or(0.0)),
+            fallbacks: table(&r.fallbacks),
+            default_fallbacks: r.default_fallbacks.clone().unwrap_or_default(),
+            context_window: table(&r.context_window_fallbacks),
+            content_policy: table(&r.content_policy_fallbacks),
+        }
+    }
+
+    /// The groups a failure of `class` in `group` falls back to, in order.
+    pub fn fallbacks(&self, group: &str, class: FailureClass) -> Vec<String> {
+        let pick = |t: &HashMap<String, Vec<String>>| {
+            t.get(group)
+                .or_else(|| t.get("*"))
+                .cloned()
+                .unwrap_or_default()
+        };
+        let list = match class {
+            FailureClass::Retryable | FailureClass::Deployment => {
+                let l = pick(&self.fallbacks);
+                if l.is_empty() {
+                    self.default_fallbacks.clone()
+                } else {
+                    l
+                }
+            }
+            FailureClass::ContextWindow => pick(&self.context_window),
+            FailureClass::ContentPolicy => pick(&self.content_policy),
+            FailureClass::Request => Vec::new(),
+        };
+        list.into_iter().filter(|g| g != group).collect()
+    }
+
+    /// Whether any fallback at all is configured for `group` (the hot path skips the rest).
+    pub fn has_fallbacks(&self, group: &str) -> bool {
+        [&self.fallbacks, &self.context_window, &self.content_policy]
+            .iter()
+            .any(|t| t.contains_key(group) || t.contains_key("*"))
+            || !self.default_fallbacks.is_empty()
+    }
+
+    /// How long to wait before retry number `n` (0-based) in a group: nothing while another
+    /// healthy deployment remains; else the upstream's `retry-after` (up to 60 s), else
+    /// exponential from 0.5 s up to 8 s; never less than `retry_after`.
+    pub fn backoff(&self, n: u32, others_healthy: bool, upstream: Option<Duration>) -> Duration {
+        let wait = if others_healthy {
+            Duration::ZERO
+        } else if let Some(d) = upstream.filter(|d| !d.is_zero() && *d <= Duration::from_secs(60)) {
+            d
+        } else {
+            Duration::from_millis(500)
+                .saturating_mul(1u32 << n.min(4))
+                .min(Duration::from_secs(8))
+        };
+        wait.max(self.retry_after)
     }
 }
 

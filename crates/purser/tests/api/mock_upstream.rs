@@ -12,6 +12,8 @@
 //! - `endless`: streams a chunk every 50 ms and never ends (deadline tests);
 //! - `flood`: streams 16 KiB chunks as fast as the client takes them, forever (a client that
 //!   stops reading);
+//! - `toolong`: 400 `context_length_exceeded` (context-window fallbacks);
+//! - `busy`: 429 with `retry-after: 0.1` (retries and cooldowns);
 //! - `counted`: bills the whole request: `prompt_tokens` is the o200k_base count of the entire
 //!   JSON body as received (keys, quotes and escapes included: at least what any upstream could
 //!   bill), and the completion uses the whole `max_tokens` (6 without it); while `hold()` is on
@@ -225,6 +227,18 @@ async fn chat(
             )
                 .into_response()
         }
+        "toolong" => (
+            StatusCode::BAD_REQUEST,
+            axum::Json(json!({"error": {"message": "This model's maximum context length is 8192 tokens. However, your messages resulted in 9000 tokens.",
+                "type": "invalid_request_error", "param": "messages", "code": "context_length_exceeded"}})),
+        )
+            .into_response(),
+        "busy" => (
+            StatusCode::TOO_MANY_REQUESTS,
+            [("retry-after", "0.1")],
+            axum::Json(json!({"error": {"message": "Rate limit reached", "type": "rate_limit_error"}})),
+        )
+            .into_response(),
         "slow" => {
             tokio::time::sleep(Duration::from_secs(3)).await;
             axum::Json(completion(true)).into_response()

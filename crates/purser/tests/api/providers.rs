@@ -86,6 +86,8 @@ model_list:
       model: groq/llama-3.3-70b
       api_base: {groq}
       api_key: groq-key-1
+router_settings:
+  num_retries: 0   # failure mapping without retries; routing has its own tests
 general_settings:
   master_key: sk-1234
   proxy_batch_write_at: 0.2
@@ -787,3 +789,229 @@ fn unservable_deployments_refuse_to_start() {
     let r = Registry::from_config_with_env(&config, &env).expect("served");
     assert!(r.contains("m") && r.contains("a"));
 }
+
+// ---------------------------------------------------------------- routing
+
+fn routing_config(m: &MockUpstream) -> String {
+    format!(
+        r#"
+model_list:
+  - model_name: mixed
+    litellm_params:
+      model: openai/broken
+      api_base: {fail}
+      api_key: k
+      input_cost_per_token: 0.001
+      output_cost_per_token: 0.001
+  - model_name: mixed
+    litellm_params:
+      model: openai/healthy
+      api_base: {ok}
+      api_key: k
+      input_cost_per_token: 0.000001
+      output_cost_per_token: 0.000002
+  - model_name: primary
+    litellm_params:
+      model: openai/primary
+      api_base: {fail}
+      api_key: k
+      input_cost_per_token: 0.001
+      output_cost_per_token: 0.001
+  - model_name: backup
+    litellm_params:
+      model: openai/backup
+      api_base: {ok}
+      api_key: k
+      input_cost_per_token: 0.000002
+      output_cost_per_token: 0.000004
+  - model_name: small
+    litellm_params:
+      model: openai/small
+      api_base: {toolong}
+      api_key: k
+  - model_name: big
+    litellm_params:
+      model: openai/big
+      api_base: {ok}
+      api_key: k
+      input_cost_per_token: 0.000001
+      output_cost_per_token: 0.000002
+  - model_name: busy
+    litellm_params:
+      model: openai/busy
+      api_base: {busy}
+      api_key: k
+router_settings:
+  num_retries: 2
+  allowed_fails: 1
+  cooldown_time: 30
+  fallbacks: [{{"primary": ["backup"]}}]
+  context_window_fallbacks: [{{"small": ["big"]}}]
+general_settings:
+  master_key: sk-1234
+  proxy_batch_write_at: 0.2
+"#,
+        ok = m.base("ok"),
+        fail = m.base("fail"),
+        toolong = m.base("toolong"),
+        busy = m.base("busy"),
+    )
+}
+
+fn models_called(m: &MockUpstream) -> Vec<String> {
+    m.seen
+        .bodies
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|b| b["model"].as_str().unwrap_or("").to_string())
+        .collect()
+}
+
+async fn failed_deployments_are_retried_elsewhere_and_cooled(b: Backend) {
+    let m = MockUpstream::start().await;
+    let app = TestApp::spawn_with(b, &routing_config(&m)).await;
+    let key = new_key(&app).await;
+    let mut retried = 0;
+    for _ in 0..8 {
+        let r = app
+            .client
+            .post(app.url("/v1/chat/completions"))
+            .bearer_auth(&key)
+            .json(&hi("mixed"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        retried += r.headers()["x-litellm-attempted-retries"]
+            .to_str()
+            .unwrap()
+            .parse::<u32>()
+            .unwrap();
+        assert_eq!(r.headers()["x-litellm-attempted-fallbacks"], "0");
+    }
+    let called = models_called(&m);
+    let broken = called.iter().filter(|c| *c == "broken").count();
+    assert_eq!(
+        called.iter().filter(|c| *c == "healthy").count(),
+        8,
+        "{called:?}"
+    );
+    assert_eq!(broken as u32, retried, "each failure was retried once");
+    // allowed_fails 1: the second failure in a minute cools it for 30 s.
+    assert!(broken <= 2, "a cooling deployment is skipped: {called:?}");
+    // Billed once per call, at the answering deployment's prices (9 + 6 tokens).
+    let spend = spend_after_flush(&app, &key, 8.0 * 0.0000209).await;
+    assert!((spend - 8.0 * 0.000021).abs() < 1e-12, "{spend}");
+    app.shutdown().await;
+}
+
+async fn fallbacks_serve_only_models_the_caller_may_use(b: Backend) {
+    let m = MockUpstream::start().await;
+    let app = TestApp::spawn_with(b, &routing_config(&m)).await;
+    let key = new_key(&app).await;
+    let r = app
+        .client
+        .post(app.url("/v1/chat/completions"))
+        .bearer_auth(&key)
+        .json(&hi("primary"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["x-litellm-attempted-fallbacks"], "1");
+    // primary failed, was retried (num_retries 2; cooled after the second failure), then backup.
+    let called = models_called(&m);
+    assert_eq!(
+        called.last().map(String::as_str),
+        Some("backup"),
+        "{called:?}"
+    );
+    assert!(
+        called.iter().filter(|c| *c == "primary").count() >= 2,
+        "{called:?}"
+    );
+    // billed once, at backup's prices: 9 * 2e-6 + 6 * 4e-6
+    let spend = spend_after_flush(&app, &key, 0.0000419).await;
+    assert!((spend - 0.000042).abs() < 1e-12, "{spend}");
+    let (s, logs) = app.get("/spend/logs", MASTER).await;
+    assert_eq!(s, 200);
+    let log = logs
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["model_group"] == "backup")
+        .expect("the log names the group that answered");
+    assert_eq!(log["model"], "backup", "{log}");
+
+    // A key limited to `primary` is never served by `backup`: it gets primary's error.
+    let (s, b2) = app
+        .post("/key/generate", MASTER, json!({"models": ["primary"]}))
+        .await;
+    assert_eq!(s, 200, "{b2}");
+    let narrow = b2["key"].as_str().unwrap();
+    let before = m.hits();
+    let (s, body) = app
+        .post("/v1/chat/completions", narrow, hi("primary"))
+        .await;
+    assert!(s == 502 || s == 429, "{s}: {body}");
+    assert!(
+        models_called(&m)[before..].iter().all(|c| c == "primary"),
+        "{:?}",
+        models_called(&m)
+    );
+
+    // The model list shows the configured fallbacks, and hides a cooling model on request.
+    let (s, list) = app.get("/v1/models?include_metadata=true", MASTER).await;
+    assert_eq!(s, 200, "{list}");
+    let entry = |list: &Value, id: &str| {
+        list["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["id"] == id)
+            .cloned()
+    };
+    assert_eq!(
+        entry(&list, "primary").unwrap()["metadata"]["fallbacks"],
+        json!(["backup"])
+    );
+    let (_, list) = app
+        .get(
+            "/v1/models?include_metadata=true&fallback_type=context_window",
+            MASTER,
+        )
+        .await;
+    assert_eq!(
+        entry(&list, "small").unwrap()["metadata"]["fallbacks"],
+        json!(["big"])
+    );
+    let (_, healthy) = app.get("/v1/models?healthy_only=true", MASTER).await;
+    assert!(
+        entry(&healthy, "primary").is_none(),
+        "primary is cooling: {healthy}"
+    );
+    assert!(entry(&healthy, "backup").is_some(), "{healthy}");
+
+    // A prompt too long for `small` goes to `big` at once (not retried).
+    let before = m.hits();
+    let (s, body) = app.post("/v1/chat/completions", &key, hi("small")).await;
+    assert_eq!(s, 200, "{body}");
+    assert_eq!(models_called(&m)[before..], ["small", "big"]);
+
+    // A 429 with retry-after is retried (num_retries 2) after that pause each time — its
+    // cooldown lasts the upstream's retry-after, so it is free again by then; all attempts
+    // failing answers 429.
+    let before = m.hits();
+    let started = std::time::Instant::now();
+    let (s, body) = app.post("/v1/chat/completions", &key, hi("busy")).await;
+    assert_eq!(s, 429, "{body}");
+    assert_eq!(m.hits() - before, 3, "two retries");
+    assert!(started.elapsed() >= std::time::Duration::from_millis(200));
+    app.shutdown().await;
+}
+
+both_backends!(
+    failed_deployments_are_retried_elsewhere_and_cooled,
+    fallbacks_serve_only_models_the_caller_may_use,
+);

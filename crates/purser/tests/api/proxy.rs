@@ -83,6 +83,8 @@ model_list:
       api_key: {SECRET}
       input_cost_per_token: 0.000001
       output_cost_per_token: 0.000002
+router_settings:
+  num_retries: 0   # failure mapping without retries; routing has its own tests
 general_settings:
   master_key: sk-1234
   proxy_batch_write_at: 0.2

@@ -13,7 +13,7 @@ use futures_util::stream::BoxStream;
 use purser_core::money::cost_of;
 use serde_json::{Value, json};
 
-use super::context::{CallRequest, Inbound};
+use super::context::{CallRequest, Inbound, MessagesRequest};
 use super::mock::{mock_body, mock_stream};
 use super::stream::{Relay, StreamMeter, pump_stream};
 use crate::app::AppState;
@@ -25,7 +25,7 @@ use crate::service::spend::Reservation;
 use crate::store::spend::SpendLogRow;
 use crate::upstream::anthropic;
 use crate::upstream::sse::{SseTap, Usage, UsageChunkFilter};
-use crate::upstream::{CallKind, Deployment, Slot};
+use crate::upstream::{CallKind, Deployment, Failure, FailureClass, MAX_FALLBACKS, Slot};
 use purser_core::provider::Wire;
 
 /// What a settled call books.
@@ -42,9 +42,22 @@ pub(super) struct Meter {
     pub(super) log: SpendLogRow,
     /// Soft budgets of the key and team, looked at once the cost is booked.
     pub(super) soft_budgets: Vec<SoftBudgetWatch>,
+    /// Model groups the caller may be failed over to (allow-lists applied; empty: none).
+    pub(super) fallbacks: Vec<String>,
 }
 
 impl Meter {
+    /// The call moves to another deployment (a retry or fallback): the old slot is freed and the
+    /// log names the deployment that will answer.
+    fn move_to(&mut self, slot: Slot) {
+        let d = &slot.0;
+        self.log.model = d.upstream_model.clone();
+        self.log.model_id = Some(d.id.clone());
+        self.log.model_group = Some(d.model_name.clone());
+        self.log.custom_llm_provider = Some(d.provider.clone());
+        self.slot = slot;
+    }
+
     /// A call refused before anything was sent upstream (its request cannot be put to this
     /// deployment's provider): gives back its request and slots and its reservations, books
     /// nothing — it changes nothing, like any refusal.
@@ -106,12 +119,136 @@ fn client_wants_usage(req: &CallRequest) -> bool {
         == Some(true)
 }
 
+/// How one attempt at a deployment ended when it did not answer.
+pub(super) enum Attempt {
+    /// The caller's answer (nothing else is tried).
+    Failed(Error),
+    /// The deployment failed before answering: the call, intact, may go elsewhere.
+    Retry(Box<Retry>),
+}
+
+pub(super) struct Retry {
+    failure: Failure,
+    meter: Meter,
+    req: CallRequest,
+}
+
+impl Attempt {
+    fn retry(failure: Failure, meter: Meter, req: CallRequest) -> Attempt {
+        Attempt::Retry(Box::new(Retry {
+            failure,
+            meter,
+            req,
+        }))
+    }
+}
+
+impl From<Error> for Attempt {
+    fn from(e: Error) -> Attempt {
+        Attempt::Failed(e)
+    }
+}
+
+/// Runs the call on its deployment and, when that fails before answering, on others: retries
+/// in the group (`num_retries`, backoff, cooling deployments skipped), then the fallback groups
+/// the caller may call, each with its own retries (`fallbacks`, `context_window_fallbacks`,
+/// `content_policy_fallbacks`, `default_fallbacks`). Governance was decided once, for the
+/// requested model; the reservation and slots move with the call; the answer is billed once, at
+/// the prices of the deployment that gave it.
 pub(super) async fn dispatch(
+    state: AppState,
+    mut meter: Meter,
+    mut req: CallRequest,
+    requested: String,
+) -> Result<Response, Error> {
+    // Nothing here allocates unless an attempt fails (the hot path is one attempt).
+    let mut group = String::new();
+    let mut tried: Vec<String> = Vec::new();
+    let mut retries: u32 = 0;
+    let mut total_retries: u32 = 0;
+    let mut fallbacks_used: usize = 0;
+    let mut remaining_fallbacks: Option<Vec<String>> = None;
+    loop {
+        let attempt = Box::pin(attempt(state.clone(), meter, req, requested.clone())).await;
+        let r = match attempt {
+            Ok(resp) => return Ok(with_route_headers(resp, total_retries, fallbacks_used)),
+            Err(Attempt::Failed(e)) => return Err(e),
+            Err(Attempt::Retry(r)) => r,
+        };
+        let Retry {
+            failure,
+            meter: m,
+            req: q,
+        } = *r;
+        (meter, req) = (m, q);
+        let policy = state.models.policy();
+        state.models.record_failure(&meter.slot.0, &failure);
+        let failed_id = meter.slot.0.id.clone();
+        if group.is_empty() {
+            group = meter.slot.0.model_name.clone();
+        }
+        tried.push(failed_id.clone());
+        // 1. another try in this group
+        if failure.class == FailureClass::Retryable && retries < policy.num_retries {
+            let others = state.models.others_healthy(&group, &failed_id);
+            let wait = policy.backoff(retries, others, failure.retry_after);
+            if !wait.is_zero() {
+                tokio::time::sleep(wait).await;
+            }
+            if let Some(slot) = state.models.pick_avoiding(&group, &tried) {
+                retries += 1;
+                total_retries += 1;
+                meter.move_to(slot);
+                continue;
+            }
+        }
+        // 2. the next fallback group that has a deployment free
+        let list = remaining_fallbacks.get_or_insert_with(|| {
+            let allowed = &meter.fallbacks;
+            policy
+                .fallbacks(&group, failure.class)
+                .into_iter()
+                .filter(|g| allowed.contains(g))
+                .collect()
+        });
+        let mut next = None;
+        while fallbacks_used < MAX_FALLBACKS && !list.is_empty() {
+            let g = list.remove(0);
+            if let Some(slot) = state.models.pick(&g) {
+                next = Some((g, slot));
+                break;
+            }
+        }
+        match next {
+            Some((g, slot)) => {
+                fallbacks_used += 1;
+                retries = 0;
+                group = g;
+                meter.move_to(slot);
+            }
+            None => return Err(failure.error),
+        }
+    }
+}
+
+/// The reference's routing headers on an answer.
+fn with_route_headers(mut resp: Response, retries: u32, fallbacks: usize) -> Response {
+    let h = resp.headers_mut();
+    h.insert("x-litellm-attempted-retries", HeaderValue::from(retries));
+    h.insert(
+        "x-litellm-attempted-fallbacks",
+        HeaderValue::from(fallbacks as u64),
+    );
+    resp
+}
+
+/// One attempt at the meter's deployment, by the wire it speaks and the API the client speaks.
+async fn attempt(
     state: AppState,
     meter: Meter,
     req: CallRequest,
     requested: String,
-) -> Result<Response, Error> {
+) -> Result<Response, Attempt> {
     let anthropic_deployment = meter.slot.0.wire() == Wire::Anthropic && !meter.slot.0.is_mock();
     match (&req.inbound, anthropic_deployment) {
         (Inbound::Anthropic(_), true) => {
@@ -120,12 +257,14 @@ pub(super) async fn dispatch(
         (Inbound::Anthropic(original), false) => {
             if let Some(u) = anthropic::native_only(&original.body) {
                 meter.refund();
-                return Err(Error::proxy(
-                    StatusCode::BAD_REQUEST,
-                    "bad_request_error",
-                    format!("{}: {} (model={requested})", u.field, u.reason),
-                )
-                .with_param(u.field));
+                return Err(Attempt::Failed(
+                    Error::proxy(
+                        StatusCode::BAD_REQUEST,
+                        "bad_request_error",
+                        format!("{}: {} (model={requested})", u.field, u.reason),
+                    )
+                    .with_param(u.field),
+                ));
             }
             Box::pin(dispatch_openai(state, meter, req, requested, true)).await
         }
@@ -141,10 +280,12 @@ async fn dispatch_messages_native(
     state: AppState,
     mut meter: Meter,
     mut req: CallRequest,
-) -> Result<Response, Error> {
+) -> Result<Response, Attempt> {
     let dep = Arc::clone(&meter.slot.0);
     let Inbound::Anthropic(original) = std::mem::take(&mut req.inbound) else {
-        return Err(Error::internal("a Messages call without its request"));
+        return Err(Attempt::Failed(Error::internal(
+            "a Messages call without its request",
+        )));
     };
     let beta = original.beta.clone();
     let extra: Vec<(&str, &str)> = beta
@@ -154,12 +295,28 @@ async fn dispatch_messages_native(
         .collect();
     let mut body = original.body;
     body.insert("model".into(), Value::String(dep.upstream_model.clone()));
-    req.body.clear();
+    let body = Value::Object(body);
+    // What a retry elsewhere needs back: the client's request (req.body keeps its translation).
+    let restore = |req: &mut CallRequest, body: Value| {
+        if let Value::Object(body) = body {
+            req.inbound = Inbound::Anthropic(Box::new(MessagesRequest {
+                body,
+                beta: beta.clone(),
+            }));
+        }
+    };
     if req.stream {
-        let resp = state
+        let resp = match state
             .models
-            .send_with(&dep, req.kind, &Value::Object(body), true, &extra)
-            .await?;
+            .send_with(&dep, req.kind, &body, true, &extra)
+            .await
+        {
+            Ok(r) => r,
+            Err(failure) => {
+                restore(&mut req, body);
+                return Err(Attempt::retry(failure, meter, req));
+            }
+        };
         let chunks = resp
             .bytes_stream()
             .map(|r| r.map_err(std::io::Error::other))
@@ -176,10 +333,17 @@ async fn dispatch_messages_native(
             Relay::AsIs,
         )));
     }
-    let resp = state
+    let resp = match state
         .models
-        .send_with(&dep, req.kind, &Value::Object(body), false, &extra)
-        .await?;
+        .send_with(&dep, req.kind, &body, false, &extra)
+        .await
+    {
+        Ok(r) => r,
+        Err(failure) => {
+            restore(&mut req, body);
+            return Err(Attempt::retry(failure, meter, req));
+        }
+    };
     let bytes = match resp.bytes().await {
         Ok(b) => b,
         Err(e) => {
@@ -190,7 +354,7 @@ async fn dispatch_messages_native(
                 },
                 "failure",
             );
-            return Err(crate::upstream::transport_error(&dep, &e));
+            return Err(Attempt::Failed(crate::upstream::transport_error(&dep, &e)));
         }
     };
     let usage = serde_json::from_slice::<Value>(&bytes)
@@ -199,14 +363,14 @@ async fn dispatch_messages_native(
         .and_then(|u| Usage::from_usage(&u));
     let Some(usage) = usage else {
         meter.settle(partial_usage(&dep, &req, &bytes), "failure");
-        return Err(Error::proxy(
+        return Err(Attempt::Failed(Error::proxy(
             StatusCode::BAD_GATEWAY,
             "api_error",
             format!(
                 "litellm.APIError: upstream of model={} returned a body that is not a message",
                 dep.model_name
             ),
-        ));
+        )));
     };
     meter.settle(usage, "success");
     let mut out = Response::new(Body::from(bytes));
@@ -229,43 +393,46 @@ fn unix_now() -> u64 {
 async fn dispatch_anthropic(
     state: AppState,
     mut meter: Meter,
-    mut req: CallRequest,
-) -> Result<Response, Error> {
+    req: CallRequest,
+) -> Result<Response, Attempt> {
     let dep = Arc::clone(&meter.slot.0);
     if req.kind != CallKind::Chat {
         meter.refund();
-        return Err(Error::proxy(
+        return Err(Attempt::Failed(Error::proxy(
             StatusCode::BAD_REQUEST,
             "bad_request_error",
             format!(
                 "litellm.BadRequestError: model={} is an Anthropic model; Anthropic offers no embeddings",
                 dep.model_name
             ),
-        ));
+        )));
     }
     let json_mode = anthropic::json_mode(&req.body);
     let mut body = match anthropic::to_messages_request(&req.body, &dep.upstream_model) {
         Ok(b) => b,
         Err(u) => {
             meter.refund();
-            return Err(Error::proxy(
+            return Err(Attempt::Failed(Error::proxy(
                 StatusCode::BAD_REQUEST,
                 "bad_request_error",
                 format!(
                     "litellm.UnsupportedParamsError: {} {} (model={})",
                     u.field, u.reason, dep.model_name
                 ),
-            ));
+            )));
         }
     };
     let wants_usage = client_wants_usage(&req);
-    req.body.clear();
     if req.stream {
         body.insert("stream".into(), Value::Bool(true));
-        let resp = state
+        let resp = match state
             .models
             .send(&dep, req.kind, &Value::Object(body), true)
-            .await?;
+            .await
+        {
+            Ok(r) => r,
+            Err(failure) => return Err(Attempt::retry(failure, meter, req)),
+        };
         let mut translator = anthropic::StreamTranslator::new(json_mode, unix_now());
         let chunks = resp
             .bytes_stream()
@@ -292,10 +459,14 @@ async fn dispatch_anthropic(
         )));
     }
     body.remove("stream");
-    let resp = state
+    let resp = match state
         .models
         .send(&dep, req.kind, &Value::Object(body), false)
-        .await?;
+        .await
+    {
+        Ok(r) => r,
+        Err(failure) => return Err(Attempt::retry(failure, meter, req)),
+    };
     let bytes = match resp.bytes().await {
         Ok(b) => b,
         Err(e) => {
@@ -306,19 +477,19 @@ async fn dispatch_anthropic(
                 },
                 "failure",
             );
-            return Err(crate::upstream::transport_error(&dep, &e));
+            return Err(Attempt::Failed(crate::upstream::transport_error(&dep, &e)));
         }
     };
     let Ok(msg) = serde_json::from_slice::<Value>(&bytes) else {
         meter.settle(partial_usage(&dep, &req, &bytes), "failure");
-        return Err(Error::proxy(
+        return Err(Attempt::Failed(Error::proxy(
             StatusCode::BAD_GATEWAY,
             "api_error",
             format!(
                 "litellm.APIError: upstream of model={} returned a body that is not JSON",
                 dep.model_name
             ),
-        ));
+        )));
     };
     let answer = anthropic::to_chat_completion(&msg, json_mode, unix_now());
     let usage = Usage::from_json(&answer)
@@ -350,7 +521,7 @@ async fn dispatch_openai(
     mut req: CallRequest,
     requested: String,
     messages: bool,
-) -> Result<Response, Error> {
+) -> Result<Response, Attempt> {
     let dep = Arc::clone(&meter.slot.0);
     if req.stream {
         let wants_usage = client_wants_usage(&req);
@@ -372,10 +543,16 @@ async fn dispatch_openai(
                 *opts = json!({});
             }
             opts["include_usage"] = Value::Bool(true);
-            let resp = state
-                .models
-                .send(&dep, req.kind, &Value::Object(body), true)
-                .await?;
+            let body = Value::Object(body);
+            let resp = match state.models.send(&dep, req.kind, &body, true).await {
+                Ok(r) => r,
+                Err(failure) => {
+                    if let Value::Object(b) = body {
+                        req.body = b;
+                    }
+                    return Err(Attempt::retry(failure, meter, req));
+                }
+            };
             resp.bytes_stream()
                 .map(|r| r.map_err(std::io::Error::other))
                 .boxed()
@@ -404,10 +581,16 @@ async fn dispatch_openai(
     }
     let mut body = std::mem::take(&mut req.body);
     body.insert("model".into(), Value::String(dep.upstream_model.clone()));
-    let resp = state
-        .models
-        .send(&dep, req.kind, &Value::Object(body), false)
-        .await?;
+    let body = Value::Object(body);
+    let resp = match state.models.send(&dep, req.kind, &body, false).await {
+        Ok(r) => r,
+        Err(failure) => {
+            if let Value::Object(b) = body {
+                req.body = b;
+            }
+            return Err(Attempt::retry(failure, meter, req));
+        }
+    };
     // Read the body as it arrives: an upstream that answered and then failed mid-body (or sent
     // something that is not JSON) still produced work: bill the counted prompt plus the text
     // received, like an interrupted stream, and keep the log row.
@@ -418,7 +601,7 @@ async fn dispatch_openai(
             Ok(b) => bytes.extend_from_slice(&b),
             Err(e) => {
                 meter.settle(partial_usage(&dep, &req, &bytes), "failure");
-                return Err(crate::upstream::transport_error(&dep, &e));
+                return Err(Attempt::Failed(crate::upstream::transport_error(&dep, &e)));
             }
         }
     }
@@ -436,14 +619,14 @@ async fn dispatch_openai(
             },
             Err(_) => {
                 meter.settle(partial_usage(&dep, &req, &bytes), "failure");
-                return Err(Error::proxy(
+                return Err(Attempt::Failed(Error::proxy(
                     StatusCode::BAD_GATEWAY,
                     "api_error",
                     format!(
                         "litellm.APIError: upstream of model={} returned a body that is not JSON",
                         dep.model_name
                     ),
-                ));
+                )));
             }
         },
     };

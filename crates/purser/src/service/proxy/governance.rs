@@ -365,7 +365,7 @@ pub async fn handle(state: AppState, caller: Caller, req: CallRequest) -> Result
             StatusCode::TOO_MANY_REQUESTS,
             "rate_limit_error",
             format!(
-                "No deployments available for selected model={target}. All deployments are at their rpm/tpm limit."
+                "No deployments available for selected model={target}. All deployments are at their rpm/tpm limit or cooling down after failures."
             ),
         ));
     };
@@ -405,7 +405,32 @@ pub async fn handle(state: AppState, caller: Caller, req: CallRequest) -> Result
             "requested_model": requested,
         })),
     };
+    // Fallback groups this caller may reach: every allow-list applies to them as to the
+    // requested model (a fallback never widens access).
+    let policy = state.models.policy();
+    let fallbacks = if policy.has_fallbacks(&target) {
+        let mut all: Vec<String> = Vec::new();
+        for class in [
+            crate::upstream::FailureClass::Retryable,
+            crate::upstream::FailureClass::ContextWindow,
+            crate::upstream::FailureClass::ContentPolicy,
+        ] {
+            for g in policy.fallbacks(&target, class) {
+                if !all.contains(&g)
+                    && (ctx.master
+                        || (check_key_models(&state, &ctx, &g, &g).is_ok()
+                            && check_scope_models(&state, &ctx, &g, &g).is_ok()))
+                {
+                    all.push(g);
+                }
+            }
+        }
+        all
+    } else {
+        Vec::new()
+    };
     let meter = Meter {
+        fallbacks,
         state: state.clone(),
         soft_budgets: soft_budget_watches(&ctx),
         reservation: Some(reservation),

@@ -105,17 +105,23 @@ pub async fn model_list(
             wildcard_routes(&lists).iter().for_each(&mut push);
         }
     }
-    // `healthy_only`: Purser keeps no deployment health state yet, so nothing is known to be
-    // unhealthy and the list stays whole — the reference's own behaviour without background
-    // health checks (fail open; hiding is presentation only there too).
+    // `healthy_only`: a model is hidden only when every deployment of it is cooling down after
+    // failures (Purser runs no background health checks).
     let data: Vec<Value> = out
         .iter()
+        .filter(|n| {
+            let deps = state.models.deployments(n);
+            !q.healthy_only || deps.is_empty() || deps.iter().any(|d| !d.cooling())
+        })
         .map(|n| {
             let mut e = entry(n);
             if q.include_metadata {
-                // No fallbacks are configured in Purser yet (router fallbacks arrive with
-                // routing), so every model's fallback list is truthfully empty.
-                e["metadata"] = json!({"fallbacks": []});
+                let class = match q.fallback_type.as_deref() {
+                    Some("context_window") => crate::upstream::FailureClass::ContextWindow,
+                    Some("content_policy") => crate::upstream::FailureClass::ContentPolicy,
+                    _ => crate::upstream::FailureClass::Retryable,
+                };
+                e["metadata"] = json!({"fallbacks": state.models.policy().fallbacks(n, class)});
             }
             e
         })
