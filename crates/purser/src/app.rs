@@ -328,6 +328,7 @@ impl Gateway {
             HeaderName::from_static("x-litellm-api-key"),
             HeaderName::from_static("api-key"),
             HeaderName::from_static("x-api-key"),
+            HeaderName::from_static("x-goog-api-key"),
         ]);
         let router = api::router(state.clone(), routes)
             // Per read, not per body: an upload that keeps moving is never cut. The error

@@ -132,6 +132,9 @@ pub struct GeneralSettings {
     /// absent or lists `budget_alerts`.
     pub alert_types: Option<Vec<String>>,
     pub alerting_args: Option<AlertingArgs>,
+    /// Purser: a cost map file in the reference's JSON format replacing the embedded one
+    /// (`PURSER_MODEL_COST_MAP` when unset).
+    pub model_cost_map: Option<String>,
     /// Purser: the webhook's URL (the reference reads only `WEBHOOK_URL`, which still applies
     /// when this is absent). May be `os.environ/NAME`.
     pub webhook_url: Option<String>,

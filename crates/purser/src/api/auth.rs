@@ -1,5 +1,6 @@
 //! Authentication middleware and route gate. Reads the credential (reference §1.1 order:
-//! `x-litellm-api-key`, `Authorization: Bearer`, `api-key`, `x-api-key`), resolves the caller,
+//! `x-litellm-api-key`, `Authorization: Bearer`, `api-key`, `x-api-key`, then `x-goog-api-key`),
+//! resolves the caller,
 //! applies the route's [`Gate`] and hands the [`Caller`] to the handler via request extensions.
 //! A refusal is decided from the headers; the unread body is drained (bounded) before answering
 //! so the client's kept-alive connection survives the 401/403.
@@ -107,7 +108,8 @@ fn credential(headers: &HeaderMap) -> Result<String, Error> {
             )),
         };
     }
-    for h in ["api-key", "x-api-key"] {
+    // `x-goog-api-key`: Gemini-style clients.
+    for h in ["api-key", "x-api-key", "x-goog-api-key"] {
         if let Some(v) = text(h) {
             return non_empty(v);
         }

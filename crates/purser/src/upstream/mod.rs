@@ -6,6 +6,7 @@
 //! encoding loaded) at startup too.
 
 pub mod anthropic;
+pub mod cost_map;
 pub mod sse;
 pub mod tokens;
 
@@ -249,6 +250,15 @@ impl Registry {
         let mut groups: HashMap<String, Vec<Arc<Deployment>>> = HashMap::new();
         let mut access_groups = AccessGroups::new();
         let mut counters: HashMap<String, Vec<TokenCounter>> = HashMap::new();
+        let map_path = config
+            .general_settings
+            .model_cost_map
+            .clone()
+            .or_else(|| env("PURSER_MODEL_COST_MAP"));
+        let cost_map = match &map_path {
+            Some(path) => cost_map::CostMap::from_file(path)?,
+            None => cost_map::CostMap::embedded(),
+        };
         for (i, m) in config.model_list.iter().enumerate() {
             let p = &m.litellm_params;
             let (provider, upstream_model) = match p.model.split_once('/') {
@@ -268,8 +278,38 @@ impl Registry {
                 };
                 connection(prov, p, &at, env)?
             };
-            let price = |a: Option<f64>, b: Option<f64>| -> anyhow::Result<i64> {
-                Ok(price_per_token_pico(a.or(b).unwrap_or(0.0))?)
+            let own_in = p.input_cost_per_token.or(m.model_info.input_cost_per_token);
+            let own_out = p
+                .output_cost_per_token
+                .or(m.model_info.output_cost_per_token);
+            // A deployment that names no price is priced from the cost map; one that is in no
+            // map costs $0, said loudly (budgets cannot limit it).
+            let (own_in, own_out) = if own_in.is_none()
+                && own_out.is_none()
+                && p.mock_response.is_none()
+            {
+                match cost_map.lookup(
+                    &provider,
+                    &upstream_model,
+                    m.model_info.base_model.as_deref(),
+                ) {
+                    Some((key, i_, o_)) => {
+                        tracing::info!(model = %m.model_name, cost_map_key = %key, "deployment priced from the cost map");
+                        (Some(i_), Some(o_))
+                    }
+                    None => {
+                        tracing::warn!(
+                            model = %m.model_name,
+                            "model_list[{i}] sets no prices and '{provider}/{upstream_model}' is not in the cost map: its calls cost $0 and budgets do not limit them (set input_cost_per_token / output_cost_per_token, or model_info.base_model)"
+                        );
+                        (None, None)
+                    }
+                }
+            } else {
+                (own_in, own_out)
+            };
+            let price = |a: Option<f64>| -> anyhow::Result<i64> {
+                Ok(price_per_token_pico(a.unwrap_or(0.0))?)
             };
             let timeout = p
                 .timeout
@@ -294,8 +334,8 @@ impl Registry {
                 mock_response: p.mock_response.clone(),
                 rpm: p.rpm,
                 tpm: p.tpm,
-                input_pico: price(p.input_cost_per_token, m.model_info.input_cost_per_token)?,
-                output_pico: price(p.output_cost_per_token, m.model_info.output_cost_per_token)?,
+                input_pico: price(own_in)?,
+                output_pico: price(own_out)?,
                 timeout,
                 stream_timeout: p
                     .stream_timeout

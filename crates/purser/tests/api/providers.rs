@@ -62,6 +62,11 @@ model_list:
       api_key: {ANTHROPIC_KEY}
       input_cost_per_token: 0.000003
       output_cost_per_token: 0.000015
+  - model_name: claude-mapped
+    litellm_params:
+      model: anthropic/claude-sonnet-4-5
+      api_base: http://{addr}/ok
+      api_key: {ANTHROPIC_KEY}
   - model_name: claude-fail
     litellm_params:
       model: anthropic/claude-sonnet-4-5
@@ -241,6 +246,25 @@ async fn openai_compatible_prefixes_use_the_openai_wire(b: Backend) {
     assert_eq!(s, 200, "{body}");
     assert_eq!(m.last_body()["model"], "llama-3.3-70b");
     assert_eq!(last(&m.seen.auth), "Bearer groq-key-1");
+    // Gemini-style clients send the virtual key in x-goog-api-key.
+    let r = app
+        .client
+        .post(app.url("/v1/chat/completions"))
+        .header("x-goog-api-key", &key)
+        .json(&hi("groq-llama"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let r = app
+        .client
+        .post(app.url("/v1/chat/completions"))
+        .header("x-goog-api-key", "sk-wrong")
+        .json(&hi("groq-llama"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
     // /v1/models lists it under its public name.
     let (s, models) = app.get("/v1/models", &key).await;
     assert_eq!(s, 200);
@@ -1011,7 +1035,34 @@ async fn fallbacks_serve_only_models_the_caller_may_use(b: Backend) {
     app.shutdown().await;
 }
 
+/// A deployment that sets no prices is priced from the embedded cost map (claude-sonnet-4-5:
+/// $3 / $15 per 1M tokens), shown in /model/info and billed.
+async fn unpriced_deployments_are_priced_from_the_cost_map(b: Backend) {
+    let m = MockUpstream::start().await;
+    let app = TestApp::spawn_with(b, &config(&m)).await;
+    let key = new_key(&app).await;
+    let (s, info) = app.get("/model/info", MASTER).await;
+    assert_eq!(s, 200);
+    let entry = info["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["model_name"] == "claude-mapped")
+        .cloned()
+        .unwrap();
+    assert_eq!(entry["model_info"]["input_cost_per_token"], 3e-6, "{entry}");
+    assert_eq!(entry["model_info"]["output_cost_per_token"], 1.5e-5, "{entry}");
+    let (s, body) = app
+        .post("/v1/chat/completions", &key, hi("claude-mapped"))
+        .await;
+    assert_eq!(s, 200, "{body}");
+    let spend = spend_after_flush(&app, &key, CLAUDE_COST * 0.999).await;
+    assert!((spend - CLAUDE_COST).abs() < 1e-12, "{spend}");
+    app.shutdown().await;
+}
+
 both_backends!(
+    unpriced_deployments_are_priced_from_the_cost_map,
     failed_deployments_are_retried_elsewhere_and_cooled,
     fallbacks_serve_only_models_the_caller_may_use,
 );

@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Rebuilds data/model_prices.json from the cost map bundled in LiteLLM's wheel (PyPI), keeping the
+# providers Purser serves and the fields it reads. Usage: scripts/refresh-cost-map.sh [litellm-version]
+set -euo pipefail
+version="${1:-1.108.7}"
+here="$(cd "$(dirname "$0")/.." && pwd)"
+tmp="$(mktemp -d)"
+trap 'rm -rf "$tmp"' EXIT
+pip download "litellm==$version" --no-deps -d "$tmp" >/dev/null
+unzip -q -o "$tmp"/litellm-*.whl 'litellm/model_prices_and_context_window_backup.json' -d "$tmp"
+python3 - "$tmp/litellm/model_prices_and_context_window_backup.json" "$here/data/model_prices.json" "$version" <<'PY'
+import datetime, json, sys
+src, dst, version = sys.argv[1:]
+data = json.load(open(src))
+providers = {"openai", "text-completion-openai", "azure", "anthropic", "groq", "mistral", "deepseek",
+             "openrouter", "together_ai", "xai", "fireworks_ai", "deepinfra", "cerebras", "perplexity",
+             "nvidia_nim", "gemini", "vertex_ai-language-models", "vertex_ai-anthropic_models",
+             "bedrock", "bedrock_converse"}
+fields = ["litellm_provider", "mode", "max_input_tokens", "max_output_tokens", "input_cost_per_token",
+          "output_cost_per_token", "cache_read_input_token_cost", "cache_creation_input_token_cost"]
+out = {"_source": {
+    "from": f"litellm {version} (PyPI wheel), litellm/model_prices_and_context_window_backup.json",
+    "refreshed": datetime.date.today().isoformat(),
+    "script": "scripts/refresh-cost-map.sh",
+    "units": "USD per token",
+}}
+for name, v in sorted(data.items()):
+    if not isinstance(v, dict) or v.get("litellm_provider") not in providers:
+        continue
+    if v.get("mode") not in ("chat", "embedding", "completion", "responses"):
+        continue
+    if not isinstance(v.get("input_cost_per_token"), (int, float)):
+        continue
+    out[name] = {f: v[f] for f in fields if f in v and v[f] is not None}
+json.dump(out, open(dst, "w"), indent=0, sort_keys=True)
+open(dst, "a").write("\n")
+print(f"{len(out) - 1} models written to {dst}")
+PY
