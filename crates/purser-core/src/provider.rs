@@ -14,6 +14,9 @@ pub enum Wire {
     /// Anthropic's Messages API (`{api_base}/v1/messages`, `x-api-key`), translated from and to
     /// OpenAI chat.
     Anthropic,
+    /// Google AI Studio's Gemini API (`{api_base}/models/{model}:generateContent`,
+    /// `x-goog-api-key`), translated from and to OpenAI chat.
+    Gemini,
 }
 
 /// One provider prefix.
@@ -66,6 +69,13 @@ pub const PROVIDERS: &[Provider] = &[
         wire: Wire::Anthropic,
         default_api_base: Some("https://api.anthropic.com"),
         key_env: Some("ANTHROPIC_API_KEY"),
+        key_required: true,
+    },
+    Provider {
+        prefix: "gemini",
+        wire: Wire::Gemini,
+        default_api_base: Some("https://generativelanguage.googleapis.com/v1beta"),
+        key_env: Some("GEMINI_API_KEY"),
         key_required: true,
     },
     openai_compatible("hosted_vllm", None, "HOSTED_VLLM_API_KEY", false),
@@ -202,6 +212,25 @@ pub fn anthropic_messages_url(api_base: &str) -> String {
     }
 }
 
+/// The `generateContent` (or streaming) endpoint of a Gemini model below `api_base`; the model
+/// is percent-encoded as one path segment.
+pub fn gemini_url(api_base: &str, model: &str, stream: bool) -> String {
+    let mut seg = String::with_capacity(model.len());
+    for b in model.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            seg.push(b as char);
+        } else {
+            seg.push_str(&format!("%{b:02X}"));
+        }
+    }
+    let base = api_base.trim_end_matches('/');
+    if stream {
+        format!("{base}/models/{seg}:streamGenerateContent?alt=sse")
+    } else {
+        format!("{base}/models/{seg}:generateContent")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -225,6 +254,14 @@ mod tests {
         assert_eq!(provider("azure").unwrap().wire, Wire::Azure);
         assert_eq!(provider("anthropic").unwrap().wire, Wire::Anthropic);
         assert!(provider("bedrock").is_none());
+        assert_eq!(
+            gemini_url("https://g/v1beta/", "gemini-2.5-flash", true),
+            "https://g/v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=sse"
+        );
+        assert_eq!(
+            gemini_url("https://g", "a/b", false),
+            "https://g/models/a%2Fb:generateContent"
+        );
         assert!(provider("").is_none());
         assert!(served_prefixes().contains("together_ai/"));
     }

@@ -7,6 +7,7 @@
 
 pub mod anthropic;
 pub mod cost_map;
+pub mod gemini;
 pub mod sse;
 pub mod tokens;
 
@@ -91,9 +92,10 @@ impl Deployment {
         self.wire
     }
 
-    fn url(&self, endpoint: &str) -> String {
+    fn url(&self, endpoint: &str, stream: bool) -> String {
         let base = self.api_base.trim_end_matches('/');
         match self.wire {
+            Wire::Gemini => provider::gemini_url(base, &self.upstream_model, stream),
             Wire::OpenAi => format!("{base}/{endpoint}"),
             Wire::Anthropic => provider::anthropic_messages_url(base),
             Wire::Azure => format!(
@@ -115,6 +117,10 @@ impl Deployment {
                 (Some(t), _) => req.bearer_auth(t),
                 (None, Some(k)) => req.header("api-key", k),
                 (None, None) => req,
+            },
+            Wire::Gemini => match &self.api_key {
+                Some(k) => req.header("x-goog-api-key", k),
+                None => req,
             },
             Wire::Anthropic => {
                 let req = req.header("anthropic-version", anthropic::API_VERSION);
@@ -550,7 +556,7 @@ impl Registry {
         stream: bool,
         headers: &[(&str, &str)],
     ) -> Result<reqwest::Response, Failure> {
-        let mut req = dep.authorize(self.client.post(dep.url(kind.path())).json(body));
+        let mut req = dep.authorize(self.client.post(dep.url(kind.path(), stream)).json(body));
         for (name, value) in headers {
             req = req.header(*name, *value);
         }

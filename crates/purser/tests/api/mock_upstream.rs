@@ -31,6 +31,10 @@
 //! `fail` answers 529 `overloaded_error` echoing the `x-api-key` it got; mode `broken` streams a
 //! delta then an `error` event. The `x-api-key` and `anthropic-version` headers are recorded.
 //!
+//! Gemini's API at `/<mode>/models/<model>:generateContent` and `…:streamGenerateContent?alt=sse`
+//! (`api_base: http://<addr>/<mode>`): "Hello from Gemini." (usage: 7 prompt, 4 candidates, 2
+//! thoughts), streamed in two events; the `x-goog-api-key` header is recorded in `api_keys`.
+//!
 //! Every call counts a hit, so tests can assert that denials never reach the upstream.
 
 #![allow(dead_code)]
@@ -100,6 +104,7 @@ impl MockUpstream {
             )
             .route("/{mode}/openai/v1/chat/completions", post(azure_chat_v1))
             .route("/{mode}/v1/messages", post(anthropic_messages))
+            .route("/{mode}/models/{action}", post(gemini_generate))
             .route(
                 "/{mode}/openai/deployments/{dep}/embeddings",
                 post(azure_embeddings),
@@ -551,4 +556,53 @@ async fn anthropic_messages(
             .into_response()
         }
     }
+}
+
+async fn gemini_generate(
+    State(seen): State<Arc<Seen>>,
+    Path((_mode, action)): Path<(String, String)>,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
+    body: axum::Json<Value>,
+) -> Response {
+    let body = body.0;
+    record(&seen, &headers, &body);
+    seen.azure_paths.lock().unwrap().push(
+        uri.path_and_query()
+            .map(|p| p.as_str().to_string())
+            .unwrap_or_default(),
+    );
+    seen.api_keys.lock().unwrap().push(
+        headers
+            .get("x-goog-api-key")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string(),
+    );
+    // Gemini refuses requests without contents, as the real API does.
+    if body["contents"].as_array().is_none_or(Vec::is_empty) {
+        return (
+            StatusCode::BAD_REQUEST,
+            axum::Json(json!({"error": {"code": 400, "message": "contents is not specified", "status": "INVALID_ARGUMENT"}})),
+        )
+            .into_response();
+    }
+    let usage = json!({"promptTokenCount": 7, "candidatesTokenCount": 4, "thoughtsTokenCount": 2, "totalTokenCount": 13});
+    if action.ends_with(":streamGenerateContent") {
+        let first = json!({"candidates": [{"content": {"role": "model", "parts": [{"text": "Hello from"}]}}],
+            "usageMetadata": {"promptTokenCount": 7}});
+        let last = json!({"candidates": [{"content": {"role": "model", "parts": [{"text": " Gemini."}]},
+            "finishReason": "STOP"}], "usageMetadata": usage, "modelVersion": "gemini-mock"});
+        return sse(
+            vec![
+                format!("data: {first}\r\n\r\n"),
+                format!("data: {last}\r\n\r\n"),
+            ],
+            Duration::from_millis(10),
+            None,
+        );
+    }
+    axum::Json(json!({"candidates": [{"content": {"role": "model", "parts": [{"text": "Hello from Gemini."}]},
+        "finishReason": "STOP"}], "usageMetadata": usage, "modelVersion": "gemini-mock", "responseId": "g1"}))
+    .into_response()
 }

@@ -79,6 +79,13 @@ model_list:
       api_key: {ANTHROPIC_KEY}
       input_cost_per_token: 0.000003
       output_cost_per_token: 0.000015
+  - model_name: gemini
+    litellm_params:
+      model: gemini/gemini-2.5-flash
+      api_base: http://{addr}/ok
+      api_key: gemini-key-0123456789
+      input_cost_per_token: 0.000001
+      output_cost_per_token: 0.000002
   - model_name: gpt-real
     litellm_params:
       model: openai/upstream-model
@@ -1051,7 +1058,10 @@ async fn unpriced_deployments_are_priced_from_the_cost_map(b: Backend) {
         .cloned()
         .unwrap();
     assert_eq!(entry["model_info"]["input_cost_per_token"], 3e-6, "{entry}");
-    assert_eq!(entry["model_info"]["output_cost_per_token"], 1.5e-5, "{entry}");
+    assert_eq!(
+        entry["model_info"]["output_cost_per_token"], 1.5e-5,
+        "{entry}"
+    );
     let (s, body) = app
         .post("/v1/chat/completions", &key, hi("claude-mapped"))
         .await;
@@ -1061,7 +1071,115 @@ async fn unpriced_deployments_are_priced_from_the_cost_map(b: Backend) {
     app.shutdown().await;
 }
 
+/// 7 prompt tokens, 4 + 2 (thinking) completion tokens at $1 / $2 per 1M.
+const GEMINI_COST: f64 = 7.0 * 0.000001 + 6.0 * 0.000002;
+
+async fn gemini_deployments_are_translated(b: Backend) {
+    let m = MockUpstream::start().await;
+    let app = TestApp::spawn_with(b, &config(&m)).await;
+    let key = new_key(&app).await;
+    let (s, body) = app
+        .post(
+            "/v1/chat/completions",
+            &key,
+            json!({"model": "gemini", "max_tokens": 40, "messages": [
+                {"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"}]}),
+        )
+        .await;
+    assert_eq!(s, 200, "{body}");
+    assert_eq!(
+        body["choices"][0]["message"]["content"],
+        "Hello from Gemini."
+    );
+    assert_eq!(
+        body["usage"]["completion_tokens"], 6,
+        "thinking counts as output"
+    );
+    assert_eq!(
+        last(&m.seen.azure_paths),
+        "/ok/models/gemini-2.5-flash:generateContent"
+    );
+    assert_eq!(last(&m.seen.api_keys), "gemini-key-0123456789");
+    assert_eq!(
+        last(&m.seen.auth),
+        "",
+        "the key goes in x-goog-api-key, never the URL"
+    );
+    let sent = m.last_body();
+    assert_eq!(
+        sent["system_instruction"],
+        json!({"parts": [{"text": "Be brief."}]})
+    );
+    assert_eq!(
+        sent["contents"],
+        json!([{"role": "user", "parts": [{"text": "hi"}]}])
+    );
+    assert_eq!(sent["generationConfig"]["maxOutputTokens"], 40);
+    let spend = spend_after_flush(&app, &key, GEMINI_COST * 0.999).await;
+    assert!((spend - GEMINI_COST).abs() < 1e-12, "{spend}");
+
+    // Streamed: chunks as they come, usage at the end, [DONE].
+    let r = app
+        .client
+        .post(app.url("/v1/chat/completions"))
+        .bearer_auth(&key)
+        .json(
+            &json!({"model": "gemini", "stream": true, "stream_options": {"include_usage": true},
+            "messages": [{"role": "user", "content": "hi"}]}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let events = data_events(&r.text().await.unwrap());
+    assert_eq!(
+        events.last().map(String::as_str),
+        Some("[DONE]"),
+        "{events:?}"
+    );
+    let chunks: Vec<Value> = events[..events.len() - 1]
+        .iter()
+        .map(|e| serde_json::from_str(e).unwrap())
+        .collect();
+    let text: String = chunks
+        .iter()
+        .filter_map(|c| {
+            c.pointer("/choices/0/delta/content")
+                .and_then(Value::as_str)
+        })
+        .collect();
+    assert_eq!(text, "Hello from Gemini.");
+    assert_eq!(chunks.last().unwrap()["usage"]["completion_tokens"], 6);
+    assert!(last(&m.seen.azure_paths).ends_with(":streamGenerateContent?alt=sse"));
+    spend_after_flush(&app, &key, 2.0 * GEMINI_COST * 0.999).await;
+
+    // Anthropic clients reach Gemini too.
+    let r = messages(
+        &app,
+        &key,
+        "/v1/messages",
+        json!({"model": "gemini", "max_tokens": 16, "messages": [{"role": "user", "content": "hi"}]}),
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["type"], "message", "{body}");
+    assert_eq!(body["content"][0]["text"], "Hello from Gemini.");
+    assert_eq!(body["usage"]["output_tokens"], 6);
+
+    // Refused parameters name the field and reach nobody.
+    let hits = m.hits();
+    let mut req = hi("gemini");
+    req["logit_bias"] = json!({"1": 1});
+    let (s, body) = app.post("/v1/chat/completions", &key, req).await;
+    assert_eq!(s, 400, "{body}");
+    assert!(body.to_string().contains("logit_bias"), "{body}");
+    assert_eq!(m.hits(), hits);
+    app.shutdown().await;
+}
+
 both_backends!(
+    gemini_deployments_are_translated,
     unpriced_deployments_are_priced_from_the_cost_map,
     failed_deployments_are_retried_elsewhere_and_cooled,
     fallbacks_serve_only_models_the_caller_may_use,

@@ -23,9 +23,9 @@ use crate::service::alerts::{Alerts, SoftBudgetWatch};
 use crate::service::model_budget::ModelReservation;
 use crate::service::spend::Reservation;
 use crate::store::spend::SpendLogRow;
-use crate::upstream::anthropic;
 use crate::upstream::sse::{SseTap, Usage, UsageChunkFilter};
 use crate::upstream::{CallKind, Deployment, Failure, FailureClass, MAX_FALLBACKS, Slot};
+use crate::upstream::{anthropic, gemini};
 use purser_core::provider::Wire;
 
 /// What a settled call books.
@@ -249,27 +249,34 @@ async fn attempt(
     req: CallRequest,
     requested: String,
 ) -> Result<Response, Attempt> {
-    let anthropic_deployment = meter.slot.0.wire() == Wire::Anthropic && !meter.slot.0.is_mock();
-    match (&req.inbound, anthropic_deployment) {
-        (Inbound::Anthropic(_), true) => {
-            Box::pin(dispatch_messages_native(state, meter, req)).await
+    let wire = if meter.slot.0.is_mock() {
+        Wire::OpenAi
+    } else {
+        meter.slot.0.wire()
+    };
+    let messages = matches!(req.inbound, Inbound::Anthropic(_));
+    if let Inbound::Anthropic(original) = &req.inbound
+        && wire != Wire::Anthropic
+        && let Some(u) = anthropic::native_only(&original.body)
+    {
+        meter.refund();
+        return Err(Attempt::Failed(
+            Error::proxy(
+                StatusCode::BAD_REQUEST,
+                "bad_request_error",
+                format!("{}: {} (model={requested})", u.field, u.reason),
+            )
+            .with_param(u.field),
+        ));
+    }
+    match wire {
+        Wire::Anthropic if messages => Box::pin(dispatch_messages_native(state, meter, req)).await,
+        Wire::Anthropic | Wire::Gemini => {
+            Box::pin(dispatch_translated(state, meter, req, requested, messages)).await
         }
-        (Inbound::Anthropic(original), false) => {
-            if let Some(u) = anthropic::native_only(&original.body) {
-                meter.refund();
-                return Err(Attempt::Failed(
-                    Error::proxy(
-                        StatusCode::BAD_REQUEST,
-                        "bad_request_error",
-                        format!("{}: {} (model={requested})", u.field, u.reason),
-                    )
-                    .with_param(u.field),
-                ));
-            }
-            Box::pin(dispatch_openai(state, meter, req, requested, true)).await
+        Wire::OpenAi | Wire::Azure => {
+            Box::pin(dispatch_openai(state, meter, req, requested, messages)).await
         }
-        (Inbound::OpenAi, true) => Box::pin(dispatch_anthropic(state, meter, req)).await,
-        (Inbound::OpenAi, false) => dispatch_openai(state, meter, req, requested, false).await,
     }
 }
 
@@ -388,43 +395,120 @@ fn unix_now() -> u64 {
         .unwrap_or(0)
 }
 
-/// A call to an Anthropic deployment: the OpenAI request translated to a Messages request, the
-/// answer (or each stream event) translated back, usage normalised before it is billed.
-async fn dispatch_anthropic(
+/// A provider's stream, turned into OpenAI chunks as it arrives.
+enum WireStream {
+    Anthropic(anthropic::StreamTranslator),
+    Gemini(gemini::StreamTranslator),
+}
+
+impl WireStream {
+    fn push(&mut self, b: &[u8]) -> Vec<u8> {
+        match self {
+            WireStream::Anthropic(t) => t.push(b),
+            WireStream::Gemini(t) => t.push(b),
+        }
+    }
+
+    fn finish(&mut self) -> Vec<u8> {
+        match self {
+            WireStream::Anthropic(t) => t.finish(),
+            WireStream::Gemini(t) => t.finish(),
+        }
+    }
+}
+
+/// The upstream body translated chunk by chunk, with what the translator holds at its end.
+fn translated(
+    resp: reqwest::Response,
+    translator: WireStream,
+) -> BoxStream<'static, Result<Bytes, std::io::Error>> {
+    futures_util::stream::unfold(
+        (resp.bytes_stream().boxed(), translator, false),
+        |(mut body, mut t, ended)| async move {
+            if ended {
+                return None;
+            }
+            loop {
+                match body.next().await {
+                    Some(Ok(b)) => {
+                        let out = t.push(&b);
+                        if !out.is_empty() {
+                            return Some((Ok(Bytes::from(out)), (body, t, false)));
+                        }
+                    }
+                    Some(Err(e)) => {
+                        return Some((Err(std::io::Error::other(e)), (body, t, true)));
+                    }
+                    None => {
+                        let rest = t.finish();
+                        if rest.is_empty() {
+                            return None;
+                        }
+                        return Some((Ok(Bytes::from(rest)), (body, t, true)));
+                    }
+                }
+            }
+        },
+    )
+    .boxed()
+}
+
+/// A call to a deployment whose wire is not OpenAI's (Anthropic, Gemini): the OpenAI request
+/// translated to the provider's, the answer (or each stream event) translated back, usage
+/// normalised before it is billed; `messages`: the client is a `/v1/messages` one, so the OpenAI
+/// answer is turned into Anthropic's shape last.
+async fn dispatch_translated(
     state: AppState,
     mut meter: Meter,
     req: CallRequest,
+    requested: String,
+    messages: bool,
 ) -> Result<Response, Attempt> {
     let dep = Arc::clone(&meter.slot.0);
+    let wire = dep.wire();
+    let provider = match wire {
+        Wire::Gemini => "Gemini",
+        _ => "Anthropic",
+    };
     if req.kind != CallKind::Chat {
         meter.refund();
         return Err(Attempt::Failed(Error::proxy(
             StatusCode::BAD_REQUEST,
             "bad_request_error",
             format!(
-                "litellm.BadRequestError: model={} is an Anthropic model; Anthropic offers no embeddings",
+                "litellm.BadRequestError: model={} is a {provider} model; embeddings through {provider} are not served",
                 dep.model_name
             ),
         )));
     }
-    let json_mode = anthropic::json_mode(&req.body);
-    let mut body = match anthropic::to_messages_request(&req.body, &dep.upstream_model) {
+    let json_mode = wire == Wire::Anthropic && anthropic::json_mode(&req.body);
+    let translated_body = match wire {
+        Wire::Gemini => gemini::to_generate_request(&req.body),
+        _ => anthropic::to_messages_request(&req.body, &dep.upstream_model),
+    };
+    let mut body = match translated_body {
         Ok(b) => b,
         Err(u) => {
             meter.refund();
-            return Err(Attempt::Failed(Error::proxy(
-                StatusCode::BAD_REQUEST,
-                "bad_request_error",
-                format!(
-                    "litellm.UnsupportedParamsError: {} {} (model={})",
-                    u.field, u.reason, dep.model_name
-                ),
-            )));
+            return Err(Attempt::Failed(
+                Error::proxy(
+                    StatusCode::BAD_REQUEST,
+                    "bad_request_error",
+                    format!(
+                        "litellm.UnsupportedParamsError: {} {} (model={})",
+                        u.field, u.reason, dep.model_name
+                    ),
+                )
+                .with_param(u.field),
+            ));
         }
     };
     let wants_usage = client_wants_usage(&req);
+    let now = unix_now();
     if req.stream {
-        body.insert("stream".into(), Value::Bool(true));
+        if wire == Wire::Anthropic {
+            body.insert("stream".into(), Value::Bool(true));
+        }
         let resp = match state
             .models
             .send(&dep, req.kind, &Value::Object(body), true)
@@ -433,17 +517,21 @@ async fn dispatch_anthropic(
             Ok(r) => r,
             Err(failure) => return Err(Attempt::retry(failure, meter, req)),
         };
-        let mut translator = anthropic::StreamTranslator::new(json_mode, unix_now());
-        let chunks = resp
-            .bytes_stream()
-            .map(move |r| {
-                r.map(|b| Bytes::from(translator.push(&b)))
-                    .map_err(std::io::Error::other)
-            })
-            .filter(|r| std::future::ready(r.as_ref().map_or(true, |b| !b.is_empty())))
-            .boxed();
+        let translator = match wire {
+            Wire::Gemini => {
+                WireStream::Gemini(gemini::StreamTranslator::new(&dep.upstream_model, now))
+            }
+            _ => WireStream::Anthropic(anthropic::StreamTranslator::new(json_mode, now)),
+        };
+        let relay = if messages {
+            Relay::ToMessages(Box::new(anthropic::ToMessagesStream::new(&requested)))
+        } else if wants_usage {
+            Relay::AsIs
+        } else {
+            Relay::StripUsage(UsageChunkFilter::default())
+        };
         return Ok(stream_response(pump_stream(
-            chunks,
+            translated(resp, translator),
             StreamMeter {
                 meter,
                 tap: SseTap::new(dep.tokens),
@@ -451,11 +539,7 @@ async fn dispatch_anthropic(
             },
             dep.stream_timeout,
             dep.timeout,
-            if wants_usage {
-                Relay::AsIs
-            } else {
-                Relay::StripUsage(UsageChunkFilter::default())
-            },
+            relay,
         )));
     }
     body.remove("stream");
@@ -480,7 +564,7 @@ async fn dispatch_anthropic(
             return Err(Attempt::Failed(crate::upstream::transport_error(&dep, &e)));
         }
     };
-    let Ok(msg) = serde_json::from_slice::<Value>(&bytes) else {
+    let Ok(raw) = serde_json::from_slice::<Value>(&bytes) else {
         meter.settle(partial_usage(&dep, &req, &bytes), "failure");
         return Err(Attempt::Failed(Error::proxy(
             StatusCode::BAD_GATEWAY,
@@ -491,14 +575,26 @@ async fn dispatch_anthropic(
             ),
         )));
     };
-    let answer = anthropic::to_chat_completion(&msg, json_mode, unix_now());
+    let (answer, has_usage) = match wire {
+        Wire::Gemini => (
+            gemini::to_chat_completion(&raw, &dep.upstream_model, now),
+            raw.get("usageMetadata").is_some(),
+        ),
+        _ => (
+            anthropic::to_chat_completion(&raw, json_mode, now),
+            raw.get("usage").is_some(),
+        ),
+    };
     let usage = Usage::from_json(&answer)
-        .filter(|_| msg.get("usage").is_some())
+        .filter(|_| has_usage)
         .unwrap_or_else(|| Usage {
             prompt_tokens: req.prompt_tokens,
             completion_tokens: produced_tokens(&dep, &answer),
         });
     meter.settle(usage, "success");
+    if messages {
+        return Ok(axum::Json(anthropic::to_message(&answer, &requested)).into_response());
+    }
     Ok(axum::Json(answer).into_response())
 }
 
