@@ -82,9 +82,69 @@ pub fn cost_of(
     Nanos(nanos.min(i64::MAX as i128) as i64)
 }
 
+/// A deployment's prices in pico-USD per token; cache prices `None`: the input price.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TokenPrices {
+    pub input: i64,
+    pub output: i64,
+    pub cache_read: Option<i64>,
+    pub cache_write: Option<i64>,
+}
+
+/// The cost of a call whose `prompt_tokens` include `cache_read` and `cache_write` tokens
+/// (each billed at its own price), rounded to the nearest nano-USD and saturating.
+pub fn cost_with_cache(
+    prompt_tokens: u64,
+    completion_tokens: u64,
+    cache_read: u64,
+    cache_write: u64,
+    p: &TokenPrices,
+) -> Nanos {
+    let read = cache_read.min(prompt_tokens);
+    let write = cache_write.min(prompt_tokens - read);
+    let plain = prompt_tokens - read - write;
+    let pico = (plain as i128) * (p.input as i128)
+        + (read as i128) * (p.cache_read.unwrap_or(p.input) as i128)
+        + (write as i128) * (p.cache_write.unwrap_or(p.input) as i128)
+        + (completion_tokens as i128) * (p.output as i128);
+    let nanos = (pico + 500) / 1000;
+    Nanos(nanos.min(i64::MAX as i128) as i64)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cache_tokens_are_billed_at_their_prices() {
+        let p = TokenPrices {
+            input: 3_000_000,
+            output: 15_000_000,
+            cache_read: Some(300_000),
+            cache_write: Some(3_750_000),
+        };
+        // 5 plain + 2 read + 1 write prompt tokens, 6 output (Claude Sonnet 4.5 list prices)
+        let c = cost_with_cache(8, 6, 2, 1, &p);
+        assert_eq!(
+            c.0,
+            (5 * 3_000_000 + 2 * 300_000 + 3_750_000 + 6 * 15_000_000 + 500) / 1000
+        );
+        // without cache prices: everything at the input price, as cost_of
+        let flat = TokenPrices {
+            cache_read: None,
+            cache_write: None,
+            ..p
+        };
+        assert_eq!(
+            cost_with_cache(8, 6, 2, 1, &flat),
+            cost_of(8, 6, p.input, p.output)
+        );
+        // counts beyond the prompt are clamped
+        assert_eq!(
+            cost_with_cache(2, 0, 5, 5, &p).0,
+            (2 * 300_000 + 500) / 1000
+        );
+    }
 
     #[test]
     fn usd_round_trip() {

@@ -57,6 +57,12 @@ pub struct LitellmParams {
     pub input_cost_per_token: Option<f64>,
     #[serde(default)]
     pub output_cost_per_token: Option<f64>,
+    /// Price of a prompt token read from the provider's cache (else the input price).
+    #[serde(default)]
+    pub cache_read_input_token_cost: Option<f64>,
+    /// Price of a prompt token written to the provider's cache (else the input price).
+    #[serde(default)]
+    pub cache_creation_input_token_cost: Option<f64>,
     /// When set, Purser answers itself with this text (offline quickstart, tests).
     #[serde(default)]
     pub mock_response: Option<String>,
@@ -276,6 +282,14 @@ impl Config {
                 (
                     "litellm_params.output_cost_per_token",
                     m.litellm_params.output_cost_per_token,
+                ),
+                (
+                    "litellm_params.cache_read_input_token_cost",
+                    m.litellm_params.cache_read_input_token_cost,
+                ),
+                (
+                    "litellm_params.cache_creation_input_token_cost",
+                    m.litellm_params.cache_creation_input_token_cost,
                 ),
                 (
                     "model_info.input_cost_per_token",

@@ -15,11 +15,24 @@ struct Entry {
     input_cost_per_token: Option<f64>,
     #[serde(default)]
     output_cost_per_token: Option<f64>,
+    #[serde(default)]
+    cache_read_input_token_cost: Option<f64>,
+    #[serde(default)]
+    cache_creation_input_token_cost: Option<f64>,
 }
 
-/// Model name → (input, output) USD per token.
+/// One model's prices, USD per token.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Prices {
+    pub input: f64,
+    pub output: f64,
+    pub cache_read: Option<f64>,
+    pub cache_write: Option<f64>,
+}
+
+/// Model name → prices.
 #[derive(Debug, Default)]
-pub struct CostMap(HashMap<String, (f64, f64)>);
+pub struct CostMap(HashMap<String, Prices>);
 
 impl CostMap {
     fn parse(text: &str, what: &str) -> anyhow::Result<CostMap> {
@@ -31,12 +44,17 @@ impl CostMap {
             let Ok(e) = serde_json::from_value::<Entry>(v) else {
                 continue;
             };
-            if let (Some(i), o) = (e.input_cost_per_token, e.output_cost_per_token)
-                && i.is_finite()
-                && i >= 0.0
-            {
-                let o = o.filter(|o| o.is_finite() && *o >= 0.0).unwrap_or(0.0);
-                out.insert(name, (i, o));
+            let ok = |v: Option<f64>| v.filter(|v| v.is_finite() && *v >= 0.0);
+            if let Some(i) = ok(e.input_cost_per_token) {
+                out.insert(
+                    name,
+                    Prices {
+                        input: i,
+                        output: ok(e.output_cost_per_token).unwrap_or(0.0),
+                        cache_read: ok(e.cache_read_input_token_cost),
+                        cache_write: ok(e.cache_creation_input_token_cost),
+                    },
+                );
             }
         }
         Ok(CostMap(out))
@@ -69,7 +87,7 @@ impl CostMap {
         provider: &str,
         model: &str,
         base_model: Option<&str>,
-    ) -> Option<(String, f64, f64)> {
+    ) -> Option<(String, Prices)> {
         let mut candidates = Vec::with_capacity(4);
         if let Some(b) = base_model {
             candidates.push(format!("{provider}/{b}"));
@@ -79,7 +97,7 @@ impl CostMap {
         candidates.push(model.to_string());
         candidates
             .into_iter()
-            .find_map(|k| self.0.get(&k).map(|(i, o)| (k.clone(), *i, *o)))
+            .find_map(|k| self.0.get(&k).map(|p| (k.clone(), *p)))
     }
 }
 
@@ -91,17 +109,18 @@ mod tests {
     fn the_embedded_map_prices_the_common_models() {
         let m = CostMap::embedded();
         assert!(m.len() > 500, "{}", m.len());
-        let (k, i, o) = m.lookup("anthropic", "claude-sonnet-4-5", None).unwrap();
+        let (k, p) = m.lookup("anthropic", "claude-sonnet-4-5", None).unwrap();
         assert_eq!(k, "claude-sonnet-4-5");
-        assert_eq!((i, o), (3e-6, 1.5e-5));
-        let (_, i, _) = m.lookup("openai", "gpt-4o", None).unwrap();
-        assert_eq!(i, 2.5e-6);
+        assert_eq!((p.input, p.output), (3e-6, 1.5e-5));
+        assert_eq!((p.cache_read, p.cache_write), (Some(3e-7), Some(3.75e-6)));
+        let (_, p) = m.lookup("openai", "gpt-4o", None).unwrap();
+        assert_eq!(p.input, 2.5e-6);
         // Azure: the deployment name says nothing, base_model does.
-        let (k, _, _) = m
+        let (k, _) = m
             .lookup("azure", "my-prod-deployment", Some("gpt-4o"))
             .unwrap();
         assert_eq!(k, "azure/gpt-4o");
-        let (k, _, _) = m.lookup("gemini", "gemini-2.5-flash", None).unwrap();
+        let (k, _) = m.lookup("gemini", "gemini-2.5-flash", None).unwrap();
         assert_eq!(k, "gemini/gemini-2.5-flash");
         assert!(m.lookup("hosted_vllm", "my-llama", None).is_none());
     }
@@ -115,10 +134,8 @@ mod tests {
         )
         .unwrap();
         assert_eq!(m.len(), 1);
-        assert_eq!(
-            m.lookup("openai", "my-model", None),
-            Some(("my-model".into(), 1e-6, 2e-6))
-        );
+        let (_, p) = m.lookup("openai", "my-model", None).unwrap();
+        assert_eq!((p.input, p.output, p.cache_read), (1e-6, 2e-6, None));
         assert!(CostMap::parse("[1]", "t").is_err());
     }
 }

@@ -51,6 +51,8 @@ pub struct Deployment {
     pub tpm: Option<u64>,
     pub input_pico: i64,
     pub output_pico: i64,
+    /// All four prices, cache reads and writes included (`TokenPrices`).
+    pub prices: purser_core::money::TokenPrices,
     pub timeout: Duration,
     pub stream_timeout: Duration,
     pub access_groups: Vec<String>,
@@ -290,6 +292,8 @@ impl Registry {
                 .or(m.model_info.output_cost_per_token);
             // A deployment that names no price is priced from the cost map; one that is in no
             // map costs $0, said loudly (budgets cannot limit it).
+            let mut cache_read = p.cache_read_input_token_cost;
+            let mut cache_write = p.cache_creation_input_token_cost;
             let (own_in, own_out) = if own_in.is_none()
                 && own_out.is_none()
                 && p.mock_response.is_none()
@@ -299,9 +303,11 @@ impl Registry {
                     &upstream_model,
                     m.model_info.base_model.as_deref(),
                 ) {
-                    Some((key, i_, o_)) => {
+                    Some((key, prices)) => {
                         tracing::info!(model = %m.model_name, cost_map_key = %key, "deployment priced from the cost map");
-                        (Some(i_), Some(o_))
+                        cache_read = cache_read.or(prices.cache_read);
+                        cache_write = cache_write.or(prices.cache_write);
+                        (Some(prices.input), Some(prices.output))
                     }
                     None => {
                         tracing::warn!(
@@ -342,6 +348,12 @@ impl Registry {
                 tpm: p.tpm,
                 input_pico: price(own_in)?,
                 output_pico: price(own_out)?,
+                prices: purser_core::money::TokenPrices {
+                    input: price(own_in)?,
+                    output: price(own_out)?,
+                    cache_read: cache_read.map(|c| price(Some(c))).transpose()?,
+                    cache_write: cache_write.map(|c| price(Some(c))).transpose()?,
+                },
                 timeout,
                 stream_timeout: p
                     .stream_timeout

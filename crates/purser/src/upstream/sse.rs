@@ -11,6 +11,11 @@ use super::tokens::TokenCounter;
 pub struct Usage {
     pub prompt_tokens: u64,
     pub completion_tokens: u64,
+    /// Of `prompt_tokens`, those read from the provider's prompt cache (OpenAI
+    /// `prompt_tokens_details.cached_tokens`, Anthropic `cache_read_input_tokens`).
+    pub cache_read: u64,
+    /// Of `prompt_tokens`, those written to the cache (Anthropic `cache_creation_input_tokens`).
+    pub cache_write: u64,
 }
 
 impl Usage {
@@ -23,17 +28,37 @@ impl Usage {
         Usage::from_usage(v.get("usage")?)
     }
 
-    /// From a `usage` object: `prompt_tokens` required, `completion_tokens` 0 when absent.
+    /// From a `usage` object: `prompt_tokens` required, `completion_tokens` 0 when absent; cache
+    /// counts from OpenAI's or Anthropic's fields (both are part of `prompt_tokens`, clamped so).
     pub fn from_usage(u: &Value) -> Option<Usage> {
         let p = u.get("prompt_tokens")?.as_u64()?;
         let c = u
             .get("completion_tokens")
             .and_then(Value::as_u64)
             .unwrap_or(0);
+        let n = |ptr: &str| u.pointer(ptr).and_then(Value::as_u64).unwrap_or(0);
+        let read = n("/prompt_tokens_details/cached_tokens").max(n("/cache_read_input_tokens"));
+        let write = n("/cache_creation_input_tokens");
+        let read = read.min(p);
+        let write = write.min(p - read);
         Some(Usage {
             prompt_tokens: p,
             completion_tokens: c,
+            cache_read: read,
+            cache_write: write,
         })
+    }
+
+    /// The cost in nano-USD at per-token pico-USD prices; cache reads and writes at their own
+    /// prices when the deployment has them, else at the input price.
+    pub fn cost(&self, p: &purser_core::money::TokenPrices) -> purser_core::money::Nanos {
+        purser_core::money::cost_with_cache(
+            self.prompt_tokens,
+            self.completion_tokens,
+            self.cache_read,
+            self.cache_write,
+            p,
+        )
     }
 }
 
@@ -182,7 +207,8 @@ mod tests {
             t.usage,
             Some(Usage {
                 prompt_tokens: 3,
-                completion_tokens: 2
+                completion_tokens: 2,
+                ..Usage::default()
             })
         );
         assert!(t.done);

@@ -920,6 +920,15 @@ async fn failed_deployments_are_retried_elsewhere_and_cooled(b: Backend) {
             .parse::<u32>()
             .unwrap();
         assert_eq!(r.headers()["x-litellm-attempted-fallbacks"], "0");
+        // The deployment that answered, the call's id and its cost.
+        assert_eq!(r.headers()["x-litellm-model-id"], "mixed-1");
+        assert_eq!(r.headers()["x-litellm-model-group"], "mixed");
+        assert_eq!(r.headers()["x-litellm-response-cost"], "0.000021");
+        let call_id = r.headers()["x-litellm-call-id"]
+            .to_str()
+            .unwrap()
+            .to_string();
+        assert!(!call_id.is_empty());
     }
     let called = models_called(&m);
     let broken = called.iter().filter(|c| *c == "broken").count();
@@ -1043,7 +1052,8 @@ async fn fallbacks_serve_only_models_the_caller_may_use(b: Backend) {
 }
 
 /// A deployment that sets no prices is priced from the embedded cost map (claude-sonnet-4-5:
-/// $3 / $15 per 1M tokens), shown in /model/info and billed.
+/// $3 / $15 per 1M tokens, cache reads $0.30, cache writes $3.75), shown in /model/info and
+/// billed — cache tokens at their own prices.
 async fn unpriced_deployments_are_priced_from_the_cost_map(b: Backend) {
     let m = MockUpstream::start().await;
     let app = TestApp::spawn_with(b, &config(&m)).await;
@@ -1066,8 +1076,10 @@ async fn unpriced_deployments_are_priced_from_the_cost_map(b: Backend) {
         .post("/v1/chat/completions", &key, hi("claude-mapped"))
         .await;
     assert_eq!(s, 200, "{body}");
-    let spend = spend_after_flush(&app, &key, CLAUDE_COST * 0.999).await;
-    assert!((spend - CLAUDE_COST).abs() < 1e-12, "{spend}");
+    // 5 plain + 2 cache-read + 1 cache-write prompt tokens, 6 output
+    let expected = 5.0 * 3e-6 + 2.0 * 3e-7 + 3.75e-6 + 6.0 * 1.5e-5;
+    let spend = spend_after_flush(&app, &key, expected * 0.999).await;
+    assert!((spend - expected).abs() < 1e-12, "{spend} vs {expected}");
     app.shutdown().await;
 }
 

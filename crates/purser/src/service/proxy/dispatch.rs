@@ -10,7 +10,6 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use futures_util::StreamExt;
 use futures_util::stream::BoxStream;
-use purser_core::money::cost_of;
 use serde_json::{Value, json};
 
 use super::context::{CallRequest, Inbound, MessagesRequest};
@@ -78,17 +77,11 @@ impl Drop for Meter {
 }
 
 impl Meter {
-    pub(super) fn settle(&mut self, usage: Usage, status: &str) {
-        let Some(res) = self.reservation.take() else {
-            return;
-        };
+    /// Books the call once; the cost in nano-USD (`None`: it was booked already).
+    pub(super) fn settle(&mut self, usage: Usage, status: &str) -> Option<i64> {
+        let res = self.reservation.take()?;
         let dep = &self.slot.0;
-        let cost = cost_of(
-            usage.prompt_tokens,
-            usage.completion_tokens,
-            dep.input_pico,
-            dep.output_pico,
-        );
+        let cost = usage.cost(&dep.prices);
         if let Some(m) = self.model_reservation.take() {
             m.settle(cost.0);
         }
@@ -107,6 +100,7 @@ impl Meter {
         if !self.soft_budgets.is_empty() {
             Alerts::after_settle(&self.state, std::mem::take(&mut self.soft_budgets));
         }
+        Some(cost.0)
     }
 }
 
@@ -169,9 +163,19 @@ pub(super) async fn dispatch(
     let mut fallbacks_used: usize = 0;
     let mut remaining_fallbacks: Option<Vec<String>> = None;
     loop {
+        let answering = Arc::clone(&meter.slot.0);
+        let call_id = meter.log.request_id.clone();
         let attempt = Box::pin(attempt(state.clone(), meter, req, requested.clone())).await;
         let r = match attempt {
-            Ok(resp) => return Ok(with_route_headers(resp, total_retries, fallbacks_used)),
+            Ok(resp) => {
+                return Ok(with_route_headers(
+                    resp,
+                    &answering,
+                    &call_id,
+                    total_retries,
+                    fallbacks_used,
+                ));
+            }
             Err(Attempt::Failed(e)) => return Err(e),
             Err(Attempt::Retry(r)) => r,
         };
@@ -231,9 +235,35 @@ pub(super) async fn dispatch(
     }
 }
 
-/// The reference's routing headers on an answer.
-fn with_route_headers(mut resp: Response, retries: u32, fallbacks: usize) -> Response {
+/// `x-litellm-response-cost` (USD) on a non-streaming answer whose cost is known.
+fn with_cost(mut resp: Response, cost: Option<i64>) -> Response {
+    if let Some(c) = cost
+        && let Ok(v) = HeaderValue::from_str(&purser_core::money::Nanos(c).to_usd().to_string())
+    {
+        resp.headers_mut().insert("x-litellm-response-cost", v);
+    }
+    resp
+}
+
+/// The reference's routing headers on an answer: which deployment answered, the call's id
+/// (its spend log's `request_id`), and the retries and fallbacks it took.
+fn with_route_headers(
+    mut resp: Response,
+    answered: &Deployment,
+    call_id: &str,
+    retries: u32,
+    fallbacks: usize,
+) -> Response {
     let h = resp.headers_mut();
+    for (name, value) in [
+        ("x-litellm-model-id", answered.id.as_str()),
+        ("x-litellm-model-group", answered.model_name.as_str()),
+        ("x-litellm-call-id", call_id),
+    ] {
+        if let Ok(v) = HeaderValue::from_str(value) {
+            h.insert(name, v);
+        }
+    }
     h.insert("x-litellm-attempted-retries", HeaderValue::from(retries));
     h.insert(
         "x-litellm-attempted-fallbacks",
@@ -358,6 +388,7 @@ async fn dispatch_messages_native(
                 Usage {
                     prompt_tokens: req.prompt_tokens,
                     completion_tokens: 0,
+                    ..Usage::default()
                 },
                 "failure",
             );
@@ -379,13 +410,13 @@ async fn dispatch_messages_native(
             ),
         )));
     };
-    meter.settle(usage, "success");
+    let cost = meter.settle(usage, "success");
     let mut out = Response::new(Body::from(bytes));
     out.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
     );
-    Ok(out)
+    Ok(with_cost(out, cost))
 }
 
 fn unix_now() -> u64 {
@@ -558,6 +589,7 @@ async fn dispatch_translated(
                 Usage {
                     prompt_tokens: req.prompt_tokens,
                     completion_tokens: 0,
+                    ..Usage::default()
                 },
                 "failure",
             );
@@ -590,12 +622,16 @@ async fn dispatch_translated(
         .unwrap_or_else(|| Usage {
             prompt_tokens: req.prompt_tokens,
             completion_tokens: produced_tokens(&dep, &answer),
+            ..Usage::default()
         });
-    meter.settle(usage, "success");
+    let cost = meter.settle(usage, "success");
     if messages {
-        return Ok(axum::Json(anthropic::to_message(&answer, &requested)).into_response());
+        return Ok(with_cost(
+            axum::Json(anthropic::to_message(&answer, &requested)).into_response(),
+            cost,
+        ));
     }
-    Ok(axum::Json(answer).into_response())
+    Ok(with_cost(axum::Json(answer).into_response(), cost))
 }
 
 fn stream_response(body: Body) -> Response {
@@ -669,11 +705,14 @@ async fn dispatch_openai(
 
     if dep.is_mock() {
         let (body, usage) = mock_body(&dep, &requested, &req);
-        meter.settle(usage, "success");
+        let cost = meter.settle(usage, "success");
         if messages {
-            return Ok(axum::Json(anthropic::to_message(&body, &requested)).into_response());
+            return Ok(with_cost(
+                axum::Json(anthropic::to_message(&body, &requested)).into_response(),
+                cost,
+            ));
         }
-        return Ok(axum::Json(body).into_response());
+        return Ok(with_cost(axum::Json(body).into_response(), cost));
     }
     let mut body = std::mem::take(&mut req.body);
     body.insert("model".into(), Value::String(dep.upstream_model.clone()));
@@ -712,6 +751,7 @@ async fn dispatch_openai(
             Ok(parsed) => Usage {
                 prompt_tokens: req.prompt_tokens,
                 completion_tokens: produced_tokens(&dep, &parsed),
+                ..Usage::default()
             },
             Err(_) => {
                 meter.settle(partial_usage(&dep, &req, &bytes), "failure");
@@ -726,17 +766,20 @@ async fn dispatch_openai(
             }
         },
     };
-    meter.settle(usage, "success");
+    let cost = meter.settle(usage, "success");
     if messages {
         let answer = serde_json::from_slice::<Value>(&bytes).unwrap_or(Value::Null);
-        return Ok(axum::Json(anthropic::to_message(&answer, &requested)).into_response());
+        return Ok(with_cost(
+            axum::Json(anthropic::to_message(&answer, &requested)).into_response(),
+            cost,
+        ));
     }
     let mut out = Response::new(Body::from(Bytes::from(bytes)));
     out.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
     );
-    Ok(out)
+    Ok(with_cost(out, cost))
 }
 
 /// What billing reads of a non-streaming answer.
@@ -751,6 +794,7 @@ pub(super) fn partial_usage(dep: &Deployment, req: &CallRequest, received: &[u8]
     Usage {
         prompt_tokens: req.prompt_tokens,
         completion_tokens: dep.tokens.text(&String::from_utf8_lossy(received)),
+        ..Usage::default()
     }
 }
 

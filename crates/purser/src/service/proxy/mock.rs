@@ -23,6 +23,7 @@ pub(super) fn mock_body(dep: &Deployment, model: &str, req: &CallRequest) -> (Va
             let usage = Usage {
                 prompt_tokens: req.prompt_tokens,
                 completion_tokens: count_text(&text),
+                ..Usage::default()
             };
             (
                 json!({
@@ -53,6 +54,7 @@ pub(super) fn mock_body(dep: &Deployment, model: &str, req: &CallRequest) -> (Va
             let usage = Usage {
                 prompt_tokens: req.prompt_tokens,
                 completion_tokens: 0,
+                ..Usage::default()
             };
             let data: Vec<Value> = (0..n)
                 .map(|i| json!({"object": "embedding", "index": i, "embedding": vec![0.0f64; 8]}))

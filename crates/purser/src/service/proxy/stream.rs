@@ -63,6 +63,7 @@ impl Drop for StreamMeter {
         let usage = self.tap.usage.unwrap_or(Usage {
             prompt_tokens: self.meter.prompt_estimate,
             completion_tokens: self.tap.produced_tokens,
+            ..Usage::default()
         });
         let status = if self.tap.done { "success" } else { "partial" };
         self.meter.settle(usage, status);
