@@ -16,6 +16,7 @@ mod keys;
 mod members;
 mod providers;
 mod proxy;
+mod sdk;
 mod server;
 mod spend_and_resets;
 mod teams;
