@@ -1,6 +1,7 @@
 //! `purser-bench mock`: the fast OpenAI-compatible upstream of the process benchmark. It owns
 //! `POST /v1/chat/completions` (a fixed JSON completion with `usage`; with `"stream": true` SSE
-//! chunks: content, finish, a usage-only chunk, then `data: [DONE]`) and `GET /health`. Answers
+//! chunks: content, finish, a usage-only chunk, then `data: [DONE]`), Anthropic's `POST
+//! /v1/messages` (a fixed message with `usage`, for the translated-call figure) and `GET /health`. Answers
 //! are static bytes so the mock costs as little CPU as possible; it listens on 127.0.0.1 only.
 
 use std::convert::Infallible;
@@ -25,6 +26,16 @@ pub struct MockArgs {
 }
 
 const COMPLETION: &[u8] = br#"{"id":"chatcmpl-bench","object":"chat.completion","created":1700000000,"model":"bench-model","choices":[{"index":0,"message":{"role":"assistant","content":"ok"},"finish_reason":"stop"}],"usage":{"prompt_tokens":12,"completion_tokens":1,"total_tokens":13}}"#;
+
+const MESSAGE: &[u8] = br#"{"id":"msg_bench","type":"message","role":"assistant","model":"claude-bench","content":[{"type":"text","text":"ok"}],"stop_reason":"end_turn","stop_sequence":null,"usage":{"input_tokens":12,"output_tokens":1}}"#;
+
+async fn messages() -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        Bytes::from_static(MESSAGE),
+    )
+        .into_response()
+}
 
 const CHUNKS: [&[u8]; 4] = [
     b"data: {\"id\":\"chatcmpl-bench\",\"object\":\"chat.completion.chunk\",\"created\":1700000000,\"model\":\"bench-model\",\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"ok\"},\"finish_reason\":null}]}\n\n",
@@ -69,6 +80,7 @@ async fn chat(State(gap): State<Duration>, body: Bytes) -> Response {
 pub async fn run(a: MockArgs) -> anyhow::Result<()> {
     let app = axum::Router::new()
         .route("/v1/chat/completions", post(chat))
+        .route("/v1/messages", post(messages))
         .route("/health", get(|| async { "ok" }))
         .with_state(Duration::from_micros(a.chunk_gap_us));
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", a.port))
@@ -96,6 +108,8 @@ mod tests {
     fn canned_answers_are_valid_json() {
         let v: serde_json::Value = serde_json::from_slice(COMPLETION).unwrap();
         assert_eq!(v["usage"]["total_tokens"], 13);
+        let m: serde_json::Value = serde_json::from_slice(MESSAGE).unwrap();
+        assert_eq!(m["usage"]["input_tokens"], 12);
         for c in &CHUNKS[..3] {
             let s = std::str::from_utf8(c).unwrap();
             let json = s.strip_prefix("data: ").unwrap().trim_end();

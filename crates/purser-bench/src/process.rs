@@ -24,6 +24,8 @@ const UPSTREAM_KEY: &str = "sk-upstream";
 const CRABLLM_KEY: &str = "sk-crabllm-bench";
 /// Model served by the mock upstream process.
 const UPSTREAM_MODEL: &str = "bench-model";
+/// The mock's Anthropic deployment (translated calls).
+const ANTHROPIC_MODEL: &str = "bench-claude";
 /// Model answered inside the gateway (`mock_response`), no upstream.
 const INPROC_MODEL: &str = "bench-mock";
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -34,6 +36,8 @@ pub enum Scenario {
     Chat,
     /// Chat through the mock upstream with a governed team key.
     Team,
+    /// The team key's chat to an Anthropic deployment (OpenAI ⇄ Messages translation both ways).
+    Translated,
     /// Streaming time to first byte, team key, gateway vs direct.
     Stream,
     /// Gateway RSS idle, after `--calls` calls, and `--rss-settle` seconds later.
@@ -337,6 +341,9 @@ impl Harness {
                 y,
                 "  - model_name: {UPSTREAM_MODEL}\n    litellm_params:\n      model: openai/{UPSTREAM_MODEL}\n      \
                  api_base: http://127.0.0.1:{port}/v1\n      api_key: {UPSTREAM_KEY}\n      \
+                 input_cost_per_token: 0.000001\n      output_cost_per_token: 0.000002\n\
+                 \x20 - model_name: {ANTHROPIC_MODEL}\n    litellm_params:\n      model: anthropic/claude-bench\n      \
+                 api_base: http://127.0.0.1:{port}\n      api_key: {UPSTREAM_KEY}\n      \
                  input_cost_per_token: 0.000001\n      output_cost_per_token: 0.000002\n"
             );
         }
@@ -462,7 +469,7 @@ impl Harness {
             base,
             "/team/new",
             json!({"team_id": "bench-team", "team_alias": "bench-team",
-                   "models": [UPSTREAM_MODEL, INPROC_MODEL], "max_budget": 1_000_000.0,
+                   "models": [UPSTREAM_MODEL, INPROC_MODEL, ANTHROPIC_MODEL], "max_budget": 1_000_000.0,
                    "rpm_limit": 1_000_000_000u64, "tpm_limit": 1_000_000_000_000u64}),
         )
         .await?;
@@ -654,10 +661,17 @@ impl Harness {
                 self.script(&format!("team-{run}"), &team_key, UPSTREAM_MODEL)?,
             ));
         }
+        if self.has(Scenario::Translated) {
+            targets.push((
+                "anthropic",
+                &gw.base,
+                self.script(&format!("anthropic-{run}"), &team_key, ANTHROPIC_MODEL)?,
+            ));
+        }
         // Purser's calls answered 2xx (warm-ups included), checked against spend_logs at the end.
-        let is_purser = |name: &str| name == "master" || name == "team";
+        let is_purser = |name: &str| name == "master" || name == "team" || name == "anthropic";
         let mut answered = 0u64;
-        if self.has(Scenario::Chat) || self.has(Scenario::Team) {
+        if self.has(Scenario::Chat) || self.has(Scenario::Team) || self.has(Scenario::Translated) {
             let warm_c = self.a.concurrency.iter().copied().max().unwrap_or(1);
             for (name, base, script) in &targets {
                 if self.a.warmup > 0 {
@@ -856,7 +870,10 @@ pub async fn run(a: ProcessArgs) -> anyhow::Result<()> {
             .timeout(Duration::from_secs(30))
             .build()?,
     };
-    let upstream = h.has(Scenario::Chat) || h.has(Scenario::Team) || h.has(Scenario::Stream);
+    let upstream = h.has(Scenario::Chat)
+        || h.has(Scenario::Team)
+        || h.has(Scenario::Stream)
+        || h.has(Scenario::Translated);
     let mut mock = None;
     let mut mock_port = 0;
     if upstream {
@@ -1319,6 +1336,10 @@ fn report(a: &ProcessArgs, meta: &Meta, res: &Results) -> String {
                 ("master", "gateway, master key"),
                 ("crabllm", "peer: crabllm (no governance)"),
                 ("team", "gateway, team key"),
+                (
+                    "anthropic",
+                    "gateway, team key, Anthropic deployment (translated)",
+                ),
             ] {
                 if chat_series(res, target, c, |r| r.p50).is_empty() {
                     continue;
@@ -1343,6 +1364,8 @@ fn report(a: &ProcessArgs, meta: &Meta, res: &Results) -> String {
                 if target != "direct" {
                     let mut row = if target == "crabllm" {
                         format!("| added, crabllm | {c} |")
+                    } else if target == "anthropic" {
+                        format!("| added, team key, translated | {c} |")
                     } else {
                         format!("| added, {target} key | {c} |")
                     };
@@ -1352,6 +1375,24 @@ fn report(a: &ProcessArgs, meta: &Meta, res: &Results) -> String {
                     row.push_str(" | | |\n");
                     md.push_str(&row);
                 }
+            }
+        }
+        md.push('\n');
+    }
+
+    if !chat_series(res, "anthropic", 1, |r| r.p50).is_empty() {
+        md.push_str(
+            "## Translation overhead (Anthropic deployment vs OpenAI deployment, same team key)\n\n\
+             Per run, p50 of the translated call minus p50 of the OpenAI-compatible call (both through \
+             the same mock, same governance); median (min – max), µs.\n\n\
+             | c | translation adds at p50 |\n|---:|---:|\n",
+        );
+        for &c in &a.concurrency {
+            let t = chat_series(res, "anthropic", c, |r| r.p50);
+            let o = chat_series(res, "team", c, |r| r.p50);
+            let d: Vec<f64> = t.iter().zip(&o).map(|(x, y)| x - y).collect();
+            if !d.is_empty() {
+                let _ = writeln!(md, "| {c} | {} |", cell(&d, 0));
             }
         }
         md.push('\n');
