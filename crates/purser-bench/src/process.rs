@@ -1630,7 +1630,11 @@ mod tests {
         };
         for port in [Some(1234), None] {
             let cfg = purser::config::Config::parse(&h.yaml(port), "test").unwrap();
-            assert_eq!(cfg.model_list.len(), if port.is_some() { 2 } else { 1 });
+            // with the mock: its OpenAI model and its Anthropic one, beside the in-process model
+            assert_eq!(cfg.model_list.len(), if port.is_some() { 3 } else { 1 });
+            if port.is_some() {
+                assert!(purser::upstream::Registry::from_config_with_env(&cfg, &|_| None).is_ok());
+            }
             assert_eq!(cfg.general_settings.proxy_batch_write_at, Some(1.0));
         }
     }

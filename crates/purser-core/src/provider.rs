@@ -172,6 +172,19 @@ pub fn azure_is_v1(api_version: &str) -> bool {
     matches!(api_version, "v1" | "latest" | "preview")
 }
 
+/// `s` percent-encoded as one URL path segment or query value (RFC 3986 unreserved kept).
+fn encode_component(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
 /// The path (and query) of an Azure OpenAI call below `api_base`, for an endpoint such as
 /// `chat/completions`. The deployment name is percent-encoded as a path segment.
 pub fn azure_path(deployment: &str, api_version: &str, endpoint: &str) -> String {
@@ -182,23 +195,11 @@ pub fn azure_path(deployment: &str, api_version: &str, endpoint: &str) -> String
             format!("openai/v1/{endpoint}?api-version={api_version}")
         }
     } else {
-        let mut seg = String::with_capacity(deployment.len());
-        for b in deployment.bytes() {
-            if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
-                seg.push(b as char);
-            } else {
-                seg.push_str(&format!("%{b:02X}"));
-            }
-        }
-        let mut version = String::with_capacity(api_version.len());
-        for b in api_version.bytes() {
-            if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
-                version.push(b as char);
-            } else {
-                version.push_str(&format!("%{b:02X}"));
-            }
-        }
-        format!("openai/deployments/{seg}/{endpoint}?api-version={version}")
+        format!(
+            "openai/deployments/{}/{endpoint}?api-version={}",
+            encode_component(deployment),
+            encode_component(api_version)
+        )
     }
 }
 
@@ -215,14 +216,7 @@ pub fn anthropic_messages_url(api_base: &str) -> String {
 /// The `generateContent` (or streaming) endpoint of a Gemini model below `api_base`; the model
 /// is percent-encoded as one path segment.
 pub fn gemini_url(api_base: &str, model: &str, stream: bool) -> String {
-    let mut seg = String::with_capacity(model.len());
-    for b in model.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
-            seg.push(b as char);
-        } else {
-            seg.push_str(&format!("%{b:02X}"));
-        }
-    }
+    let seg = encode_component(model);
     let base = api_base.trim_end_matches('/');
     if stream {
         format!("{base}/models/{seg}:streamGenerateContent?alt=sse")

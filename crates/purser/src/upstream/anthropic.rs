@@ -255,19 +255,31 @@ fn text_blocks(content: &Value, at: &str) -> Result<Vec<Value>, Unsupported> {
     }
 }
 
-fn image_block(part: &Value, at: &str) -> Result<Value, Unsupported> {
+/// An image's URL, and for a data URL its media type and base64 data.
+pub(super) type ImageUrl<'a> = (&'a str, Option<(&'a str, &'a str)>);
+
+/// An OpenAI `image_url` part: its URL, and for a data URL its media type and base64 data.
+pub(super) fn image_url<'a>(part: &'a Value, at: &str) -> Result<ImageUrl<'a>, Unsupported> {
     let url = part
         .get("image_url")
         .and_then(|u| u.get("url").or(Some(u)))
         .and_then(Value::as_str)
         .ok_or_else(|| bad(format!("{at}.image_url.url"), "is required"))?;
-    if let Some(rest) = url.strip_prefix("data:") {
-        let (meta, data) = rest
-            .split_once(',')
-            .ok_or_else(|| bad(format!("{at}.image_url.url"), "is not a data URL"))?;
-        let media = meta
-            .strip_suffix(";base64")
-            .ok_or_else(|| bad(format!("{at}.image_url.url"), "must be base64-encoded"))?;
+    let Some(rest) = url.strip_prefix("data:") else {
+        return Ok((url, None));
+    };
+    let (meta, data) = rest
+        .split_once(',')
+        .ok_or_else(|| bad(format!("{at}.image_url.url"), "is not a data URL"))?;
+    let media = meta
+        .strip_suffix(";base64")
+        .ok_or_else(|| bad(format!("{at}.image_url.url"), "must be base64-encoded"))?;
+    Ok((url, Some((media, data))))
+}
+
+fn image_block(part: &Value, at: &str) -> Result<Value, Unsupported> {
+    let (url, inline) = image_url(part, at)?;
+    if let Some((media, data)) = inline {
         Ok(
             json!({"type": "image", "source": {"type": "base64", "media_type": media, "data": data}}),
         )

@@ -43,18 +43,8 @@ fn parts_of(content: &Value, at: &str) -> Result<Vec<Value>, Unsupported> {
                         }
                     }
                     Some("image_url") => {
-                        let url = p
-                            .get("image_url")
-                            .and_then(|u| u.get("url").or(Some(u)))
-                            .and_then(Value::as_str)
-                            .ok_or_else(|| bad(format!("{at}.image_url.url"), "is required"))?;
-                        if let Some(rest) = url.strip_prefix("data:") {
-                            let (meta, data) = rest.split_once(',').ok_or_else(|| {
-                                bad(format!("{at}.image_url.url"), "is not a data URL")
-                            })?;
-                            let mime = meta.strip_suffix(";base64").ok_or_else(|| {
-                                bad(format!("{at}.image_url.url"), "must be base64-encoded")
-                            })?;
+                        let (url, inline) = super::anthropic::image_url(p, &at)?;
+                        if let Some((mime, data)) = inline {
                             out.push(json!({"inline_data": {"mime_type": mime, "data": data}}));
                         } else if url.starts_with("gs://") || url.starts_with("https://") {
                             let mime = if url.ends_with(".png") {

@@ -383,17 +383,7 @@ async fn dispatch_messages_native(
     };
     let bytes = match resp.bytes().await {
         Ok(b) => b,
-        Err(e) => {
-            meter.settle(
-                Usage {
-                    prompt_tokens: req.prompt_tokens,
-                    completion_tokens: 0,
-                    ..Usage::default()
-                },
-                "failure",
-            );
-            return Err(Attempt::Failed(crate::upstream::transport_error(&dep, &e)));
-        }
+        Err(e) => return Err(Attempt::Failed(broke_mid_body(&mut meter, &dep, &req, &e))),
     };
     let usage = serde_json::from_slice::<Value>(&bytes)
         .ok()
@@ -584,17 +574,7 @@ async fn dispatch_translated(
     };
     let bytes = match resp.bytes().await {
         Ok(b) => b,
-        Err(e) => {
-            meter.settle(
-                Usage {
-                    prompt_tokens: req.prompt_tokens,
-                    completion_tokens: 0,
-                    ..Usage::default()
-                },
-                "failure",
-            );
-            return Err(Attempt::Failed(crate::upstream::transport_error(&dep, &e)));
-        }
+        Err(e) => return Err(Attempt::Failed(broke_mid_body(&mut meter, &dep, &req, &e))),
     };
     let Ok(raw) = serde_json::from_slice::<Value>(&bytes) else {
         meter.settle(partial_usage(&dep, &req, &bytes), "failure");
@@ -632,6 +612,24 @@ async fn dispatch_translated(
         ));
     }
     Ok(with_cost(axum::Json(answer).into_response(), cost))
+}
+
+/// An answer that broke while its body was read: the counted prompt is billed (the upstream
+/// worked on it) and the caller gets the transport error.
+fn broke_mid_body(
+    meter: &mut Meter,
+    dep: &Deployment,
+    req: &CallRequest,
+    e: &reqwest::Error,
+) -> Error {
+    meter.settle(
+        Usage {
+            prompt_tokens: req.prompt_tokens,
+            ..Usage::default()
+        },
+        "failure",
+    );
+    crate::upstream::transport_error(dep, e)
 }
 
 fn stream_response(body: Body) -> Response {

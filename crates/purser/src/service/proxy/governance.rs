@@ -177,17 +177,17 @@ pub(super) fn rate_error(d: &RateDenied) -> Error {
 }
 
 /// Runs one OpenAI call through governance and dispatch.
-/// Prompt tokens of a request as its model group would count them (`/v1/messages/count_tokens`):
-/// the caller must be allowed the model, as for a call; nothing is reserved or sent. An estimate
-/// by the group's tokenizer (Anthropic's own counter is not asked).
-pub async fn count_tokens(state: AppState, caller: Caller, req: CallRequest) -> Result<u64, Error> {
-    let ctx = CallContext::load(&state, &caller).await?;
-    let requested = req.model.clone();
-    let target = ctx.resolve_alias(&requested);
+/// Step 3 (key model access) and the model's existence, shared by calls and token counts.
+fn check_model_callable(
+    state: &AppState,
+    ctx: &CallContext,
+    requested: &str,
+    target: &str,
+) -> Result<(), Error> {
     if !ctx.master {
-        check_key_models(&state, &ctx, &requested, &target)?;
+        check_key_models(state, ctx, requested, target)?;
     }
-    if !state.models.contains(&target) {
+    if !state.models.contains(target) {
         return Err(Error::proxy(
             StatusCode::BAD_REQUEST,
             "bad_request_error",
@@ -197,6 +197,17 @@ pub async fn count_tokens(state: AppState, caller: Caller, req: CallRequest) -> 
         )
         .with_param("model"));
     }
+    Ok(())
+}
+
+/// Prompt tokens of a request as its model group would count them (`/v1/messages/count_tokens`):
+/// the caller must be allowed the model, as for a call; nothing is reserved or sent. An estimate
+/// by the group's tokenizer (Anthropic's own counter is not asked).
+pub async fn count_tokens(state: AppState, caller: Caller, req: CallRequest) -> Result<u64, Error> {
+    let ctx = CallContext::load(&state, &caller).await?;
+    let requested = req.model.clone();
+    let target = ctx.resolve_alias(&requested);
+    check_model_callable(&state, &ctx, &requested, &target)?;
     Ok(req
         .counted(state.models.counters(&target))
         .await?
@@ -211,20 +222,8 @@ pub async fn handle(state: AppState, caller: Caller, req: CallRequest) -> Result
     let target = ctx.resolve_alias(&requested);
     let now = Utc::now();
 
-    // 3. key model access
-    if !ctx.master {
-        check_key_models(&state, &ctx, &requested, &target)?;
-    }
-    if !state.models.contains(&target) {
-        return Err(Error::proxy(
-            StatusCode::BAD_REQUEST,
-            "bad_request_error",
-            format!(
-                "Invalid model name passed in model={requested}. Call `/v1/models` to view available models for your key."
-            ),
-        )
-        .with_param("model"));
-    }
+    // 3. key model access (and the model exists)
+    check_model_callable(&state, &ctx, &requested, &target)?;
     let req = req.counted(state.models.counters(&target)).await?;
     let (in_price, out_price) = state.models.max_prices(&target);
     let free = in_price == 0 && out_price == 0;
