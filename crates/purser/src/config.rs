@@ -81,6 +81,15 @@ pub struct LitellmParams {
     /// Azure OpenAI: an Entra ID bearer token, sent instead of `api-key`.
     #[serde(default)]
     pub azure_ad_token: Option<String>,
+    /// Share of the group's calls under `simple-shuffle` (over `rpm`, then `tpm`).
+    #[serde(default)]
+    pub weight: Option<f64>,
+    /// Priority tier: the lowest `order` with a deployment available takes the call.
+    #[serde(default)]
+    pub order: Option<u32>,
+    /// Calls this deployment serves at once; further calls go to others of the group.
+    #[serde(default)]
+    pub max_parallel_requests: Option<u64>,
     #[serde(flatten)]
     pub extra: BTreeMap<String, Value>,
 }
@@ -223,7 +232,28 @@ pub struct Routing {
     pub cooldown_time: Option<f64>,
     /// Minimum seconds between retries (default 0).
     pub retry_after: Option<f64>,
+    /// How a deployment of a group is chosen (default `simple-shuffle`).
+    pub routing_strategy: Option<String>,
+    /// Seconds a call may take at a deployment that sets no `timeout`.
+    pub timeout: Option<f64>,
+    /// Seconds between streamed chunks at a deployment that sets no `stream_timeout`.
+    pub stream_timeout: Option<f64>,
+    /// The overall default (reference: 6000 s); caps `timeout` when both are set.
+    pub request_timeout: Option<f64>,
+    /// The reference's switch for `order` and rpm/tpm filtering: Purser always checks both, so
+    /// only `true` (or absent) is accepted.
+    pub enable_pre_call_checks: Option<bool>,
 }
+
+/// The `routing_strategy` values (the reference's names).
+pub const ROUTING_STRATEGIES: &[&str] = &[
+    "simple-shuffle",
+    "least-busy",
+    "usage-based-routing",
+    "usage-based-routing-v2",
+    "latency-based-routing",
+    "cost-based-routing",
+];
 
 impl Config {
     /// Reads, resolves `os.environ/` references, types and validates a config file.
@@ -447,6 +477,14 @@ impl Config {
             allowed_fails: r.allowed_fails.or(l.allowed_fails),
             cooldown_time: r.cooldown_time.or(l.cooldown_time),
             retry_after: r.retry_after.or(l.retry_after),
+            routing_strategy: r
+                .routing_strategy
+                .clone()
+                .or_else(|| l.routing_strategy.clone()),
+            timeout: r.timeout.or(l.timeout),
+            stream_timeout: r.stream_timeout.or(l.stream_timeout),
+            request_timeout: r.request_timeout.or(l.request_timeout),
+            enable_pre_call_checks: r.enable_pre_call_checks.or(l.enable_pre_call_checks),
         }
     }
 
@@ -485,6 +523,37 @@ impl Config {
                     format!("'{t}' is not a model_name of model_list"),
                 ));
             }
+            if let Some(st) = &r.routing_strategy
+                && !ROUTING_STRATEGIES.contains(&st.as_str())
+            {
+                return Err((
+                    format!("{section}.routing_strategy"),
+                    format!(
+                        "'{st}' is not a routing strategy this gateway has (one of: {})",
+                        ROUTING_STRATEGIES.join(", ")
+                    ),
+                ));
+            }
+            if r.enable_pre_call_checks == Some(false) {
+                return Err((
+                    format!("{section}.enable_pre_call_checks"),
+                    "Purser always filters deployments by rpm/tpm, parallel slots and order before a call; it cannot be turned off".into(),
+                ));
+            }
+            for (k, v) in [
+                ("timeout", r.timeout),
+                ("stream_timeout", r.stream_timeout),
+                ("request_timeout", r.request_timeout),
+            ] {
+                if let Some(v) = v
+                    && !(v.is_finite() && v > 0.0)
+                {
+                    return Err((
+                        format!("{section}.{k}"),
+                        format!("must be a positive number of seconds, got {v}"),
+                    ));
+                }
+            }
             for (k, v) in [
                 ("cooldown_time", r.cooldown_time),
                 ("retry_after", r.retry_after),
@@ -500,6 +569,20 @@ impl Config {
             }
         }
         for (i, m) in self.model_list.iter().enumerate() {
+            if let Some(w) = m.litellm_params.weight
+                && !(w.is_finite() && w >= 0.0)
+            {
+                return Err((
+                    format!("model_list[{i}].litellm_params.weight"),
+                    format!("must be a non-negative number, got {w}"),
+                ));
+            }
+            if m.litellm_params.max_parallel_requests == Some(0) {
+                return Err((
+                    format!("model_list[{i}].litellm_params.max_parallel_requests"),
+                    "must be at least 1".into(),
+                ));
+            }
             if let Some(v) = m.litellm_params.cooldown_time
                 && !(v.is_finite() && v >= 0.0)
             {

@@ -671,13 +671,6 @@ impl StreamTranslator {
             _ => {} // ping, content_block_stop, unknown events
         }
     }
-
-    /// What the translator still holds at the end of the upstream body (nothing to forward: an
-    /// unterminated line is not an event).
-    pub fn finish(&mut self) -> Vec<u8> {
-        self.buf.clear();
-        Vec::new()
-    }
 }
 
 // ------------------------------------------------ inbound: Anthropic clients (`/v1/messages`)

@@ -27,7 +27,8 @@ use crate::error::Error;
 use crate::limiter::WINDOW_SECS;
 use tokens::TokenCounter;
 
-/// Default whole-request timeout (LiteLLM's 600 s).
+/// Default whole-request timeout: 600 s, not the reference's 6000 s, which would let a stalled
+/// client hold a stream's reservation and slot for 100 minutes (`request_timeout` changes it).
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// One upstream deployment of a model group.
@@ -41,6 +42,8 @@ pub struct Deployment {
     wire: Wire,
     /// `api_base` from the config, else the provider's default (required for some).
     api_base: String,
+    /// What of `api_base` a response may show (see [`Deployment::public_api_base`]).
+    public_api_base: Option<String>,
     /// The key: `api_key`, else the provider's variable (see [`resolve_key`]).
     api_key: Option<String>,
     /// Azure: the `api-version`, and an Entra bearer token used instead of `api-key`.
@@ -49,8 +52,19 @@ pub struct Deployment {
     pub mock_response: Option<String>,
     pub rpm: Option<u64>,
     pub tpm: Option<u64>,
-    pub input_pico: i64,
-    pub output_pico: i64,
+    /// `weight` (simple-shuffle's share), `order` (priority tier; unset: last) and
+    /// `max_parallel_requests` (calls at once).
+    weight: Option<f64>,
+    order: u32,
+    max_parallel: Option<u64>,
+    /// Whether any price applies (config or cost map): cost-based routing ranks unpriced
+    /// deployments last, as the reference does ($1 a token).
+    priced: bool,
+    /// Moving average of nanoseconds per produced token (0: not measured yet), for
+    /// latency-based routing.
+    latency_ns: AtomicU64,
+    /// Whether `add_tokens` counts (a `tpm` limit, or usage-based routing reads the count).
+    track_tokens: bool,
     /// All four prices, cache reads and writes included (`TokenPrices`).
     pub prices: purser_core::money::TokenPrices,
     pub timeout: Duration,
@@ -86,7 +100,13 @@ impl Deployment {
 
     /// True when calls cost nothing (free models skip budget checks, reference §7.2-5).
     pub fn is_free(&self) -> bool {
-        self.input_pico == 0 && self.output_pico == 0
+        self.prices.input == 0 && self.prices.output == 0
+    }
+
+    /// `api_base` as the `x-litellm-model-api-base` header shows it: scheme, host, port and path,
+    /// never a user, password or query (where keys may sit). None for in-process mocks.
+    pub fn public_api_base(&self) -> Option<&str> {
+        self.public_api_base.as_deref()
     }
 
     /// The provider wire this deployment speaks.
@@ -169,7 +189,9 @@ impl Deployment {
         self.cooling_until.load(Ordering::Relaxed) > Self::now_ms()
     }
 
-    /// Takes one request of the deployment's rpm if it and its tpm window have room.
+    /// Takes one request of the deployment's rpm and one of its parallel slots if its rpm/tpm
+    /// window and `max_parallel_requests` have room (under the window's lock, so two callers
+    /// cannot both take the last slot).
     fn try_take(&self) -> bool {
         let mut w = self.window.lock().unwrap_or_else(|p| p.into_inner());
         let start = Self::now_window();
@@ -179,12 +201,38 @@ impl Deployment {
         if self.rpm.is_some_and(|r| w.1 >= r) || self.tpm.is_some_and(|t| w.2 >= t) {
             return false;
         }
+        if self
+            .max_parallel
+            .is_some_and(|m| self.in_flight.load(Ordering::Acquire) >= m)
+        {
+            return false;
+        }
         w.1 += 1;
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
         true
     }
 
+    /// Tokens counted in the deployment's current minute (usage-based routing).
+    fn minute_tokens(&self) -> u64 {
+        let w = self.window.lock().unwrap_or_else(|p| p.into_inner());
+        if w.0 == Self::now_window() { w.2 } else { 0 }
+    }
+
+    /// Folds one answered call into the latency average: `elapsed` over the tokens it produced.
+    pub fn record_latency(&self, elapsed: Duration, produced_tokens: u64) {
+        let sample = (elapsed.as_nanos() / u128::from(produced_tokens.max(1))) as u64;
+        let old = self.latency_ns.load(Ordering::Relaxed);
+        let new = if old == 0 {
+            sample.max(1)
+        } else {
+            // The weight of the reference's 10-sample window, without keeping the samples.
+            (old - old / 5 + sample / 5).max(1)
+        };
+        self.latency_ns.store(new, Ordering::Relaxed);
+    }
+
     pub fn add_tokens(&self, tokens: u64) {
-        if self.tpm.is_none() {
+        if !self.track_tokens {
             return;
         }
         let mut w = self.window.lock().unwrap_or_else(|p| p.into_inner());
@@ -258,6 +306,7 @@ impl Registry {
         let mut groups: HashMap<String, Vec<Arc<Deployment>>> = HashMap::new();
         let mut access_groups = AccessGroups::new();
         let mut counters: HashMap<String, Vec<TokenCounter>> = HashMap::new();
+        let policy = RouterPolicy::from_config(config);
         let map_path = config
             .general_settings
             .model_cost_map
@@ -326,7 +375,7 @@ impl Registry {
             let timeout = p
                 .timeout
                 .map(Duration::from_secs_f64)
-                .unwrap_or(DEFAULT_TIMEOUT);
+                .unwrap_or(policy.timeout);
             let tokens =
                 TokenCounter::for_deployment(&upstream_model, m.model_info.base_model.as_deref());
             let dep = Deployment {
@@ -339,6 +388,7 @@ impl Registry {
                 provider,
                 upstream_model,
                 wire: conn.wire,
+                public_api_base: public_base(&conn.api_base),
                 api_base: conn.api_base,
                 api_key: conn.api_key,
                 api_version: conn.api_version,
@@ -346,8 +396,12 @@ impl Registry {
                 mock_response: p.mock_response.clone(),
                 rpm: p.rpm,
                 tpm: p.tpm,
-                input_pico: price(own_in)?,
-                output_pico: price(own_out)?,
+                weight: p.weight,
+                order: p.order.unwrap_or(u32::MAX),
+                max_parallel: p.max_parallel_requests,
+                priced: own_in.is_some() || own_out.is_some(),
+                latency_ns: AtomicU64::new(0),
+                track_tokens: p.tpm.is_some() || policy.strategy == Strategy::UsageBased,
                 prices: purser_core::money::TokenPrices {
                     input: price(own_in)?,
                     output: price(own_out)?,
@@ -358,6 +412,7 @@ impl Registry {
                 stream_timeout: p
                     .stream_timeout
                     .map(Duration::from_secs_f64)
+                    .or(policy.stream_timeout)
                     .unwrap_or(timeout),
                 access_groups: m.model_info.access_groups.clone(),
                 tokens,
@@ -400,7 +455,7 @@ impl Registry {
             counters: counters.into_iter().map(|(k, v)| (k, v.into())).collect(),
             client,
             rr: AtomicUsize::new(0),
-            policy: RouterPolicy::from_config(config),
+            policy,
         };
         // Loaded here, once per process, so no request pays for the tables.
         for counter in registry.bpe_counters() {
@@ -464,7 +519,7 @@ impl Registry {
     /// The highest (input, output) prices of a group, for pessimistic reservations.
     pub fn max_prices(&self, name: &str) -> (i64, i64) {
         self.deployments(name).iter().fold((0, 0), |acc, d| {
-            (acc.0.max(d.input_pico), acc.1.max(d.output_pico))
+            (acc.0.max(d.prices.input), acc.1.max(d.prices.output))
         })
     }
 
@@ -473,29 +528,35 @@ impl Registry {
         &self.policy
     }
 
-    /// Least-busy deployment of the group with rpm/tpm room that is not cooling down (round
-    /// robin among ties).
+    /// A deployment of the group for one call, by the router's strategy (see [`Strategy`]).
     pub fn pick(&self, name: &str) -> Option<Slot> {
         self.pick_avoiding(name, &[])
     }
 
-    /// [`Registry::pick`] preferring deployments whose id is not in `tried` (a retry goes to
-    /// another deployment when the group has one).
+    /// [`Registry::pick`] preferring deployments this call has not tried yet. Deployments cooling
+    /// down are skipped; of the rest, the untried come first, then the lowest `order`; within
+    /// one such tier the strategy chooses, and a deployment whose rpm, tpm or parallel slots
+    /// are full passes the call to the next choice, then to the next tier.
     pub fn pick_avoiding(&self, name: &str, tried: &[String]) -> Option<Slot> {
         let deps = self.deployments(name);
-        if deps.is_empty() {
-            return None;
+        if let [only] = deps {
+            // The common group of one: nothing to rank.
+            return (!only.cooling() && only.try_take()).then(|| Slot(Arc::clone(only)));
         }
+        let mut open: Vec<&Arc<Deployment>> = deps.iter().filter(|d| !d.cooling()).collect();
+        let tier = |d: &Deployment| (tried.contains(&d.id), d.order);
+        open.sort_by_key(|d| tier(d));
         let start = self.rr.fetch_add(1, Ordering::Relaxed);
-        let mut order: Vec<&Arc<Deployment>> = (0..deps.len())
-            .map(|i| &deps[(start + i) % deps.len()])
-            .filter(|d| !d.cooling())
-            .collect();
-        order.sort_by_key(|d| (tried.contains(&d.id), d.in_flight.load(Ordering::Acquire)));
-        for d in order {
-            if d.try_take() {
-                d.in_flight.fetch_add(1, Ordering::AcqRel);
-                return Some(Slot(Arc::clone(d)));
+        while let Some(first) = open.first() {
+            let t = tier(first);
+            let end = open.iter().position(|d| tier(d) != t).unwrap_or(open.len());
+            let mut band: Vec<&Arc<Deployment>> = open.drain(..end).collect();
+            while !band.is_empty() {
+                let i = self.policy.strategy.choose(&band, start);
+                let d = band.swap_remove(i);
+                if d.try_take() {
+                    return Some(Slot(Arc::clone(d)));
+                }
             }
         }
         None
@@ -669,9 +730,88 @@ fn classify(status: u16, body: &str) -> FailureClass {
     }
 }
 
-/// The router's failover rules (`router_settings` / `litellm_settings`).
+/// How one deployment is chosen among several of equal standing (`routing_strategy`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Strategy {
+    /// The reference's default: random, weighted by `weight`, else `rpm`, else `tpm`, else even.
+    SimpleShuffle,
+    /// Fewest calls in flight.
+    LeastBusy,
+    /// Fewest tokens this minute (`usage-based-routing`, `-v2`).
+    UsageBased,
+    /// Lowest moving average of time per produced token; unmeasured deployments first.
+    LatencyBased,
+    /// Cheapest input + output price per token; unpriced last.
+    CostBased,
+}
+
+impl Strategy {
+    /// The strategy a validated config names (`simple-shuffle` when none).
+    pub fn from_name(name: Option<&str>) -> Strategy {
+        match name {
+            Some("least-busy") => Strategy::LeastBusy,
+            Some("usage-based-routing" | "usage-based-routing-v2") => Strategy::UsageBased,
+            Some("latency-based-routing") => Strategy::LatencyBased,
+            Some("cost-based-routing") => Strategy::CostBased,
+            _ => Strategy::SimpleShuffle,
+        }
+    }
+
+    /// The index in `band` (not empty) of the deployment to try next; ties go round robin from
+    /// `start`.
+    fn choose(self, band: &[&Arc<Deployment>], start: usize) -> usize {
+        let n = band.len();
+        let lowest = |rank: &dyn Fn(&Deployment) -> u64| {
+            (0..n)
+                .map(|k| (start + k) % n)
+                .min_by_key(|&i| rank(band[i]))
+                .unwrap_or(0)
+        };
+        match self {
+            Strategy::SimpleShuffle => {
+                let share: fn(&Deployment) -> Option<f64> =
+                    if band.iter().any(|d| d.weight.is_some()) {
+                        |d| d.weight
+                    } else if band.iter().any(|d| d.rpm.is_some()) {
+                        |d| d.rpm.map(|r| r as f64)
+                    } else {
+                        |d| d.tpm.map(|t| t as f64)
+                    };
+                let weights: Vec<f64> = band.iter().map(|d| share(d).unwrap_or(0.0)).collect();
+                let total: f64 = weights.iter().sum();
+                if total.is_nan() || total <= 0.0 {
+                    return fastrand::usize(..n);
+                }
+                let mut x = fastrand::f64() * total;
+                for (i, w) in weights.iter().enumerate() {
+                    if x < *w {
+                        return i;
+                    }
+                    x -= w;
+                }
+                weights.iter().rposition(|w| *w > 0.0).unwrap_or(0)
+            }
+            Strategy::LeastBusy => lowest(&|d| d.in_flight.load(Ordering::Acquire)),
+            Strategy::UsageBased => lowest(&|d| d.minute_tokens()),
+            Strategy::LatencyBased => lowest(&|d| d.latency_ns.load(Ordering::Relaxed)),
+            Strategy::CostBased => lowest(&|d| {
+                if d.priced {
+                    (d.prices.input.saturating_add(d.prices.output)) as u64
+                } else {
+                    u64::MAX
+                }
+            }),
+        }
+    }
+}
+
+/// The router's rules (`router_settings` / `litellm_settings`): choice, timeouts, failover.
 #[derive(Debug, Clone)]
 pub struct RouterPolicy {
+    pub strategy: Strategy,
+    /// Per attempt, for deployments that set none (`timeout`, capped by `request_timeout`).
+    pub timeout: Duration,
+    pub stream_timeout: Option<Duration>,
     pub num_retries: u32,
     pub allowed_fails: u32,
     pub cooldown: Duration,
@@ -699,7 +839,15 @@ impl RouterPolicy {
             }
             out
         };
+        let secs = |v: Option<f64>| v.map(Duration::from_secs_f64);
+        let timeout = match (secs(r.timeout), secs(r.request_timeout)) {
+            (Some(t), Some(cap)) => t.min(cap),
+            (t, cap) => t.or(cap).unwrap_or(DEFAULT_TIMEOUT),
+        };
         RouterPolicy {
+            strategy: Strategy::from_name(r.routing_strategy.as_deref()),
+            timeout,
+            stream_timeout: secs(r.stream_timeout),
             num_retries: r.num_retries.unwrap_or(2),
             allowed_fails: r.allowed_fails.unwrap_or(3),
             cooldown: Duration::from_secs_f64(r.cooldown_time.unwrap_or(5.0)),
@@ -779,6 +927,18 @@ impl Default for Connection {
             azure_ad_token: None,
         }
     }
+}
+
+/// Scheme, host, port and path of a URL (no userinfo, query or fragment); None if unparsable.
+fn public_base(api_base: &str) -> Option<String> {
+    let u = reqwest::Url::parse(api_base).ok()?;
+    let host = u.host_str()?;
+    let port = u.port().map(|p| format!(":{p}")).unwrap_or_default();
+    Some(format!(
+        "{}://{host}{port}{}",
+        u.scheme(),
+        u.path().trim_end_matches('/')
+    ))
 }
 
 /// The key a deployment calls with: its `api_key`, else the provider's variable. An empty value

@@ -16,6 +16,7 @@ mod keys;
 mod members;
 mod providers;
 mod proxy;
+mod routing;
 mod sdk;
 mod server;
 mod spend_and_resets;

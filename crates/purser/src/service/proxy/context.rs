@@ -240,6 +240,8 @@ pub struct CallRequest {
     pub max_completion: u64,
     /// Size of the JSON body received.
     pub body_bytes: usize,
+    /// When the request was read (the gateway's overhead is measured from here).
+    pub received: std::time::Instant,
 }
 
 /// The body as a JSON object, or the reference's 400.
@@ -363,6 +365,7 @@ impl CallRequest {
             prompt_tokens: 0,
             max_completion,
             body_bytes,
+            received: std::time::Instant::now(),
         })
     }
 

@@ -4,6 +4,7 @@
 //! key and team are looked at right after (`service::alerts`).
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use axum::body::{Body, Bytes};
 use axum::http::{HeaderValue, StatusCode, header};
@@ -43,6 +44,8 @@ pub(super) struct Meter {
     pub(super) soft_budgets: Vec<SoftBudgetWatch>,
     /// Model groups the caller may be failed over to (allow-lists applied; empty: none).
     pub(super) fallbacks: Vec<String>,
+    /// When the current attempt began (latency-based routing learns from it).
+    pub(super) attempt_started: Instant,
 }
 
 impl Meter {
@@ -55,6 +58,7 @@ impl Meter {
         self.log.model_group = Some(d.model_name.clone());
         self.log.custom_llm_provider = Some(d.provider.clone());
         self.slot = slot;
+        self.attempt_started = Instant::now();
     }
 
     /// A call refused before anything was sent upstream (its request cannot be put to this
@@ -89,6 +93,9 @@ impl Meter {
             .limiter
             .add_tokens(&self.limits, usage.total(), self.held);
         dep.add_tokens(usage.total());
+        if status == "success" {
+            dep.record_latency(self.attempt_started.elapsed(), usage.completion_tokens);
+        }
         let mut log = self.log.clone();
         log.spend = cost.0;
         log.prompt_tokens = usage.prompt_tokens as i64;
@@ -165,15 +172,20 @@ pub(super) async fn dispatch(
     loop {
         let answering = Arc::clone(&meter.slot.0);
         let call_id = meter.log.request_id.clone();
+        let received = req.received;
         let attempt = Box::pin(attempt(state.clone(), meter, req, requested.clone())).await;
         let r = match attempt {
             Ok(resp) => {
                 return Ok(with_route_headers(
                     resp,
                     &answering,
-                    &call_id,
-                    total_retries,
-                    fallbacks_used,
+                    Route {
+                        call_id: &call_id,
+                        retries: total_retries,
+                        max_retries: state.models.policy().num_retries,
+                        fallbacks: fallbacks_used,
+                        received,
+                    },
                 ));
             }
             Err(Attempt::Failed(e)) => return Err(e),
@@ -245,29 +257,70 @@ fn with_cost(mut resp: Response, cost: Option<i64>) -> Response {
     resp
 }
 
-/// The reference's routing headers on an answer: which deployment answered, the call's id
-/// (its spend log's `request_id`), and the retries and fallbacks it took.
-fn with_route_headers(
-    mut resp: Response,
-    answered: &Deployment,
-    call_id: &str,
+/// Time spent waiting for the upstream (to its last byte, or to a stream's headers), carried
+/// on the answer so the overhead header can leave it out.
+#[derive(Clone, Copy)]
+struct UpstreamTime(Duration);
+
+fn upstream_took(mut resp: Response, sent: Instant) -> Response {
+    resp.extensions_mut().insert(UpstreamTime(sent.elapsed()));
+    resp
+}
+
+/// What the routing headers say about a call.
+struct Route<'a> {
+    call_id: &'a str,
     retries: u32,
+    max_retries: u32,
     fallbacks: usize,
-) -> Response {
+    received: Instant,
+}
+
+fn ms(d: Duration) -> HeaderValue {
+    let v = (d.as_secs_f64() * 1000.0 * 1000.0).round() / 1000.0;
+    HeaderValue::from_str(&v.to_string()).unwrap_or(HeaderValue::from_static("0"))
+}
+
+/// The reference's routing headers on an answer: which deployment answered (and where: its
+/// `api_base` without credentials or query), the call's id (its spend log's `request_id`), the
+/// retries and fallbacks it took, and the time the call took in all and in the gateway itself.
+fn with_route_headers(mut resp: Response, answered: &Deployment, route: Route<'_>) -> Response {
+    let upstream = resp
+        .extensions()
+        .get::<UpstreamTime>()
+        .map_or(Duration::ZERO, |u| u.0);
+    let total = route.received.elapsed();
     let h = resp.headers_mut();
     for (name, value) in [
         ("x-litellm-model-id", answered.id.as_str()),
         ("x-litellm-model-group", answered.model_name.as_str()),
-        ("x-litellm-call-id", call_id),
+        ("x-litellm-call-id", route.call_id),
     ] {
         if let Ok(v) = HeaderValue::from_str(value) {
             h.insert(name, v);
         }
     }
-    h.insert("x-litellm-attempted-retries", HeaderValue::from(retries));
+    if let Some(base) = answered.public_api_base()
+        && let Ok(v) = HeaderValue::from_str(base)
+    {
+        h.insert("x-litellm-model-api-base", v);
+    }
+    h.insert(
+        "x-litellm-attempted-retries",
+        HeaderValue::from(route.retries),
+    );
+    h.insert(
+        "x-litellm-max-retries",
+        HeaderValue::from(route.max_retries),
+    );
     h.insert(
         "x-litellm-attempted-fallbacks",
-        HeaderValue::from(fallbacks as u64),
+        HeaderValue::from(route.fallbacks as u64),
+    );
+    h.insert("x-litellm-response-duration-ms", ms(total));
+    h.insert(
+        "x-litellm-overhead-duration-ms",
+        ms(total.saturating_sub(upstream)),
     );
     resp
 }
@@ -342,23 +395,24 @@ async fn dispatch_messages_native(
             }));
         }
     };
+    let sent = Instant::now();
+    let resp = match state
+        .models
+        .send_with(&dep, req.kind, &body, req.stream, &extra)
+        .await
+    {
+        Ok(r) => r,
+        Err(failure) => {
+            restore(&mut req, body);
+            return Err(Attempt::retry(failure, meter, req));
+        }
+    };
     if req.stream {
-        let resp = match state
-            .models
-            .send_with(&dep, req.kind, &body, true, &extra)
-            .await
-        {
-            Ok(r) => r,
-            Err(failure) => {
-                restore(&mut req, body);
-                return Err(Attempt::retry(failure, meter, req));
-            }
-        };
         let chunks = resp
             .bytes_stream()
             .map(|r| r.map_err(std::io::Error::other))
             .boxed();
-        return Ok(stream_response(pump_stream(
+        let out = stream_response(pump_stream(
             chunks,
             StreamMeter {
                 meter,
@@ -368,19 +422,9 @@ async fn dispatch_messages_native(
             dep.stream_timeout,
             dep.timeout,
             Relay::AsIs,
-        )));
+        ));
+        return Ok(upstream_took(out, sent));
     }
-    let resp = match state
-        .models
-        .send_with(&dep, req.kind, &body, false, &extra)
-        .await
-    {
-        Ok(r) => r,
-        Err(failure) => {
-            restore(&mut req, body);
-            return Err(Attempt::retry(failure, meter, req));
-        }
-    };
     let bytes = match resp.bytes().await {
         Ok(b) => b,
         Err(e) => return Err(Attempt::Failed(broke_mid_body(&mut meter, &dep, &req, &e))),
@@ -400,12 +444,14 @@ async fn dispatch_messages_native(
             ),
         )));
     };
+    let upstream = sent.elapsed();
     let cost = meter.settle(usage, "success");
     let mut out = Response::new(Body::from(bytes));
     out.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
     );
+    out.extensions_mut().insert(UpstreamTime(upstream));
     Ok(with_cost(out, cost))
 }
 
@@ -430,9 +476,11 @@ impl WireStream {
         }
     }
 
+    /// What the translator still holds at the end of the upstream body (Anthropic's holds
+    /// nothing worth sending: an unterminated line is not an event).
     fn finish(&mut self) -> Vec<u8> {
         match self {
-            WireStream::Anthropic(t) => t.finish(),
+            WireStream::Anthropic(_) => Vec::new(),
             WireStream::Gemini(t) => t.finish(),
         }
     }
@@ -526,18 +574,21 @@ async fn dispatch_translated(
     };
     let wants_usage = client_wants_usage(&req);
     let now = unix_now();
+    if req.stream && wire == Wire::Anthropic {
+        body.insert("stream".into(), Value::Bool(true));
+    } else {
+        body.remove("stream");
+    }
+    let sent = Instant::now();
+    let resp = match state
+        .models
+        .send(&dep, req.kind, &Value::Object(body), req.stream)
+        .await
+    {
+        Ok(r) => r,
+        Err(failure) => return Err(Attempt::retry(failure, meter, req)),
+    };
     if req.stream {
-        if wire == Wire::Anthropic {
-            body.insert("stream".into(), Value::Bool(true));
-        }
-        let resp = match state
-            .models
-            .send(&dep, req.kind, &Value::Object(body), true)
-            .await
-        {
-            Ok(r) => r,
-            Err(failure) => return Err(Attempt::retry(failure, meter, req)),
-        };
         let translator = match wire {
             Wire::Gemini => {
                 WireStream::Gemini(gemini::StreamTranslator::new(&dep.upstream_model, now))
@@ -551,7 +602,7 @@ async fn dispatch_translated(
         } else {
             Relay::StripUsage(UsageChunkFilter::default())
         };
-        return Ok(stream_response(pump_stream(
+        let out = stream_response(pump_stream(
             translated(resp, translator),
             StreamMeter {
                 meter,
@@ -561,21 +612,14 @@ async fn dispatch_translated(
             dep.stream_timeout,
             dep.timeout,
             relay,
-        )));
+        ));
+        return Ok(upstream_took(out, sent));
     }
-    body.remove("stream");
-    let resp = match state
-        .models
-        .send(&dep, req.kind, &Value::Object(body), false)
-        .await
-    {
-        Ok(r) => r,
-        Err(failure) => return Err(Attempt::retry(failure, meter, req)),
-    };
     let bytes = match resp.bytes().await {
         Ok(b) => b,
         Err(e) => return Err(Attempt::Failed(broke_mid_body(&mut meter, &dep, &req, &e))),
     };
+    let upstream = UpstreamTime(sent.elapsed());
     let Ok(raw) = serde_json::from_slice::<Value>(&bytes) else {
         meter.settle(partial_usage(&dep, &req, &bytes), "failure");
         return Err(Attempt::Failed(Error::proxy(
@@ -605,13 +649,13 @@ async fn dispatch_translated(
             ..Usage::default()
         });
     let cost = meter.settle(usage, "success");
-    if messages {
-        return Ok(with_cost(
-            axum::Json(anthropic::to_message(&answer, &requested)).into_response(),
-            cost,
-        ));
-    }
-    Ok(with_cost(axum::Json(answer).into_response(), cost))
+    let mut out = if messages {
+        axum::Json(anthropic::to_message(&answer, &requested)).into_response()
+    } else {
+        axum::Json(answer).into_response()
+    };
+    out.extensions_mut().insert(upstream);
+    Ok(with_cost(out, cost))
 }
 
 /// An answer that broke while its body was read: the counted prompt is billed (the upstream
@@ -653,55 +697,31 @@ async fn dispatch_openai(
     messages: bool,
 ) -> Result<Response, Attempt> {
     let dep = Arc::clone(&meter.slot.0);
-    if req.stream {
-        let wants_usage = client_wants_usage(&req);
-        let relay = if messages {
+    let relay = || {
+        if messages {
             Relay::ToMessages(Box::new(anthropic::ToMessagesStream::new(&requested)))
-        } else if wants_usage {
+        } else if client_wants_usage(&req) {
             Relay::AsIs
         } else {
             Relay::StripUsage(UsageChunkFilter::default())
-        };
-        let chunks: BoxStream<'static, Result<Bytes, std::io::Error>> = if dep.is_mock() {
-            mock_stream(&dep, &requested, &req)
-        } else {
-            // The request body is not read again: moved, not deep-copied.
-            let mut body = std::mem::take(&mut req.body);
-            body.insert("model".into(), Value::String(dep.upstream_model.clone()));
-            let opts = body.entry("stream_options").or_insert_with(|| json!({}));
-            if !opts.is_object() {
-                *opts = json!({});
-            }
-            opts["include_usage"] = Value::Bool(true);
-            let body = Value::Object(body);
-            let resp = match state.models.send(&dep, req.kind, &body, true).await {
-                Ok(r) => r,
-                Err(failure) => {
-                    if let Value::Object(b) = body {
-                        req.body = b;
-                    }
-                    return Err(Attempt::retry(failure, meter, req));
-                }
-            };
-            resp.bytes_stream()
-                .map(|r| r.map_err(std::io::Error::other))
-                .boxed()
-        };
-        let body = pump_stream(
-            chunks,
-            StreamMeter {
-                meter,
-                tap: SseTap::new(dep.tokens),
-                anthropic_tap: None,
-            },
-            dep.stream_timeout,
-            dep.timeout,
-            relay,
-        );
-        return Ok(stream_response(body));
-    }
-
+        }
+    };
     if dep.is_mock() {
+        if req.stream {
+            let relay = relay();
+            let chunks = mock_stream(&dep, &requested, &req);
+            return Ok(stream_response(pump_stream(
+                chunks,
+                StreamMeter {
+                    meter,
+                    tap: SseTap::new(dep.tokens),
+                    anthropic_tap: None,
+                },
+                dep.stream_timeout,
+                dep.timeout,
+                relay,
+            )));
+        }
         let (body, usage) = mock_body(&dep, &requested, &req);
         let cost = meter.settle(usage, "success");
         if messages {
@@ -712,10 +732,22 @@ async fn dispatch_openai(
         }
         return Ok(with_cost(axum::Json(body).into_response(), cost));
     }
+    let relay = req.stream.then(relay);
+    // The request body is not read again: moved, not deep-copied.
     let mut body = std::mem::take(&mut req.body);
     body.insert("model".into(), Value::String(dep.upstream_model.clone()));
+    if req.stream {
+        // Asked for always: a stream is billed from its usage chunk (dropped again for a client
+        // that did not ask for it).
+        let opts = body.entry("stream_options").or_insert_with(|| json!({}));
+        if !opts.is_object() {
+            *opts = json!({});
+        }
+        opts["include_usage"] = Value::Bool(true);
+    }
     let body = Value::Object(body);
-    let resp = match state.models.send(&dep, req.kind, &body, false).await {
+    let sent = Instant::now();
+    let resp = match state.models.send(&dep, req.kind, &body, req.stream).await {
         Ok(r) => r,
         Err(failure) => {
             if let Value::Object(b) = body {
@@ -724,6 +756,24 @@ async fn dispatch_openai(
             return Err(Attempt::retry(failure, meter, req));
         }
     };
+    if let Some(relay) = relay {
+        let chunks = resp
+            .bytes_stream()
+            .map(|r| r.map_err(std::io::Error::other))
+            .boxed();
+        let out = stream_response(pump_stream(
+            chunks,
+            StreamMeter {
+                meter,
+                tap: SseTap::new(dep.tokens),
+                anthropic_tap: None,
+            },
+            dep.stream_timeout,
+            dep.timeout,
+            relay,
+        ));
+        return Ok(upstream_took(out, sent));
+    }
     // Read the body as it arrives: an upstream that answered and then failed mid-body (or sent
     // something that is not JSON) still produced work: bill the counted prompt plus the text
     // received, like an interrupted stream, and keep the log row.
@@ -738,6 +788,7 @@ async fn dispatch_openai(
             }
         }
     }
+    let upstream = UpstreamTime(sent.elapsed());
     let usage = match serde_json::from_slice::<UsageOnly>(&bytes)
         .ok()
         .and_then(|a| a.usage.as_ref().and_then(Usage::from_usage))
@@ -765,18 +816,18 @@ async fn dispatch_openai(
         },
     };
     let cost = meter.settle(usage, "success");
-    if messages {
+    let mut out = if messages {
         let answer = serde_json::from_slice::<Value>(&bytes).unwrap_or(Value::Null);
-        return Ok(with_cost(
-            axum::Json(anthropic::to_message(&answer, &requested)).into_response(),
-            cost,
-        ));
-    }
-    let mut out = Response::new(Body::from(Bytes::from(bytes)));
-    out.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
+        axum::Json(anthropic::to_message(&answer, &requested)).into_response()
+    } else {
+        let mut out = Response::new(Body::from(Bytes::from(bytes)));
+        out.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        out
+    };
+    out.extensions_mut().insert(upstream);
     Ok(with_cost(out, cost))
 }
 

@@ -439,6 +439,7 @@ pub async fn handle(state: AppState, caller: Caller, req: CallRequest) -> Result
         held,
         prompt_estimate: req.prompt_tokens,
         log,
+        attempt_started: std::time::Instant::now(),
     };
     // Spawned: a client disconnect drops the handler, not the accounting.
     tokio::spawn(dispatch(state, meter, req, requested))
