@@ -355,6 +355,22 @@ impl Config {
                     ));
                 }
             }
+            if m.model_name.matches('*').count() > 1 {
+                return Err((
+                    at("model_name"),
+                    "a wildcard model_name takes one '*' (e.g. 'anthropic/*')".into(),
+                ));
+            }
+            match m.litellm_params.model.matches('*').count() {
+                0 => {}
+                1 if m.model_name.contains('*') => {}
+                _ => {
+                    return Err((
+                        at("litellm_params.model"),
+                        "a '*' here stands for what the model_name's '*' matched: one, and only when the model_name has one".into(),
+                    ));
+                }
+            }
             if m.litellm_params.mock_response.is_none() && !m.litellm_params.model.contains('/') {
                 return Err((
                     at("litellm_params.model"),

@@ -1,9 +1,10 @@
 //! Deployments from `model_list` and the ONE pooled upstream client. Deployments are grouped by
-//! `model_name`; a call picks the least busy deployment of its group whose per-deployment
-//! rpm/tpm window has room. Invariants: upstream credentials (`api_key`, `api_base`) are private
-//! to this module and never appear in an error message or a response; prices are converted once
-//! to pico-USD per token at startup, and each deployment's token counter is chosen (and its BPE
-//! encoding loaded) at startup too.
+//! `model_name`; a call takes a deployment of its group by the router's strategy, order tier and
+//! per-deployment rpm/tpm/parallel room ([`Registry::pick_avoiding`]). Invariants: upstream
+//! credentials (`api_key`, tokens) are private to this module and never appear in an error message
+//! or a response; of `api_base` only scheme, host, port and path may be shown
+//! (`x-litellm-model-api-base`); prices are converted once to pico-USD per token at startup, and
+//! each deployment's token counter is chosen (and its BPE encoding loaded) at startup too.
 
 pub mod anthropic;
 pub mod cost_map;
@@ -244,6 +245,22 @@ impl Deployment {
     }
 }
 
+/// The deployments of a group: borrowed from the config's, or shared with the wildcard map.
+enum Group<'a> {
+    Fixed(&'a [Arc<Deployment>]),
+    Built(Arc<Built>),
+}
+
+impl std::ops::Deref for Group<'_> {
+    type Target = [Arc<Deployment>];
+    fn deref(&self) -> &[Arc<Deployment>] {
+        match self {
+            Group::Fixed(d) => d,
+            Group::Built(b) => &b.deps,
+        }
+    }
+}
+
 /// A deployment chosen for one call; dropping it frees its in-flight slot.
 pub struct Slot(pub Arc<Deployment>);
 
@@ -281,6 +298,13 @@ pub struct Registry {
     client: reqwest::Client,
     rr: AtomicUsize,
     policy: RouterPolicy,
+    /// Wildcard groups, most specific first; the map that prices their concrete names (empty
+    /// when there are none); the template deployments `/model/info` lists under the pattern.
+    wildcards: Vec<Wildcard>,
+    cost_map: cost_map::CostMap,
+    listing: HashMap<String, Vec<Arc<Deployment>>>,
+    /// Concrete names served through a wildcard so far (bounded by [`MAX_BUILT`]).
+    built: dashmap::DashMap<String, Arc<Built>>,
 }
 
 impl std::fmt::Debug for Registry {
@@ -306,6 +330,7 @@ impl Registry {
         let mut groups: HashMap<String, Vec<Arc<Deployment>>> = HashMap::new();
         let mut access_groups = AccessGroups::new();
         let mut counters: HashMap<String, Vec<TokenCounter>> = HashMap::new();
+        let mut listing: HashMap<String, Vec<Arc<Deployment>>> = HashMap::new();
         let policy = RouterPolicy::from_config(config);
         let map_path = config
             .general_settings
@@ -316,6 +341,7 @@ impl Registry {
             Some(path) => cost_map::CostMap::from_file(path)?,
             None => cost_map::CostMap::embedded(),
         };
+        let mut wildcards: Vec<Wildcard> = Vec::new();
         for (i, m) in config.model_list.iter().enumerate() {
             let p = &m.litellm_params;
             let (provider, upstream_model) = match p.model.split_once('/') {
@@ -335,93 +361,46 @@ impl Registry {
                 };
                 connection(prov, p, &at, env)?
             };
-            let own_in = p.input_cost_per_token.or(m.model_info.input_cost_per_token);
-            let own_out = p
-                .output_cost_per_token
-                .or(m.model_info.output_cost_per_token);
-            // A deployment that names no price is priced from the cost map; one that is in no
-            // map costs $0, said loudly (budgets cannot limit it).
-            let mut cache_read = p.cache_read_input_token_cost;
-            let mut cache_write = p.cache_creation_input_token_cost;
-            let (own_in, own_out) = if own_in.is_none()
-                && own_out.is_none()
-                && p.mock_response.is_none()
-            {
-                match cost_map.lookup(
-                    &provider,
-                    &upstream_model,
-                    m.model_info.base_model.as_deref(),
-                ) {
-                    Some((key, prices)) => {
-                        tracing::info!(model = %m.model_name, cost_map_key = %key, "deployment priced from the cost map");
-                        cache_read = cache_read.or(prices.cache_read);
-                        cache_write = cache_write.or(prices.cache_write);
-                        (Some(prices.input), Some(prices.output))
-                    }
-                    None => {
-                        tracing::warn!(
-                            model = %m.model_name,
-                            "model_list[{i}] sets no prices and '{provider}/{upstream_model}' is not in the cost map: its calls cost $0 and budgets do not limit them (set input_cost_per_token / output_cost_per_token, or model_info.base_model)"
-                        );
-                        (None, None)
-                    }
-                }
-            } else {
-                (own_in, own_out)
-            };
-            let price = |a: Option<f64>| -> anyhow::Result<i64> {
-                Ok(price_per_token_pico(a.unwrap_or(0.0))?)
-            };
-            let timeout = p
-                .timeout
-                .map(Duration::from_secs_f64)
-                .unwrap_or(policy.timeout);
-            let tokens =
-                TokenCounter::for_deployment(&upstream_model, m.model_info.base_model.as_deref());
-            let dep = Deployment {
-                id: m
-                    .model_info
-                    .id
-                    .clone()
-                    .unwrap_or_else(|| format!("{}-{i}", m.model_name)),
-                model_name: m.model_name.clone(),
+            let template = Template {
+                index: i,
+                entry: m.clone(),
                 provider,
                 upstream_model,
-                wire: conn.wire,
-                public_api_base: public_base(&conn.api_base),
-                api_base: conn.api_base,
-                api_key: conn.api_key,
-                api_version: conn.api_version,
-                azure_ad_token: conn.azure_ad_token,
-                mock_response: p.mock_response.clone(),
-                rpm: p.rpm,
-                tpm: p.tpm,
-                weight: p.weight,
-                order: p.order.unwrap_or(u32::MAX),
-                max_parallel: p.max_parallel_requests,
-                priced: own_in.is_some() || own_out.is_some(),
-                latency_ns: AtomicU64::new(0),
-                track_tokens: p.tpm.is_some() || policy.strategy == Strategy::UsageBased,
-                prices: purser_core::money::TokenPrices {
-                    input: price(own_in)?,
-                    output: price(own_out)?,
-                    cache_read: cache_read.map(|c| price(Some(c))).transpose()?,
-                    cache_write: cache_write.map(|c| price(Some(c))).transpose()?,
-                },
-                timeout,
-                stream_timeout: p
-                    .stream_timeout
-                    .map(Duration::from_secs_f64)
-                    .or(policy.stream_timeout)
-                    .unwrap_or(timeout),
-                access_groups: m.model_info.access_groups.clone(),
-                tokens,
-                in_flight: AtomicU64::new(0),
-                window: Mutex::new((0, 0, 0)),
-                cooldown: p.cooldown_time.map(Duration::from_secs_f64),
-                cooling_until: AtomicU64::new(0),
-                fails: Mutex::new((0, 0)),
+                conn,
             };
+            if m.model_name.contains('*') {
+                // Served for the concrete names it matches, built on first use (`Registry::built`).
+                let listed = template.build(
+                    &m.model_name,
+                    &template.upstream_model,
+                    &cost_map,
+                    &policy,
+                    false,
+                )?;
+                if !groups.contains_key(&m.model_name) {
+                    names.push(m.model_name.clone());
+                }
+                listing
+                    .entry(m.model_name.clone())
+                    .or_default()
+                    .push(Arc::new(listed.0));
+                match wildcards.iter_mut().find(|w| w.pattern == m.model_name) {
+                    Some(w) => w.templates.push(template),
+                    None => wildcards.push(Wildcard {
+                        pattern: m.model_name.clone(),
+                        templates: vec![template],
+                    }),
+                }
+                continue;
+            }
+            let (dep, _) = template.build(
+                &m.model_name,
+                &template.upstream_model,
+                &cost_map,
+                &policy,
+                true,
+            )?;
+            let tokens = dep.tokens;
             for g in &dep.access_groups {
                 access_groups
                     .entry(g.clone())
@@ -441,6 +420,8 @@ impl Registry {
                 .or_default()
                 .push(Arc::new(dep));
         }
+        // The most specific pattern first (`anthropic/claude-*` before `anthropic/*` before `*`).
+        wildcards.sort_by_key(|w| std::cmp::Reverse(w.pattern.len()));
         let client = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(5))
             .pool_idle_timeout(Duration::from_secs(90))
@@ -456,6 +437,14 @@ impl Registry {
             client,
             rr: AtomicUsize::new(0),
             policy,
+            cost_map: if wildcards.is_empty() {
+                cost_map::CostMap::default()
+            } else {
+                cost_map
+            },
+            wildcards,
+            listing,
+            built: dashmap::DashMap::new(),
         };
         // Loaded here, once per process, so no request pays for the tables.
         for counter in registry.bpe_counters() {
@@ -493,23 +482,97 @@ impl Registry {
     /// The counters a call of the group is counted with (one per distinct tokenizer of its
     /// deployments; the reservation takes the largest count).
     pub fn counters(&self, name: &str) -> Arc<[TokenCounter]> {
-        self.counters
-            .get(name)
-            .cloned()
-            .unwrap_or_else(|| Arc::new([TokenCounter::Heuristic]))
+        if let Some(c) = self.counters.get(name) {
+            return Arc::clone(c);
+        }
+        match self.built(name) {
+            Ok(b) => Arc::clone(&b.counters),
+            Err(_) => Arc::new([TokenCounter::Heuristic]),
+        }
     }
 
-    /// Public model names in config order.
+    /// Public model names in config order (wildcard patterns as written).
     pub fn names(&self) -> &[String] {
         &self.names
     }
 
+    /// Whether calls of `name` are served: a group, or a priced name a wildcard matches.
     pub fn contains(&self, name: &str) -> bool {
-        self.groups.contains_key(name)
+        self.groups.contains_key(name) || self.built(name).is_ok()
     }
 
+    /// Why `name` is not served, when it is not.
+    pub fn unserved(&self, name: &str) -> Option<Unserved> {
+        if self.groups.contains_key(name) {
+            return None;
+        }
+        self.built(name).err()
+    }
+
+    /// The deployments of a model as configured, for listings (`/model/info`): a wildcard's are
+    /// its templates under the pattern.
     pub fn deployments(&self, name: &str) -> &[Arc<Deployment>] {
-        self.groups.get(name).map(Vec::as_slice).unwrap_or(&[])
+        self.groups
+            .get(name)
+            .or_else(|| self.listing.get(name))
+            .map(Vec::as_slice)
+            .unwrap_or(&[])
+    }
+
+    /// The deployments a call of `name` may go to: its group, else those its wildcard built for
+    /// it (none when it is not served).
+    fn routable(&self, name: &str) -> Group<'_> {
+        match self.groups.get(name) {
+            Some(g) => Group::Fixed(g),
+            None => match self.built(name) {
+                Ok(b) => Group::Built(b),
+                Err(_) => Group::Fixed(&[]),
+            },
+        }
+    }
+
+    /// The deployments of a concrete name a wildcard matches, built on first use. A name whose
+    /// deployment would be unpriced is not served (a wildcard must not open a way around every
+    /// budget); one the cost map prices, or a wildcard that sets prices, is.
+    fn built(&self, name: &str) -> Result<Arc<Built>, Unserved> {
+        if self.wildcards.is_empty() {
+            return Err(Unserved::Unknown);
+        }
+        if let Some(b) = self.built.get(name) {
+            return Ok(Arc::clone(b.value()));
+        }
+        let (w, part) = self
+            .wildcards
+            .iter()
+            .find_map(|w| w.capture(name).map(|part| (w, part)))
+            .ok_or(Unserved::Unknown)?;
+        let mut deps = Vec::with_capacity(w.templates.len());
+        let mut counters: Vec<TokenCounter> = Vec::new();
+        for t in &w.templates {
+            let upstream = t.upstream_model.replacen('*', part, 1);
+            let Ok((dep, priced)) = t.build(name, &upstream, &self.cost_map, &self.policy, false)
+            else {
+                return Err(Unserved::Unknown);
+            };
+            if !priced {
+                return Err(Unserved::Unpriced(w.pattern.clone()));
+            }
+            if !counters.contains(&dep.tokens) {
+                counters.push(dep.tokens);
+            }
+            deps.push(Arc::new(dep));
+        }
+        if self.built.len() >= MAX_BUILT {
+            self.built.clear();
+        }
+        let b = Arc::new(Built {
+            deps,
+            counters: counters.into(),
+        });
+        // Two first calls racing keep one entry: both then use the same deployments.
+        Ok(Arc::clone(
+            self.built.entry(name.to_string()).or_insert(b).value(),
+        ))
     }
 
     pub fn access_groups(&self) -> &AccessGroups {
@@ -518,7 +581,7 @@ impl Registry {
 
     /// The highest (input, output) prices of a group, for pessimistic reservations.
     pub fn max_prices(&self, name: &str) -> (i64, i64) {
-        self.deployments(name).iter().fold((0, 0), |acc, d| {
+        self.routable(name).iter().fold((0, 0), |acc, d| {
             (acc.0.max(d.prices.input), acc.1.max(d.prices.output))
         })
     }
@@ -538,7 +601,8 @@ impl Registry {
     /// one such tier the strategy chooses, and a deployment whose rpm, tpm or parallel slots
     /// are full passes the call to the next choice, then to the next tier.
     pub fn pick_avoiding(&self, name: &str, tried: &[String]) -> Option<Slot> {
-        let deps = self.deployments(name);
+        let group = self.routable(name);
+        let deps: &[Arc<Deployment>] = &group;
         if let [only] = deps {
             // The common group of one: nothing to rank.
             return (!only.cooling() && only.try_take()).then(|| Slot(Arc::clone(only)));
@@ -564,7 +628,7 @@ impl Registry {
 
     /// Whether the group has a deployment other than `id` that is not cooling down.
     pub fn others_healthy(&self, name: &str, id: &str) -> bool {
-        self.deployments(name)
+        self.routable(name)
             .iter()
             .any(|d| d.id != id && !d.cooling())
     }
@@ -589,7 +653,7 @@ impl Registry {
             w.1 += 1;
             w.1
         };
-        let group_size = self.deployments(&dep.model_name).len();
+        let group_size = self.routable(&dep.model_name).len();
         let at_once =
             f.class == FailureClass::Deployment || (f.status == Some(429) && group_size > 1);
         if at_once || fails > self.policy.allowed_fails {
@@ -863,6 +927,7 @@ impl RouterPolicy {
     pub fn fallbacks(&self, group: &str, class: FailureClass) -> Vec<String> {
         let pick = |t: &HashMap<String, Vec<String>>| {
             t.get(group)
+                .or_else(|| Self::wildcard_entry(t, group))
                 .or_else(|| t.get("*"))
                 .cloned()
                 .unwrap_or_default()
@@ -887,8 +952,23 @@ impl RouterPolicy {
     pub fn has_fallbacks(&self, group: &str) -> bool {
         [&self.fallbacks, &self.context_window, &self.content_policy]
             .iter()
-            .any(|t| t.contains_key(group) || t.contains_key("*"))
+            .any(|t| {
+                t.contains_key(group)
+                    || t.contains_key("*")
+                    || Self::wildcard_entry(t, group).is_some()
+            })
             || !self.default_fallbacks.is_empty()
+    }
+
+    /// The entry of a wildcard group (`anthropic/*`) that a concrete name it serves falls under.
+    fn wildcard_entry<'t>(
+        t: &'t HashMap<String, Vec<String>>,
+        group: &str,
+    ) -> Option<&'t Vec<String>> {
+        t.iter()
+            .filter(|(k, _)| k.as_str() != "*" && k.contains('*'))
+            .find(|(k, _)| purser_core::access::wildcard_match(k, group))
+            .map(|(_, v)| v)
     }
 
     /// How long to wait before retry number `n` (0-based) in a group: nothing while another
@@ -908,7 +988,160 @@ impl RouterPolicy {
     }
 }
 
+/// A wildcard group (`model_name: "anthropic/*"`): its deployments for one concrete name are
+/// built from these templates the first time the name is called.
+struct Wildcard {
+    pattern: String,
+    templates: Vec<Template>,
+}
+
+impl Wildcard {
+    /// The part of `name` the pattern's `*` stands for, if it matches.
+    fn capture<'n>(&self, name: &'n str) -> Option<&'n str> {
+        let (prefix, suffix) = self.pattern.split_once('*')?;
+        let rest = name.strip_prefix(prefix)?.strip_suffix(suffix)?;
+        (!rest.is_empty()).then_some(rest)
+    }
+}
+
+/// The deployments of one concrete name served through a wildcard, and their counters.
+pub struct Built {
+    deps: Vec<Arc<Deployment>>,
+    counters: Arc<[TokenCounter]>,
+}
+
+/// Why a name is not served.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Unserved {
+    /// No group and no wildcard has it.
+    Unknown,
+    /// It matches this wildcard, but neither the deployment nor the cost map prices it: served,
+    /// its calls would cost $0 and no budget would hold them.
+    Unpriced(String),
+}
+
+/// Concrete names kept at once; past this the map starts over (their cooldowns and minute
+/// windows are forgotten, nothing else).
+const MAX_BUILT: usize = 4096;
+
+/// One `model_list` entry, its provider and connection checked at start-up.
+#[derive(Clone)]
+struct Template {
+    index: usize,
+    entry: crate::config::ModelEntry,
+    provider: String,
+    /// The model as the config writes it (a wildcard's may hold `*`).
+    upstream_model: String,
+    conn: Connection,
+}
+
+impl Template {
+    /// The deployment of `model_name` calling `upstream_model`, and whether it is priced (its
+    /// own prices, else the cost map's). `at_startup`: log how it is priced.
+    fn build(
+        &self,
+        model_name: &str,
+        upstream_model: &str,
+        cost_map: &cost_map::CostMap,
+        policy: &RouterPolicy,
+        at_startup: bool,
+    ) -> anyhow::Result<(Deployment, bool)> {
+        let (i, m, p) = (self.index, &self.entry, &self.entry.litellm_params);
+        let provider = &self.provider;
+        let own_in = p.input_cost_per_token.or(m.model_info.input_cost_per_token);
+        let own_out = p
+            .output_cost_per_token
+            .or(m.model_info.output_cost_per_token);
+        // A deployment that names no price is priced from the cost map; one that is in no
+        // map costs $0, said loudly (budgets cannot limit it).
+        let mut cache_read = p.cache_read_input_token_cost;
+        let mut cache_write = p.cache_creation_input_token_cost;
+        let (own_in, own_out) = if own_in.is_none()
+            && own_out.is_none()
+            && p.mock_response.is_none()
+        {
+            match cost_map.lookup(provider, upstream_model, m.model_info.base_model.as_deref()) {
+                Some((key, prices)) => {
+                    if at_startup {
+                        tracing::info!(model = %model_name, cost_map_key = %key, "deployment priced from the cost map");
+                    }
+                    cache_read = cache_read.or(prices.cache_read);
+                    cache_write = cache_write.or(prices.cache_write);
+                    (Some(prices.input), Some(prices.output))
+                }
+                None => {
+                    if at_startup {
+                        tracing::warn!(
+                            model = %model_name,
+                            "model_list[{i}] sets no prices and '{provider}/{upstream_model}' is not in the cost map: its calls cost $0 and budgets do not limit them (set input_cost_per_token / output_cost_per_token, or model_info.base_model)"
+                        );
+                    }
+                    (None, None)
+                }
+            }
+        } else {
+            (own_in, own_out)
+        };
+        let price =
+            |a: Option<f64>| -> anyhow::Result<i64> { Ok(price_per_token_pico(a.unwrap_or(0.0))?) };
+        let timeout = p
+            .timeout
+            .map(Duration::from_secs_f64)
+            .unwrap_or(policy.timeout);
+        let tokens =
+            TokenCounter::for_deployment(upstream_model, m.model_info.base_model.as_deref());
+        let priced = own_in.is_some() || own_out.is_some();
+        let conn = self.conn.clone();
+        let dep = Deployment {
+            id: m
+                .model_info
+                .id
+                .clone()
+                .unwrap_or_else(|| format!("{}-{i}", m.model_name)),
+            model_name: model_name.to_string(),
+            provider: provider.clone(),
+            upstream_model: upstream_model.to_string(),
+            wire: conn.wire,
+            public_api_base: public_base(&conn.api_base),
+            api_base: conn.api_base,
+            api_key: conn.api_key,
+            api_version: conn.api_version,
+            azure_ad_token: conn.azure_ad_token,
+            mock_response: p.mock_response.clone(),
+            rpm: p.rpm,
+            tpm: p.tpm,
+            weight: p.weight,
+            order: p.order.unwrap_or(u32::MAX),
+            max_parallel: p.max_parallel_requests,
+            priced,
+            latency_ns: AtomicU64::new(0),
+            track_tokens: p.tpm.is_some() || policy.strategy == Strategy::UsageBased,
+            prices: purser_core::money::TokenPrices {
+                input: price(own_in)?,
+                output: price(own_out)?,
+                cache_read: cache_read.map(|c| price(Some(c))).transpose()?,
+                cache_write: cache_write.map(|c| price(Some(c))).transpose()?,
+            },
+            timeout,
+            stream_timeout: p
+                .stream_timeout
+                .map(Duration::from_secs_f64)
+                .or(policy.stream_timeout)
+                .unwrap_or(timeout),
+            access_groups: m.model_info.access_groups.clone(),
+            tokens,
+            in_flight: AtomicU64::new(0),
+            window: Mutex::new((0, 0, 0)),
+            cooldown: p.cooldown_time.map(Duration::from_secs_f64),
+            cooling_until: AtomicU64::new(0),
+            fails: Mutex::new((0, 0)),
+        };
+        Ok((dep, priced || p.mock_response.is_some()))
+    }
+}
+
 /// Where and how a deployment's calls go.
+#[derive(Clone)]
 struct Connection {
     wire: Wire,
     api_base: String,

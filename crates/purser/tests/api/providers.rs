@@ -1196,3 +1196,211 @@ both_backends!(
     failed_deployments_are_retried_elsewhere_and_cooled,
     fallbacks_serve_only_models_the_caller_may_use,
 );
+
+// ---------------------------------------------------------------- wildcard routing
+
+fn wildcard_config(m: &MockUpstream) -> String {
+    format!(
+        r#"
+model_list:
+  - model_name: "anthropic/*"
+    litellm_params:
+      model: "anthropic/*"
+      api_base: http://{addr}/ok
+      api_key: {ANTHROPIC_KEY}
+  - model_name: "priced/*"
+    litellm_params:
+      model: "openai/*"
+      api_base: {ok}
+      api_key: k
+      input_cost_per_token: 0.000001
+      output_cost_per_token: 0.000002
+  - model_name: "*"
+    litellm_params:
+      model: "openai/*"
+      api_base: {ok}
+      api_key: k
+  - model_name: gpt-4o-mini
+    litellm_params:
+      model: openai/gpt-4o-mini
+      mock_response: exact group
+    model_info:
+      id: exact
+router_settings:
+  num_retries: 0
+  fallbacks: [{{"anthropic/*": ["gpt-4o-mini"]}}]
+general_settings:
+  master_key: sk-1234
+  proxy_batch_write_at: 0.2
+"#,
+        addr = m.addr,
+        ok = m.base("ok"),
+    )
+}
+
+async fn key_for(app: &TestApp, models: Value) -> String {
+    let (s, b) = app
+        .post("/key/generate", MASTER, json!({"models": models}))
+        .await;
+    assert_eq!(s, 200, "{b}");
+    b["key"].as_str().unwrap().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wildcard_models_serve_any_priced_model_of_their_provider() {
+    let m = MockUpstream::start().await;
+    let app = TestApp::spawn_with(Backend::Sqlite, &wildcard_config(&m)).await;
+
+    // A concrete Anthropic model through `anthropic/*`: translated, sent under its own name,
+    // billed at the cost map's prices (5 plain + 2 cache-read + 1 cache-write prompt, 6 output).
+    let key = key_for(&app, json!([])).await;
+    let (s, body) = app
+        .post(
+            "/v1/chat/completions",
+            &key,
+            hi("anthropic/claude-sonnet-4-5"),
+        )
+        .await;
+    assert_eq!(s, 200, "{body}");
+    assert_eq!(
+        body["choices"][0]["message"]["content"],
+        "Hello from Claude."
+    );
+    assert_eq!(m.last_body()["model"], "claude-sonnet-4-5");
+    let expected = 5.0 * 3e-6 + 2.0 * 3e-7 + 3.75e-6 + 6.0 * 1.5e-5;
+    let spend = spend_after_flush(&app, &key, expected * 0.999).await;
+    assert!((spend - expected).abs() < 1e-12, "{spend} vs {expected}");
+
+    // The catch-all `*` sends the name as given to its provider, priced from the map (gpt-4o:
+    // $2.5 / $10 per 1M; the mock bills 9 + 6 tokens); an exact group wins over any wildcard.
+    let key = key_for(&app, json!([])).await;
+    let r = app
+        .client
+        .post(app.url("/v1/chat/completions"))
+        .bearer_auth(&key)
+        .json(&hi("gpt-4o"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["x-litellm-model-group"], "gpt-4o");
+    assert_eq!(m.last_body()["model"], "gpt-4o");
+    let expected = 9.0 * 2.5e-6 + 6.0 * 1e-5;
+    let spend = spend_after_flush(&app, &key, expected * 0.999).await;
+    assert!((spend - expected).abs() < 1e-12, "{spend} vs {expected}");
+    let r = app
+        .client
+        .post(app.url("/v1/chat/completions"))
+        .bearer_auth(&key)
+        .json(&hi("gpt-4o-mini"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["x-litellm-model-id"], "exact");
+
+    // A wildcard that sets prices serves names the map does not know, at its prices.
+    let key = key_for(&app, json!([])).await;
+    let (s, body) = app
+        .post("/v1/chat/completions", &key, hi("priced/my-local-llama"))
+        .await;
+    assert_eq!(s, 200, "{body}");
+    assert_eq!(m.last_body()["model"], "my-local-llama");
+    let expected = 9.0 * 1e-6 + 6.0 * 2e-6;
+    let spend = spend_after_flush(&app, &key, expected * 0.999).await;
+    assert!((spend - expected).abs() < 1e-12, "{spend} vs {expected}");
+
+    // A name no map prices, through a wildcard that sets none, is refused before the upstream:
+    // it would cost $0 and pass every budget.
+    let hits = m.hits();
+    for name in ["anthropic/claude-from-the-future-9", "some-unknown-model"] {
+        let (s, body) = app.post("/v1/chat/completions", &key, hi(name)).await;
+        assert_eq!(s, 400, "{body}");
+        let msg = body["error"]["message"].as_str().unwrap();
+        assert!(msg.contains("does not serve unpriced models"), "{body}");
+        assert_eq!(body["error"]["param"], "model");
+    }
+    assert_eq!(m.hits(), hits);
+
+    // Allow-lists apply to the concrete name: an exact entry allows that model only, a
+    // wildcard entry the provider's models.
+    let one = key_for(&app, json!(["anthropic/claude-sonnet-4-5"])).await;
+    let (s, _) = app
+        .post(
+            "/v1/chat/completions",
+            &one,
+            hi("anthropic/claude-sonnet-4-5"),
+        )
+        .await;
+    assert_eq!(s, 200);
+    let (s, body) = app
+        .post(
+            "/v1/chat/completions",
+            &one,
+            hi("anthropic/claude-haiku-4-5"),
+        )
+        .await;
+    assert_eq!(s, 403, "{body}");
+    assert_eq!(body["error"]["type"], "key_model_access_denied");
+    assert_eq!(m.hits(), hits + 1);
+    let all = key_for(&app, json!(["anthropic/*"])).await;
+    let (s, body) = app
+        .post(
+            "/v1/chat/completions",
+            &all,
+            hi("anthropic/claude-haiku-4-5"),
+        )
+        .await;
+    assert_eq!(s, 200, "{body}");
+    let (s, _) = app.post("/v1/chat/completions", &all, hi("gpt-4o")).await;
+    assert_eq!(s, 403);
+
+    // /model/info lists the wildcard as configured.
+    let (s, info) = app.get("/model/info", MASTER).await;
+    assert_eq!(s, 200);
+    assert!(
+        info["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|d| d["model_name"] == "anthropic/*"),
+        "{info}"
+    );
+    app.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wildcard_groups_fall_back_by_their_pattern() {
+    let m = MockUpstream::start().await;
+    let yaml = wildcard_config(&m).replace(
+        &format!("api_base: http://{}/ok\n", m.addr),
+        &format!("api_base: http://{}/fail\n", m.addr),
+    );
+    let app = TestApp::spawn_with(Backend::Sqlite, &yaml).await;
+    let r = app
+        .client
+        .post(app.url("/v1/chat/completions"))
+        .bearer_auth(MASTER)
+        .json(&hi("anthropic/claude-sonnet-4-5"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["x-litellm-attempted-fallbacks"], "1");
+    assert_eq!(r.headers()["x-litellm-model-id"], "exact");
+    app.shutdown().await;
+}
+
+#[test]
+fn wildcards_with_more_than_one_star_are_refused() {
+    for (model_name, model, key) in [
+        ("a*b*", "openai/*", "model_list[0].model_name"),
+        ("plain", "openai/*", "model_list[0].litellm_params.model"),
+        ("x/*", "openai/*/*", "model_list[0].litellm_params.model"),
+    ] {
+        let yaml = format!(
+            "model_list:\n  - model_name: \"{model_name}\"\n    litellm_params: {{model: \"{model}\", api_key: k}}\n"
+        );
+        let err = purser::config::Config::parse(&yaml, "c.yaml").unwrap_err();
+        assert_eq!(err.key, key, "{err}");
+    }
+}

@@ -187,6 +187,16 @@ fn check_model_callable(
     if !ctx.master {
         check_key_models(state, ctx, requested, target)?;
     }
+    if let Some(crate::upstream::Unserved::Unpriced(pattern)) = state.models.unserved(target) {
+        return Err(Error::proxy(
+            StatusCode::BAD_REQUEST,
+            "bad_request_error",
+            format!(
+                "model={requested} matches the wildcard model '{pattern}', but its deployment sets no prices and the cost map has none for it: Purser does not serve unpriced models through a wildcard (its calls would cost $0 and no budget would hold them). Set input_cost_per_token / output_cost_per_token on the wildcard deployment, or add the model to model_list."
+            ),
+        )
+        .with_param("model"));
+    }
     if !state.models.contains(target) {
         return Err(Error::proxy(
             StatusCode::BAD_REQUEST,
