@@ -188,6 +188,13 @@ fn encode_component(s: &str) -> String {
 /// The path (and query) of an Azure OpenAI call below `api_base`, for an endpoint such as
 /// `chat/completions`. The deployment name is percent-encoded as a path segment.
 pub fn azure_path(deployment: &str, api_version: &str, endpoint: &str) -> String {
+    if endpoint == "responses" && !azure_is_v1(api_version) {
+        // The Responses API is not below a deployment: the body's `model` names it.
+        return format!(
+            "openai/responses?api-version={}",
+            encode_component(api_version)
+        );
+    }
     if azure_is_v1(api_version) {
         if api_version == "v1" {
             format!("openai/v1/{endpoint}")

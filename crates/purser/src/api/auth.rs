@@ -44,6 +44,10 @@ pub async fn authenticate(State(state): State<AppState>, mut req: Request, next:
             | "/chat/completions"
             | "/v1/embeddings"
             | "/embeddings"
+            | "/v1/completions"
+            | "/completions"
+            | "/v1/responses"
+            | "/responses"
             | "/v1/messages"
     );
     if !governed

@@ -1,4 +1,5 @@
-//! OpenAI-compatible routes: chat completions, embeddings, the model list and model info.
+//! OpenAI-compatible routes: chat and text completions, responses, embeddings, the model list
+//! and model info; the Anthropic-compatible Messages routes.
 //! Handlers are thin; governance, dispatch and accounting live in `service::proxy`.
 
 use axum::Json;
@@ -49,6 +50,38 @@ pub fn routes() -> Vec<Route> {
             tag,
             "Embeddings (alias)",
             embeddings,
+        )
+        .answers(Shape::Wrapped),
+        Route::post(
+            "/v1/completions",
+            Gate::Llm,
+            tag,
+            "Text completion (legacy OpenAI API, streaming supported)",
+            text_completion,
+        )
+        .answers(Shape::Wrapped),
+        Route::post(
+            "/completions",
+            Gate::Llm,
+            tag,
+            "Text completion (alias)",
+            text_completion,
+        )
+        .answers(Shape::Wrapped),
+        Route::post(
+            "/v1/responses",
+            Gate::Llm,
+            tag,
+            "OpenAI Responses API to OpenAI and Azure deployments (streaming supported)",
+            responses,
+        )
+        .answers(Shape::Wrapped),
+        Route::post(
+            "/responses",
+            Gate::Llm,
+            tag,
+            "OpenAI Responses API (alias)",
+            responses,
         )
         .answers(Shape::Wrapped),
         // Anthropic clients: every refusal in Anthropic's error shape (drawn by the handlers
@@ -125,6 +158,24 @@ pub async fn embeddings(
     RawBody(body): RawBody,
 ) -> Result<Response> {
     let req = CallRequest::parse(CallKind::Embeddings, &body)?;
+    proxy::handle(state, caller, req).await
+}
+
+pub async fn text_completion(
+    State(state): State<AppState>,
+    caller: Caller,
+    RawBody(body): RawBody,
+) -> Result<Response> {
+    let req = CallRequest::parse(CallKind::Completions, &body)?;
+    proxy::handle(state, caller, req).await
+}
+
+pub async fn responses(
+    State(state): State<AppState>,
+    caller: Caller,
+    RawBody(body): RawBody,
+) -> Result<Response> {
+    let req = CallRequest::parse(CallKind::Responses, &body)?;
     proxy::handle(state, caller, req).await
 }
 

@@ -275,6 +275,10 @@ impl Drop for Slot {
 pub enum CallKind {
     Chat,
     Embeddings,
+    /// The legacy text completions (`/v1/completions`).
+    Completions,
+    /// OpenAI's Responses API (`/v1/responses`).
+    Responses,
 }
 
 impl CallKind {
@@ -282,6 +286,28 @@ impl CallKind {
         match self {
             CallKind::Chat => "chat/completions",
             CallKind::Embeddings => "embeddings",
+            CallKind::Completions => "completions",
+            CallKind::Responses => "responses",
+        }
+    }
+
+    /// The route a client calls, for messages.
+    pub fn route(self) -> &'static str {
+        match self {
+            CallKind::Chat => "/v1/chat/completions",
+            CallKind::Embeddings => "/v1/embeddings",
+            CallKind::Completions => "/v1/completions",
+            CallKind::Responses => "/v1/responses",
+        }
+    }
+
+    /// The spend log's `call_type` (the reference's names).
+    pub fn call_type(self) -> &'static str {
+        match self {
+            CallKind::Chat => "acompletion",
+            CallKind::Embeddings => "aembedding",
+            CallKind::Completions => "atext_completion",
+            CallKind::Responses => "aresponses",
         }
     }
 }

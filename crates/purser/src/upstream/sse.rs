@@ -49,6 +49,25 @@ impl Usage {
         })
     }
 
+    /// From a Responses API `usage` (`input_tokens`, `output_tokens`, cached tokens in
+    /// `input_tokens_details`). Not for Anthropic's same-named fields, whose input excludes the
+    /// cache: those go through `anthropic::usage`.
+    pub fn from_responses_usage(u: &Value) -> Option<Usage> {
+        let p = u.get("input_tokens")?.as_u64()?;
+        let c = u.get("output_tokens").and_then(Value::as_u64).unwrap_or(0);
+        let read = u
+            .pointer("/input_tokens_details/cached_tokens")
+            .and_then(Value::as_u64)
+            .unwrap_or(0)
+            .min(p);
+        Some(Usage {
+            prompt_tokens: p,
+            completion_tokens: c,
+            cache_read: read,
+            cache_write: 0,
+        })
+    }
+
     /// The cost in nano-USD at per-token pico-USD prices; cache reads and writes at their own
     /// prices when the deployment has them, else at the input price.
     pub fn cost(&self, p: &purser_core::money::TokenPrices) -> purser_core::money::Nanos {
@@ -105,12 +124,35 @@ impl SseTap {
         let Ok(v) = serde_json::from_str::<Value>(data) else {
             return;
         };
+        // Responses API events name their type: the text deltas, and the final response's usage
+        // (`response.completed`, or `.incomplete` / `.failed` with what was used).
+        if let Some(kind) = v.get("type").and_then(Value::as_str)
+            && let Some(event) = kind.strip_prefix("response.")
+        {
+            if event == "output_text.delta"
+                && let Some(t) = v.get("delta").and_then(Value::as_str)
+            {
+                self.produced_tokens += self.counter.text(t);
+            }
+            if let Some(u) = v
+                .pointer("/response/usage")
+                .and_then(Usage::from_responses_usage)
+            {
+                self.usage = Some(u);
+            }
+            return;
+        }
         if let Some(u) = Usage::from_json(&v) {
             self.usage = Some(u);
         }
         if let Some(choices) = v.get("choices").and_then(Value::as_array) {
             for c in choices {
-                if let Some(t) = c.pointer("/delta/content").and_then(Value::as_str) {
+                // Chat chunks carry `delta.content`; text-completion chunks `text`.
+                let text = c
+                    .pointer("/delta/content")
+                    .or_else(|| c.get("text"))
+                    .and_then(Value::as_str);
+                if let Some(t) = text {
                     self.produced_tokens += self.counter.text(t);
                 }
             }
@@ -212,5 +254,25 @@ mod tests {
             })
         );
         assert!(t.done);
+    }
+
+    #[test]
+    fn responses_events_and_completion_chunks() {
+        let mut t = SseTap::default();
+        t.feed(b"event: response.output_text.delta\ndata: {\"type\":\"response.output_text.delta\",\"delta\":\"hello\"}\n\n");
+        t.feed(b"event: response.completed\ndata: {\"type\":\"response.completed\",\"response\":{\"usage\":{\"input_tokens\":7,\"output_tokens\":3,\"input_tokens_details\":{\"cached_tokens\":2}}}}\n\n");
+        assert_eq!(t.produced_tokens, 2);
+        assert_eq!(
+            t.usage,
+            Some(Usage {
+                prompt_tokens: 7,
+                completion_tokens: 3,
+                cache_read: 2,
+                cache_write: 0,
+            })
+        );
+        let mut t = SseTap::default();
+        t.feed(b"data: {\"choices\":[{\"text\":\"hello\",\"index\":0}]}\n\n");
+        assert_eq!(t.produced_tokens, 2);
     }
 }

@@ -145,6 +145,36 @@ impl TokenCounter {
         n
     }
 
+    /// Prompt tokens of a Responses API body: `instructions`, the `input` (a string, or items:
+    /// messages counted as chat messages, other items — tool outputs, reasoning — by their
+    /// strings) and the tool definitions.
+    pub fn responses_prompt(self, body: &Map<String, Value>) -> u64 {
+        let mut n = REPLY_PRIMING;
+        if let Some(i) = body.get("instructions") {
+            n += self.any(i);
+        }
+        match body.get("input") {
+            Some(Value::Array(items)) => {
+                n += items
+                    .iter()
+                    .map(|item| {
+                        if item.get("content").is_some() {
+                            self.message(item)
+                        } else {
+                            TOKENS_PER_MESSAGE + self.any(item)
+                        }
+                    })
+                    .sum::<u64>()
+            }
+            Some(other) => n += self.any(other),
+            None => {}
+        }
+        if let Some(defs) = body.get("tools").filter(|v| !v.is_null()) {
+            n += self.json(defs);
+        }
+        n
+    }
+
     /// Tokens of an embeddings `input`: a string, a list of strings, a token array (one token
     /// per id) or a list of token arrays; anything else has its strings and numbers counted.
     pub fn embedding_input(self, input: &Value) -> u64 {

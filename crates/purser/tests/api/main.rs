@@ -8,6 +8,7 @@ mod alerts;
 mod audit;
 mod cli;
 mod cluster;
+mod completions;
 mod durability;
 mod e2e;
 mod foundation;

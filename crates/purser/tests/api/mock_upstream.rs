@@ -35,6 +35,12 @@
 //! (`api_base: http://<addr>/<mode>`): "Hello from Gemini." (usage: 7 prompt, 4 candidates, 2
 //! thoughts), streamed in two events; the `x-goog-api-key` header is recorded in `api_keys`.
 //!
+//! `/<mode>/v1/completions` (text completions, "Hello from completions.", usage 5 + 4) and
+//! `/<mode>/v1/responses` (+ Azure's `/<mode>/openai/responses` and `/<mode>/openai/v1/responses`):
+//! "Hello from responses." (11 input tokens, 3 cached, 4 output), streamed as the Responses API's
+//! full event sequence; each refuses bodies the real API would (no `prompt` / `input`, `messages`,
+//! `stream_options.include_usage` on responses); mode `fail` answers 500.
+//!
 //! Every call counts a hit, so tests can assert that denials never reach the upstream.
 
 #![allow(dead_code)]
@@ -98,6 +104,10 @@ impl MockUpstream {
         let app = Router::new()
             .route("/{mode}/v1/chat/completions", post(chat))
             .route("/{mode}/v1/embeddings", post(embeddings))
+            .route("/{mode}/v1/completions", post(text_completions))
+            .route("/{mode}/v1/responses", post(responses))
+            .route("/{mode}/openai/responses", post(azure_responses))
+            .route("/{mode}/openai/v1/responses", post(azure_responses))
             .route(
                 "/{mode}/openai/deployments/{dep}/chat/completions",
                 post(azure_chat),
@@ -164,6 +174,145 @@ fn record(seen: &Seen, headers: &HeaderMap, body: &Value) {
             .unwrap_or("")
             .to_string(),
     );
+}
+
+/// `/v1/completions` (legacy text completions): "Hello from completions." (usage 5 + 4), or its
+/// text in three chunks, then a usage chunk when asked for, then DONE. A body without `prompt`
+/// is refused as OpenAI does; mode `fail` answers 500.
+async fn text_completions(
+    State(seen): State<Arc<Seen>>,
+    Path(mode): Path<String>,
+    headers: HeaderMap,
+    body: axum::Json<Value>,
+) -> Response {
+    let body = body.0;
+    record(&seen, &headers, &body);
+    if mode == "fail" {
+        return (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            axum::Json(json!({"error": {"message": "boom", "type": "server_error"}})),
+        )
+            .into_response();
+    }
+    if body.get("prompt").is_none() || body.get("messages").is_some() {
+        return (StatusCode::BAD_REQUEST, axum::Json(json!({"error": {"message": "you must provide a prompt (and no messages)", "type": "invalid_request_error", "param": "prompt"}}))).into_response();
+    }
+    let usage = json!({"prompt_tokens": 5, "completion_tokens": 4, "total_tokens": 9});
+    if body["stream"] == true {
+        let chunk = |text: &str, finish: Value| {
+            json!({"id": "cmpl-mock", "object": "text_completion", "created": 1700000000, "model": "upstream-model",
+                   "choices": [{"text": text, "index": 0, "logprobs": null, "finish_reason": finish}]})
+        };
+        let mut out: Vec<String> = ["Hello ", "from ", "completions."]
+            .iter()
+            .map(|t| format!("data: {}\n\n", chunk(t, Value::Null)))
+            .collect();
+        out.push(format!("data: {}\n\n", chunk("", json!("stop"))));
+        if body["stream_options"]["include_usage"] == true {
+            let u = json!({"id": "cmpl-mock", "object": "text_completion", "created": 1700000000,
+                           "model": "upstream-model", "choices": [], "usage": usage});
+            out.push(format!("data: {u}\n\n"));
+        }
+        out.push("data: [DONE]\n\n".into());
+        return sse(out, Duration::from_millis(5), None);
+    }
+    axum::Json(
+        json!({"id": "cmpl-mock", "object": "text_completion", "created": 1700000000,
+        "model": "upstream-model", "choices": [{"text": "Hello from completions.", "index": 0,
+        "logprobs": null, "finish_reason": "stop"}], "usage": usage}),
+    )
+    .into_response()
+}
+
+/// The Responses API `response` the mock answers (usage: 11 input of which 3 cached, 4 output).
+pub fn response_object(status: &str) -> Value {
+    let done = status == "completed";
+    json!({"id": "resp_mock", "object": "response", "created_at": 1700000000, "status": status,
+        "model": "upstream-model",
+        "output": if done { json!([{"type": "message", "id": "msg_mock", "status": "completed", "role": "assistant",
+            "content": [{"type": "output_text", "text": "Hello from responses.", "annotations": []}]}]) } else { json!([]) },
+        "usage": if done { json!({"input_tokens": 11, "input_tokens_details": {"cached_tokens": 3},
+            "output_tokens": 4, "output_tokens_details": {"reasoning_tokens": 1}, "total_tokens": 15}) } else { Value::Null }})
+}
+
+/// `/v1/responses`: the response above, or its events (`response.created`, text deltas,
+/// `response.completed` with usage). Refuses `stream_options.include_usage` and `messages`, as
+/// the real API does; mode `fail` answers 500.
+async fn responses(
+    State(seen): State<Arc<Seen>>,
+    Path(mode): Path<String>,
+    headers: HeaderMap,
+    body: axum::Json<Value>,
+) -> Response {
+    let body = body.0;
+    record(&seen, &headers, &body);
+    responses_answer(&mode, &body)
+}
+
+async fn azure_responses(
+    State(seen): State<Arc<Seen>>,
+    Path(mode): Path<String>,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
+    body: axum::Json<Value>,
+) -> Response {
+    let body = body.0;
+    record_azure(&seen, &uri, &headers);
+    record(&seen, &headers, &body);
+    responses_answer(&mode, &body)
+}
+
+fn responses_answer(mode: &str, body: &Value) -> Response {
+    if mode == "fail" {
+        return (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            axum::Json(json!({"error": {"message": "boom", "type": "server_error"}})),
+        )
+            .into_response();
+    }
+    if body.get("input").is_none()
+        || body.get("messages").is_some()
+        || body.pointer("/stream_options/include_usage").is_some()
+    {
+        return (StatusCode::BAD_REQUEST, axum::Json(json!({"error": {"message": "Unknown parameter or missing input", "type": "invalid_request_error", "param": null}}))).into_response();
+    }
+    if body["stream"] == true {
+        let done = response_object("completed");
+        let item = done["output"][0].clone();
+        let part = item["content"][0].clone();
+        let mut events = vec![
+            json!({"type": "response.created", "response": response_object("in_progress")}),
+            json!({"type": "response.in_progress", "response": response_object("in_progress")}),
+            json!({"type": "response.output_item.added", "output_index": 0,
+                   "item": {"type": "message", "id": "msg_mock", "status": "in_progress", "role": "assistant", "content": []}}),
+            json!({"type": "response.content_part.added", "item_id": "msg_mock", "output_index": 0, "content_index": 0,
+                   "part": {"type": "output_text", "text": "", "annotations": []}}),
+        ];
+        for d in ["Hello ", "from ", "responses."] {
+            events.push(json!({"type": "response.output_text.delta", "item_id": "msg_mock", "output_index": 0,
+                               "content_index": 0, "delta": d, "logprobs": []}));
+        }
+        events.push(
+            json!({"type": "response.output_text.done", "item_id": "msg_mock", "output_index": 0,
+                           "content_index": 0, "text": "Hello from responses.", "logprobs": []}),
+        );
+        events.push(
+            json!({"type": "response.content_part.done", "item_id": "msg_mock", "output_index": 0,
+                           "content_index": 0, "part": part}),
+        );
+        events.push(json!({"type": "response.output_item.done", "output_index": 0, "item": item}));
+        events.push(json!({"type": "response.completed", "response": done}));
+        let out = events
+            .into_iter()
+            .enumerate()
+            .map(|(n, mut e)| {
+                e["sequence_number"] = json!(n);
+                format!("event: {}\ndata: {e}\n\n", e["type"].as_str().unwrap())
+            })
+            .collect();
+        return sse(out, Duration::from_millis(5), None);
+    }
+    axum::Json(response_object("completed")).into_response()
 }
 
 /// The exact SSE bytes the `ok`/`nousage` streams send, chunk by chunk.

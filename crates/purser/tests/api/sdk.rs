@@ -1,5 +1,5 @@
 //! The unmodified official SDKs as clients: the OpenAI Python SDK against a translated (Anthropic)
-//! deployment and the Anthropic Python SDK against translated (OpenAI) and native (Anthropic)
+//! deployment (chat) and an OpenAI one (Responses API and text completions, streaming too), and the Anthropic Python SDK against translated (OpenAI) and native (Anthropic)
 //! deployments, streaming and not. The interpreter is `PURSER_TEST_PYTHON` (default `python3`);
 //! `.ci/run` installs the pinned SDKs. Outside CI the test skips with a message when they are
 //! missing; with `CI=true` it fails instead.
@@ -62,8 +62,22 @@ try:
     refused = None
 except openai.BadRequestError as e:
     refused = e.status_code
+resp = c.responses.create(model="gpt-real", input="hi", instructions="Be brief.")
+with c.responses.stream(model="gpt-real", input="hi") as s:
+    resp_stream = "".join(e.delta for e in s if e.type == "response.output_text.delta")
+    resp_final = s.get_final_response()
+with c.responses.stream(model="local", input="hi") as s:
+    local_stream = "".join(e.delta for e in s if e.type == "response.output_text.delta")
+    local_final = s.get_final_response().output_text
+comp = c.completions.create(model="gpt-real", prompt="Say hello", max_tokens=8)
+comp_stream = "".join(ch.choices[0].text for ch in c.completions.create(
+    model="gpt-real", prompt="Say hello", stream=True) if ch.choices)
 print(json.dumps({"content": r.choices[0].message.content, "finish": r.choices[0].finish_reason,
-    "prompt_tokens": r.usage.prompt_tokens, "stream": text, "refused": refused}))
+    "prompt_tokens": r.usage.prompt_tokens, "stream": text, "refused": refused,
+    "responses": resp.output_text, "responses_input_tokens": resp.usage.input_tokens,
+    "responses_stream": resp_stream, "responses_final_output_tokens": resp_final.usage.output_tokens,
+    "completion": comp.choices[0].text, "completion_stream": comp_stream,
+    "local_stream": local_stream, "local_final": local_final}))
 "#;
 
 const ANTHROPIC_SDK: &str = r#"
@@ -109,6 +123,10 @@ model_list:
       api_key: openai-key
       input_cost_per_token: 0.000001
       output_cost_per_token: 0.000002
+  - model_name: local
+    litellm_params:
+      model: openai/local
+      mock_response: hi from the mock
 general_settings:
   master_key: sk-1234
   proxy_batch_write_at: 0.2
@@ -127,6 +145,14 @@ general_settings:
     assert_eq!(o["prompt_tokens"], 8);
     assert_eq!(o["stream"], "Hello from Claude.");
     assert_eq!(o["refused"], 400);
+    assert_eq!(o["responses"], "Hello from responses.", "{o}");
+    assert_eq!(o["responses_input_tokens"], 11);
+    assert_eq!(o["responses_stream"], "Hello from responses.");
+    assert_eq!(o["responses_final_output_tokens"], 4);
+    assert_eq!(o["completion"], "Hello from completions.");
+    assert_eq!(o["completion_stream"], "Hello from completions.");
+    assert_eq!(o["local_stream"], "hi from the mock");
+    assert_eq!(o["local_final"], "hi from the mock");
 
     let a = run(ANTHROPIC_SDK, &app.base, &key).await;
     assert_eq!(

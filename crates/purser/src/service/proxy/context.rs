@@ -329,7 +329,7 @@ impl CallRequest {
                         .with_param("messages"));
                 }
             }
-            CallKind::Embeddings => {
+            CallKind::Embeddings | CallKind::Responses => {
                 if !body
                     .get("input")
                     .is_some_and(|i| i.is_string() || i.is_array())
@@ -337,24 +337,34 @@ impl CallRequest {
                     return Err(bad("input must be a string or a list").with_param("input"));
                 }
             }
+            CallKind::Completions => {
+                if !body
+                    .get("prompt")
+                    .is_some_and(|i| i.is_string() || i.is_array())
+                {
+                    return Err(bad("prompt must be a string or a list").with_param("prompt"));
+                }
+            }
         }
         if kind == CallKind::Embeddings && stream {
             return Err(bad("embeddings cannot be streamed").with_param("stream"));
         }
+        let cap = |names: &[&'static str]| -> Result<u64, Error> {
+            let field = names
+                .iter()
+                .find_map(|n| body.get(*n).filter(|v| !v.is_null()).map(|v| (*n, v)));
+            match field {
+                None => Ok(DEFAULT_COMPLETION_ESTIMATE),
+                Some((name, v)) => v.as_u64().ok_or_else(|| {
+                    bad(&format!("{name} must be a non-negative integer")).with_param(name)
+                }),
+            }
+        };
         let max_completion = match kind {
             CallKind::Embeddings => 0,
-            CallKind::Chat => {
-                let field = body
-                    .get("max_completion_tokens")
-                    .filter(|v| !v.is_null())
-                    .or_else(|| body.get("max_tokens").filter(|v| !v.is_null()));
-                match field {
-                    None => DEFAULT_COMPLETION_ESTIMATE,
-                    Some(v) => v.as_u64().ok_or_else(|| {
-                        bad("max_tokens must be a non-negative integer").with_param("max_tokens")
-                    })?,
-                }
-            }
+            CallKind::Chat => cap(&["max_completion_tokens", "max_tokens"])?,
+            CallKind::Completions => cap(&["max_tokens"])?,
+            CallKind::Responses => cap(&["max_output_tokens"])?,
         };
         Ok(CallRequest {
             kind,
@@ -377,6 +387,10 @@ impl CallRequest {
             .map(|c| match self.kind {
                 CallKind::Chat => c.chat_prompt(&self.body),
                 CallKind::Embeddings => self.body.get("input").map_or(0, |i| c.embedding_input(i)),
+                CallKind::Completions => {
+                    self.body.get("prompt").map_or(0, |i| c.embedding_input(i))
+                }
+                CallKind::Responses => c.responses_prompt(&self.body),
             })
             .max()
             .unwrap_or(0)

@@ -545,8 +545,9 @@ async fn dispatch_translated(
             StatusCode::BAD_REQUEST,
             "bad_request_error",
             format!(
-                "litellm.BadRequestError: model={} is a {provider} model; embeddings through {provider} are not served",
-                dep.model_name
+                "litellm.BadRequestError: model={} is a {provider} model; {} is served for OpenAI and Azure deployments only (use /v1/chat/completions or /v1/messages)",
+                dep.model_name,
+                req.kind.route()
             ),
         )));
     }
@@ -700,7 +701,8 @@ async fn dispatch_openai(
     let relay = || {
         if messages {
             Relay::ToMessages(Box::new(anthropic::ToMessagesStream::new(&requested)))
-        } else if client_wants_usage(&req) {
+        } else if req.kind == CallKind::Responses || client_wants_usage(&req) {
+            // Responses streams end with their usage in `response.completed`: nothing to drop.
             Relay::AsIs
         } else {
             Relay::StripUsage(UsageChunkFilter::default())
@@ -736,7 +738,7 @@ async fn dispatch_openai(
     // The request body is not read again: moved, not deep-copied.
     let mut body = std::mem::take(&mut req.body);
     body.insert("model".into(), Value::String(dep.upstream_model.clone()));
-    if req.stream {
+    if req.stream && req.kind != CallKind::Responses {
         // Asked for always: a stream is billed from its usage chunk (dropped again for a client
         // that did not ask for it).
         let opts = body.entry("stream_options").or_insert_with(|| json!({}));
@@ -789,9 +791,13 @@ async fn dispatch_openai(
         }
     }
     let upstream = UpstreamTime(sent.elapsed());
+    let read_usage = match req.kind {
+        CallKind::Responses => Usage::from_responses_usage,
+        _ => Usage::from_usage,
+    };
     let usage = match serde_json::from_slice::<UsageOnly>(&bytes)
         .ok()
-        .and_then(|a| a.usage.as_ref().and_then(Usage::from_usage))
+        .and_then(|a| a.usage.as_ref().and_then(read_usage))
     {
         // The common answer: only `usage` is built; the rest is skipped, not made into maps
         // (the client gets the bytes as received either way).
@@ -847,14 +853,32 @@ pub(super) fn partial_usage(dep: &Deployment, req: &CallRequest, received: &[u8]
     }
 }
 
+/// Tokens of the text an answer without usage holds: chat `message.content`, completion `text`,
+/// or a Responses API `output` message's `output_text` parts.
 pub(super) fn produced_tokens(dep: &Deployment, v: &Value) -> u64 {
-    v.get("choices")
-        .and_then(Value::as_array)
-        .map(|cs| {
-            cs.iter()
-                .filter_map(|c| c.pointer("/message/content").and_then(Value::as_str))
-                .map(|t| dep.tokens.text(t))
-                .sum()
-        })
-        .unwrap_or(0)
+    let choices = v.get("choices").and_then(Value::as_array).map(|cs| {
+        cs.iter()
+            .filter_map(|c| {
+                c.pointer("/message/content")
+                    .or_else(|| c.get("text"))
+                    .and_then(Value::as_str)
+            })
+            .map(|t| dep.tokens.text(t))
+            .sum::<u64>()
+    });
+    let output = || {
+        v.get("output")
+            .and_then(Value::as_array)
+            .map(|items| {
+                items
+                    .iter()
+                    .filter_map(|i| i.get("content").and_then(Value::as_array))
+                    .flatten()
+                    .filter_map(|p| p.get("text").and_then(Value::as_str))
+                    .map(|t| dep.tokens.text(t))
+                    .sum::<u64>()
+            })
+            .unwrap_or(0)
+    };
+    choices.unwrap_or_else(output)
 }

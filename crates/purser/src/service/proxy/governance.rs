@@ -20,7 +20,6 @@ use crate::service::caller::Caller;
 use crate::service::model_budget::{ModelBudgetCheck, ModelReservation, resolve};
 use crate::service::spend::{BudgetCheck, OverBudget, Reservation, SpendScope};
 use crate::store::spend::{SpendColumn, SpendLogRow};
-use crate::upstream::CallKind;
 
 /// Python-like float rendering for messages (`0.5`, `1e-05`).
 pub(super) fn usd(n: i64) -> String {
@@ -382,10 +381,7 @@ pub async fn handle(state: AppState, caller: Caller, req: CallRequest) -> Result
     let start = crate::store::now();
     let log = SpendLogRow {
         request_id: crate::store::spend::new_request_id(),
-        call_type: match req.kind {
-            CallKind::Chat => "acompletion".into(),
-            CallKind::Embeddings => "aembedding".into(),
-        },
+        call_type: req.kind.call_type().into(),
         api_key: caller.api_key_hash().to_string(),
         spend: 0,
         total_tokens: 0,

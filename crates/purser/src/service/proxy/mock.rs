@@ -46,6 +46,40 @@ pub(super) fn mock_body(dep: &Deployment, model: &str, req: &CallRequest) -> (Va
                 usage,
             )
         }
+        CallKind::Completions => {
+            let usage = Usage {
+                prompt_tokens: req.prompt_tokens,
+                completion_tokens: count_text(&text),
+                ..Usage::default()
+            };
+            (
+                json!({
+                    "id": format!("cmpl-{}", uuid::Uuid::new_v4().simple()),
+                    "object": "text_completion",
+                    "created": created(),
+                    "model": model,
+                    "choices": [{"text": text, "index": 0, "logprobs": null, "finish_reason": "stop"}],
+                    "usage": {
+                        "completion_tokens": usage.completion_tokens,
+                        "prompt_tokens": usage.prompt_tokens,
+                        "total_tokens": usage.total(),
+                    }
+                }),
+                usage,
+            )
+        }
+        CallKind::Responses => {
+            let usage = Usage {
+                prompt_tokens: req.prompt_tokens,
+                completion_tokens: count_text(&text),
+                ..Usage::default()
+            };
+            let id = format!("resp_{}", uuid::Uuid::new_v4().simple());
+            (
+                response_object(&id, model, &text, "completed", Some(usage)),
+                usage,
+            )
+        }
         CallKind::Embeddings => {
             let n = match req.body.get("input") {
                 Some(Value::Array(a)) => a.len(),
@@ -72,29 +106,128 @@ pub(super) fn mock_body(dep: &Deployment, model: &str, req: &CallRequest) -> (Va
     }
 }
 
-/// SSE chunks of a mock deployment: one chunk per word, a finish chunk, the usage chunk, DONE.
+/// A Responses API `response` object holding one assistant message of `text`.
+fn response_object(id: &str, model: &str, text: &str, status: &str, usage: Option<Usage>) -> Value {
+    let output = if status == "completed" {
+        json!([{"type": "message", "id": format!("msg_{id}"), "status": "completed", "role": "assistant",
+                "content": [{"type": "output_text", "text": text, "annotations": []}]}])
+    } else {
+        json!([])
+    };
+    json!({
+        "id": id,
+        "object": "response",
+        "created_at": created(),
+        "status": status,
+        "model": model,
+        "output": output,
+        "usage": usage.map(|u| json!({
+            "input_tokens": u.prompt_tokens,
+            "input_tokens_details": {"cached_tokens": 0},
+            "output_tokens": u.completion_tokens,
+            "output_tokens_details": {"reasoning_tokens": 0},
+            "total_tokens": u.total(),
+        })),
+    })
+}
+
+/// A mock deployment's stream for `/v1/responses`: Responses API events, one text delta per word,
+/// ending with `response.completed` carrying the usage.
+fn mock_responses_stream(text: &str, model: &str, req: &CallRequest) -> Vec<String> {
+    let id = format!("resp_{}", uuid::Uuid::new_v4().simple());
+    let item = format!("msg_{id}");
+    let usage = Usage {
+        prompt_tokens: req.prompt_tokens,
+        completion_tokens: count_text(text),
+        ..Usage::default()
+    };
+    let mut events: Vec<Value> = vec![
+        json!({"type": "response.created", "response": response_object(&id, model, "", "in_progress", None)}),
+        json!({"type": "response.in_progress", "response": response_object(&id, model, "", "in_progress", None)}),
+        json!({"type": "response.output_item.added", "output_index": 0,
+               "item": {"type": "message", "id": item, "status": "in_progress", "role": "assistant", "content": []}}),
+        json!({"type": "response.content_part.added", "item_id": item, "output_index": 0, "content_index": 0,
+               "part": {"type": "output_text", "text": "", "annotations": []}}),
+    ];
+    for word in text.split_inclusive(' ') {
+        events.push(
+            json!({"type": "response.output_text.delta", "item_id": item, "output_index": 0,
+                           "content_index": 0, "delta": word}),
+        );
+    }
+    let done = response_object(&id, model, text, "completed", Some(usage));
+    events.push(
+        json!({"type": "response.output_text.done", "item_id": item, "output_index": 0,
+                       "content_index": 0, "text": text}),
+    );
+    events.push(
+        json!({"type": "response.content_part.done", "item_id": item, "output_index": 0,
+                       "content_index": 0, "part": done["output"][0]["content"][0]}),
+    );
+    events.push(
+        json!({"type": "response.output_item.done", "output_index": 0, "item": done["output"][0]}),
+    );
+    events.push(json!({"type": "response.completed", "response": done}));
+    events
+        .into_iter()
+        .enumerate()
+        .map(|(n, mut e)| {
+            e["sequence_number"] = json!(n);
+            format!("event: {}\ndata: {e}\n\n", e["type"].as_str().unwrap_or(""))
+        })
+        .collect()
+}
+
+/// SSE chunks of a mock deployment: one chunk per word, a finish chunk, the usage chunk, DONE
+/// (`/v1/completions` chunks carry `text`; `/v1/responses` gets its own events).
 pub(super) fn mock_stream(
     dep: &Deployment,
     model: &str,
     req: &CallRequest,
 ) -> BoxStream<'static, Result<Bytes, std::io::Error>> {
     let text = dep.mock_response.clone().unwrap_or_default();
-    let id = format!("chatcmpl-{}", uuid::Uuid::new_v4().simple());
+    if req.kind == CallKind::Responses {
+        let out: Vec<Result<Bytes, std::io::Error>> = mock_responses_stream(&text, model, req)
+            .into_iter()
+            .map(|e| Ok(Bytes::from(e)))
+            .collect();
+        return futures_util::stream::iter(out).boxed();
+    }
+    let completions = req.kind == CallKind::Completions;
+    let (id, object) = if completions {
+        (
+            format!("cmpl-{}", uuid::Uuid::new_v4().simple()),
+            "text_completion",
+        )
+    } else {
+        (
+            format!("chatcmpl-{}", uuid::Uuid::new_v4().simple()),
+            "chat.completion.chunk",
+        )
+    };
     let created = created();
     let chunk = |delta: Value, finish: Value| {
-        json!({"id": id, "object": "chat.completion.chunk", "created": created, "model": model,
-               "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
+        let choice = if completions {
+            json!({"index": 0, "text": delta.get("content").cloned().unwrap_or(json!("")),
+                   "logprobs": null, "finish_reason": finish})
+        } else {
+            json!({"index": 0, "delta": delta, "finish_reason": finish})
+        };
+        json!({"id": id, "object": object, "created": created, "model": model, "choices": [choice]})
     };
-    let mut events: Vec<Value> = vec![chunk(
-        json!({"role": "assistant", "content": ""}),
-        Value::Null,
-    )];
+    let mut events: Vec<Value> = Vec::new();
+    if !completions {
+        events.push(chunk(
+            json!({"role": "assistant", "content": ""}),
+            Value::Null,
+        ));
+    }
     for word in text.split_inclusive(' ') {
         events.push(chunk(json!({"content": word}), Value::Null));
     }
     events.push(chunk(json!({}), json!("stop")));
     let completion = count_text(&text);
-    events.push(json!({"id": id, "object": "chat.completion.chunk", "created": created, "model": model,
+    events.push(json!({"id": id, "object": object, "created": created, "model": model,
         "choices": [], "usage": {"prompt_tokens": req.prompt_tokens, "completion_tokens": completion,
         "total_tokens": req.prompt_tokens + completion}}));
     let mut out: Vec<Result<Bytes, std::io::Error>> = events
