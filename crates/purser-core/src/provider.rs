@@ -72,6 +72,15 @@ pub const PROVIDERS: &[Provider] = &[
         key_required: true,
     },
     Provider {
+        // Gemini's wire at `{region}-aiplatform.googleapis.com`, with a service account's OAuth
+        // token (the base URL is built from the project and location).
+        prefix: "vertex_ai",
+        wire: Wire::Gemini,
+        default_api_base: None,
+        key_env: None,
+        key_required: false,
+    },
+    Provider {
         prefix: "gemini",
         wire: Wire::Gemini,
         default_api_base: Some("https://generativelanguage.googleapis.com/v1beta"),
@@ -173,7 +182,7 @@ pub fn azure_is_v1(api_version: &str) -> bool {
 }
 
 /// `s` percent-encoded as one URL path segment or query value (RFC 3986 unreserved kept).
-fn encode_component(s: &str) -> String {
+pub fn encode_component(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for b in s.bytes() {
         if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {

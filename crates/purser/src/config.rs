@@ -90,6 +90,16 @@ pub struct LitellmParams {
     /// Calls this deployment serves at once; further calls go to others of the group.
     #[serde(default)]
     pub max_parallel_requests: Option<u64>,
+    /// Vertex AI: the project (else `VERTEXAI_PROJECT`, else the key file's `project_id`).
+    #[serde(default, alias = "vertex_ai_project")]
+    pub vertex_project: Option<String>,
+    /// Vertex AI: the region (else `VERTEXAI_LOCATION`, else `us-central1`; `global` too).
+    #[serde(default, alias = "vertex_ai_location")]
+    pub vertex_location: Option<String>,
+    /// Vertex AI: a service-account key as JSON text, a mapping, or a file path (else the file
+    /// `GOOGLE_APPLICATION_CREDENTIALS` names).
+    #[serde(default, alias = "vertex_ai_credentials")]
+    pub vertex_credentials: Option<Value>,
     #[serde(flatten)]
     pub extra: BTreeMap<String, Value>,
 }

@@ -11,6 +11,7 @@ pub mod cost_map;
 pub mod gemini;
 pub mod sse;
 pub mod tokens;
+pub mod vertex;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -50,6 +51,8 @@ pub struct Deployment {
     /// Azure: the `api-version`, and an Entra bearer token used instead of `api-key`.
     api_version: String,
     azure_ad_token: Option<String>,
+    /// Vertex AI: the OAuth token source (the Gemini wire, authorized by a bearer token).
+    vertex: Option<Arc<vertex::VertexAuth>>,
     pub mock_response: Option<String>,
     pub rpm: Option<u64>,
     pub tpm: Option<u64>,
@@ -141,6 +144,7 @@ impl Deployment {
                 (None, Some(k)) => req.header("api-key", k),
                 (None, None) => req,
             },
+            // Vertex's bearer token is added by `send_with` (it may have to be fetched).
             Wire::Gemini => match &self.api_key {
                 Some(k) => req.header("x-goog-api-key", k),
                 None => req,
@@ -723,6 +727,30 @@ impl Registry {
         for (name, value) in headers {
             req = req.header(*name, *value);
         }
+        if let Some(v) = &dep.vertex {
+            match v.token(&self.client).await {
+                Ok(t) => req = req.bearer_auth(&t.0),
+                Err(e) => {
+                    return Err(Failure {
+                        error: Error::proxy(
+                            StatusCode::BAD_GATEWAY,
+                            "api_error",
+                            format!(
+                                "litellm.APIError: no Vertex AI access token for model={}: {}",
+                                dep.model_name, e.message
+                            ),
+                        ),
+                        class: if e.refused {
+                            FailureClass::Deployment
+                        } else {
+                            FailureClass::Retryable
+                        },
+                        retry_after: None,
+                        status: None,
+                    });
+                }
+            }
+        }
         if !stream {
             req = req.timeout(dep.timeout);
         }
@@ -1133,6 +1161,7 @@ impl Template {
             api_key: conn.api_key,
             api_version: conn.api_version,
             azure_ad_token: conn.azure_ad_token,
+            vertex: conn.vertex,
             mock_response: p.mock_response.clone(),
             rpm: p.rpm,
             tpm: p.tpm,
@@ -1174,6 +1203,8 @@ struct Connection {
     api_key: Option<String>,
     api_version: String,
     azure_ad_token: Option<String>,
+    /// Vertex AI: the service account whose OAuth token authorizes each call.
+    vertex: Option<Arc<vertex::VertexAuth>>,
 }
 
 impl Default for Connection {
@@ -1184,6 +1215,7 @@ impl Default for Connection {
             api_key: None,
             api_version: String::new(),
             azure_ad_token: None,
+            vertex: None,
         }
     }
 }
@@ -1221,6 +1253,18 @@ fn connection(
     at: &str,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> anyhow::Result<Connection> {
+    if prov.prefix == "vertex_ai" {
+        return vertex_connection(p, at, env);
+    }
+    for (k, set) in [
+        ("vertex_project", p.vertex_project.is_some()),
+        ("vertex_location", p.vertex_location.is_some()),
+        ("vertex_credentials", p.vertex_credentials.is_some()),
+    ] {
+        if set {
+            anyhow::bail!("{at}.{k}: only vertex_ai/ deployments take it");
+        }
+    }
     let api_key = resolve_key(p.api_key.as_deref(), prov, env);
     let api_base = p
         .api_base
@@ -1251,6 +1295,7 @@ fn connection(
         api_key,
         api_version: String::new(),
         azure_ad_token: None,
+        vertex: None,
     };
     if prov.wire == Wire::Azure {
         c.azure_ad_token = p.azure_ad_token.clone().filter(|t| !t.is_empty());
@@ -1282,6 +1327,81 @@ fn connection(
         }
     }
     Ok(c)
+}
+
+/// A Vertex AI deployment's connection: its service account (checked by signing once), project
+/// and location, and the Gemini-wire base URL they make. Errors name the field, never a secret.
+fn vertex_connection(
+    p: &crate::config::LitellmParams,
+    at: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> anyhow::Result<Connection> {
+    if p.model
+        .trim_start_matches("vertex_ai/")
+        .starts_with("claude")
+    {
+        anyhow::bail!(
+            "{at}.model: Anthropic models on Vertex AI (vertex_ai/claude-*) are not served yet; use anthropic/ or a Gemini model"
+        );
+    }
+    if p.api_key.is_some() {
+        anyhow::bail!(
+            "{at}.api_key: Vertex AI calls are authorized by vertex_credentials (a service-account key), not an api_key"
+        );
+    }
+    let text = match &p.vertex_credentials {
+        Some(yaml_serde::Value::String(s)) if s.trim_start().starts_with('{') => s.clone(),
+        Some(yaml_serde::Value::String(path)) => std::fs::read_to_string(path).map_err(|e| {
+            anyhow::anyhow!("{at}.vertex_credentials: cannot read the key file: {e}")
+        })?,
+        Some(v @ yaml_serde::Value::Mapping(_)) => serde_json::to_string(v)
+            .map_err(|_| anyhow::anyhow!("{at}.vertex_credentials: not a key file's fields"))?,
+        Some(_) => {
+            anyhow::bail!(
+                "{at}.vertex_credentials: give the key as JSON text, a mapping or a file path"
+            )
+        }
+        None => match env("GOOGLE_APPLICATION_CREDENTIALS").filter(|p| !p.is_empty()) {
+            Some(path) => std::fs::read_to_string(&path).map_err(|e| {
+                anyhow::anyhow!("{at}: cannot read GOOGLE_APPLICATION_CREDENTIALS: {e}")
+            })?,
+            None => anyhow::bail!(
+                "{at}.vertex_credentials: required (a service-account key; or set GOOGLE_APPLICATION_CREDENTIALS). Credentials from the metadata server are not supported yet"
+            ),
+        },
+    };
+    let (auth, key_project) = vertex::VertexAuth::from_json(&text)
+        .map_err(|e| anyhow::anyhow!("{at}.vertex_credentials: {e}"))?;
+    let nonempty = |v: Option<String>| v.filter(|s| !s.trim().is_empty());
+    let Some(project) = nonempty(p.vertex_project.clone())
+        .or_else(|| nonempty(env("VERTEXAI_PROJECT")))
+        .or(nonempty(key_project))
+    else {
+        anyhow::bail!(
+            "{at}.vertex_project: required (or VERTEXAI_PROJECT, or project_id in the key)"
+        );
+    };
+    let location = nonempty(p.vertex_location.clone())
+        .or_else(|| nonempty(env("VERTEXAI_LOCATION")))
+        .unwrap_or_else(|| "us-central1".into());
+    if !location
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || c == '-')
+    {
+        anyhow::bail!("{at}.vertex_location: '{location}' is not a region name");
+    }
+    let api_base = vertex::base_url(p.api_base.as_deref(), &project, &location);
+    if reqwest::Url::parse(&api_base).map_or(true, |u| !matches!(u.scheme(), "http" | "https")) {
+        anyhow::bail!("{at}.api_base: must be an http:// or https:// URL");
+    }
+    Ok(Connection {
+        wire: Wire::Gemini,
+        api_base,
+        api_key: None,
+        api_version: String::new(),
+        azure_ad_token: None,
+        vertex: Some(Arc::new(auth)),
+    })
 }
 
 /// 504: the upstream did not answer in time.

@@ -24,3 +24,4 @@ mod spend_and_resets;
 mod teams;
 mod tokens;
 mod users;
+mod vertex;

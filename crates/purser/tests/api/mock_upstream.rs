@@ -74,6 +74,10 @@ pub struct Seen {
     pub anthropic_headers: Mutex<Vec<(String, String, String)>>,
     /// Chunks of `long` streams actually written.
     pub long_chunks_sent: AtomicUsize,
+    /// OAuth tokens the `/<mode>/token` endpoint granted (or refused).
+    pub tokens_granted: AtomicUsize,
+    /// `host:port` the mock listens on (token audiences are checked against it).
+    pub host: Mutex<String>,
     /// `counted` calls wait while this is set.
     holding: AtomicBool,
     released: tokio::sync::Notify,
@@ -116,12 +120,18 @@ impl MockUpstream {
             .route("/{mode}/v1/messages", post(anthropic_messages))
             .route("/{mode}/models/{action}", post(gemini_generate))
             .route(
+                "/{mode}/v1/projects/{project}/locations/{location}/publishers/google/models/{action}",
+                post(vertex_generate),
+            )
+            .route("/{mode}/token", post(oauth_token))
+            .route(
                 "/{mode}/openai/deployments/{dep}/embeddings",
                 post(azure_embeddings),
             )
             .with_state(seen.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
+        *seen.host.lock().unwrap() = addr.to_string();
         let task = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
@@ -714,7 +724,95 @@ async fn gemini_generate(
     headers: HeaderMap,
     body: axum::Json<Value>,
 ) -> Response {
-    let body = body.0;
+    gemini_answer(seen, action, uri, headers, body.0)
+}
+
+/// Vertex AI's generateContent (the Gemini wire below a project and location), answered as
+/// Gemini's; the call's `Authorization` (the OAuth token) is recorded in `auth`.
+async fn vertex_generate(
+    State(seen): State<Arc<Seen>>,
+    Path((_mode, _project, _location, action)): Path<(String, String, String, String)>,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
+    body: axum::Json<Value>,
+) -> Response {
+    let bearer = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if !bearer.starts_with("Bearer ya29.mock-") {
+        return (
+            StatusCode::UNAUTHORIZED,
+            axum::Json(json!({"error": {"code": 401, "message": "Request had invalid authentication credentials.", "status": "UNAUTHENTICATED"}})),
+        )
+            .into_response();
+    }
+    gemini_answer(seen, action, uri, headers, body.0)
+}
+
+/// Google's OAuth token endpoint for service-account JWTs: checks the grant and the assertion's
+/// shape (RS256, issuer, audience, scope, a 2048-bit signature) and answers `ya29.mock-<n>`;
+/// mode `brief` grants tokens that are already due for refresh, mode `deny` refuses the grant.
+async fn oauth_token(
+    State(seen): State<Arc<Seen>>,
+    Path(mode): Path<String>,
+    uri: axum::http::Uri,
+    form: String,
+) -> Response {
+    use base64::Engine;
+    let n = seen.tokens_granted.fetch_add(1, Ordering::SeqCst) + 1;
+    let pairs: std::collections::HashMap<String, String> = form_urlencoded::parse(form.as_bytes())
+        .into_owned()
+        .collect();
+    let bad = |m: &str| {
+        (
+            StatusCode::BAD_REQUEST,
+            axum::Json(json!({"error": "invalid_grant", "error_description": m})),
+        )
+            .into_response()
+    };
+    if mode == "deny" {
+        return bad("Invalid JWT Signature.");
+    }
+    if pairs.get("grant_type").map(String::as_str)
+        != Some("urn:ietf:params:oauth:grant-type:jwt-bearer")
+    {
+        return bad("grant_type");
+    }
+    let jwt = pairs.get("assertion").cloned().unwrap_or_default();
+    let parts: Vec<&str> = jwt.split('.').collect();
+    let decode = |p: &str| {
+        base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(p)
+            .unwrap_or_default()
+    };
+    let header: Value = serde_json::from_slice(&decode(parts.first().copied().unwrap_or("")))
+        .unwrap_or(Value::Null);
+    let claims: Value =
+        serde_json::from_slice(&decode(parts.get(1).copied().unwrap_or(""))).unwrap_or(Value::Null);
+    let sig = decode(parts.get(2).copied().unwrap_or(""));
+    let aud = format!("http://{}{}", seen.host.lock().unwrap(), uri.path());
+    if parts.len() != 3
+        || header["alg"] != "RS256"
+        || claims["iss"] != "purser-test@purser-tests.iam.gserviceaccount.com"
+        || claims["aud"] != aud.as_str()
+        || claims["scope"] != "https://www.googleapis.com/auth/cloud-platform"
+        || sig.len() != 256
+    {
+        return bad(&format!("bad assertion: {header} {claims} (aud {aud})"));
+    }
+    let expires_in = if mode == "brief" { 60 } else { 3599 };
+    axum::Json(json!({"access_token": format!("ya29.mock-{n}"), "expires_in": expires_in, "token_type": "Bearer"}))
+        .into_response()
+}
+
+fn gemini_answer(
+    seen: Arc<Seen>,
+    action: String,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
+    body: Value,
+) -> Response {
     record(&seen, &headers, &body);
     seen.azure_paths.lock().unwrap().push(
         uri.path_and_query()
