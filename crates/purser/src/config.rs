@@ -253,7 +253,27 @@ pub struct Routing {
     /// The reference's switch for `order` and rpm/tpm filtering: Purser always checks both, so
     /// only `true` (or absent) is accepted.
     pub enable_pre_call_checks: Option<bool>,
+    /// Retries per error class (`RateLimitErrorRetries: 3`…), over `num_retries`.
+    pub retry_policy: Option<BTreeMap<String, u32>>,
+    /// `retry_policy` per model group.
+    pub model_group_retry_policy: Option<BTreeMap<String, BTreeMap<String, u32>>>,
+    /// Failures per minute of one class a deployment may have before it cools down
+    /// (`RateLimitErrorAllowedFails: 10`…), over `allowed_fails` and the at-once rules.
+    pub allowed_fails_policy: Option<BTreeMap<String, u32>>,
 }
+
+/// The error classes of `retry_policy` (`<Class>Retries`) and `allowed_fails_policy`
+/// (`<Class>AllowedFails`), the reference's names.
+pub const ERROR_CLASSES: &[&str] = &[
+    "BadRequestError",
+    "AuthenticationError",
+    "TimeoutError",
+    "RateLimitError",
+    "ContentPolicyViolationError",
+    "InternalServerError",
+    "ServiceUnavailableError",
+    "NotFoundError",
+];
 
 /// The `routing_strategy` values (the reference's names).
 pub const ROUTING_STRATEGIES: &[&str] = &[
@@ -511,6 +531,15 @@ impl Config {
             stream_timeout: r.stream_timeout.or(l.stream_timeout),
             request_timeout: r.request_timeout.or(l.request_timeout),
             enable_pre_call_checks: r.enable_pre_call_checks.or(l.enable_pre_call_checks),
+            retry_policy: r.retry_policy.clone().or_else(|| l.retry_policy.clone()),
+            model_group_retry_policy: r
+                .model_group_retry_policy
+                .clone()
+                .or_else(|| l.model_group_retry_policy.clone()),
+            allowed_fails_policy: r
+                .allowed_fails_policy
+                .clone()
+                .or_else(|| l.allowed_fails_policy.clone()),
         }
     }
 
@@ -559,6 +588,59 @@ impl Config {
                         ROUTING_STRATEGIES.join(", ")
                     ),
                 ));
+            }
+            let check_policy = |at: String,
+                                policy: &BTreeMap<String, u32>,
+                                suffix: &str,
+                                extra: &[&str]|
+             -> Result<(), (String, String)> {
+                for k in policy.keys() {
+                    let known = k
+                        .strip_suffix(suffix)
+                        .is_some_and(|c| ERROR_CLASSES.contains(&c))
+                        || extra.contains(&k.as_str());
+                    if !known {
+                        return Err((
+                            format!("{at}.{k}"),
+                            format!(
+                                "not a class this gateway tells apart (one of {}{suffix}{})",
+                                ERROR_CLASSES.join(&format!("{suffix}, ")),
+                                extra.iter().map(|e| format!(", {e}")).collect::<String>()
+                            ),
+                        ));
+                    }
+                }
+                Ok(())
+            };
+            if let Some(p) = &r.retry_policy {
+                check_policy(
+                    format!("{section}.retry_policy"),
+                    p,
+                    "Retries",
+                    &["DefaultRetries"],
+                )?;
+            }
+            for (group, p) in r.model_group_retry_policy.iter().flatten() {
+                if !known(group) {
+                    return Err((
+                        format!("{section}.model_group_retry_policy"),
+                        format!("'{group}' is not a model_name of model_list"),
+                    ));
+                }
+                check_policy(
+                    format!("{section}.model_group_retry_policy.{group}"),
+                    p,
+                    "Retries",
+                    &["DefaultRetries"],
+                )?;
+            }
+            if let Some(p) = &r.allowed_fails_policy {
+                check_policy(
+                    format!("{section}.allowed_fails_policy"),
+                    p,
+                    "AllowedFails",
+                    &[],
+                )?;
             }
             if r.enable_pre_call_checks == Some(false) {
                 return Err((

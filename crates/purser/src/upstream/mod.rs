@@ -13,7 +13,7 @@ pub mod sse;
 pub mod tokens;
 pub mod vertex;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -83,8 +83,8 @@ pub struct Deployment {
     cooldown: Option<Duration>,
     /// Unix ms until which the deployment is skipped.
     cooling_until: AtomicU64,
-    /// (minute, failures in it).
-    fails: Mutex<(u64, u32)>,
+    /// (minute, failures in it, of them per error class of `config::ERROR_CLASSES`).
+    fails: Mutex<(u64, u32, [u32; 8])>,
 }
 
 impl std::fmt::Debug for Deployment {
@@ -668,25 +668,40 @@ impl Registry {
     /// otherwise once its failures this minute exceed `allowed_fails`. The cooldown lasts the
     /// deployment's `cooldown_time`, else the upstream's `retry-after`, else the router's.
     pub fn record_failure(&self, dep: &Deployment, f: &Failure) {
-        if matches!(
-            f.class,
-            FailureClass::Request | FailureClass::ContextWindow | FailureClass::ContentPolicy
-        ) {
+        let class_limit = self.policy.allowed_fails_for(f);
+        if class_limit.is_none()
+            && matches!(
+                f.class,
+                FailureClass::Request | FailureClass::ContextWindow | FailureClass::ContentPolicy
+            )
+        {
             return;
         }
         let minute = Deployment::now_ms() / 60_000;
-        let fails = {
+        let class_index = crate::config::ERROR_CLASSES
+            .iter()
+            .position(|c| *c == f.error_class())
+            .unwrap_or(0);
+        let (fails, class_fails) = {
             let mut w = dep.fails.lock().unwrap_or_else(|p| p.into_inner());
             if w.0 != minute {
-                *w = (minute, 0);
+                *w = (minute, 0, [0; 8]);
             }
             w.1 += 1;
-            w.1
+            w.2[class_index] += 1;
+            (w.1, w.2[class_index])
         };
-        let group_size = self.routable(&dep.model_name).len();
-        let at_once =
-            f.class == FailureClass::Deployment || (f.status == Some(429) && group_size > 1);
-        if at_once || fails > self.policy.allowed_fails {
+        let cool = match class_limit {
+            // A class with its own threshold follows only it (the reference's rule).
+            Some(limit) => class_fails > limit,
+            None => {
+                let group_size = self.routable(&dep.model_name).len();
+                let at_once = f.class == FailureClass::Deployment
+                    || (f.status == Some(429) && group_size > 1);
+                at_once || fails > self.policy.allowed_fails
+            }
+        };
+        if cool {
             let d = dep
                 .cooldown
                 .or(f.retry_after.filter(|d| !d.is_zero()))
@@ -804,6 +819,28 @@ pub struct Failure {
     pub retry_after: Option<Duration>,
     /// The upstream status (None: no answer).
     pub status: Option<u16>,
+}
+
+impl Failure {
+    /// The reference's error class of this failure (the `retry_policy` / `allowed_fails_policy`
+    /// key without its suffix; one of `config::ERROR_CLASSES`).
+    pub fn error_class(&self) -> &'static str {
+        if self.class == FailureClass::ContentPolicy {
+            return "ContentPolicyViolationError";
+        }
+        match self.status {
+            Some(401 | 403) => "AuthenticationError",
+            Some(404) => "NotFoundError",
+            Some(408) => "TimeoutError",
+            Some(429) => "RateLimitError",
+            Some(503) => "ServiceUnavailableError",
+            Some(s) if s >= 500 => "InternalServerError",
+            Some(_) => "BadRequestError",
+            // No answer: timed out, or could not connect (answered 503 to the caller).
+            None if self.error.status() == StatusCode::GATEWAY_TIMEOUT => "TimeoutError",
+            None => "ServiceUnavailableError",
+        }
+    }
 }
 
 impl From<Failure> for Error {
@@ -938,6 +975,11 @@ pub struct RouterPolicy {
     default_fallbacks: Vec<String>,
     context_window: HashMap<String, Vec<String>>,
     content_policy: HashMap<String, Vec<String>>,
+    /// `retry_policy` (`RateLimitErrorRetries` → n) and `model_group_retry_policy`.
+    retry_policy: BTreeMap<String, u32>,
+    group_retry_policy: BTreeMap<String, BTreeMap<String, u32>>,
+    /// `allowed_fails_policy` (`RateLimitErrorAllowedFails` → n).
+    allowed_fails_policy: BTreeMap<String, u32>,
 }
 
 /// At most this many fallback groups per call (the reference's `max_fallbacks`).
@@ -974,7 +1016,40 @@ impl RouterPolicy {
             default_fallbacks: r.default_fallbacks.clone().unwrap_or_default(),
             context_window: table(&r.context_window_fallbacks),
             content_policy: table(&r.content_policy_fallbacks),
+            retry_policy: r.retry_policy.clone().unwrap_or_default(),
+            group_retry_policy: r.model_group_retry_policy.clone().unwrap_or_default(),
+            allowed_fails_policy: r.allowed_fails_policy.clone().unwrap_or_default(),
         }
+    }
+
+    /// Retries a failure in `group` gets: the group's `model_group_retry_policy` else
+    /// `retry_policy` for its class (or their `DefaultRetries`); without an entry,
+    /// `num_retries` for retryable failures and none for the rest.
+    pub fn retries_for(&self, group: &str, f: &Failure) -> u32 {
+        let table = self
+            .group_retry_policy
+            .get(group)
+            .unwrap_or(&self.retry_policy);
+        let class = f.error_class();
+        table
+            .iter()
+            .find(|(k, _)| k.strip_suffix("Retries") == Some(class))
+            .map(|(_, n)| *n)
+            .or_else(|| table.get("DefaultRetries").copied())
+            .unwrap_or(if f.class == FailureClass::Retryable {
+                self.num_retries
+            } else {
+                0
+            })
+    }
+
+    /// `allowed_fails_policy`'s threshold for a failure's class, if it names one.
+    fn allowed_fails_for(&self, f: &Failure) -> Option<u32> {
+        let class = f.error_class();
+        self.allowed_fails_policy
+            .iter()
+            .find(|(k, _)| k.strip_suffix("AllowedFails") == Some(class))
+            .map(|(_, n)| *n)
     }
 
     /// The groups a failure of `class` in `group` falls back to, in order.
@@ -1189,7 +1264,7 @@ impl Template {
             window: Mutex::new((0, 0, 0)),
             cooldown: p.cooldown_time.map(Duration::from_secs_f64),
             cooling_until: AtomicU64::new(0),
-            fails: Mutex::new((0, 0)),
+            fails: Mutex::new((0, 0, [0; 8])),
         };
         Ok((dep, priced || p.mock_response.is_some()))
     }

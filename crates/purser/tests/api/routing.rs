@@ -368,3 +368,79 @@ fn routing_settings_purser_does_not_have_are_refused() {
     .unwrap();
     assert!(c.ignored_keys().is_empty(), "{:?}", c.ignored_keys());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_policy_sets_retries_per_error_class_and_group() {
+    let m = MockUpstream::start().await;
+    let yaml = config(
+        &[
+            upstream("busy-a", "busy-a", &m.base("busy"), ""),
+            upstream("busy-b", "busy-b", &m.base("busy"), ""),
+            upstream("broken", "broken", &m.base("fail"), ""),
+        ],
+        "  num_retries: 0\n  allowed_fails: 100\n  retry_policy: {RateLimitErrorRetries: 2, InternalServerErrorRetries: 1}\n  model_group_retry_policy: {busy-b: {DefaultRetries: 0}}\n",
+    );
+    let app = TestApp::spawn_with(Backend::Sqlite, &yaml).await;
+    for (model, status, attempts) in [("busy-a", 429, 3), ("busy-b", 429, 1), ("broken", 502, 2)] {
+        let before = m.hits();
+        let (s, body) = app.post("/v1/chat/completions", MASTER, hi(model)).await;
+        assert_eq!(s, status, "{model}: {body}");
+        assert_eq!(m.hits() - before, attempts, "{model}");
+    }
+    app.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn allowed_fails_policy_sets_the_cooldown_threshold_per_class() {
+    let m = MockUpstream::start().await;
+    let yaml = config(
+        &[
+            // A 429 in a group of two would cool its deployment at once; the policy allows 100.
+            upstream("busy", "pair", &m.base("busy"), ", order: 1"),
+            mock("spare", "pair", ", order: 2"),
+            // A 500 would be allowed 3 a minute; the policy allows none.
+            upstream("broken", "single", &m.base("fail"), ""),
+        ],
+        "  num_retries: 1\n  allowed_fails_policy: {RateLimitErrorAllowedFails: 100, InternalServerErrorAllowedFails: 0}\n  cooldown_time: 60\n",
+    );
+    let app = TestApp::spawn_with(Backend::Sqlite, &yaml).await;
+    let before = m.hits();
+    let got = answered_by(&app, "pair", 4).await;
+    assert_eq!(got.get("spare"), Some(&4), "{got:?}");
+    assert_eq!(m.hits() - before, 4, "the busy deployment never cooled");
+    let before = m.hits();
+    let (s, _) = app.post("/v1/chat/completions", MASTER, hi("single")).await;
+    assert_eq!(s, 502);
+    assert_eq!(
+        m.hits() - before,
+        1,
+        "cooled after its first 500: the retry found nothing"
+    );
+    let (s, body) = app.post("/v1/chat/completions", MASTER, hi("single")).await;
+    assert_eq!(s, 429, "{body}");
+    assert_eq!(m.hits() - before, 1);
+    app.shutdown().await;
+}
+
+#[test]
+fn error_class_policies_name_known_classes() {
+    let models =
+        "model_list:\n  - model_name: a\n    litellm_params: {model: openai/a, mock_response: x}\n";
+    for (yaml, key) in [
+        (
+            "router_settings:\n  retry_policy: {WeirdErrorRetries: 1}\n",
+            "router_settings.retry_policy.WeirdErrorRetries",
+        ),
+        (
+            "router_settings:\n  allowed_fails_policy: {RateLimitErrorRetries: 1}\n",
+            "router_settings.allowed_fails_policy.RateLimitErrorRetries",
+        ),
+        (
+            "router_settings:\n  model_group_retry_policy: {zzz: {DefaultRetries: 1}}\n",
+            "router_settings.model_group_retry_policy",
+        ),
+    ] {
+        let err = purser::config::Config::parse(&format!("{models}{yaml}"), "c.yaml").unwrap_err();
+        assert_eq!(err.key, key, "{err}");
+    }
+}

@@ -24,7 +24,7 @@ use crate::service::model_budget::ModelReservation;
 use crate::service::spend::Reservation;
 use crate::store::spend::SpendLogRow;
 use crate::upstream::sse::{SseTap, Usage, UsageChunkFilter};
-use crate::upstream::{CallKind, Deployment, Failure, FailureClass, MAX_FALLBACKS, Slot};
+use crate::upstream::{CallKind, Deployment, Failure, MAX_FALLBACKS, Slot};
 use crate::upstream::{anthropic, gemini};
 use purser_core::provider::Wire;
 
@@ -205,7 +205,7 @@ pub(super) async fn dispatch(
         }
         tried.push(failed_id.clone());
         // 1. another try in this group
-        if failure.class == FailureClass::Retryable && retries < policy.num_retries {
+        if retries < policy.retries_for(&group, &failure) {
             let others = state.models.others_healthy(&group, &failed_id);
             let wait = policy.backoff(retries, others, failure.retry_after);
             if !wait.is_zero() {
