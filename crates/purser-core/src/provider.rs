@@ -231,6 +231,15 @@ pub fn anthropic_messages_url(api_base: &str) -> String {
 
 /// The `generateContent` (or streaming) endpoint of a Gemini model below `api_base`; the model
 /// is percent-encoded as one path segment.
+/// `{api_base}/models/{model}:{action}` (`batchEmbedContents`, Vertex's `predict`).
+pub fn gemini_action_url(api_base: &str, model: &str, action: &str) -> String {
+    format!(
+        "{}/models/{}:{action}",
+        api_base.trim_end_matches('/'),
+        encode_component(model)
+    )
+}
+
 pub fn gemini_url(api_base: &str, model: &str, stream: bool) -> String {
     let seg = encode_component(model);
     let base = api_base.trim_end_matches('/');

@@ -1,6 +1,7 @@
-//! OpenAI chat ⇄ Gemini `generateContent` (Google AI Studio): the request, the answer and the
-//! stream (`streamGenerateContent?alt=sse` events turned into `chat.completion.chunk` SSE as they
-//! arrive). Pure translation, no I/O. Invariants: OpenAI parameters Gemini cannot honour are
+//! OpenAI chat ⇄ Gemini `generateContent` (Google AI Studio, and Vertex AI below a project): the
+//! request, the answer and the stream (`streamGenerateContent?alt=sse` events turned into
+//! `chat.completion.chunk` SSE as they arrive); OpenAI embeddings ⇄ `batchEmbedContents` (Vertex:
+//! `predict`). Pure translation, no I/O. Invariants: OpenAI parameters Gemini cannot honour are
 //! refused with a 400 naming them; completion tokens include Gemini's thinking tokens (billed as
 //! output); a stream that finished ends with one usage chunk and `data: [DONE]`.
 
@@ -379,6 +380,135 @@ fn read_parts(parts: &[Value], salt: u64, first_call: usize) -> (String, String,
 }
 
 /// The `chat.completion` for a `generateContent` answer.
+/// The inputs of an OpenAI embeddings request (a string or a list of strings; token arrays are
+/// refused: Gemini embeds text).
+fn embedding_texts(body: &Map<String, Value>) -> Result<Vec<&str>, Unsupported> {
+    match body.get("input") {
+        Some(Value::String(s)) => Ok(vec![s.as_str()]),
+        Some(Value::Array(items)) if !items.is_empty() => items
+            .iter()
+            .map(|i| {
+                i.as_str().ok_or_else(|| {
+                    bad("input", "must be text (Gemini does not embed token arrays)")
+                })
+            })
+            .collect(),
+        _ => Err(bad(
+            "input",
+            "must be a string or a non-empty list of strings",
+        )),
+    }
+}
+
+/// Gemini's (`vertex`: Vertex AI's `predict`) request for an OpenAI embeddings request; `dimensions`
+/// becomes `outputDimensionality`. Refuses what it cannot carry, naming it.
+pub fn to_embed_request(
+    body: &Map<String, Value>,
+    model: &str,
+    vertex: bool,
+) -> Result<Map<String, Value>, Unsupported> {
+    for (k, v) in body {
+        let known = matches!(
+            k.as_str(),
+            "model" | "input" | "dimensions" | "encoding_format" | "user"
+        );
+        if !known && !v.is_null() {
+            return Err(bad(k.clone(), "is not supported by Gemini embeddings"));
+        }
+    }
+    match body.get("encoding_format").and_then(Value::as_str) {
+        None | Some("float") | Some("base64") => {}
+        Some(_) => return Err(bad("encoding_format", "must be float or base64")),
+    }
+    let dims = match body.get("dimensions").filter(|v| !v.is_null()) {
+        None => None,
+        Some(d) => Some(
+            d.as_u64()
+                .filter(|n| *n > 0)
+                .ok_or_else(|| bad("dimensions", "must be a positive integer"))?,
+        ),
+    };
+    let texts = embedding_texts(body)?;
+    let mut out = Map::new();
+    if vertex {
+        let instances: Vec<Value> = texts.iter().map(|t| json!({"content": t})).collect();
+        out.insert("instances".into(), Value::Array(instances));
+        if let Some(d) = dims {
+            out.insert("parameters".into(), json!({"outputDimensionality": d}));
+        }
+    } else {
+        let requests: Vec<Value> = texts
+            .iter()
+            .map(|t| {
+                let mut r = json!({"model": format!("models/{model}"), "content": {"parts": [{"text": t}]}});
+                if let Some(d) = dims {
+                    r["outputDimensionality"] = json!(d);
+                }
+                r
+            })
+            .collect();
+        out.insert("requests".into(), Value::Array(requests));
+    }
+    Ok(out)
+}
+
+/// The OpenAI embeddings answer for Gemini's (`embeddings[].values`) or Vertex's
+/// (`predictions[].embeddings.values`, with `statistics.token_count`), vectors as floats or, when
+/// the client asked (`encoding_format: base64`, the OpenAI SDK's default), as base64 of
+/// little-endian f32. Returns it with the token count the provider reported (Vertex), if any;
+/// `None` when the answer holds no vectors.
+pub fn to_embeddings_response(
+    raw: &Value,
+    model: &str,
+    base64: bool,
+    prompt_tokens: u64,
+) -> Option<(Value, Option<u64>)> {
+    let vectors: Vec<&Vec<Value>> =
+        if let Some(p) = raw.get("predictions").and_then(Value::as_array) {
+            p.iter()
+                .map(|e| e.pointer("/embeddings/values").and_then(Value::as_array))
+                .collect::<Option<_>>()?
+        } else {
+            raw.get("embeddings")
+                .and_then(Value::as_array)?
+                .iter()
+                .map(|e| e.get("values").and_then(Value::as_array))
+                .collect::<Option<_>>()?
+        };
+    let reported: Option<u64> = raw.get("predictions").and_then(Value::as_array).map(|p| {
+        p.iter()
+            .filter_map(|e| {
+                e.pointer("/embeddings/statistics/token_count")
+                    .and_then(Value::as_f64)
+            })
+            .map(|n| n as u64)
+            .sum()
+    });
+    let data: Vec<Value> = vectors
+        .iter()
+        .enumerate()
+        .map(|(i, v)| {
+            let embedding = if base64 {
+                use base64::Engine;
+                let bytes: Vec<u8> = v
+                    .iter()
+                    .flat_map(|x| (x.as_f64().unwrap_or(0.0) as f32).to_le_bytes())
+                    .collect();
+                Value::String(base64::engine::general_purpose::STANDARD.encode(bytes))
+            } else {
+                Value::Array((*v).clone())
+            };
+            json!({"object": "embedding", "index": i, "embedding": embedding})
+        })
+        .collect();
+    let tokens = reported.filter(|n| *n > 0).unwrap_or(prompt_tokens);
+    Some((
+        json!({"object": "list", "data": data, "model": model,
+               "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}),
+        reported.filter(|n| *n > 0),
+    ))
+}
+
 pub fn to_chat_completion(resp: &Value, model: &str, created: u64) -> Value {
     let cand = resp.pointer("/candidates/0");
     let parts = cand

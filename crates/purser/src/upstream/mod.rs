@@ -113,6 +113,11 @@ impl Deployment {
         self.public_api_base.as_deref()
     }
 
+    /// Whether it is a Vertex AI deployment (its embeddings speak `:predict`).
+    pub fn is_vertex(&self) -> bool {
+        self.vertex.is_some()
+    }
+
     /// The provider wire this deployment speaks.
     pub fn wire(&self) -> Wire {
         self.wire
@@ -121,6 +126,15 @@ impl Deployment {
     fn url(&self, endpoint: &str, stream: bool) -> String {
         let base = self.api_base.trim_end_matches('/');
         match self.wire {
+            Wire::Gemini if endpoint == "embeddings" => {
+                // AI Studio batches inputs in one call; Vertex predicts over instances.
+                let action = if self.vertex.is_some() {
+                    "predict"
+                } else {
+                    "batchEmbedContents"
+                };
+                provider::gemini_action_url(base, &self.upstream_model, action)
+            }
             Wire::Gemini => provider::gemini_url(base, &self.upstream_model, stream),
             Wire::OpenAi => format!("{base}/{endpoint}"),
             Wire::Anthropic => provider::anthropic_messages_url(base),

@@ -826,6 +826,56 @@ fn gemini_answer(
             .unwrap_or("")
             .to_string(),
     );
+    let invalid = |m: &str| {
+        (
+            StatusCode::BAD_REQUEST,
+            axum::Json(json!({"error": {"code": 400, "message": m, "status": "INVALID_ARGUMENT"}})),
+        )
+            .into_response()
+    };
+    // Embeddings: one vector of 3 values (or `outputDimensionality`) per input; Vertex reports
+    // 2 tokens per instance, AI Studio none.
+    let vector = |dims: Option<u64>, i: usize| -> Value {
+        let n = dims.unwrap_or(3) as usize;
+        json!(
+            (0..n)
+                .map(|k| (i as f64) + 0.25 * (k as f64 + 1.0))
+                .collect::<Vec<f64>>()
+        )
+    };
+    if action.ends_with(":batchEmbedContents") {
+        let Some(reqs) = body["requests"].as_array().filter(|r| !r.is_empty()) else {
+            return invalid("requests is not specified");
+        };
+        let model = action.trim_end_matches(":batchEmbedContents");
+        if reqs.iter().any(|r| {
+            r["model"] != format!("models/{model}").as_str()
+                || r.pointer("/content/parts/0/text").is_none()
+        }) {
+            return invalid("each request needs its model and text content");
+        }
+        let embeddings: Vec<Value> = reqs
+            .iter()
+            .enumerate()
+            .map(|(i, r)| json!({"values": vector(r["outputDimensionality"].as_u64(), i)}))
+            .collect();
+        return axum::Json(json!({"embeddings": embeddings})).into_response();
+    }
+    if action.ends_with(":predict") {
+        let Some(instances) = body["instances"].as_array().filter(|r| !r.is_empty()) else {
+            return invalid("instances is not specified");
+        };
+        if instances.iter().any(|i| !i["content"].is_string()) {
+            return invalid("each instance needs content");
+        }
+        let dims = body
+            .pointer("/parameters/outputDimensionality")
+            .and_then(Value::as_u64);
+        let predictions: Vec<Value> = (0..instances.len())
+            .map(|i| json!({"embeddings": {"values": vector(dims, i), "statistics": {"token_count": 2.0, "truncated": false}}}))
+            .collect();
+        return axum::Json(json!({"predictions": predictions})).into_response();
+    }
     // Gemini refuses requests without contents, as the real API does.
     if body["contents"].as_array().is_none_or(Vec::is_empty) {
         return (

@@ -245,3 +245,158 @@ fn vertex_deployments_refuse_to_start_without_usable_credentials() {
     let r = Registry::from_config_with_env(&config, &env).expect("served");
     assert!(r.contains("m"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gemini_and_vertex_deployments_serve_embeddings() {
+    use base64::Engine;
+    let m = MockUpstream::start().await;
+    let pem = private_key_pem();
+    let yaml = format!(
+        r#"
+model_list:
+  - model_name: gemini-emb
+    litellm_params:
+      model: gemini/text-embedding-004
+      api_base: http://{addr}/ok
+      api_key: gemini-key-0123456789
+      input_cost_per_token: 0.000001
+  - model_name: vertex-emb
+    litellm_params:
+      model: vertex_ai/text-embedding-005
+      api_base: http://{addr}/ok
+      vertex_credentials: {sa}
+      input_cost_per_token: 0.000001
+  - model_name: claude
+    litellm_params:
+      model: anthropic/claude-sonnet-4-5
+      api_base: http://{addr}/ok
+      api_key: sk-ant-0123456789
+router_settings:
+  num_retries: 0
+general_settings:
+  master_key: sk-1234
+  proxy_batch_write_at: 0.2
+"#,
+        addr = m.addr,
+        sa = service_account(&pem, &format!("http://{}/ok/token", m.addr)),
+    );
+    let app = TestApp::spawn_with(Backend::Sqlite, &yaml).await;
+    let (_, k) = app.post("/key/generate", MASTER, json!({})).await;
+    let key = k["key"].as_str().unwrap().to_string();
+
+    // AI Studio: one batchEmbedContents call for every input, `dimensions` carried; no token
+    // count comes back, so the counted input is billed.
+    let (s, body) = app
+        .post(
+            "/v1/embeddings",
+            &key,
+            json!({"model": "gemini-emb", "input": ["the quick brown fox", "jumps"], "dimensions": 4, "encoding_format": "float"}),
+        )
+        .await;
+    assert_eq!(s, 200, "{body}");
+    assert_eq!(body["object"], "list");
+    assert_eq!(body["data"][1]["index"], 1);
+    assert_eq!(body["data"][1]["embedding"], json!([1.25, 1.5, 1.75, 2.0]));
+    let sent = m.last_body();
+    assert_eq!(sent["requests"][0]["model"], "models/text-embedding-004");
+    assert_eq!(sent["requests"][1]["content"]["parts"][0]["text"], "jumps");
+    assert_eq!(sent["requests"][0]["outputDimensionality"], 4);
+    assert!(
+        m.seen
+            .azure_paths
+            .lock()
+            .unwrap()
+            .last()
+            .unwrap()
+            .ends_with("/models/text-embedding-004:batchEmbedContents")
+    );
+    let counted = body["usage"]["prompt_tokens"].as_u64().unwrap();
+    assert!(counted > 0, "{body}");
+
+    // The OpenAI SDK's default: base64 of little-endian f32.
+    let (s, body) = app
+        .post(
+            "/v1/embeddings",
+            &key,
+            json!({"model": "gemini-emb", "input": "hi", "encoding_format": "base64"}),
+        )
+        .await;
+    assert_eq!(s, 200, "{body}");
+    let raw = base64::engine::general_purpose::STANDARD
+        .decode(body["data"][0]["embedding"].as_str().unwrap())
+        .unwrap();
+    let floats: Vec<f32> = raw
+        .chunks(4)
+        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+        .collect();
+    assert_eq!(floats, vec![0.25, 0.5, 0.75]);
+    let hi_tokens = body["usage"]["prompt_tokens"].as_u64().unwrap();
+
+    // Vertex AI: `predict` over instances, billed by the token count it reports (2 each).
+    let (s, body) = app
+        .post(
+            "/v1/embeddings",
+            &key,
+            json!({"model": "vertex-emb", "input": ["a", "b"], "dimensions": 2}),
+        )
+        .await;
+    assert_eq!(s, 200, "{body}");
+    assert_eq!(body["usage"]["prompt_tokens"], 4);
+    assert_eq!(body["data"][0]["embedding"], json!([0.25, 0.5]));
+    assert_eq!(m.last_body()["instances"][1]["content"], "b");
+    assert_eq!(m.last_body()["parameters"]["outputDimensionality"], 2);
+    let expected = (counted + hi_tokens + 4) as f64 * 1e-6;
+    for _ in 0..100 {
+        let (_, info) = app.get(&format!("/key/info?key={key}"), MASTER).await;
+        if info["info"]["spend"].as_f64().unwrap_or(0.0) >= expected * 0.999 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let (_, info) = app.get(&format!("/key/info?key={key}"), MASTER).await;
+    let spend = info["info"]["spend"].as_f64().unwrap();
+    assert!((spend - expected).abs() < 1e-12, "{spend} vs {expected}");
+
+    // Refused before the upstream: token arrays, unknown parameters and formats, providers
+    // without embeddings.
+    let hits = m.hits();
+    for (body, param) in [
+        (
+            json!({"model": "gemini-emb", "input": [[1, 2, 3]]}),
+            "input",
+        ),
+        (
+            json!({"model": "gemini-emb", "input": "x", "encoding_format": "hex"}),
+            "encoding_format",
+        ),
+        (
+            json!({"model": "gemini-emb", "input": "x", "task_type": "RETRIEVAL"}),
+            "task_type",
+        ),
+        (
+            json!({"model": "vertex-emb", "input": "x", "dimensions": 0}),
+            "dimensions",
+        ),
+    ] {
+        let (s, b) = app.post("/v1/embeddings", &key, body).await;
+        assert_eq!(s, 400, "{b}");
+        assert_eq!(b["error"]["param"], param, "{b}");
+    }
+    let (s, b) = app
+        .post(
+            "/v1/embeddings",
+            &key,
+            json!({"model": "claude", "input": "x"}),
+        )
+        .await;
+    assert_eq!(s, 400, "{b}");
+    assert!(
+        b["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("OpenAI, Azure, Gemini and Vertex AI"),
+        "{b}"
+    );
+    assert_eq!(m.hits(), hits);
+    app.shutdown().await;
+}

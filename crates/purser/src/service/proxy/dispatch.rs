@@ -539,15 +539,23 @@ async fn dispatch_translated(
         Wire::Gemini => "Gemini",
         _ => "Anthropic",
     };
+    if req.kind == CallKind::Embeddings && wire == Wire::Gemini {
+        return Box::pin(dispatch_gemini_embeddings(state, meter, req)).await;
+    }
     if req.kind != CallKind::Chat {
         meter.refund();
         return Err(Attempt::Failed(Error::proxy(
             StatusCode::BAD_REQUEST,
             "bad_request_error",
             format!(
-                "litellm.BadRequestError: model={} is a {provider} model; {} is served for OpenAI and Azure deployments only (use /v1/chat/completions or /v1/messages)",
+                "litellm.BadRequestError: model={} is a {provider} model; {} is served for {} deployments only",
                 dep.model_name,
-                req.kind.route()
+                req.kind.route(),
+                if req.kind == CallKind::Embeddings {
+                    "OpenAI, Azure, Gemini and Vertex AI"
+                } else {
+                    "OpenAI and Azure"
+                }
             ),
         )));
     }
@@ -655,6 +663,77 @@ async fn dispatch_translated(
     } else {
         axum::Json(answer).into_response()
     };
+    out.extensions_mut().insert(upstream);
+    Ok(with_cost(out, cost))
+}
+
+/// Embeddings through a Gemini or Vertex AI deployment: translated to `batchEmbedContents` /
+/// `predict` and back; billed by Vertex's reported token count, else by the counted input (Gemini
+/// reports none).
+async fn dispatch_gemini_embeddings(
+    state: AppState,
+    mut meter: Meter,
+    req: CallRequest,
+) -> Result<Response, Attempt> {
+    let dep = Arc::clone(&meter.slot.0);
+    let body = match gemini::to_embed_request(&req.body, &dep.upstream_model, dep.is_vertex()) {
+        Ok(b) => Value::Object(b),
+        Err(u) => {
+            meter.refund();
+            return Err(Attempt::Failed(
+                Error::proxy(
+                    StatusCode::BAD_REQUEST,
+                    "bad_request_error",
+                    format!(
+                        "litellm.UnsupportedParamsError: {} {} (model={})",
+                        u.field, u.reason, dep.model_name
+                    ),
+                )
+                .with_param(u.field),
+            ));
+        }
+    };
+    let sent = Instant::now();
+    let resp = match state.models.send(&dep, req.kind, &body, false).await {
+        Ok(r) => r,
+        Err(failure) => return Err(Attempt::retry(failure, meter, req)),
+    };
+    let bytes = match resp.bytes().await {
+        Ok(b) => b,
+        Err(e) => return Err(Attempt::Failed(broke_mid_body(&mut meter, &dep, &req, &e))),
+    };
+    let upstream = UpstreamTime(sent.elapsed());
+    let base64 = req.body.get("encoding_format").and_then(Value::as_str) == Some("base64");
+    let answer = serde_json::from_slice::<Value>(&bytes)
+        .ok()
+        .and_then(|raw| {
+            gemini::to_embeddings_response(&raw, &req.model, base64, req.prompt_tokens)
+        });
+    let Some((answer, reported)) = answer else {
+        meter.settle(
+            Usage {
+                prompt_tokens: req.prompt_tokens,
+                ..Usage::default()
+            },
+            "failure",
+        );
+        return Err(Attempt::Failed(Error::proxy(
+            StatusCode::BAD_GATEWAY,
+            "api_error",
+            format!(
+                "litellm.APIError: upstream of model={} returned no embeddings",
+                dep.model_name
+            ),
+        )));
+    };
+    let cost = meter.settle(
+        Usage {
+            prompt_tokens: reported.unwrap_or(req.prompt_tokens),
+            ..Usage::default()
+        },
+        "success",
+    );
+    let mut out = axum::Json(answer).into_response();
     out.extensions_mut().insert(upstream);
     Ok(with_cost(out, cost))
 }
