@@ -97,7 +97,7 @@ pub fn routes() -> Vec<Route> {
             "/v1/messages/count_tokens",
             Gate::Llm,
             tag,
-            "Anthropic token count of a Messages request (the model group's tokenizer, an estimate)",
+            "Anthropic token count of a Messages request (Anthropic's own count for Anthropic deployments, else the group's tokenizer)",
             anthropic_count_tokens,
         ),
         Route::get(
@@ -201,9 +201,14 @@ pub async fn anthropic_messages(
 pub async fn anthropic_count_tokens(
     State(state): State<AppState>,
     caller: Caller,
+    headers: axum::http::HeaderMap,
     RawBody(body): RawBody,
 ) -> Response {
-    let counted = match CallRequest::parse_messages_to_count(&body) {
+    let beta = headers
+        .get("anthropic-beta")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let counted = match CallRequest::parse_messages_to_count(&body, beta) {
         Ok(req) => proxy::count_tokens(state, caller, req).await,
         Err(e) => Err(e),
     };

@@ -630,6 +630,45 @@ impl Registry {
         })
     }
 
+    /// The first Anthropic-wire deployment of a group (count_tokens asks it).
+    pub fn anthropic_deployment(&self, name: &str) -> Option<Arc<Deployment>> {
+        self.routable(name)
+            .iter()
+            .find(|d| d.wire == Wire::Anthropic && !d.is_mock() && !d.cooling())
+            .cloned()
+    }
+
+    /// Anthropic's own count of a Messages request (`/v1/messages/count_tokens` at the
+    /// deployment, with its credentials and the client's `anthropic-beta`); `None` when it
+    /// cannot be had (the caller then estimates). Ten seconds at most: it is a side question.
+    pub async fn anthropic_count_tokens(
+        &self,
+        dep: &Deployment,
+        body: &Value,
+        beta: Option<&str>,
+    ) -> Option<u64> {
+        let url = format!(
+            "{}/count_tokens",
+            provider::anthropic_messages_url(&dep.api_base)
+        );
+        let mut req = dep
+            .authorize(self.client.post(url).json(body))
+            .timeout(Duration::from_secs(10));
+        if let Some(b) = beta {
+            req = req.header("anthropic-beta", b);
+        }
+        let resp = req.send().await.ok()?;
+        if !resp.status().is_success() {
+            tracing::debug!(deployment = %dep.id, status = resp.status().as_u16(), "count_tokens: the deployment did not count; estimating");
+            return None;
+        }
+        resp.json::<Value>()
+            .await
+            .ok()?
+            .get("input_tokens")?
+            .as_u64()
+    }
+
     /// The router's failover rules.
     pub fn policy(&self) -> &RouterPolicy {
         &self.policy

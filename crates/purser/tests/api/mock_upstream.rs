@@ -118,6 +118,7 @@ impl MockUpstream {
             )
             .route("/{mode}/openai/v1/chat/completions", post(azure_chat_v1))
             .route("/{mode}/v1/messages", post(anthropic_messages))
+            .route("/{mode}/v1/messages/count_tokens", post(anthropic_count_tokens))
             .route("/{mode}/models/{action}", post(gemini_generate))
             .route(
                 "/{mode}/v1/projects/{project}/locations/{location}/publishers/google/models/{action}",
@@ -607,6 +608,46 @@ async fn azure_embeddings(
 ) -> Response {
     record_azure(&seen, &uri, &headers);
     embeddings(State(seen), Path(mode), headers, body).await
+}
+
+/// Anthropic's token counter: 42 for any valid request; refuses `max_tokens` (not a counting
+/// parameter) as the real API does; mode `fail` answers 529. Counts a hit and records the
+/// `x-api-key` and `anthropic-beta` it got.
+async fn anthropic_count_tokens(
+    State(seen): State<Arc<Seen>>,
+    Path(mode): Path<String>,
+    headers: HeaderMap,
+    body: axum::Json<Value>,
+) -> Response {
+    let body = body.0;
+    record(&seen, &headers, &body);
+    let h = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string()
+    };
+    seen.anthropic_headers.lock().unwrap().push((
+        h("x-api-key"),
+        h("anthropic-version"),
+        h("anthropic-beta"),
+    ));
+    if mode == "fail" {
+        return (
+            StatusCode::from_u16(529).unwrap(),
+            axum::Json(json!({"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}})),
+        )
+            .into_response();
+    }
+    if body.get("max_tokens").is_some() || body["messages"].as_array().is_none_or(Vec::is_empty) {
+        return (
+            StatusCode::BAD_REQUEST,
+            axum::Json(json!({"type": "error", "error": {"type": "invalid_request_error", "message": "max_tokens: Extra inputs are not permitted"}})),
+        )
+            .into_response();
+    }
+    axum::Json(json!({"input_tokens": 42})).into_response()
 }
 
 async fn anthropic_messages(

@@ -657,7 +657,48 @@ async fn messages_route_serves_anthropic_clients(b: Backend) {
     assert_eq!(r.status(), 200);
     let counted: Value = r.json().await.unwrap();
     assert!(counted["input_tokens"].as_u64().unwrap() > 0, "{counted}");
+    assert_ne!(counted["input_tokens"], 42);
     assert_eq!(m.hits(), hits);
+
+    // In front of an Anthropic deployment Anthropic counts (exactly), with the deployment's key
+    // and the client's beta header; one that fails to count falls back to the estimate.
+    let r = app
+        .client
+        .post(app.url("/v1/messages/count_tokens"))
+        .header("x-api-key", &key)
+        .header("anthropic-beta", "token-counting-2024-11-01")
+        .json(&json!({"model": "claude", "system": "Be brief.", "messages": [{"role": "user", "content": "hello there"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let counted: Value = r.json().await.unwrap();
+    assert_eq!(counted["input_tokens"], 42, "{counted}");
+    assert_eq!(m.last_body()["model"], "claude-sonnet-4-5");
+    assert_eq!(m.last_body()["system"], "Be brief.");
+    let (api_key, _, beta) = m
+        .seen
+        .anthropic_headers
+        .lock()
+        .unwrap()
+        .last()
+        .cloned()
+        .unwrap();
+    assert_eq!(
+        (api_key.as_str(), beta.as_str()),
+        (ANTHROPIC_KEY, "token-counting-2024-11-01")
+    );
+    let r = messages(
+        &app,
+        &key,
+        "/v1/messages/count_tokens",
+        json!({"model": "claude-fail", "messages": [{"role": "user", "content": "hello there"}]}),
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    let counted: Value = r.json().await.unwrap();
+    let n = counted["input_tokens"].as_u64().unwrap();
+    assert!(n > 0 && n != 42, "{counted}");
 
     // Bearer works too.
     let r = app

@@ -272,10 +272,17 @@ impl CallRequest {
     }
 
     /// A `/v1/messages/count_tokens` request (a Messages request without `max_tokens`).
-    pub fn parse_messages_to_count(bytes: &[u8]) -> Result<CallRequest, Error> {
+    pub fn parse_messages_to_count(
+        bytes: &[u8],
+        beta: Option<String>,
+    ) -> Result<CallRequest, Error> {
         let mut original = json_object(bytes)?;
         original.entry("max_tokens").or_insert(Value::from(1));
-        Self::messages(original, bytes.len())
+        let mut req = Self::messages(original, bytes.len())?;
+        if let Inbound::Anthropic(m) = &mut req.inbound {
+            m.beta = beta;
+        }
+        Ok(req)
     }
 
     fn messages(

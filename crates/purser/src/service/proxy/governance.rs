@@ -210,13 +210,29 @@ fn check_model_callable(
 }
 
 /// Prompt tokens of a request as its model group would count them (`/v1/messages/count_tokens`):
-/// the caller must be allowed the model, as for a call; nothing is reserved or sent. An estimate
-/// by the group's tokenizer (Anthropic's own counter is not asked).
+/// the caller must be allowed the model, as for a call; nothing is reserved or billed. A group
+/// with an Anthropic deployment asks Anthropic's own counter (exact); otherwise, or when it does
+/// not answer, the group's tokenizer estimates.
 pub async fn count_tokens(state: AppState, caller: Caller, req: CallRequest) -> Result<u64, Error> {
     let ctx = CallContext::load(&state, &caller).await?;
     let requested = req.model.clone();
     let target = ctx.resolve_alias(&requested);
     check_model_callable(&state, &ctx, &requested, &target)?;
+    if let super::context::Inbound::Anthropic(m) = &req.inbound
+        && let Some(dep) = state.models.anthropic_deployment(&target)
+    {
+        let mut body = m.body.clone();
+        // Counting takes no max_tokens (the parser gave it one to check the request).
+        body.remove("max_tokens");
+        body.insert("model".into(), Value::String(dep.upstream_model.clone()));
+        if let Some(n) = state
+            .models
+            .anthropic_count_tokens(&dep, &Value::Object(body), m.beta.as_deref())
+            .await
+        {
+            return Ok(n);
+        }
+    }
     Ok(req
         .counted(state.models.counters(&target))
         .await?
