@@ -83,12 +83,21 @@ pub fn cost_of(
 }
 
 /// A deployment's prices in pico-USD per token; cache prices `None`: the input price.
+/// `per_unit`: pico-USD per unit of what the deployment makes that is not tokens (an image, a
+/// character of speech), 0 when none.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct TokenPrices {
     pub input: i64,
     pub output: i64,
     pub cache_read: Option<i64>,
     pub cache_write: Option<i64>,
+    pub per_unit: i64,
+}
+
+/// `units` × `per_unit` pico-USD, rounded to the nearest nano-USD and saturating.
+pub fn cost_of_units(units: u64, per_unit_pico: i64) -> Nanos {
+    let pico = (units as i128) * (per_unit_pico as i128);
+    Nanos(((pico + 500) / 1000).min(i64::MAX as i128) as i64)
 }
 
 /// The cost of a call whose `prompt_tokens` include `cache_read` and `cache_write` tokens
@@ -122,6 +131,7 @@ mod tests {
             output: 15_000_000,
             cache_read: Some(300_000),
             cache_write: Some(3_750_000),
+            per_unit: 0,
         };
         // 5 plain + 2 read + 1 write prompt tokens, 6 output (Claude Sonnet 4.5 list prices)
         let c = cost_with_cache(8, 6, 2, 1, &p);
@@ -144,6 +154,14 @@ mod tests {
             cost_with_cache(2, 0, 5, 5, &p).0,
             (2 * 300_000 + 500) / 1000
         );
+    }
+
+    #[test]
+    fn units_are_billed_at_their_price() {
+        // 2 images at $0.04; 13 characters at $15 per 1M
+        assert_eq!(cost_of_units(2, 40_000_000_000).0, 80_000_000);
+        assert_eq!(cost_of_units(13, 15_000_000).0, 195_000);
+        assert_eq!(cost_of_units(u64::MAX, i64::MAX).0, i64::MAX);
     }
 
     #[test]

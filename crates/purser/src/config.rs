@@ -63,6 +63,12 @@ pub struct LitellmParams {
     /// Price of a prompt token written to the provider's cache (else the input price).
     #[serde(default)]
     pub cache_creation_input_token_cost: Option<f64>,
+    /// Price of one image made (`/v1/images/generations`).
+    #[serde(default)]
+    pub output_cost_per_image: Option<f64>,
+    /// Price of one character of text spoken (`/v1/audio/speech`).
+    #[serde(default)]
+    pub input_cost_per_character: Option<f64>,
     /// When set, Purser answers itself with this text (offline quickstart, tests).
     #[serde(default)]
     pub mock_response: Option<String>,
@@ -352,6 +358,14 @@ impl Config {
                     m.litellm_params.cache_creation_input_token_cost,
                 ),
                 (
+                    "litellm_params.output_cost_per_image",
+                    m.litellm_params.output_cost_per_image,
+                ),
+                (
+                    "litellm_params.input_cost_per_character",
+                    m.litellm_params.input_cost_per_character,
+                ),
+                (
                     "model_info.input_cost_per_token",
                     m.model_info.input_cost_per_token,
                 ),
@@ -384,6 +398,14 @@ impl Config {
                         format!("must be a positive number of seconds, got {v}"),
                     ));
                 }
+            }
+            if m.litellm_params.output_cost_per_image.is_some()
+                && m.litellm_params.input_cost_per_character.is_some()
+            {
+                return Err((
+                    at("litellm_params.input_cost_per_character"),
+                    "a deployment makes images or speech, not both: set output_cost_per_image or input_cost_per_character".into(),
+                ));
             }
             if m.model_name.matches('*').count() > 1 {
                 return Err((

@@ -48,6 +48,12 @@ pub async fn authenticate(State(state): State<AppState>, mut req: Request, next:
             | "/completions"
             | "/v1/responses"
             | "/responses"
+            | "/v1/moderations"
+            | "/moderations"
+            | "/v1/images/generations"
+            | "/images/generations"
+            | "/v1/audio/speech"
+            | "/audio/speech"
             | "/v1/messages"
     );
     if !governed

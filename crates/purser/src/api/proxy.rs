@@ -84,6 +84,54 @@ pub fn routes() -> Vec<Route> {
             responses,
         )
         .answers(Shape::Wrapped),
+        Route::post(
+            "/v1/moderations",
+            Gate::Llm,
+            tag,
+            "Moderations (OpenAI deployments)",
+            moderations,
+        )
+        .answers(Shape::Wrapped),
+        Route::post(
+            "/moderations",
+            Gate::Llm,
+            tag,
+            "Moderations (alias)",
+            moderations,
+        )
+        .answers(Shape::Wrapped),
+        Route::post(
+            "/v1/images/generations",
+            Gate::Llm,
+            tag,
+            "Image generation (OpenAI and Azure deployments; billed per image or by tokens)",
+            image_generation,
+        )
+        .answers(Shape::Wrapped),
+        Route::post(
+            "/images/generations",
+            Gate::Llm,
+            tag,
+            "Image generation (alias)",
+            image_generation,
+        )
+        .answers(Shape::Wrapped),
+        Route::post(
+            "/v1/audio/speech",
+            Gate::Llm,
+            tag,
+            "Text to speech (OpenAI and Azure deployments; billed per character; answers audio)",
+            audio_speech,
+        )
+        .answers(Shape::Wrapped),
+        Route::post(
+            "/audio/speech",
+            Gate::Llm,
+            tag,
+            "Text to speech (alias)",
+            audio_speech,
+        )
+        .answers(Shape::Wrapped),
         // Anthropic clients: every refusal in Anthropic's error shape (drawn by the handlers
         // and, for auth, by the middleware).
         Route::post(
@@ -176,6 +224,33 @@ pub async fn responses(
     RawBody(body): RawBody,
 ) -> Result<Response> {
     let req = CallRequest::parse(CallKind::Responses, &body)?;
+    proxy::handle(state, caller, req).await
+}
+
+pub async fn moderations(
+    State(state): State<AppState>,
+    caller: Caller,
+    RawBody(body): RawBody,
+) -> Result<Response> {
+    let req = CallRequest::parse(CallKind::Moderations, &body)?;
+    proxy::handle(state, caller, req).await
+}
+
+pub async fn image_generation(
+    State(state): State<AppState>,
+    caller: Caller,
+    RawBody(body): RawBody,
+) -> Result<Response> {
+    let req = CallRequest::parse(CallKind::Images, &body)?;
+    proxy::handle(state, caller, req).await
+}
+
+pub async fn audio_speech(
+    State(state): State<AppState>,
+    caller: Caller,
+    RawBody(body): RawBody,
+) -> Result<Response> {
+    let req = CallRequest::parse(CallKind::Speech, &body)?;
     proxy::handle(state, caller, req).await
 }
 

@@ -19,6 +19,10 @@ struct Entry {
     cache_read_input_token_cost: Option<f64>,
     #[serde(default)]
     cache_creation_input_token_cost: Option<f64>,
+    #[serde(default)]
+    output_cost_per_image: Option<f64>,
+    #[serde(default)]
+    input_cost_per_character: Option<f64>,
 }
 
 /// One model's prices, USD per token.
@@ -28,6 +32,9 @@ pub struct Prices {
     pub output: f64,
     pub cache_read: Option<f64>,
     pub cache_write: Option<f64>,
+    /// Per image made, or per character spoken (the entry's `output_cost_per_image` /
+    /// `input_cost_per_character`).
+    pub per_unit: Option<f64>,
 }
 
 /// Model name → prices.
@@ -45,14 +52,17 @@ impl CostMap {
                 continue;
             };
             let ok = |v: Option<f64>| v.filter(|v| v.is_finite() && *v >= 0.0);
-            if let Some(i) = ok(e.input_cost_per_token) {
+            let per_unit = ok(e.output_cost_per_image).or(ok(e.input_cost_per_character));
+            let input = ok(e.input_cost_per_token);
+            if input.is_some() || per_unit.is_some() {
                 out.insert(
                     name,
                     Prices {
-                        input: i,
+                        input: input.unwrap_or(0.0),
                         output: ok(e.output_cost_per_token).unwrap_or(0.0),
                         cache_read: ok(e.cache_read_input_token_cost),
                         cache_write: ok(e.cache_creation_input_token_cost),
+                        per_unit,
                     },
                 );
             }

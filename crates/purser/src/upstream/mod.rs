@@ -104,7 +104,7 @@ impl Deployment {
 
     /// True when calls cost nothing (free models skip budget checks, reference §7.2-5).
     pub fn is_free(&self) -> bool {
-        self.prices.input == 0 && self.prices.output == 0
+        self.prices.input == 0 && self.prices.output == 0 && self.prices.per_unit == 0
     }
 
     /// `api_base` as the `x-litellm-model-api-base` header shows it: scheme, host, port and path,
@@ -297,6 +297,12 @@ pub enum CallKind {
     Completions,
     /// OpenAI's Responses API (`/v1/responses`).
     Responses,
+    /// `/v1/moderations`.
+    Moderations,
+    /// `/v1/images/generations` (billed per image made, or by its tokens).
+    Images,
+    /// `/v1/audio/speech` (billed per character spoken; the answer is audio).
+    Speech,
 }
 
 impl CallKind {
@@ -306,6 +312,9 @@ impl CallKind {
             CallKind::Embeddings => "embeddings",
             CallKind::Completions => "completions",
             CallKind::Responses => "responses",
+            CallKind::Moderations => "moderations",
+            CallKind::Images => "images/generations",
+            CallKind::Speech => "audio/speech",
         }
     }
 
@@ -316,6 +325,9 @@ impl CallKind {
             CallKind::Embeddings => "/v1/embeddings",
             CallKind::Completions => "/v1/completions",
             CallKind::Responses => "/v1/responses",
+            CallKind::Moderations => "/v1/moderations",
+            CallKind::Images => "/v1/images/generations",
+            CallKind::Speech => "/v1/audio/speech",
         }
     }
 
@@ -326,6 +338,9 @@ impl CallKind {
             CallKind::Embeddings => "aembedding",
             CallKind::Completions => "atext_completion",
             CallKind::Responses => "aresponses",
+            CallKind::Moderations => "amoderation",
+            CallKind::Images => "aimage_generation",
+            CallKind::Speech => "aspeech",
         }
     }
 }
@@ -621,6 +636,20 @@ impl Registry {
 
     pub fn access_groups(&self) -> &AccessGroups {
         &self.access_groups
+    }
+
+    /// Whether every deployment of the group is free (free calls skip budget checks).
+    pub fn is_free(&self, name: &str) -> bool {
+        self.routable(name).iter().all(|d| d.is_free())
+    }
+
+    /// The highest per-unit price (image, character) of a group, for reservations.
+    pub fn max_unit_price(&self, name: &str) -> i64 {
+        self.routable(name)
+            .iter()
+            .map(|d| d.prices.per_unit)
+            .max()
+            .unwrap_or(0)
     }
 
     /// The highest (input, output) prices of a group, for pessimistic reservations.
@@ -1238,8 +1267,10 @@ impl Template {
         // map costs $0, said loudly (budgets cannot limit it).
         let mut cache_read = p.cache_read_input_token_cost;
         let mut cache_write = p.cache_creation_input_token_cost;
+        let mut per_unit = p.output_cost_per_image.or(p.input_cost_per_character);
         let (own_in, own_out) = if own_in.is_none()
             && own_out.is_none()
+            && per_unit.is_none()
             && p.mock_response.is_none()
         {
             match cost_map.lookup(provider, upstream_model, m.model_info.base_model.as_deref()) {
@@ -1249,6 +1280,7 @@ impl Template {
                     }
                     cache_read = cache_read.or(prices.cache_read);
                     cache_write = cache_write.or(prices.cache_write);
+                    per_unit = prices.per_unit;
                     (Some(prices.input), Some(prices.output))
                 }
                 None => {
@@ -1272,7 +1304,7 @@ impl Template {
             .unwrap_or(policy.timeout);
         let tokens =
             TokenCounter::for_deployment(upstream_model, m.model_info.base_model.as_deref());
-        let priced = own_in.is_some() || own_out.is_some();
+        let priced = own_in.is_some() || own_out.is_some() || per_unit.is_some();
         let conn = self.conn.clone();
         let dep = Deployment {
             id: m
@@ -1304,6 +1336,7 @@ impl Template {
                 output: price(own_out)?,
                 cache_read: cache_read.map(|c| price(Some(c))).transpose()?,
                 cache_write: cache_write.map(|c| price(Some(c))).transpose()?,
+                per_unit: price(per_unit)?,
             },
             timeout,
             stream_timeout: p

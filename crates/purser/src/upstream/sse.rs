@@ -16,6 +16,8 @@ pub struct Usage {
     pub cache_read: u64,
     /// Of `prompt_tokens`, those written to the cache (Anthropic `cache_creation_input_tokens`).
     pub cache_write: u64,
+    /// Units billed at the deployment's `per_unit` price (images made, characters spoken).
+    pub units: u64,
 }
 
 impl Usage {
@@ -46,6 +48,7 @@ impl Usage {
             completion_tokens: c,
             cache_read: read,
             cache_write: write,
+            units: 0,
         })
     }
 
@@ -65,19 +68,22 @@ impl Usage {
             completion_tokens: c,
             cache_read: read,
             cache_write: 0,
+            units: 0,
         })
     }
 
     /// The cost in nano-USD at per-token pico-USD prices; cache reads and writes at their own
     /// prices when the deployment has them, else at the input price.
     pub fn cost(&self, p: &purser_core::money::TokenPrices) -> purser_core::money::Nanos {
-        purser_core::money::cost_with_cache(
+        let tokens = purser_core::money::cost_with_cache(
             self.prompt_tokens,
             self.completion_tokens,
             self.cache_read,
             self.cache_write,
             p,
-        )
+        );
+        let units = purser_core::money::cost_of_units(self.units, p.per_unit);
+        purser_core::money::Nanos(tokens.0.saturating_add(units.0))
     }
 }
 
@@ -269,6 +275,7 @@ mod tests {
                 completion_tokens: 3,
                 cache_read: 2,
                 cache_write: 0,
+                units: 0,
             })
         );
         let mut t = SseTap::default();

@@ -14,6 +14,7 @@ mod e2e;
 mod foundation;
 mod governance;
 mod keys;
+mod media;
 mod members;
 mod providers;
 mod proxy;

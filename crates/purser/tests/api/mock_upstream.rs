@@ -109,6 +109,13 @@ impl MockUpstream {
             .route("/{mode}/v1/chat/completions", post(chat))
             .route("/{mode}/v1/embeddings", post(embeddings))
             .route("/{mode}/v1/completions", post(text_completions))
+            .route("/{mode}/v1/moderations", post(moderations))
+            .route("/{mode}/v1/images/generations", post(images))
+            .route("/{mode}/v1/audio/speech", post(speech))
+            .route(
+                "/{mode}/openai/deployments/{dep}/images/generations",
+                post(azure_images),
+            )
             .route("/{mode}/v1/responses", post(responses))
             .route("/{mode}/openai/responses", post(azure_responses))
             .route("/{mode}/openai/v1/responses", post(azure_responses))
@@ -233,6 +240,95 @@ async fn text_completions(
         "logprobs": null, "finish_reason": "stop"}], "usage": usage}),
     )
     .into_response()
+}
+
+/// `/v1/moderations`: one unflagged result per input (a body without `input` is refused).
+async fn moderations(
+    State(seen): State<Arc<Seen>>,
+    Path(_mode): Path<String>,
+    headers: HeaderMap,
+    body: axum::Json<Value>,
+) -> Response {
+    let body = body.0;
+    record(&seen, &headers, &body);
+    let n = match &body["input"] {
+        Value::Array(a) => a.len(),
+        Value::String(_) => 1,
+        _ => {
+            return (StatusCode::BAD_REQUEST, axum::Json(json!({"error": {"message": "input is required", "type": "invalid_request_error", "param": "input"}}))).into_response();
+        }
+    };
+    let results: Vec<Value> = (0..n)
+        .map(|_| json!({"flagged": false, "categories": {"violence": false}, "category_scores": {"violence": 0.001}}))
+        .collect();
+    axum::Json(json!({"id": "modr-mock", "model": "omni-moderation-latest", "results": results}))
+        .into_response()
+}
+
+/// `/v1/images/generations`: `n` image URLs; mode `fewer` makes one whatever `n` is; mode
+/// `tokens` answers like gpt-image-1 (base64 images and token `usage`: 50 in, 1000 out).
+async fn images(
+    State(seen): State<Arc<Seen>>,
+    Path(mode): Path<String>,
+    headers: HeaderMap,
+    body: axum::Json<Value>,
+) -> Response {
+    let body = body.0;
+    record(&seen, &headers, &body);
+    images_answer(&mode, &body)
+}
+
+async fn azure_images(
+    State(seen): State<Arc<Seen>>,
+    Path((mode, _dep)): Path<(String, String)>,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
+    body: axum::Json<Value>,
+) -> Response {
+    let body = body.0;
+    record_azure(&seen, &uri, &headers);
+    record(&seen, &headers, &body);
+    images_answer(&mode, &body)
+}
+
+fn images_answer(mode: &str, body: &Value) -> Response {
+    if !body["prompt"].is_string() {
+        return (StatusCode::BAD_REQUEST, axum::Json(json!({"error": {"message": "prompt is required", "type": "invalid_request_error", "param": "prompt"}}))).into_response();
+    }
+    let n = if mode == "fewer" {
+        1
+    } else {
+        body["n"].as_u64().unwrap_or(1)
+    };
+    if mode == "tokens" {
+        let data: Vec<Value> = (0..n).map(|_| json!({"b64_json": "aW1hZ2U="})).collect();
+        return axum::Json(json!({"created": 1700000000, "data": data,
+            "usage": {"input_tokens": 50, "output_tokens": 1000, "total_tokens": 1050,
+                      "input_tokens_details": {"text_tokens": 50, "image_tokens": 0}}}))
+        .into_response();
+    }
+    let data: Vec<Value> = (0..n)
+        .map(|i| json!({"url": format!("https://images.example/{i}.png"), "revised_prompt": "a cat"}))
+        .collect();
+    axum::Json(json!({"created": 1700000000, "data": data})).into_response()
+}
+
+/// `/v1/audio/speech`: MP3-ish bytes (`audio/mpeg`); refuses a body without `input` or `voice`.
+async fn speech(
+    State(seen): State<Arc<Seen>>,
+    Path(_mode): Path<String>,
+    headers: HeaderMap,
+    body: axum::Json<Value>,
+) -> Response {
+    let body = body.0;
+    record(&seen, &headers, &body);
+    if !body["input"].is_string() || body.get("voice").is_none() {
+        return (StatusCode::BAD_REQUEST, axum::Json(json!({"error": {"message": "input and voice are required", "type": "invalid_request_error", "param": null}}))).into_response();
+    }
+    Response::builder()
+        .header("content-type", "audio/mpeg")
+        .body(Body::from(&b"ID3\x04mock-mp3-audio"[..]))
+        .unwrap()
 }
 
 /// The Responses API `response` the mock answers (usage: 11 input of which 3 cached, 4 output).

@@ -242,6 +242,8 @@ pub struct CallRequest {
     pub body_bytes: usize,
     /// When the request was read (the gateway's overhead is measured from here).
     pub received: std::time::Instant,
+    /// Units billed per unit (images asked for, characters to speak); 0 for token-priced calls.
+    pub units: u64,
 }
 
 /// The body as a JSON object, or the reference's 400.
@@ -352,10 +354,61 @@ impl CallRequest {
                     return Err(bad("prompt must be a string or a list").with_param("prompt"));
                 }
             }
+            CallKind::Moderations => {
+                if !body
+                    .get("input")
+                    .is_some_and(|i| i.is_string() || i.is_array())
+                {
+                    return Err(bad("input must be a string or a list").with_param("input"));
+                }
+            }
+            CallKind::Images => {
+                if body
+                    .get("prompt")
+                    .and_then(Value::as_str)
+                    .is_none_or(|p| p.trim().is_empty())
+                {
+                    return Err(bad("prompt must be a non-empty string").with_param("prompt"));
+                }
+            }
+            CallKind::Speech => {
+                if !body.get("input").is_some_and(Value::is_string) {
+                    return Err(bad("input must be a string").with_param("input"));
+                }
+                if !body
+                    .get("voice")
+                    .is_some_and(|v| v.is_string() || v.is_object())
+                {
+                    return Err(bad("voice is required").with_param("voice"));
+                }
+            }
         }
-        if kind == CallKind::Embeddings && stream {
-            return Err(bad("embeddings cannot be streamed").with_param("stream"));
+        if stream
+            && matches!(
+                kind,
+                CallKind::Embeddings | CallKind::Moderations | CallKind::Images | CallKind::Speech
+            )
+        {
+            return Err(bad(&format!(
+                "{} cannot be streamed through this gateway",
+                kind.route()
+            ))
+            .with_param("stream"));
         }
+        let units = match kind {
+            CallKind::Images => match body.get("n").filter(|v| !v.is_null()) {
+                None => 1,
+                Some(n) => n
+                    .as_u64()
+                    .filter(|n| (1..=10).contains(n))
+                    .ok_or_else(|| bad("n must be an integer from 1 to 10").with_param("n"))?,
+            },
+            CallKind::Speech => body
+                .get("input")
+                .and_then(Value::as_str)
+                .map_or(0, |t| t.chars().count() as u64),
+            _ => 0,
+        };
         let cap = |names: &[&'static str]| -> Result<u64, Error> {
             let field = names
                 .iter()
@@ -368,7 +421,7 @@ impl CallRequest {
             }
         };
         let max_completion = match kind {
-            CallKind::Embeddings => 0,
+            CallKind::Embeddings | CallKind::Moderations | CallKind::Images | CallKind::Speech => 0,
             CallKind::Chat => cap(&["max_completion_tokens", "max_tokens"])?,
             CallKind::Completions => cap(&["max_tokens"])?,
             CallKind::Responses => cap(&["max_output_tokens"])?,
@@ -383,6 +436,7 @@ impl CallRequest {
             max_completion,
             body_bytes,
             received: std::time::Instant::now(),
+            units,
         })
     }
 
@@ -398,6 +452,18 @@ impl CallRequest {
                     self.body.get("prompt").map_or(0, |i| c.embedding_input(i))
                 }
                 CallKind::Responses => c.responses_prompt(&self.body),
+                CallKind::Moderations => self.body.get("input").map_or(0, |i| c.embedding_input(i)),
+                CallKind::Images | CallKind::Speech => {
+                    let field = if self.kind == CallKind::Images {
+                        "prompt"
+                    } else {
+                        "input"
+                    };
+                    self.body
+                        .get(field)
+                        .and_then(Value::as_str)
+                        .map_or(0, |t| c.text(t))
+                }
             })
             .max()
             .unwrap_or(0)

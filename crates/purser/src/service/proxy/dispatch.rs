@@ -805,6 +805,12 @@ async fn dispatch_openai(
         }
         let (body, usage) = mock_body(&dep, &requested, &req);
         let cost = meter.settle(usage, "success");
+        if req.kind == CallKind::Speech {
+            let mut out = Response::new(Body::from(super::mock::mock_speech()));
+            out.headers_mut()
+                .insert(header::CONTENT_TYPE, HeaderValue::from_static("audio/wav"));
+            return Ok(with_cost(out, cost));
+        }
         if messages {
             return Ok(with_cost(
                 axum::Json(anthropic::to_message(&body, &requested)).into_response(),
@@ -858,6 +864,7 @@ async fn dispatch_openai(
     // Read the body as it arrives: an upstream that answered and then failed mid-body (or sent
     // something that is not JSON) still produced work: bill the counted prompt plus the text
     // received, like an interrupted stream, and keep the log row.
+    let content_type = resp.headers().get(header::CONTENT_TYPE).cloned();
     let mut bytes = Vec::new();
     let mut body_stream = resp.bytes_stream();
     while let Some(part) = body_stream.next().await {
@@ -870,8 +877,27 @@ async fn dispatch_openai(
         }
     }
     let upstream = UpstreamTime(sent.elapsed());
+    if req.kind == CallKind::Speech {
+        // Audio, not JSON: billed per character of the text sent (and its counted tokens).
+        let cost = meter.settle(
+            Usage {
+                prompt_tokens: req.prompt_tokens,
+                units: req.units,
+                ..Usage::default()
+            },
+            "success",
+        );
+        let mut out = Response::new(Body::from(Bytes::from(bytes)));
+        out.headers_mut().insert(
+            header::CONTENT_TYPE,
+            content_type.unwrap_or(HeaderValue::from_static("audio/mpeg")),
+        );
+        out.extensions_mut().insert(upstream);
+        return Ok(with_cost(out, cost));
+    }
     let read_usage = match req.kind {
-        CallKind::Responses => Usage::from_responses_usage,
+        // gpt-image-1 reports `input_tokens` / `output_tokens` as the Responses API does.
+        CallKind::Responses | CallKind::Images => Usage::from_responses_usage,
         _ => Usage::from_usage,
     };
     let usage = match serde_json::from_slice::<UsageOnly>(&bytes)
@@ -900,6 +926,13 @@ async fn dispatch_openai(
             }
         },
     };
+    let mut usage = usage;
+    if req.kind == CallKind::Images {
+        // Billed per image made (which may be fewer than asked for).
+        usage.units = serde_json::from_slice::<ImagesOnly>(&bytes)
+            .map(|a| a.data.len() as u64)
+            .unwrap_or(req.units);
+    }
     let cost = meter.settle(usage, "success");
     let mut out = if messages {
         let answer = serde_json::from_slice::<Value>(&bytes).unwrap_or(Value::Null);
@@ -920,6 +953,13 @@ async fn dispatch_openai(
 #[derive(serde::Deserialize)]
 struct UsageOnly {
     usage: Option<Value>,
+}
+
+/// The images an image answer holds (counted, not read).
+#[derive(serde::Deserialize)]
+struct ImagesOnly {
+    #[serde(default)]
+    data: Vec<serde::de::IgnoredAny>,
 }
 
 /// Usage billed for a non-streaming answer cut short or unreadable: the counted prompt and the

@@ -251,7 +251,7 @@ pub async fn handle(state: AppState, caller: Caller, req: CallRequest) -> Result
     check_model_callable(&state, &ctx, &requested, &target)?;
     let req = req.counted(state.models.counters(&target)).await?;
     let (in_price, out_price) = state.models.max_prices(&target);
-    let free = in_price == 0 && out_price == 0;
+    let free = state.models.is_free(&target);
 
     // Budget scopes (tracked always; capped where a limit applies).
     let key = ctx.key.clone();
@@ -328,7 +328,11 @@ pub async fn handle(state: AppState, caller: Caller, req: CallRequest) -> Result
         return Err(over_budget(&state, &ctx, &o));
     }
     // 10. reservation (atomic across every scope)
-    let estimate = cost_of(req.prompt_tokens, req.max_completion, in_price, out_price).0;
+    let estimate = cost_of(req.prompt_tokens, req.max_completion, in_price, out_price)
+        .0
+        .saturating_add(
+            purser_core::money::cost_of_units(req.units, state.models.max_unit_price(&target)).0,
+        );
     let all: Vec<BudgetCheck> = first.into_iter().chain(later).collect();
     let reservation = state
         .ledger

@@ -80,6 +80,43 @@ pub(super) fn mock_body(dep: &Deployment, model: &str, req: &CallRequest) -> (Va
                 usage,
             )
         }
+        CallKind::Moderations => {
+            let n = match req.body.get("input") {
+                Some(Value::Array(a)) => a.len(),
+                _ => 1,
+            };
+            let usage = Usage {
+                prompt_tokens: req.prompt_tokens,
+                ..Usage::default()
+            };
+            let results: Vec<Value> = (0..n)
+                .map(|_| json!({"flagged": false, "categories": {}, "category_scores": {}}))
+                .collect();
+            (
+                json!({"id": format!("modr-{}", uuid::Uuid::new_v4().simple()), "model": model, "results": results}),
+                usage,
+            )
+        }
+        CallKind::Images => {
+            let usage = Usage {
+                prompt_tokens: req.prompt_tokens,
+                units: req.units,
+                ..Usage::default()
+            };
+            let data: Vec<Value> = (0..req.units)
+                .map(|i| json!({"url": format!("https://images.invalid/mock-{i}.png"), "revised_prompt": text}))
+                .collect();
+            (json!({"created": created(), "data": data}), usage)
+        }
+        // Audio is answered by `mock_speech`; this arm only bills.
+        CallKind::Speech => (
+            Value::Null,
+            Usage {
+                prompt_tokens: req.prompt_tokens,
+                units: req.units,
+                ..Usage::default()
+            },
+        ),
         CallKind::Embeddings => {
             let n = match req.body.get("input") {
                 Some(Value::Array(a)) => a.len(),
@@ -104,6 +141,28 @@ pub(super) fn mock_body(dep: &Deployment, model: &str, req: &CallRequest) -> (Va
             )
         }
     }
+}
+
+/// What a `mock_response` deployment says for `/v1/audio/speech`: a valid WAV of a tenth of a
+/// second of silence (16 kHz, 16-bit mono), whatever the text.
+pub(super) fn mock_speech() -> Vec<u8> {
+    let samples: u32 = 1600;
+    let data_len = samples * 2;
+    let mut wav = Vec::with_capacity(44 + data_len as usize);
+    wav.extend_from_slice(b"RIFF");
+    wav.extend_from_slice(&(36 + data_len).to_le_bytes());
+    wav.extend_from_slice(b"WAVEfmt ");
+    wav.extend_from_slice(&16u32.to_le_bytes());
+    wav.extend_from_slice(&1u16.to_le_bytes()); // PCM
+    wav.extend_from_slice(&1u16.to_le_bytes()); // mono
+    wav.extend_from_slice(&16_000u32.to_le_bytes());
+    wav.extend_from_slice(&32_000u32.to_le_bytes()); // bytes per second
+    wav.extend_from_slice(&2u16.to_le_bytes()); // block align
+    wav.extend_from_slice(&16u16.to_le_bytes()); // bits per sample
+    wav.extend_from_slice(b"data");
+    wav.extend_from_slice(&data_len.to_le_bytes());
+    wav.resize(44 + data_len as usize, 0);
+    wav
 }
 
 /// A Responses API `response` object holding one assistant message of `text`.

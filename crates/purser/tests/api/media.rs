@@ -1,0 +1,325 @@
+//! `/v1/images/generations`, `/v1/audio/speech` and `/v1/moderations` to OpenAI-wire and Azure
+//! deployments: governed like chat, billed per image made (or by tokens, as gpt-image-1
+//! reports), per character spoken (the deployment's price or the cost map's), moderations by
+//! their tokens; audio relayed as bytes; `mock_response` models answer all three; bad bodies and
+//! providers without the API refused before the upstream.
+
+use serde_json::{Value, json};
+
+use crate::helpers::{Backend, MASTER, TestApp};
+use crate::mock_upstream::MockUpstream;
+
+fn config(m: &MockUpstream) -> String {
+    format!(
+        r#"
+model_list:
+  - model_name: dalle
+    litellm_params:
+      model: openai/dall-e-3
+      api_base: {ok}
+      api_key: k
+      output_cost_per_image: 0.04
+  - model_name: dalle-fewer
+    litellm_params:
+      model: openai/dall-e-3
+      api_base: {fewer}
+      api_key: k
+      output_cost_per_image: 0.04
+  - model_name: gpt-image
+    litellm_params:
+      model: openai/gpt-image-1
+      api_base: {tokens}
+      api_key: k
+  - model_name: azure-dalle
+    litellm_params:
+      model: azure/dalle-prod
+      api_base: http://{addr}/ok
+      api_key: azure-key-0123456789
+      api_version: "2024-10-21"
+      output_cost_per_image: 0.08
+  - model_name: tts
+    litellm_params:
+      model: openai/tts-1
+      api_base: {ok}
+      api_key: k
+  - model_name: moderation
+    litellm_params:
+      model: openai/omni-moderation-latest
+      api_base: {ok}
+      api_key: k
+  - model_name: local
+    litellm_params:
+      model: openai/local
+      mock_response: a picture
+      output_cost_per_image: 0.01
+  - model_name: claude
+    litellm_params:
+      model: anthropic/claude-sonnet-4-5
+      api_base: http://{addr}/ok
+      api_key: sk-ant-0123456789
+router_settings:
+  num_retries: 0
+general_settings:
+  master_key: sk-1234
+  proxy_batch_write_at: 0.2
+"#,
+        ok = m.base("ok"),
+        fewer = m.base("fewer"),
+        tokens = m.base("tokens"),
+        addr = m.addr,
+    )
+}
+
+async fn new_key(app: &TestApp, body: Value) -> String {
+    let (s, b) = app.post("/key/generate", MASTER, body).await;
+    assert_eq!(s, 200, "{b}");
+    b["key"].as_str().unwrap().to_string()
+}
+
+async fn spend_is(app: &TestApp, key: &str, expected: f64) {
+    for _ in 0..100 {
+        let (_, b) = app.get(&format!("/key/info?key={key}"), MASTER).await;
+        let spend = b["info"]["spend"].as_f64().unwrap_or(0.0);
+        if spend >= expected * 0.999 {
+            assert!((spend - expected).abs() < 1e-12, "{spend} vs {expected}");
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("the key's spend never reached {expected}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn images_are_billed_per_image_made_or_by_tokens() {
+    let m = MockUpstream::start().await;
+    let app = TestApp::spawn_with(Backend::Sqlite, &config(&m)).await;
+
+    let key = new_key(&app, json!({})).await;
+    let (s, body) = app
+        .post(
+            "/v1/images/generations",
+            &key,
+            json!({"model": "dalle", "prompt": "a cat", "n": 2, "size": "1024x1024"}),
+        )
+        .await;
+    assert_eq!(s, 200, "{body}");
+    assert_eq!(body["data"].as_array().unwrap().len(), 2);
+    assert_eq!(m.last_body()["model"], "dall-e-3");
+    spend_is(&app, &key, 0.08).await;
+
+    // Billed for what was made, not for what was asked.
+    let key = new_key(&app, json!({})).await;
+    let (s, _) = app
+        .post(
+            "/images/generations",
+            &key,
+            json!({"model": "dalle-fewer", "prompt": "a cat", "n": 3}),
+        )
+        .await;
+    assert_eq!(s, 200);
+    spend_is(&app, &key, 0.04).await;
+
+    // gpt-image-1 reports tokens: priced from the cost map ($5 per 1M input tokens, no output
+    // token price in this map).
+    let key = new_key(&app, json!({})).await;
+    let (s, body) = app
+        .post(
+            "/v1/images/generations",
+            &key,
+            json!({"model": "gpt-image", "prompt": "a cat"}),
+        )
+        .await;
+    assert_eq!(s, 200, "{body}");
+    spend_is(&app, &key, 50.0 * 5e-6).await;
+
+    // Azure's path below the deployment.
+    let (s, body) = app
+        .post(
+            "/v1/images/generations",
+            MASTER,
+            json!({"model": "azure-dalle", "prompt": "a cat"}),
+        )
+        .await;
+    assert_eq!(s, 200, "{body}");
+    assert_eq!(
+        m.seen.azure_paths.lock().unwrap().last().unwrap().as_str(),
+        "/ok/openai/deployments/dalle-prod/images/generations?api-version=2024-10-21"
+    );
+
+    // Mock models answer in the API's shape and bill the same way.
+    let key = new_key(&app, json!({})).await;
+    let (s, body) = app
+        .post(
+            "/v1/images/generations",
+            &key,
+            json!({"model": "local", "prompt": "x", "n": 3}),
+        )
+        .await;
+    assert_eq!(s, 200, "{body}");
+    assert_eq!(body["data"].as_array().unwrap().len(), 3);
+    spend_is(&app, &key, 0.03).await;
+
+    // Per-image prices are not "free" (no token price is set): budgets hold them. Two images
+    // spend the key's $0.05; the next call is refused before the upstream.
+    let poor = new_key(&app, json!({"max_budget": 0.05})).await;
+    let (s, _) = app
+        .post(
+            "/v1/images/generations",
+            &poor,
+            json!({"model": "dalle", "prompt": "a cat", "n": 2}),
+        )
+        .await;
+    assert_eq!(s, 200);
+    let hits = m.hits();
+    let (s, b) = app
+        .post(
+            "/v1/images/generations",
+            &poor,
+            json!({"model": "dalle", "prompt": "a cat"}),
+        )
+        .await;
+    assert_eq!(s, 422, "{b}");
+    assert_eq!(b["error"]["type"], "budget_exceeded");
+    for (body, param) in [
+        (json!({"model": "dalle"}), "prompt"),
+        (json!({"model": "dalle", "prompt": "  "}), "prompt"),
+        (json!({"model": "dalle", "prompt": "x", "n": 0}), "n"),
+        (json!({"model": "dalle", "prompt": "x", "n": 11}), "n"),
+        (
+            json!({"model": "dalle", "prompt": "x", "stream": true}),
+            "stream",
+        ),
+    ] {
+        let (s, b) = app.post("/v1/images/generations", &key, body).await;
+        assert_eq!(s, 400, "{b}");
+        assert_eq!(b["error"]["param"], param, "{b}");
+    }
+    let (s, b) = app
+        .post(
+            "/v1/images/generations",
+            &key,
+            json!({"model": "claude", "prompt": "x"}),
+        )
+        .await;
+    assert_eq!(s, 400, "{b}");
+    assert_eq!(m.hits(), hits);
+    let (_, logs) = app.get("/spend/logs", MASTER).await;
+    assert!(
+        logs.as_array()
+            .unwrap()
+            .iter()
+            .all(|l| l["call_type"] == "aimage_generation"),
+        "{logs}"
+    );
+    app.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn speech_is_relayed_as_audio_and_billed_per_character() {
+    let m = MockUpstream::start().await;
+    let app = TestApp::spawn_with(Backend::Sqlite, &config(&m)).await;
+    let key = new_key(&app, json!({})).await;
+    let text = "Hello, world!"; // 13 characters at tts-1's $15 per 1M (the cost map)
+    let r = app
+        .client
+        .post(app.url("/v1/audio/speech"))
+        .bearer_auth(&key)
+        .json(&json!({"model": "tts", "input": text, "voice": "alloy"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["content-type"], "audio/mpeg");
+    assert_eq!(r.headers()["x-litellm-response-cost"], "0.000195");
+    assert_eq!(&r.bytes().await.unwrap()[..], b"ID3\x04mock-mp3-audio");
+    spend_is(&app, &key, 13.0 * 1.5e-5).await;
+
+    // A mock model speaks a valid WAV.
+    let r = app
+        .client
+        .post(app.url("/audio/speech"))
+        .bearer_auth(MASTER)
+        .json(&json!({"model": "local", "input": "hi", "voice": "alloy"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["content-type"], "audio/wav");
+    let wav = r.bytes().await.unwrap();
+    assert_eq!(&wav[..4], b"RIFF");
+    assert_eq!(&wav[8..12], b"WAVE");
+
+    let hits = m.hits();
+    for (body, param) in [
+        (json!({"model": "tts", "voice": "alloy"}), "input"),
+        (json!({"model": "tts", "input": "x"}), "voice"),
+        (
+            json!({"model": "tts", "input": 5, "voice": "alloy"}),
+            "input",
+        ),
+    ] {
+        let (s, b) = app.post("/v1/audio/speech", &key, body).await;
+        assert_eq!(s, 400, "{b}");
+        assert_eq!(b["error"]["param"], param, "{b}");
+    }
+    assert_eq!(m.hits(), hits);
+    app.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn moderations_are_proxied() {
+    let m = MockUpstream::start().await;
+    let app = TestApp::spawn_with(Backend::Sqlite, &config(&m)).await;
+    let key = new_key(&app, json!({"models": ["moderation"]})).await;
+    let (s, body) = app
+        .post(
+            "/v1/moderations",
+            &key,
+            json!({"model": "moderation", "input": ["one", "two"]}),
+        )
+        .await;
+    assert_eq!(s, 200, "{body}");
+    assert_eq!(body["results"].as_array().unwrap().len(), 2);
+    assert_eq!(m.last_body()["model"], "omni-moderation-latest");
+    let (s, body) = app
+        .post(
+            "/moderations",
+            MASTER,
+            json!({"model": "local", "input": "x"}),
+        )
+        .await;
+    assert_eq!(s, 200, "{body}");
+    assert_eq!(body["results"][0]["flagged"], false);
+    // The key's allow-list applies; a body without input never reaches the upstream.
+    let hits = m.hits();
+    let (s, _) = app
+        .post(
+            "/v1/moderations",
+            &key,
+            json!({"model": "tts", "input": "x"}),
+        )
+        .await;
+    assert_eq!(s, 403);
+    let (s, b) = app
+        .post("/v1/moderations", &key, json!({"model": "moderation"}))
+        .await;
+    assert_eq!(s, 400, "{b}");
+    assert_eq!(b["error"]["param"], "input");
+    assert_eq!(m.hits(), hits);
+    let mut logs = Value::Null;
+    for _ in 0..100 {
+        logs = app.get("/spend/logs", MASTER).await.1;
+        if logs.as_array().is_some_and(|l| l.len() >= 2) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(
+        logs.as_array()
+            .unwrap()
+            .iter()
+            .all(|l| l["call_type"] == "amoderation"),
+        "{logs}"
+    );
+    app.shutdown().await;
+}
