@@ -194,63 +194,70 @@ pub fn routes() -> Vec<Route> {
 pub async fn chat_completion(
     State(state): State<AppState>,
     caller: Caller,
+    headers: axum::http::HeaderMap,
     RawBody(body): RawBody,
 ) -> Result<Response> {
-    let req = CallRequest::parse(CallKind::Chat, &body)?;
+    let req = CallRequest::parse_with_headers(CallKind::Chat, &body, &headers)?;
     proxy::handle(state, caller, req).await
 }
 
 pub async fn embeddings(
     State(state): State<AppState>,
     caller: Caller,
+    headers: axum::http::HeaderMap,
     RawBody(body): RawBody,
 ) -> Result<Response> {
-    let req = CallRequest::parse(CallKind::Embeddings, &body)?;
+    let req = CallRequest::parse_with_headers(CallKind::Embeddings, &body, &headers)?;
     proxy::handle(state, caller, req).await
 }
 
 pub async fn text_completion(
     State(state): State<AppState>,
     caller: Caller,
+    headers: axum::http::HeaderMap,
     RawBody(body): RawBody,
 ) -> Result<Response> {
-    let req = CallRequest::parse(CallKind::Completions, &body)?;
+    let req = CallRequest::parse_with_headers(CallKind::Completions, &body, &headers)?;
     proxy::handle(state, caller, req).await
 }
 
 pub async fn responses(
     State(state): State<AppState>,
     caller: Caller,
+    headers: axum::http::HeaderMap,
     RawBody(body): RawBody,
 ) -> Result<Response> {
-    let req = CallRequest::parse(CallKind::Responses, &body)?;
+    let req = CallRequest::parse_with_headers(CallKind::Responses, &body, &headers)?;
     proxy::handle(state, caller, req).await
 }
 
 pub async fn moderations(
     State(state): State<AppState>,
     caller: Caller,
+    headers: axum::http::HeaderMap,
     RawBody(body): RawBody,
 ) -> Result<Response> {
-    let req = CallRequest::parse(CallKind::Moderations, &body)?;
+    let req = CallRequest::parse_with_headers(CallKind::Moderations, &body, &headers)?;
     proxy::handle(state, caller, req).await
 }
 
 pub async fn image_generation(
     State(state): State<AppState>,
     caller: Caller,
+    headers: axum::http::HeaderMap,
     RawBody(body): RawBody,
 ) -> Result<Response> {
-    let req = CallRequest::parse(CallKind::Images, &body)?;
+    let req = CallRequest::parse_with_headers(CallKind::Images, &body, &headers)?;
     proxy::handle(state, caller, req).await
 }
 
 pub async fn audio_speech(
     State(state): State<AppState>,
     caller: Caller,
+    headers: axum::http::HeaderMap,
     RawBody(body): RawBody,
 ) -> Result<Response> {
-    let req = CallRequest::parse(CallKind::Speech, &body)?;
+    let req = CallRequest::parse_with_headers(CallKind::Speech, &body, &headers)?;
     proxy::handle(state, caller, req).await
 }
 

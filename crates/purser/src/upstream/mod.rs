@@ -807,11 +807,13 @@ impl Registry {
         kind: CallKind,
         body: &Value,
         stream: bool,
+        timeout: Duration,
     ) -> Result<reqwest::Response, Failure> {
-        self.send_with(dep, kind, body, stream, &[]).await
+        self.send_with(dep, kind, body, stream, &[], timeout).await
     }
 
-    /// [`Registry::send`] with extra request headers (a client's `anthropic-beta`).
+    /// [`Registry::send`] with extra request headers (a client's `anthropic-beta`). `timeout`:
+    /// the attempt's (the request's, else the deployment's).
     pub async fn send_with(
         &self,
         dep: &Deployment,
@@ -819,6 +821,7 @@ impl Registry {
         body: &Value,
         stream: bool,
         headers: &[(&str, &str)],
+        timeout: Duration,
     ) -> Result<reqwest::Response, Failure> {
         let mut req = dep.authorize(self.client.post(dep.url(kind.path(), stream)).json(body));
         for (name, value) in headers {
@@ -849,7 +852,7 @@ impl Registry {
             }
         }
         if !stream {
-            req = req.timeout(dep.timeout);
+            req = req.timeout(timeout);
         }
         let unanswered = |error: Error| Failure {
             error,
@@ -857,8 +860,11 @@ impl Registry {
             retry_after: None,
             status: None,
         };
-        let resp = match tokio::time::timeout(dep.timeout, req.send()).await {
-            Err(_) => return Err(unanswered(timeout_error(dep))),
+        let resp = match tokio::time::timeout(timeout, req.send()).await {
+            Err(_) => return Err(unanswered(timeout_error_after(dep, timeout))),
+            Ok(Err(e)) if e.is_timeout() => {
+                return Err(unanswered(timeout_error_after(dep, timeout)));
+            }
             Ok(Err(e)) => return Err(unanswered(transport_error(dep, &e))),
             Ok(Ok(r)) => r,
         };
@@ -1565,15 +1571,20 @@ fn vertex_connection(
     })
 }
 
-/// 504: the upstream did not answer in time.
+/// 504: the upstream did not answer within the deployment's timeout.
 pub fn timeout_error(dep: &Deployment) -> Error {
+    timeout_error_after(dep, dep.timeout)
+}
+
+/// 504: the upstream did not answer within `after`.
+pub fn timeout_error_after(dep: &Deployment, after: Duration) -> Error {
     Error::proxy(
         StatusCode::GATEWAY_TIMEOUT,
         "timeout",
         format!(
             "litellm.Timeout: Request to model={} timed out after {}s",
             dep.model_name,
-            dep.timeout.as_secs_f64()
+            after.as_secs_f64()
         ),
     )
 }

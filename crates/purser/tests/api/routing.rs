@@ -444,3 +444,106 @@ fn error_class_policies_name_known_classes() {
         assert_eq!(err.key, key, "{err}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_carry_their_own_timeout_retries_and_fallbacks() {
+    let m = MockUpstream::start().await;
+    let yaml = config(
+        &[
+            upstream("slow", "slow", &m.base("slow"), ""),
+            upstream("busy", "busy", &m.base("busy"), ""),
+            upstream("primary", "primary", &m.base("fail"), ""),
+            upstream("backup", "backup", &m.base("ok"), ""),
+            upstream("other", "other", &m.base("ok"), ""),
+        ],
+        "  num_retries: 0\n  allowed_fails: 100\n  timeout: 30\n  fallbacks: [{primary: [backup]}]\n",
+    );
+    let app = TestApp::spawn_with(Backend::Sqlite, &yaml).await;
+    let send = |body: Value, headers: Vec<(&'static str, &'static str)>| {
+        let mut r = app
+            .client
+            .post(app.url("/v1/chat/completions"))
+            .bearer_auth(MASTER)
+            .json(&body);
+        for (k, v) in headers {
+            r = r.header(k, v);
+        }
+        r.send()
+    };
+
+    // timeout: the body's, and the header over it.
+    let mut body = hi("slow");
+    body["timeout"] = json!(0.3);
+    let t0 = Instant::now();
+    let r = send(body.clone(), vec![]).await.unwrap();
+    assert_eq!(r.status(), 504);
+    assert!(r.text().await.unwrap().contains("timed out after 0.3s"));
+    let r = send(body, vec![("x-litellm-timeout", "0.2")])
+        .await
+        .unwrap();
+    assert!(r.text().await.unwrap().contains("timed out after 0.2s"));
+    assert!(t0.elapsed() < Duration::from_secs(3));
+
+    // num_retries: the body's, and the header over it; never sent upstream.
+    let mut body = hi("busy");
+    body["num_retries"] = json!(2);
+    let before = m.hits();
+    let r = send(body.clone(), vec![]).await.unwrap();
+    assert_eq!(r.status(), 429);
+    assert_eq!(m.hits() - before, 3);
+    assert!(m.last_body().get("num_retries").is_none());
+    let before = m.hits();
+    send(body, vec![("x-litellm-num-retries", "0")])
+        .await
+        .unwrap();
+    assert_eq!(m.hits() - before, 1);
+
+    // fallbacks: the request's list replaces the configured one; disable_fallbacks turns both off.
+    let mut body = hi("primary");
+    body["fallbacks"] = json!(["other"]);
+    let r = send(body, vec![]).await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["x-litellm-model-id"], "other");
+    assert_eq!(r.headers()["x-litellm-attempted-fallbacks"], "1");
+    assert!(m.last_body().get("fallbacks").is_none());
+    let mut body = hi("primary");
+    body["disable_fallbacks"] = json!(true);
+    let r = send(body, vec![]).await.unwrap();
+    assert_eq!(r.status(), 502);
+
+    // A fallback the key may not call, or that does not exist, is refused before anything is
+    // sent; so are malformed values.
+    let (_, k) = app
+        .post("/key/generate", MASTER, json!({"models": ["primary"]}))
+        .await;
+    let key = k["key"].as_str().unwrap().to_string();
+    let before = m.hits();
+    for (extra, param) in [
+        (json!({"fallbacks": ["other"]}), "fallbacks"),
+        (json!({"fallbacks": ["no-such-model"]}), "fallbacks"),
+        (json!({"fallbacks": [{"model": "other"}]}), "fallbacks"),
+        (json!({"timeout": -1}), "timeout"),
+        (json!({"num_retries": 99}), "num_retries"),
+        (json!({"disable_fallbacks": "yes"}), "disable_fallbacks"),
+    ] {
+        let mut body = hi("primary");
+        for (k, v) in extra.as_object().unwrap() {
+            body[k] = v.clone();
+        }
+        let (s, b) = app.post("/v1/chat/completions", &key, body).await;
+        assert_eq!(s, 400, "{b}");
+        assert_eq!(b["error"]["param"], param, "{b}");
+    }
+    let r = app
+        .client
+        .post(app.url("/v1/chat/completions"))
+        .bearer_auth(&key)
+        .header("x-litellm-timeout", "soon")
+        .json(&hi("primary"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert_eq!(m.hits(), before);
+    app.shutdown().await;
+}

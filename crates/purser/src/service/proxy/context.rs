@@ -244,6 +244,136 @@ pub struct CallRequest {
     pub received: std::time::Instant,
     /// Units billed per unit (images asked for, characters to speak); 0 for token-priced calls.
     pub units: u64,
+    /// The reference's per-request routing fields, taken out of the body (they are not the
+    /// provider's parameters).
+    pub routing: RequestRouting,
+}
+
+/// Per-request routing (`timeout`, `stream_timeout`, `num_retries`, `fallbacks`,
+/// `disable_fallbacks` in the body; `x-litellm-timeout`, `x-litellm-stream-timeout`,
+/// `x-litellm-num-retries` headers, which win).
+#[derive(Debug, Clone, Default)]
+pub struct RequestRouting {
+    pub timeout: Option<std::time::Duration>,
+    pub stream_timeout: Option<std::time::Duration>,
+    pub num_retries: Option<u32>,
+    /// Model groups to fall back to instead of the configured ones (allow-lists still apply).
+    pub fallbacks: Option<Vec<String>>,
+    pub disable_fallbacks: bool,
+}
+
+/// Reads the per-request routing fields out of a body, or the 400 naming the bad one.
+fn take_routing(body: &mut serde_json::Map<String, Value>) -> Result<RequestRouting, Error> {
+    let bad = |field: &str, m: &str| {
+        Error::proxy(
+            StatusCode::BAD_REQUEST,
+            "bad_request_error",
+            format!("{field} {m}"),
+        )
+        .with_param(field)
+    };
+    let seconds = |field: &str, v: Value| -> Result<Option<std::time::Duration>, Error> {
+        match v {
+            Value::Null => Ok(None),
+            v => v
+                .as_f64()
+                .filter(|s| s.is_finite() && *s > 0.0 && *s <= 86_400.0)
+                .map(|s| Some(std::time::Duration::from_secs_f64(s)))
+                .ok_or_else(|| {
+                    bad(
+                        field,
+                        "must be a positive number of seconds (at most 86400)",
+                    )
+                }),
+        }
+    };
+    let mut r = RequestRouting::default();
+    if let Some(v) = body.remove("timeout") {
+        r.timeout = seconds("timeout", v)?;
+    }
+    if let Some(v) = body.remove("stream_timeout") {
+        r.stream_timeout = seconds("stream_timeout", v)?;
+    }
+    if let Some(v) = body.remove("num_retries").filter(|v| !v.is_null()) {
+        r.num_retries = Some(
+            v.as_u64()
+                .filter(|n| *n <= 10)
+                .ok_or_else(|| bad("num_retries", "must be an integer from 0 to 10"))?
+                as u32,
+        );
+    }
+    if let Some(v) = body.remove("fallbacks").filter(|v| !v.is_null()) {
+        let list = v
+            .as_array()
+            .and_then(|a| {
+                a.iter()
+                    .map(|m| m.as_str().map(str::to_string))
+                    .collect::<Option<Vec<String>>>()
+            })
+            .ok_or_else(|| {
+                bad(
+                    "fallbacks",
+                    "must be a list of model names (per-fallback parameters are not supported)",
+                )
+            })?;
+        r.fallbacks = Some(list);
+    }
+    if let Some(v) = body.remove("disable_fallbacks").filter(|v| !v.is_null()) {
+        r.disable_fallbacks = v
+            .as_bool()
+            .ok_or_else(|| bad("disable_fallbacks", "must be a boolean"))?;
+    }
+    Ok(r)
+}
+
+impl RequestRouting {
+    /// The reference's headers, over the body's fields.
+    pub fn apply_headers(&mut self, headers: &axum::http::HeaderMap) -> Result<(), Error> {
+        let bad = |name: &str, m: &str| {
+            Error::proxy(
+                StatusCode::BAD_REQUEST,
+                "bad_request_error",
+                format!("{name} {m}"),
+            )
+            .with_param(name)
+        };
+        let num = |name: &str| -> Result<Option<f64>, Error> {
+            match headers.get(name) {
+                None => Ok(None),
+                Some(v) => v
+                    .to_str()
+                    .ok()
+                    .and_then(|s| s.trim().parse::<f64>().ok())
+                    .filter(|n| n.is_finite())
+                    .map(Some)
+                    .ok_or_else(|| bad(name, "must be a number")),
+            }
+        };
+        for (name, slot) in [
+            ("x-litellm-timeout", &mut self.timeout),
+            ("x-litellm-stream-timeout", &mut self.stream_timeout),
+        ] {
+            if let Some(s) = num(name)? {
+                if !(s > 0.0 && s <= 86_400.0) {
+                    return Err(bad(
+                        name,
+                        "must be a positive number of seconds (at most 86400)",
+                    ));
+                }
+                *slot = Some(std::time::Duration::from_secs_f64(s));
+            }
+        }
+        if let Some(n) = num("x-litellm-num-retries")? {
+            if !((0.0..=10.0).contains(&n) && n.fract() == 0.0) {
+                return Err(bad(
+                    "x-litellm-num-retries",
+                    "must be an integer from 0 to 10",
+                ));
+            }
+            self.num_retries = Some(n as u32);
+        }
+        Ok(())
+    }
 }
 
 /// The body as a JSON object, or the reference's 400.
@@ -261,6 +391,27 @@ impl CallRequest {
     pub fn parse(kind: CallKind, bytes: &[u8]) -> Result<CallRequest, Error> {
         let body = json_object(bytes)?;
         Self::from_body(kind, body, bytes.len())
+    }
+
+    /// [`CallRequest::parse`] with the reference's routing headers applied.
+    pub fn parse_with_headers(
+        kind: CallKind,
+        bytes: &[u8],
+        headers: &axum::http::HeaderMap,
+    ) -> Result<CallRequest, Error> {
+        let mut req = Self::parse(kind, bytes)?;
+        req.routing.apply_headers(headers)?;
+        Ok(req)
+    }
+
+    /// The attempt timeout at `dep`: the request's, else the deployment's.
+    pub fn timeout_at(&self, dep: &crate::upstream::Deployment) -> std::time::Duration {
+        self.routing.timeout.unwrap_or(dep.timeout)
+    }
+
+    /// The idle timeout between streamed chunks at `dep`: the request's, else the deployment's.
+    pub fn stream_timeout_at(&self, dep: &crate::upstream::Deployment) -> std::time::Duration {
+        self.routing.stream_timeout.unwrap_or(dep.stream_timeout)
     }
 
     /// An Anthropic Messages request (`/v1/messages`), checked and translated to OpenAI chat for
@@ -309,9 +460,10 @@ impl CallRequest {
 
     fn from_body(
         kind: CallKind,
-        body: serde_json::Map<String, Value>,
+        mut body: serde_json::Map<String, Value>,
         body_bytes: usize,
     ) -> Result<CallRequest, Error> {
+        let routing = take_routing(&mut body)?;
         let bad = |m: &str| Error::proxy(StatusCode::BAD_REQUEST, "bad_request_error", m);
         let model = match body.get("model") {
             Some(Value::String(m)) if !m.trim().is_empty() => m.clone(),
@@ -437,6 +589,7 @@ impl CallRequest {
             body_bytes,
             received: std::time::Instant::now(),
             units,
+            routing,
         })
     }
 

@@ -169,6 +169,10 @@ pub(super) async fn dispatch(
     let mut total_retries: u32 = 0;
     let mut fallbacks_used: usize = 0;
     let mut remaining_fallbacks: Option<Vec<String>> = None;
+    // The request's own routing: its retry count, and its fallback list (already checked
+    // against the caller's allow-lists, in `meter.fallbacks`) instead of the configured one.
+    let retries_asked = req.routing.num_retries;
+    let own_fallbacks = req.routing.fallbacks.is_some() && !req.routing.disable_fallbacks;
     loop {
         let answering = Arc::clone(&meter.slot.0);
         let call_id = meter.log.request_id.clone();
@@ -205,7 +209,8 @@ pub(super) async fn dispatch(
         }
         tried.push(failed_id.clone());
         // 1. another try in this group
-        if retries < policy.retries_for(&group, &failure) {
+        let allowed_retries = retries_asked.unwrap_or_else(|| policy.retries_for(&group, &failure));
+        if retries < allowed_retries {
             let others = state.models.others_healthy(&group, &failed_id);
             let wait = policy.backoff(retries, others, failure.retry_after);
             if !wait.is_zero() {
@@ -221,6 +226,15 @@ pub(super) async fn dispatch(
         // 2. the next fallback group that has a deployment free
         let list = remaining_fallbacks.get_or_insert_with(|| {
             let allowed = &meter.fallbacks;
+            if own_fallbacks {
+                // The caller's own error is its own: a request the provider refused as bad is
+                // not sent elsewhere.
+                return if failure.class == crate::upstream::FailureClass::Request {
+                    Vec::new()
+                } else {
+                    allowed.clone()
+                };
+            }
             policy
                 .fallbacks(&group, failure.class)
                 .into_iter()
@@ -398,7 +412,14 @@ async fn dispatch_messages_native(
     let sent = Instant::now();
     let resp = match state
         .models
-        .send_with(&dep, req.kind, &body, req.stream, &extra)
+        .send_with(
+            &dep,
+            req.kind,
+            &body,
+            req.stream,
+            &extra,
+            req.timeout_at(&dep),
+        )
         .await
     {
         Ok(r) => r,
@@ -419,8 +440,8 @@ async fn dispatch_messages_native(
                 tap: SseTap::new(dep.tokens),
                 anthropic_tap: Some(anthropic::StreamTranslator::new(false, 0)),
             },
-            dep.stream_timeout,
-            dep.timeout,
+            req.stream_timeout_at(&dep),
+            req.timeout_at(&dep),
             Relay::AsIs,
         ));
         return Ok(upstream_took(out, sent));
@@ -591,7 +612,13 @@ async fn dispatch_translated(
     let sent = Instant::now();
     let resp = match state
         .models
-        .send(&dep, req.kind, &Value::Object(body), req.stream)
+        .send(
+            &dep,
+            req.kind,
+            &Value::Object(body),
+            req.stream,
+            req.timeout_at(&dep),
+        )
         .await
     {
         Ok(r) => r,
@@ -618,8 +645,8 @@ async fn dispatch_translated(
                 tap: SseTap::new(dep.tokens),
                 anthropic_tap: None,
             },
-            dep.stream_timeout,
-            dep.timeout,
+            req.stream_timeout_at(&dep),
+            req.timeout_at(&dep),
             relay,
         ));
         return Ok(upstream_took(out, sent));
@@ -694,7 +721,11 @@ async fn dispatch_gemini_embeddings(
         }
     };
     let sent = Instant::now();
-    let resp = match state.models.send(&dep, req.kind, &body, false).await {
+    let resp = match state
+        .models
+        .send(&dep, req.kind, &body, false, req.timeout_at(&dep))
+        .await
+    {
         Ok(r) => r,
         Err(failure) => return Err(Attempt::retry(failure, meter, req)),
     };
@@ -798,8 +829,8 @@ async fn dispatch_openai(
                     tap: SseTap::new(dep.tokens),
                     anthropic_tap: None,
                 },
-                dep.stream_timeout,
-                dep.timeout,
+                req.stream_timeout_at(&dep),
+                req.timeout_at(&dep),
                 relay,
             )));
         }
@@ -834,7 +865,12 @@ async fn dispatch_openai(
     }
     let body = Value::Object(body);
     let sent = Instant::now();
-    let resp = match state.models.send(&dep, req.kind, &body, req.stream).await {
+    let timeout = req.timeout_at(&dep);
+    let resp = match state
+        .models
+        .send(&dep, req.kind, &body, req.stream, timeout)
+        .await
+    {
         Ok(r) => r,
         Err(failure) => {
             if let Value::Object(b) = body {
@@ -855,8 +891,8 @@ async fn dispatch_openai(
                 tap: SseTap::new(dep.tokens),
                 anthropic_tap: None,
             },
-            dep.stream_timeout,
-            dep.timeout,
+            req.stream_timeout_at(&dep),
+            req.timeout_at(&dep),
             relay,
         ));
         return Ok(upstream_took(out, sent));

@@ -249,6 +249,34 @@ pub async fn handle(state: AppState, caller: Caller, req: CallRequest) -> Result
 
     // 3. key model access (and the model exists)
     check_model_callable(&state, &ctx, &requested, &target)?;
+    // The request's own fallback list replaces the configured one; each entry must be a model
+    // this caller may call (checked now, before anything is reserved: an unknown or forbidden
+    // one is refused rather than silently never tried).
+    let own_fallbacks = match &req.routing.fallbacks {
+        Some(asked) if !req.routing.disable_fallbacks => {
+            let mut out: Vec<String> = Vec::new();
+            for g in asked {
+                if g == &target || out.contains(g) {
+                    continue;
+                }
+                let allowed = state.models.contains(g)
+                    && (ctx.master
+                        || (check_key_models(&state, &ctx, g, g).is_ok()
+                            && check_scope_models(&state, &ctx, g, g).is_ok()));
+                if !allowed {
+                    return Err(Error::proxy(
+                        StatusCode::BAD_REQUEST,
+                        "bad_request_error",
+                        format!("fallbacks: '{g}' is not a model this key may call"),
+                    )
+                    .with_param("fallbacks"));
+                }
+                out.push(g.clone());
+            }
+            Some(out)
+        }
+        _ => None,
+    };
     let req = req.counted(state.models.counters(&target)).await?;
     let (in_price, out_price) = state.models.max_prices(&target);
     let free = state.models.is_free(&target);
@@ -433,7 +461,16 @@ pub async fn handle(state: AppState, caller: Caller, req: CallRequest) -> Result
     // Fallback groups this caller may reach: every allow-list applies to them as to the
     // requested model (a fallback never widens access).
     let policy = state.models.policy();
-    let fallbacks = if policy.has_fallbacks(&target) {
+    let may_call = |g: &str| {
+        ctx.master
+            || (check_key_models(&state, &ctx, g, g).is_ok()
+                && check_scope_models(&state, &ctx, g, g).is_ok())
+    };
+    let fallbacks = if req.routing.disable_fallbacks {
+        Vec::new()
+    } else if let Some(own) = own_fallbacks {
+        own
+    } else if policy.has_fallbacks(&target) {
         let mut all: Vec<String> = Vec::new();
         for class in [
             crate::upstream::FailureClass::Retryable,
@@ -441,11 +478,7 @@ pub async fn handle(state: AppState, caller: Caller, req: CallRequest) -> Result
             crate::upstream::FailureClass::ContentPolicy,
         ] {
             for g in policy.fallbacks(&target, class) {
-                if !all.contains(&g)
-                    && (ctx.master
-                        || (check_key_models(&state, &ctx, &g, &g).is_ok()
-                            && check_scope_models(&state, &ctx, &g, &g).is_ok()))
-                {
+                if !all.contains(&g) && may_call(&g) {
                     all.push(g);
                 }
             }
