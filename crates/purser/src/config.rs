@@ -69,6 +69,9 @@ pub struct LitellmParams {
     /// Price of one character of text spoken (`/v1/audio/speech`).
     #[serde(default)]
     pub input_cost_per_character: Option<f64>,
+    /// Price of one search (`/v1/rerank`; Cohere's search units).
+    #[serde(default)]
+    pub input_cost_per_query: Option<f64>,
     /// When set, Purser answers itself with this text (offline quickstart, tests).
     #[serde(default)]
     pub mock_response: Option<String>,
@@ -366,6 +369,10 @@ impl Config {
                     m.litellm_params.input_cost_per_character,
                 ),
                 (
+                    "litellm_params.input_cost_per_query",
+                    m.litellm_params.input_cost_per_query,
+                ),
+                (
                     "model_info.input_cost_per_token",
                     m.model_info.input_cost_per_token,
                 ),
@@ -399,12 +406,15 @@ impl Config {
                     ));
                 }
             }
-            if m.litellm_params.output_cost_per_image.is_some()
-                && m.litellm_params.input_cost_per_character.is_some()
-            {
+            let unit_prices = [
+                m.litellm_params.output_cost_per_image,
+                m.litellm_params.input_cost_per_character,
+                m.litellm_params.input_cost_per_query,
+            ];
+            if unit_prices.iter().filter(|p| p.is_some()).count() > 1 {
                 return Err((
-                    at("litellm_params.input_cost_per_character"),
-                    "a deployment makes images or speech, not both: set output_cost_per_image or input_cost_per_character".into(),
+                    at("litellm_params"),
+                    "a deployment makes images, speech or rankings: set one of output_cost_per_image, input_cost_per_character, input_cost_per_query".into(),
                 ));
             }
             if m.model_name.matches('*').count() > 1 {

@@ -132,6 +132,23 @@ pub fn routes() -> Vec<Route> {
             audio_speech,
         )
         .answers(Shape::Wrapped),
+        Route::post(
+            "/v1/rerank",
+            Gate::Llm,
+            tag,
+            "Rerank documents for a query (Cohere's shape; OpenAI-compatible servers with /rerank)",
+            rerank,
+        )
+        .answers(Shape::Wrapped),
+        Route::post("/rerank", Gate::Llm, tag, "Rerank (alias)", rerank).answers(Shape::Wrapped),
+        Route::post(
+            "/v2/rerank",
+            Gate::Llm,
+            tag,
+            "Rerank (Cohere v2 path)",
+            rerank,
+        )
+        .answers(Shape::Wrapped),
         // Anthropic clients: every refusal in Anthropic's error shape (drawn by the handlers
         // and, for auth, by the middleware).
         Route::post(
@@ -258,6 +275,16 @@ pub async fn audio_speech(
     RawBody(body): RawBody,
 ) -> Result<Response> {
     let req = CallRequest::parse_with_headers(CallKind::Speech, &body, &headers)?;
+    proxy::handle(state, caller, req).await
+}
+
+pub async fn rerank(
+    State(state): State<AppState>,
+    caller: Caller,
+    headers: axum::http::HeaderMap,
+    RawBody(body): RawBody,
+) -> Result<Response> {
+    let req = CallRequest::parse_with_headers(CallKind::Rerank, &body, &headers)?;
     proxy::handle(state, caller, req).await
 }
 

@@ -23,6 +23,8 @@ struct Entry {
     output_cost_per_image: Option<f64>,
     #[serde(default)]
     input_cost_per_character: Option<f64>,
+    #[serde(default)]
+    input_cost_per_query: Option<f64>,
 }
 
 /// One model's prices, USD per token.
@@ -32,8 +34,8 @@ pub struct Prices {
     pub output: f64,
     pub cache_read: Option<f64>,
     pub cache_write: Option<f64>,
-    /// Per image made, or per character spoken (the entry's `output_cost_per_image` /
-    /// `input_cost_per_character`).
+    /// Per image made, per character spoken or per search (the entry's `output_cost_per_image`
+    /// / `input_cost_per_character` / `input_cost_per_query`).
     pub per_unit: Option<f64>,
 }
 
@@ -52,7 +54,9 @@ impl CostMap {
                 continue;
             };
             let ok = |v: Option<f64>| v.filter(|v| v.is_finite() && *v >= 0.0);
-            let per_unit = ok(e.output_cost_per_image).or(ok(e.input_cost_per_character));
+            let per_unit = ok(e.output_cost_per_image)
+                .or(ok(e.input_cost_per_character))
+                .or(ok(e.input_cost_per_query));
             let input = ok(e.input_cost_per_token);
             if input.is_some() || per_unit.is_some() {
                 out.insert(

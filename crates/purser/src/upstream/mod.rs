@@ -303,6 +303,8 @@ pub enum CallKind {
     Images,
     /// `/v1/audio/speech` (billed per character spoken; the answer is audio).
     Speech,
+    /// `/v1/rerank` (Cohere's shape; billed per search unit and by reported tokens).
+    Rerank,
 }
 
 impl CallKind {
@@ -315,6 +317,7 @@ impl CallKind {
             CallKind::Moderations => "moderations",
             CallKind::Images => "images/generations",
             CallKind::Speech => "audio/speech",
+            CallKind::Rerank => "rerank",
         }
     }
 
@@ -328,6 +331,7 @@ impl CallKind {
             CallKind::Moderations => "/v1/moderations",
             CallKind::Images => "/v1/images/generations",
             CallKind::Speech => "/v1/audio/speech",
+            CallKind::Rerank => "/v1/rerank",
         }
     }
 
@@ -341,6 +345,7 @@ impl CallKind {
             CallKind::Moderations => "amoderation",
             CallKind::Images => "aimage_generation",
             CallKind::Speech => "aspeech",
+            CallKind::Rerank => "arerank",
         }
     }
 }
@@ -1273,7 +1278,10 @@ impl Template {
         // map costs $0, said loudly (budgets cannot limit it).
         let mut cache_read = p.cache_read_input_token_cost;
         let mut cache_write = p.cache_creation_input_token_cost;
-        let mut per_unit = p.output_cost_per_image.or(p.input_cost_per_character);
+        let mut per_unit = p
+            .output_cost_per_image
+            .or(p.input_cost_per_character)
+            .or(p.input_cost_per_query);
         let (own_in, own_out) = if own_in.is_none()
             && own_out.is_none()
             && per_unit.is_none()

@@ -1,5 +1,5 @@
-//! `/v1/images/generations`, `/v1/audio/speech` and `/v1/moderations` to OpenAI-wire and Azure
-//! deployments: governed like chat, billed per image made (or by tokens, as gpt-image-1
+//! `/v1/images/generations`, `/v1/audio/speech`, `/v1/moderations` and `/v1/rerank` to
+//! OpenAI-wire and Azure deployments: governed like chat, billed per image made (or by tokens, as gpt-image-1
 //! reports), per character spoken (the deployment's price or the cost map's), moderations by
 //! their tokens; audio relayed as bytes; `mock_response` models answer all three; bad bodies and
 //! providers without the API refused before the upstream.
@@ -52,6 +52,16 @@ model_list:
       model: openai/local
       mock_response: a picture
       output_cost_per_image: 0.01
+  - model_name: reranker
+    litellm_params:
+      model: hosted_vllm/bge-reranker-v2-m3
+      api_base: {ok}
+      input_cost_per_query: 0.002
+      input_cost_per_token: 0.0000001
+  - model_name: local-rerank
+    litellm_params:
+      model: openai/local-rerank
+      mock_response: x
   - model_name: claude
     litellm_params:
       model: anthropic/claude-sonnet-4-5
@@ -321,5 +331,57 @@ async fn moderations_are_proxied() {
             .all(|l| l["call_type"] == "amoderation"),
         "{logs}"
     );
+    app.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rerank_is_billed_per_search_and_by_tokens() {
+    let m = MockUpstream::start().await;
+    let app = TestApp::spawn_with(Backend::Sqlite, &config(&m)).await;
+    let key = new_key(&app, json!({})).await;
+    let (s, body) = app
+        .post(
+            "/v1/rerank",
+            &key,
+            json!({"model": "reranker", "query": "capital of France?",
+                   "documents": ["Paris is the capital.", {"text": "Berlin is a city."}, "Rome."], "top_n": 2}),
+        )
+        .await;
+    assert_eq!(s, 200, "{body}");
+    assert_eq!(body["results"].as_array().unwrap().len(), 2);
+    assert_eq!(body["results"][0]["index"], 2);
+    assert_eq!(m.last_body()["model"], "bge-reranker-v2-m3");
+    // One search unit at $0.002 plus the 30 tokens the server read at $0.1 per 1M.
+    spend_is(&app, &key, 0.002 + 30.0 * 1e-7).await;
+    let (s, body) = app
+        .post(
+            "/v2/rerank",
+            MASTER,
+            json!({"model": "local-rerank", "query": "q", "documents": ["a", "b", "c"], "top_n": 1}),
+        )
+        .await;
+    assert_eq!(s, 200, "{body}");
+    assert_eq!(body["results"].as_array().unwrap().len(), 1);
+    let hits = m.hits();
+    for (body, param) in [
+        (json!({"model": "reranker", "documents": ["a"]}), "query"),
+        (
+            json!({"model": "reranker", "query": "q", "documents": []}),
+            "documents",
+        ),
+        (
+            json!({"model": "reranker", "query": "q", "documents": [1]}),
+            "documents",
+        ),
+        (
+            json!({"model": "reranker", "query": "q", "documents": ["a"], "top_n": 0}),
+            "top_n",
+        ),
+    ] {
+        let (s, b) = app.post("/rerank", &key, body).await;
+        assert_eq!(s, 400, "{b}");
+        assert_eq!(b["error"]["param"], param, "{b}");
+    }
+    assert_eq!(m.hits(), hits);
     app.shutdown().await;
 }

@@ -112,6 +112,7 @@ impl MockUpstream {
             .route("/{mode}/v1/moderations", post(moderations))
             .route("/{mode}/v1/images/generations", post(images))
             .route("/{mode}/v1/audio/speech", post(speech))
+            .route("/{mode}/v1/rerank", post(rerank))
             .route(
                 "/{mode}/openai/deployments/{dep}/images/generations",
                 post(azure_images),
@@ -311,6 +312,33 @@ fn images_answer(mode: &str, body: &Value) -> Response {
         .map(|i| json!({"url": format!("https://images.example/{i}.png"), "revised_prompt": "a cat"}))
         .collect();
     axum::Json(json!({"created": 1700000000, "data": data})).into_response()
+}
+
+/// `/v1/rerank` (Cohere's shape, as vLLM serves it): documents scored in reverse order, `top_n`
+/// kept, `meta.billed_units.search_units` 1 and `usage.total_tokens` 30; refuses a body without
+/// `query` or `documents`.
+async fn rerank(
+    State(seen): State<Arc<Seen>>,
+    Path(_mode): Path<String>,
+    headers: HeaderMap,
+    body: axum::Json<Value>,
+) -> Response {
+    let body = body.0;
+    record(&seen, &headers, &body);
+    let Some(docs) = body["documents"]
+        .as_array()
+        .filter(|_| body["query"].is_string())
+    else {
+        return (StatusCode::BAD_REQUEST, axum::Json(json!({"error": {"message": "query and documents are required", "type": "invalid_request_error", "param": null}}))).into_response();
+    };
+    let n = docs.len();
+    let top = body["top_n"].as_u64().map_or(n, |t| (t as usize).min(n));
+    let results: Vec<Value> = (0..top)
+        .map(|i| json!({"index": n - 1 - i, "relevance_score": 0.9 - 0.1 * i as f64}))
+        .collect();
+    axum::Json(json!({"id": "rerank-mock", "results": results,
+        "meta": {"billed_units": {"search_units": 1}}, "usage": {"total_tokens": 30}}))
+    .into_response()
 }
 
 /// `/v1/audio/speech`: MP3-ish bytes (`audio/mpeg`); refuses a body without `input` or `voice`.

@@ -523,6 +523,35 @@ impl CallRequest {
                     return Err(bad("prompt must be a non-empty string").with_param("prompt"));
                 }
             }
+            CallKind::Rerank => {
+                if body
+                    .get("query")
+                    .and_then(Value::as_str)
+                    .is_none_or(|q| q.trim().is_empty())
+                {
+                    return Err(bad("query must be a non-empty string").with_param("query"));
+                }
+                let docs_ok = body
+                    .get("documents")
+                    .and_then(Value::as_array)
+                    .is_some_and(|d| {
+                        !d.is_empty()
+                            && d.iter().all(|x| {
+                                x.is_string() || x.get("text").is_some_and(Value::is_string)
+                            })
+                    });
+                if !docs_ok {
+                    return Err(bad(
+                        "documents must be a non-empty list of strings or {\"text\": …} objects",
+                    )
+                    .with_param("documents"));
+                }
+                if let Some(n) = body.get("top_n").filter(|v| !v.is_null())
+                    && n.as_u64().is_none_or(|n| n == 0)
+                {
+                    return Err(bad("top_n must be a positive integer").with_param("top_n"));
+                }
+            }
             CallKind::Speech => {
                 if !body.get("input").is_some_and(Value::is_string) {
                     return Err(bad("input must be a string").with_param("input"));
@@ -538,7 +567,11 @@ impl CallRequest {
         if stream
             && matches!(
                 kind,
-                CallKind::Embeddings | CallKind::Moderations | CallKind::Images | CallKind::Speech
+                CallKind::Embeddings
+                    | CallKind::Moderations
+                    | CallKind::Images
+                    | CallKind::Speech
+                    | CallKind::Rerank
             )
         {
             return Err(bad(&format!(
@@ -559,6 +592,11 @@ impl CallRequest {
                 .get("input")
                 .and_then(Value::as_str)
                 .map_or(0, |t| t.chars().count() as u64),
+            // One search unit per call (up to 100 documents, as Cohere counts).
+            CallKind::Rerank => body
+                .get("documents")
+                .and_then(Value::as_array)
+                .map_or(1, |d| d.len().div_ceil(100) as u64),
             _ => 0,
         };
         let cap = |names: &[&'static str]| -> Result<u64, Error> {
@@ -573,7 +611,11 @@ impl CallRequest {
             }
         };
         let max_completion = match kind {
-            CallKind::Embeddings | CallKind::Moderations | CallKind::Images | CallKind::Speech => 0,
+            CallKind::Embeddings
+            | CallKind::Moderations
+            | CallKind::Images
+            | CallKind::Speech
+            | CallKind::Rerank => 0,
             CallKind::Chat => cap(&["max_completion_tokens", "max_tokens"])?,
             CallKind::Completions => cap(&["max_tokens"])?,
             CallKind::Responses => cap(&["max_output_tokens"])?,
@@ -606,6 +648,24 @@ impl CallRequest {
                 }
                 CallKind::Responses => c.responses_prompt(&self.body),
                 CallKind::Moderations => self.body.get("input").map_or(0, |i| c.embedding_input(i)),
+                CallKind::Rerank => {
+                    let q = self
+                        .body
+                        .get("query")
+                        .and_then(Value::as_str)
+                        .map_or(0, |t| c.text(t));
+                    let docs: u64 =
+                        self.body
+                            .get("documents")
+                            .and_then(Value::as_array)
+                            .map_or(0, |d| {
+                                d.iter()
+                                    .filter_map(|x| x.as_str().or_else(|| x.get("text")?.as_str()))
+                                    .map(|t| c.text(t))
+                                    .sum()
+                            });
+                    q + docs
+                }
                 CallKind::Images | CallKind::Speech => {
                     let field = if self.kind == CallKind::Images {
                         "prompt"

@@ -963,6 +963,19 @@ async fn dispatch_openai(
         },
     };
     let mut usage = usage;
+    if req.kind == CallKind::Rerank
+        && let Ok(r) = serde_json::from_slice::<RerankOnly>(&bytes)
+    {
+        // Cohere reports search units; vLLM and others the tokens they read.
+        usage.units = r
+            .meta
+            .and_then(|m| m.billed_units)
+            .and_then(|b| b.search_units)
+            .unwrap_or(req.units);
+        if let Some(t) = r.usage.and_then(|u| u.total_tokens) {
+            usage.prompt_tokens = t;
+        }
+    }
     if req.kind == CallKind::Images {
         // Billed per image made (which may be fewer than asked for).
         usage.units = serde_json::from_slice::<ImagesOnly>(&bytes)
@@ -989,6 +1002,28 @@ async fn dispatch_openai(
 #[derive(serde::Deserialize)]
 struct UsageOnly {
     usage: Option<Value>,
+}
+
+/// What billing reads of a rerank answer.
+#[derive(serde::Deserialize)]
+struct RerankOnly {
+    meta: Option<RerankMeta>,
+    usage: Option<RerankUsage>,
+}
+
+#[derive(serde::Deserialize)]
+struct RerankMeta {
+    billed_units: Option<RerankUnits>,
+}
+
+#[derive(serde::Deserialize)]
+struct RerankUnits {
+    search_units: Option<u64>,
+}
+
+#[derive(serde::Deserialize)]
+struct RerankUsage {
+    total_tokens: Option<u64>,
 }
 
 /// The images an image answer holds (counted, not read).

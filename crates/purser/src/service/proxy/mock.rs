@@ -108,6 +108,31 @@ pub(super) fn mock_body(dep: &Deployment, model: &str, req: &CallRequest) -> (Va
                 .collect();
             (json!({"created": created(), "data": data}), usage)
         }
+        CallKind::Rerank => {
+            let n = req
+                .body
+                .get("documents")
+                .and_then(Value::as_array)
+                .map_or(0, Vec::len);
+            let top = req
+                .body
+                .get("top_n")
+                .and_then(Value::as_u64)
+                .map_or(n, |t| (t as usize).min(n));
+            let results: Vec<Value> = (0..top)
+                .map(|i| json!({"index": i, "relevance_score": 1.0 / (i as f64 + 1.0)}))
+                .collect();
+            let usage = Usage {
+                prompt_tokens: req.prompt_tokens,
+                units: req.units,
+                ..Usage::default()
+            };
+            (
+                json!({"id": format!("rerank-{}", uuid::Uuid::new_v4().simple()), "results": results,
+                       "meta": {"billed_units": {"search_units": req.units}}}),
+                usage,
+            )
+        }
         // Audio is answered by `mock_speech`; this arm only bills.
         CallKind::Speech => (
             Value::Null,
