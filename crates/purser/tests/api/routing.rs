@@ -505,6 +505,18 @@ async fn requests_carry_their_own_timeout_retries_and_fallbacks() {
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["x-litellm-model-id"], "other");
     assert_eq!(r.headers()["x-litellm-attempted-fallbacks"], "1");
+    // What failed on the way, scrubbed: the mock echoes the Authorization header it got.
+    let errors: Value =
+        serde_json::from_str(r.headers()["x-litellm-fallback-errors"].to_str().unwrap()).unwrap();
+    assert_eq!(errors[0]["model_group"], "primary", "{errors}");
+    assert_eq!(errors[0]["exception_type"], "InternalServerError");
+    assert!(
+        errors[0]["exception_string"]
+            .as_str()
+            .unwrap()
+            .contains("HTTP 500")
+    );
+    assert!(!errors.to_string().contains("Bearer k"), "{errors}");
     assert!(m.last_body().get("fallbacks").is_none());
     let mut body = hi("primary");
     body["disable_fallbacks"] = json!(true);

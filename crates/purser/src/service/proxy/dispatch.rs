@@ -173,13 +173,20 @@ pub(super) async fn dispatch(
     // against the caller's allow-lists, in `meter.fallbacks`) instead of the configured one.
     let retries_asked = req.routing.num_retries;
     let own_fallbacks = req.routing.fallbacks.is_some() && !req.routing.disable_fallbacks;
+    // What failed on the way, for `x-litellm-fallback-errors` (only built when something did).
+    let mut errors: Vec<Value> = Vec::new();
     loop {
         let answering = Arc::clone(&meter.slot.0);
         let call_id = meter.log.request_id.clone();
         let received = req.received;
         let attempt = Box::pin(attempt(state.clone(), meter, req, requested.clone())).await;
         let r = match attempt {
-            Ok(resp) => {
+            Ok(mut resp) => {
+                if fallbacks_used > 0
+                    && let Ok(v) = HeaderValue::from_str(&Value::Array(errors).to_string())
+                {
+                    resp.headers_mut().insert("x-litellm-fallback-errors", v);
+                }
                 return Ok(with_route_headers(
                     resp,
                     &answering,
@@ -203,6 +210,16 @@ pub(super) async fn dispatch(
         (meter, req) = (m, q);
         let policy = state.models.policy();
         state.models.record_failure(&meter.slot.0, &failure);
+        if errors.len() < 8 {
+            // Messages are already scrubbed of credentials; kept short for a header.
+            let msg: String = failure.error.message().chars().take(200).collect();
+            errors.push(json!({
+                "model_group": meter.slot.0.model_name,
+                "model_id": meter.slot.0.id,
+                "exception_type": failure.error_class(),
+                "exception_string": msg,
+            }));
+        }
         let failed_id = meter.slot.0.id.clone();
         if group.is_empty() {
             group = meter.slot.0.model_name.clone();
