@@ -58,25 +58,6 @@ general_settings:
     )
 }
 
-async fn new_key(app: &TestApp, body: Value) -> String {
-    let (s, b) = app.post("/key/generate", MASTER, body).await;
-    assert_eq!(s, 200, "{b}");
-    b["key"].as_str().unwrap().to_string()
-}
-
-async fn spend_after_flush(app: &TestApp, key: &str, expected: f64) {
-    for _ in 0..100 {
-        let (_, b) = app.get(&format!("/key/info?key={key}"), MASTER).await;
-        let spend = b["info"]["spend"].as_f64().unwrap_or(0.0);
-        if spend >= expected * 0.999 {
-            assert!((spend - expected).abs() < 1e-12, "{spend} vs {expected}");
-            return;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
-    panic!("the key's spend never reached {expected}");
-}
-
 async fn call(app: &TestApp, key: &str, path: &str, body: Value) -> (u16, String) {
     let r = app
         .client
@@ -94,7 +75,7 @@ async fn text_completions_are_proxied_and_billed() {
     let m = MockUpstream::start().await;
     let app = TestApp::spawn_with(Backend::Sqlite, &config(&m)).await;
 
-    let key = new_key(&app, json!({})).await;
+    let key = app.key_with(json!({})).await;
     let (s, body) = app
         .post(
             "/v1/completions",
@@ -106,11 +87,11 @@ async fn text_completions_are_proxied_and_billed() {
     assert_eq!(body["object"], "text_completion");
     assert_eq!(body["choices"][0]["text"], "Hello from completions.");
     assert_eq!(m.last_body()["model"], "upstream-model");
-    spend_after_flush(&app, &key, 5.0 * 1e-6 + 4.0 * 2e-6).await;
+    app.expect_key_spend(&key, 5.0 * 1e-6 + 4.0 * 2e-6).await;
 
     // Streamed: usage is asked for upstream and billed, and its chunk dropped for a client that
     // did not ask for it.
-    let key = new_key(&app, json!({})).await;
+    let key = app.key_with(json!({})).await;
     let (s, text) = call(
         &app,
         &key,
@@ -123,7 +104,7 @@ async fn text_completions_are_proxied_and_billed() {
     assert!(!text.contains("usage"), "{text}");
     assert!(text.ends_with("data: [DONE]\n\n"), "{text}");
     assert_eq!(m.last_body()["stream_options"]["include_usage"], true);
-    spend_after_flush(&app, &key, 5.0 * 1e-6 + 4.0 * 2e-6).await;
+    app.expect_key_spend(&key, 5.0 * 1e-6 + 4.0 * 2e-6).await;
 
     // The spend log says what kind of call it was.
     let (_, logs) = app.get("/spend/logs", MASTER).await;
@@ -200,7 +181,7 @@ async fn responses_are_proxied_and_billed() {
     let m = MockUpstream::start().await;
     let app = TestApp::spawn_with(Backend::Sqlite, &config(&m)).await;
 
-    let key = new_key(&app, json!({})).await;
+    let key = app.key_with(json!({})).await;
     let (s, body) = app
         .post(
             "/v1/responses",
@@ -214,11 +195,11 @@ async fn responses_are_proxied_and_billed() {
         body["output"][0]["content"][0]["text"],
         "Hello from responses."
     );
-    spend_after_flush(&app, &key, RESPONSES_COST).await;
+    app.expect_key_spend(&key, RESPONSES_COST).await;
 
     // Streamed: the events pass as sent (the usage is in `response.completed`, nothing to drop
     // and no `stream_options` to add, which the API would refuse).
-    let key = new_key(&app, json!({})).await;
+    let key = app.key_with(json!({})).await;
     let (s, text) = call(
         &app,
         &key,
@@ -230,7 +211,7 @@ async fn responses_are_proxied_and_billed() {
     assert!(text.starts_with("event: response.created\n"), "{text}");
     assert!(text.contains("event: response.completed\n"), "{text}");
     assert!(m.last_body().get("stream_options").is_none());
-    spend_after_flush(&app, &key, RESPONSES_COST).await;
+    app.expect_key_spend(&key, RESPONSES_COST).await;
     let (_, logs) = app.get("/spend/logs", MASTER).await;
     assert!(
         logs.as_array()
@@ -292,7 +273,7 @@ async fn responses_are_proxied_and_billed() {
 
     // Governance bites as for chat: a key with no budget left never reaches the upstream.
     let hits = m.hits();
-    let broke = new_key(&app, json!({"max_budget": 0.0})).await;
+    let broke = app.key_with(json!({"max_budget": 0.0})).await;
     let (s, b) = app
         .post(
             "/v1/responses",
@@ -302,7 +283,7 @@ async fn responses_are_proxied_and_billed() {
         .await;
     assert_eq!(s, 422, "{b}");
     assert_eq!(b["error"]["type"], "budget_exceeded", "{b}");
-    let limited = new_key(&app, json!({"models": ["local"]})).await;
+    let limited = app.key_with(json!({"models": ["local"]})).await;
     let (s, b) = app
         .post(
             "/v1/responses",

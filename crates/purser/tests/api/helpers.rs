@@ -217,6 +217,28 @@ impl TestApp {
         read(r).await
     }
 
+    /// A key made by the master key with `body` as its `/key/generate` request.
+    pub async fn key_with(&self, body: Value) -> String {
+        let (s, b) = self.post("/key/generate", MASTER, body).await;
+        assert_eq!(s, 200, "{b}");
+        b["key"].as_str().unwrap().to_string()
+    }
+
+    /// Waits (up to 5 s) until the spend writer has booked the key's spend, then asserts it is
+    /// exactly `expected` USD (to the nano-dollar).
+    pub async fn expect_key_spend(&self, key: &str, expected: f64) {
+        for _ in 0..100 {
+            let (_, b) = self.get(&format!("/key/info?key={key}"), MASTER).await;
+            let spend = b["info"]["spend"].as_f64().unwrap_or(0.0);
+            if spend >= expected * 0.999 {
+                assert!((spend - expected).abs() < 1e-12, "{spend} vs {expected}");
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        panic!("the key's spend never reached {expected}");
+    }
+
     pub async fn get(&self, path: &str, key: &str) -> (StatusCode, Value) {
         let r = self
             .client

@@ -80,31 +80,12 @@ general_settings:
     )
 }
 
-async fn new_key(app: &TestApp, body: Value) -> String {
-    let (s, b) = app.post("/key/generate", MASTER, body).await;
-    assert_eq!(s, 200, "{b}");
-    b["key"].as_str().unwrap().to_string()
-}
-
-async fn spend_is(app: &TestApp, key: &str, expected: f64) {
-    for _ in 0..100 {
-        let (_, b) = app.get(&format!("/key/info?key={key}"), MASTER).await;
-        let spend = b["info"]["spend"].as_f64().unwrap_or(0.0);
-        if spend >= expected * 0.999 {
-            assert!((spend - expected).abs() < 1e-12, "{spend} vs {expected}");
-            return;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
-    panic!("the key's spend never reached {expected}");
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn images_are_billed_per_image_made_or_by_tokens() {
     let m = MockUpstream::start().await;
     let app = TestApp::spawn_with(Backend::Sqlite, &config(&m)).await;
 
-    let key = new_key(&app, json!({})).await;
+    let key = app.key_with(json!({})).await;
     let (s, body) = app
         .post(
             "/v1/images/generations",
@@ -115,10 +96,10 @@ async fn images_are_billed_per_image_made_or_by_tokens() {
     assert_eq!(s, 200, "{body}");
     assert_eq!(body["data"].as_array().unwrap().len(), 2);
     assert_eq!(m.last_body()["model"], "dall-e-3");
-    spend_is(&app, &key, 0.08).await;
+    app.expect_key_spend(&key, 0.08).await;
 
     // Billed for what was made, not for what was asked.
-    let key = new_key(&app, json!({})).await;
+    let key = app.key_with(json!({})).await;
     let (s, _) = app
         .post(
             "/images/generations",
@@ -127,11 +108,11 @@ async fn images_are_billed_per_image_made_or_by_tokens() {
         )
         .await;
     assert_eq!(s, 200);
-    spend_is(&app, &key, 0.04).await;
+    app.expect_key_spend(&key, 0.04).await;
 
     // gpt-image-1 reports tokens: priced from the cost map ($5 per 1M input tokens, no output
     // token price in this map).
-    let key = new_key(&app, json!({})).await;
+    let key = app.key_with(json!({})).await;
     let (s, body) = app
         .post(
             "/v1/images/generations",
@@ -140,7 +121,7 @@ async fn images_are_billed_per_image_made_or_by_tokens() {
         )
         .await;
     assert_eq!(s, 200, "{body}");
-    spend_is(&app, &key, 50.0 * 5e-6).await;
+    app.expect_key_spend(&key, 50.0 * 5e-6).await;
 
     // Azure's path below the deployment.
     let (s, body) = app
@@ -157,7 +138,7 @@ async fn images_are_billed_per_image_made_or_by_tokens() {
     );
 
     // Mock models answer in the API's shape and bill the same way.
-    let key = new_key(&app, json!({})).await;
+    let key = app.key_with(json!({})).await;
     let (s, body) = app
         .post(
             "/v1/images/generations",
@@ -167,11 +148,11 @@ async fn images_are_billed_per_image_made_or_by_tokens() {
         .await;
     assert_eq!(s, 200, "{body}");
     assert_eq!(body["data"].as_array().unwrap().len(), 3);
-    spend_is(&app, &key, 0.03).await;
+    app.expect_key_spend(&key, 0.03).await;
 
     // Per-image prices are not "free" (no token price is set): budgets hold them. Two images
     // spend the key's $0.05; the next call is refused before the upstream.
-    let poor = new_key(&app, json!({"max_budget": 0.05})).await;
+    let poor = app.key_with(json!({"max_budget": 0.05})).await;
     let (s, _) = app
         .post(
             "/v1/images/generations",
@@ -228,7 +209,7 @@ async fn images_are_billed_per_image_made_or_by_tokens() {
 async fn speech_is_relayed_as_audio_and_billed_per_character() {
     let m = MockUpstream::start().await;
     let app = TestApp::spawn_with(Backend::Sqlite, &config(&m)).await;
-    let key = new_key(&app, json!({})).await;
+    let key = app.key_with(json!({})).await;
     let text = "Hello, world!"; // 13 characters at tts-1's $15 per 1M (the cost map)
     let r = app
         .client
@@ -242,7 +223,7 @@ async fn speech_is_relayed_as_audio_and_billed_per_character() {
     assert_eq!(r.headers()["content-type"], "audio/mpeg");
     assert_eq!(r.headers()["x-litellm-response-cost"], "0.000195");
     assert_eq!(&r.bytes().await.unwrap()[..], b"ID3\x04mock-mp3-audio");
-    spend_is(&app, &key, 13.0 * 1.5e-5).await;
+    app.expect_key_spend(&key, 13.0 * 1.5e-5).await;
 
     // A mock model speaks a valid WAV.
     let r = app
@@ -280,7 +261,7 @@ async fn speech_is_relayed_as_audio_and_billed_per_character() {
 async fn moderations_are_proxied() {
     let m = MockUpstream::start().await;
     let app = TestApp::spawn_with(Backend::Sqlite, &config(&m)).await;
-    let key = new_key(&app, json!({"models": ["moderation"]})).await;
+    let key = app.key_with(json!({"models": ["moderation"]})).await;
     let (s, body) = app
         .post(
             "/v1/moderations",
@@ -338,7 +319,7 @@ async fn moderations_are_proxied() {
 async fn rerank_is_billed_per_search_and_by_tokens() {
     let m = MockUpstream::start().await;
     let app = TestApp::spawn_with(Backend::Sqlite, &config(&m)).await;
-    let key = new_key(&app, json!({})).await;
+    let key = app.key_with(json!({})).await;
     let (s, body) = app
         .post(
             "/v1/rerank",
@@ -352,7 +333,7 @@ async fn rerank_is_billed_per_search_and_by_tokens() {
     assert_eq!(body["results"][0]["index"], 2);
     assert_eq!(m.last_body()["model"], "bge-reranker-v2-m3");
     // One search unit at $0.002 plus the 30 tokens the server read at $0.1 per 1M.
-    spend_is(&app, &key, 0.002 + 30.0 * 1e-7).await;
+    app.expect_key_spend(&key, 0.002 + 30.0 * 1e-7).await;
     let (s, body) = app
         .post(
             "/v2/rerank",

@@ -1279,14 +1279,6 @@ general_settings:
     )
 }
 
-async fn key_for(app: &TestApp, models: Value) -> String {
-    let (s, b) = app
-        .post("/key/generate", MASTER, json!({"models": models}))
-        .await;
-    assert_eq!(s, 200, "{b}");
-    b["key"].as_str().unwrap().to_string()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wildcard_models_serve_any_priced_model_of_their_provider() {
     let m = MockUpstream::start().await;
@@ -1294,7 +1286,7 @@ async fn wildcard_models_serve_any_priced_model_of_their_provider() {
 
     // A concrete Anthropic model through `anthropic/*`: translated, sent under its own name,
     // billed at the cost map's prices (5 plain + 2 cache-read + 1 cache-write prompt, 6 output).
-    let key = key_for(&app, json!([])).await;
+    let key = app.key_with(json!({"models": []})).await;
     let (s, body) = app
         .post(
             "/v1/chat/completions",
@@ -1314,7 +1306,7 @@ async fn wildcard_models_serve_any_priced_model_of_their_provider() {
 
     // The catch-all `*` sends the name as given to its provider, priced from the map (gpt-4o:
     // $2.5 / $10 per 1M; the mock bills 9 + 6 tokens); an exact group wins over any wildcard.
-    let key = key_for(&app, json!([])).await;
+    let key = app.key_with(json!({"models": []})).await;
     let r = app
         .client
         .post(app.url("/v1/chat/completions"))
@@ -1340,7 +1332,7 @@ async fn wildcard_models_serve_any_priced_model_of_their_provider() {
     assert_eq!(r.headers()["x-litellm-model-id"], "exact");
 
     // A wildcard that sets prices serves names the map does not know, at its prices.
-    let key = key_for(&app, json!([])).await;
+    let key = app.key_with(json!({"models": []})).await;
     let (s, body) = app
         .post("/v1/chat/completions", &key, hi("priced/my-local-llama"))
         .await;
@@ -1364,7 +1356,9 @@ async fn wildcard_models_serve_any_priced_model_of_their_provider() {
 
     // Allow-lists apply to the concrete name: an exact entry allows that model only, a
     // wildcard entry the provider's models.
-    let one = key_for(&app, json!(["anthropic/claude-sonnet-4-5"])).await;
+    let one = app
+        .key_with(json!({"models": ["anthropic/claude-sonnet-4-5"]}))
+        .await;
     let (s, _) = app
         .post(
             "/v1/chat/completions",
@@ -1383,7 +1377,7 @@ async fn wildcard_models_serve_any_priced_model_of_their_provider() {
     assert_eq!(s, 403, "{body}");
     assert_eq!(body["error"]["type"], "key_model_access_denied");
     assert_eq!(m.hits(), hits + 1);
-    let all = key_for(&app, json!(["anthropic/*"])).await;
+    let all = app.key_with(json!({"models": ["anthropic/*"]})).await;
     let (s, body) = app
         .post(
             "/v1/chat/completions",

@@ -281,8 +281,7 @@ general_settings:
         sa = service_account(&pem, &format!("http://{}/ok/token", m.addr)),
     );
     let app = TestApp::spawn_with(Backend::Sqlite, &yaml).await;
-    let (_, k) = app.post("/key/generate", MASTER, json!({})).await;
-    let key = k["key"].as_str().unwrap().to_string();
+    let key = app.key_with(json!({})).await;
 
     // AI Studio: one batchEmbedContents call for every input, `dimensions` carried; no token
     // count comes back, so the counted input is billed.
@@ -345,17 +344,8 @@ general_settings:
     assert_eq!(body["data"][0]["embedding"], json!([0.25, 0.5]));
     assert_eq!(m.last_body()["instances"][1]["content"], "b");
     assert_eq!(m.last_body()["parameters"]["outputDimensionality"], 2);
-    let expected = (counted + hi_tokens + 4) as f64 * 1e-6;
-    for _ in 0..100 {
-        let (_, info) = app.get(&format!("/key/info?key={key}"), MASTER).await;
-        if info["info"]["spend"].as_f64().unwrap_or(0.0) >= expected * 0.999 {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
-    let (_, info) = app.get(&format!("/key/info?key={key}"), MASTER).await;
-    let spend = info["info"]["spend"].as_f64().unwrap();
-    assert!((spend - expected).abs() < 1e-12, "{spend} vs {expected}");
+    app.expect_key_spend(&key, (counted + hi_tokens + 4) as f64 * 1e-6)
+        .await;
 
     // Refused before the upstream: token arrays, unknown parameters and formats, providers
     // without embeddings.

@@ -604,20 +604,7 @@ async fn dispatch_translated(
     };
     let mut body = match translated_body {
         Ok(b) => b,
-        Err(u) => {
-            meter.refund();
-            return Err(Attempt::Failed(
-                Error::proxy(
-                    StatusCode::BAD_REQUEST,
-                    "bad_request_error",
-                    format!(
-                        "litellm.UnsupportedParamsError: {} {} (model={})",
-                        u.field, u.reason, dep.model_name
-                    ),
-                )
-                .with_param(u.field),
-            ));
-        }
+        Err(u) => return Err(unsupported(meter, &dep, u)),
     };
     let wants_usage = client_wants_usage(&req);
     let now = unix_now();
@@ -722,20 +709,7 @@ async fn dispatch_gemini_embeddings(
     let dep = Arc::clone(&meter.slot.0);
     let body = match gemini::to_embed_request(&req.body, &dep.upstream_model, dep.is_vertex()) {
         Ok(b) => Value::Object(b),
-        Err(u) => {
-            meter.refund();
-            return Err(Attempt::Failed(
-                Error::proxy(
-                    StatusCode::BAD_REQUEST,
-                    "bad_request_error",
-                    format!(
-                        "litellm.UnsupportedParamsError: {} {} (model={})",
-                        u.field, u.reason, dep.model_name
-                    ),
-                )
-                .with_param(u.field),
-            ));
-        }
+        Err(u) => return Err(unsupported(meter, &dep, u)),
     };
     let sent = Instant::now();
     let resp = match state
@@ -784,6 +758,23 @@ async fn dispatch_gemini_embeddings(
     let mut out = axum::Json(answer).into_response();
     out.extensions_mut().insert(upstream);
     Ok(with_cost(out, cost))
+}
+
+/// A request the deployment's provider cannot take (a parameter it has no field for): refused
+/// with a 400 naming the parameter, before anything is sent; the call's holds are given back.
+fn unsupported(meter: Meter, dep: &Deployment, u: anthropic::Unsupported) -> Attempt {
+    meter.refund();
+    Attempt::Failed(
+        Error::proxy(
+            StatusCode::BAD_REQUEST,
+            "bad_request_error",
+            format!(
+                "litellm.UnsupportedParamsError: {} {} (model={})",
+                u.field, u.reason, dep.model_name
+            ),
+        )
+        .with_param(u.field),
+    )
 }
 
 /// An answer that broke while its body was read: the counted prompt is billed (the upstream
