@@ -231,12 +231,14 @@ pub fn anthropic_messages_url(api_base: &str) -> String {
 
 /// The `generateContent` (or streaming) endpoint of a Gemini model below `api_base`; the model
 /// is percent-encoded as one path segment.
-/// `{api_base}/models/{model}:{action}` (`batchEmbedContents`, Vertex's `predict`).
+/// `{api_base}/models/{model}:{action}` (`batchEmbedContents`, Vertex's `predict`,
+/// `rawPredict`). `@` stays as written: Vertex names model versions `claude-…@20250929`, and a
+/// path segment may hold it (RFC 3986 `pchar`).
 pub fn gemini_action_url(api_base: &str, model: &str, action: &str) -> String {
     format!(
         "{}/models/{}:{action}",
         api_base.trim_end_matches('/'),
-        encode_component(model)
+        encode_component(model).replace("%40", "@")
     )
 }
 

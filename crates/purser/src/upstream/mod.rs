@@ -29,6 +29,9 @@ use crate::error::Error;
 use crate::limiter::WINDOW_SECS;
 use tokens::TokenCounter;
 
+/// The Messages API version Vertex AI serves Claude under (sent in the body).
+const VERTEX_ANTHROPIC_VERSION: &str = "vertex-2023-10-16";
+
 /// Default whole-request timeout: 600 s, not the reference's 6000 s, which would let a stalled
 /// client hold a stream's reservation and slot for 100 minutes (`request_timeout` changes it).
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(600);
@@ -113,6 +116,21 @@ impl Deployment {
         self.public_api_base.as_deref()
     }
 
+    /// Puts a Messages body in this deployment's form: the model named (Anthropic's API), or,
+    /// for Claude on Vertex AI, no model (it is in the path) and Vertex's `anthropic_version`.
+    pub fn shape_messages_body(&self, body: &mut serde_json::Map<String, Value>) {
+        if self.vertex.is_some() {
+            body.remove("model");
+            body.insert(
+                "anthropic_version".into(),
+                Value::String(VERTEX_ANTHROPIC_VERSION.into()),
+            );
+        } else {
+            body.remove("anthropic_version");
+            body.insert("model".into(), Value::String(self.upstream_model.clone()));
+        }
+    }
+
     /// Whether it is a Vertex AI deployment (its embeddings speak `:predict`).
     pub fn is_vertex(&self) -> bool {
         self.vertex.is_some()
@@ -137,6 +155,16 @@ impl Deployment {
             }
             Wire::Gemini => provider::gemini_url(base, &self.upstream_model, stream),
             Wire::OpenAi => format!("{base}/{endpoint}"),
+            // Claude on Vertex: the model is in the path, the stream a different action.
+            Wire::Anthropic if self.vertex.is_some() => provider::gemini_action_url(
+                base,
+                &self.upstream_model,
+                if stream {
+                    "streamRawPredict"
+                } else {
+                    "rawPredict"
+                },
+            ),
             Wire::Anthropic => provider::anthropic_messages_url(base),
             Wire::Azure => format!(
                 "{base}/{}",
@@ -163,6 +191,8 @@ impl Deployment {
                 Some(k) => req.header("x-goog-api-key", k),
                 None => req,
             },
+            // Vertex: the version goes in the body, the bearer token is added by `send_with`.
+            Wire::Anthropic if self.vertex.is_some() => req,
             Wire::Anthropic => {
                 let req = req.header("anthropic-version", anthropic::API_VERSION);
                 match &self.api_key {
@@ -668,7 +698,7 @@ impl Registry {
     pub fn anthropic_deployment(&self, name: &str) -> Option<Arc<Deployment>> {
         self.routable(name)
             .iter()
-            .find(|d| d.wire == Wire::Anthropic && !d.is_mock() && !d.cooling())
+            .find(|d| d.wire == Wire::Anthropic && !d.is_mock() && !d.cooling() && !d.is_vertex())
             .cloned()
     }
 
@@ -1505,20 +1535,17 @@ fn connection(
 }
 
 /// A Vertex AI deployment's connection: its service account (checked by signing once), project
-/// and location, and the Gemini-wire base URL they make. Errors name the field, never a secret.
+/// and location, and the base URL they make (Gemini's wire; Claude models: Anthropic's). Errors name the field, never a secret.
 fn vertex_connection(
     p: &crate::config::LitellmParams,
     at: &str,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> anyhow::Result<Connection> {
-    if p.model
+    // Claude models are Anthropic's publisher on Vertex, spoken in Anthropic's Messages API.
+    let claude = p
+        .model
         .trim_start_matches("vertex_ai/")
-        .starts_with("claude")
-    {
-        anyhow::bail!(
-            "{at}.model: Anthropic models on Vertex AI (vertex_ai/claude-*) are not served yet; use anthropic/ or a Gemini model"
-        );
-    }
+        .starts_with("claude");
     if p.api_key.is_some() {
         anyhow::bail!(
             "{at}.api_key: Vertex AI calls are authorized by vertex_credentials (a service-account key), not an api_key"
@@ -1565,12 +1592,17 @@ fn vertex_connection(
     {
         anyhow::bail!("{at}.vertex_location: '{location}' is not a region name");
     }
-    let api_base = vertex::base_url(p.api_base.as_deref(), &project, &location);
+    let publisher = if claude { "anthropic" } else { "google" };
+    let api_base = vertex::base_url(p.api_base.as_deref(), &project, &location, publisher);
     if reqwest::Url::parse(&api_base).map_or(true, |u| !matches!(u.scheme(), "http" | "https")) {
         anyhow::bail!("{at}.api_base: must be an http:// or https:// URL");
     }
     Ok(Connection {
-        wire: Wire::Gemini,
+        wire: if claude {
+            Wire::Anthropic
+        } else {
+            Wire::Gemini
+        },
         api_base,
         api_key: None,
         api_version: String::new(),

@@ -201,17 +201,18 @@ fn unix_now() -> u64 {
         .unwrap_or(0)
 }
 
-/// The Gemini-wire base URL of a Vertex project and location (below it: `/models/{m}:…`):
-/// `{root}/v1/projects/{project}/locations/{location}/publishers/google`, where the root is the
-/// location's regional host (`global`: the global host) unless `api_base` gives one.
-pub fn base_url(api_base: Option<&str>, project: &str, location: &str) -> String {
+/// The base URL of a Vertex project, location and publisher (`google` for Gemini, `anthropic`
+/// for Claude; below it: `/models/{m}:…`):
+/// `{root}/v1/projects/{project}/locations/{location}/publishers/{publisher}`, where the root is
+/// the location's regional host (`global`: the global host) unless `api_base` gives one.
+pub fn base_url(api_base: Option<&str>, project: &str, location: &str, publisher: &str) -> String {
     let root = match api_base {
         Some(b) => b.trim_end_matches('/').to_string(),
         None if location == "global" => "https://aiplatform.googleapis.com".into(),
         None => format!("https://{location}-aiplatform.googleapis.com"),
     };
     format!(
-        "{root}/v1/projects/{}/locations/{}/publishers/google",
+        "{root}/v1/projects/{}/locations/{}/publishers/{publisher}",
         purser_core::provider::encode_component(project),
         purser_core::provider::encode_component(location)
     )
@@ -224,16 +225,16 @@ mod tests {
     #[test]
     fn base_urls_follow_the_location() {
         assert_eq!(
-            base_url(None, "p", "us-central1"),
+            base_url(None, "p", "us-central1", "google"),
             "https://us-central1-aiplatform.googleapis.com/v1/projects/p/locations/us-central1/publishers/google"
         );
         assert_eq!(
-            base_url(None, "p", "global"),
+            base_url(None, "p", "global", "google"),
             "https://aiplatform.googleapis.com/v1/projects/p/locations/global/publishers/google"
         );
         assert_eq!(
-            base_url(Some("http://127.0.0.1:9/ok/"), "my proj", "eu"),
-            "http://127.0.0.1:9/ok/v1/projects/my%20proj/locations/eu/publishers/google"
+            base_url(Some("http://127.0.0.1:9/ok/"), "my proj", "eu", "anthropic"),
+            "http://127.0.0.1:9/ok/v1/projects/my%20proj/locations/eu/publishers/anthropic"
         );
     }
 

@@ -134,6 +134,10 @@ impl MockUpstream {
             )
             .route("/{mode}/token", post(oauth_token))
             .route(
+                "/{mode}/v1/projects/{project}/locations/{location}/publishers/anthropic/models/{action}",
+                post(vertex_claude),
+            )
+            .route(
                 "/{mode}/openai/deployments/{dep}/embeddings",
                 post(azure_embeddings),
             )
@@ -913,6 +917,56 @@ async fn vertex_generate(
             .into_response();
     }
     gemini_answer(seen, action, uri, headers, body.0)
+}
+
+/// Claude on Vertex AI (`…/publishers/anthropic/models/{model}:rawPredict` and
+/// `:streamRawPredict`): as strict as Vertex — a bearer token, `anthropic_version:
+/// vertex-2023-10-16` in the body, no `model` in it, `stream: true` exactly for the stream action —
+/// then answered as Anthropic's Messages API (mode `ok`). The path is recorded in `azure_paths`.
+async fn vertex_claude(
+    State(seen): State<Arc<Seen>>,
+    Path((mode, _project, _location, action)): Path<(String, String, String, String)>,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
+    body: axum::Json<Value>,
+) -> Response {
+    let body = body.0;
+    seen.azure_paths.lock().unwrap().push(
+        uri.path_and_query()
+            .map(|p| p.as_str().to_string())
+            .unwrap_or_default(),
+    );
+    let bearer_ok = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("Bearer ya29.mock-"));
+    let streaming = action.ends_with(":streamRawPredict");
+    let refuse = |m: &str| {
+        (
+            StatusCode::BAD_REQUEST,
+            axum::Json(
+                json!({"type": "error", "error": {"type": "invalid_request_error", "message": m}}),
+            ),
+        )
+            .into_response()
+    };
+    if !bearer_ok {
+        return (
+            StatusCode::UNAUTHORIZED,
+            axum::Json(json!({"error": {"code": 401, "status": "UNAUTHENTICATED"}})),
+        )
+            .into_response();
+    }
+    if body["anthropic_version"] != "vertex-2023-10-16" {
+        return refuse("anthropic_version: vertex-2023-10-16 is required");
+    }
+    if body.get("model").is_some() {
+        return refuse("model: Extra inputs are not permitted");
+    }
+    if (body["stream"] == true) != streaming {
+        return refuse("stream must be true for streamRawPredict only");
+    }
+    anthropic_messages(State(seen), Path(mode), headers, axum::Json(body)).await
 }
 
 /// Google's OAuth token endpoint for service-account JWTs: checks the grant and the assertion's

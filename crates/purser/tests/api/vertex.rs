@@ -200,10 +200,6 @@ fn vertex_deployments_refuse_to_start_without_usable_credentials() {
             "vertex_project: required",
         ),
         (
-            format!("model: vertex_ai/claude-sonnet-4-5\n      vertex_credentials: {good}"),
-            "not served yet",
-        ),
-        (
             format!("model: vertex_ai/gemini-2.5-flash\n      api_key: SECRET-KEY-TEXT\n      vertex_credentials: {good}"),
             "not an api_key",
         ),
@@ -388,5 +384,96 @@ general_settings:
         "{b}"
     );
     assert_eq!(m.hits(), hits);
+    app.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claude_on_vertex_speaks_anthropic_with_a_service_account_token() {
+    let m = MockUpstream::start().await;
+    let pem = private_key_pem();
+    let yaml = format!(
+        r#"
+model_list:
+  - model_name: vertex-claude
+    litellm_params:
+      model: vertex_ai/claude-sonnet-4-5@20250929
+      api_base: http://{addr}/ok
+      vertex_location: us-east5
+      vertex_credentials: {sa}
+router_settings:
+  num_retries: 0
+general_settings:
+  master_key: sk-1234
+  proxy_batch_write_at: 0.2
+"#,
+        addr = m.addr,
+        sa = service_account(&pem, &format!("http://{}/ok/token", m.addr)),
+    );
+    let app = TestApp::spawn_with(Backend::Sqlite, &yaml).await;
+    let key = app.key_with(json!({})).await;
+    let base = "/ok/v1/projects/purser-tests/locations/us-east5/publishers/anthropic/models/claude-sonnet-4-5@20250929";
+
+    // OpenAI chat, translated to Messages and sent as Vertex wants it.
+    let (s, body) = app
+        .post("/v1/chat/completions", &key, hi("vertex-claude"))
+        .await;
+    assert_eq!(s, 200, "{body}");
+    assert_eq!(
+        body["choices"][0]["message"]["content"],
+        "Hello from Claude."
+    );
+    assert_eq!(
+        m.seen.azure_paths.lock().unwrap().last().unwrap().as_str(),
+        format!("{base}:rawPredict")
+    );
+    let sent = m.last_body();
+    assert_eq!(sent["anthropic_version"], "vertex-2023-10-16");
+    assert!(sent.get("model").is_none(), "{sent}");
+    let mut req = hi("vertex-claude");
+    req["stream"] = json!(true);
+    let r = app
+        .client
+        .post(app.url("/v1/chat/completions"))
+        .bearer_auth(&key)
+        .json(&req)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let text = r.text().await.unwrap();
+    assert!(
+        text.contains("Claude") && text.ends_with("data: [DONE]\n\n"),
+        "{text}"
+    );
+    assert_eq!(
+        m.seen.azure_paths.lock().unwrap().last().unwrap().as_str(),
+        format!("{base}:streamRawPredict")
+    );
+
+    // An Anthropic client's request goes natively, reshaped the same way.
+    let r = app
+        .client
+        .post(app.url("/v1/messages"))
+        .header("x-api-key", &key)
+        .json(&json!({"model": "vertex-claude", "max_tokens": 32,
+                      "messages": [{"role": "user", "content": "hi"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let msg: Value = r.json().await.unwrap();
+    assert_eq!(msg["content"][0]["text"], "Hello from Claude.", "{msg}");
+    assert!(m.last_body().get("model").is_none());
+    assert_eq!(
+        m.seen
+            .tokens_granted
+            .load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "one token for every call"
+    );
+    // Priced from the cost map's Vertex entry ($3 / $15 per 1M, cache reads and writes at their
+    // prices): 5 plain + 2 read + 1 write prompt tokens, 6 output, three calls.
+    let one = 5.0 * 3e-6 + 2.0 * 3e-7 + 3.75e-6 + 6.0 * 1.5e-5;
+    app.expect_key_spend(&key, 3.0 * one).await;
     app.shutdown().await;
 }

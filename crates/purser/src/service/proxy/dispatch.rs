@@ -415,7 +415,7 @@ async fn dispatch_messages_native(
         .into_iter()
         .collect();
     let mut body = original.body;
-    body.insert("model".into(), Value::String(dep.upstream_model.clone()));
+    dep.shape_messages_body(&mut body);
     let body = Value::Object(body);
     // What a retry elsewhere needs back: the client's request (req.body keeps its translation).
     let restore = |req: &mut CallRequest, body: Value| {
@@ -608,6 +608,9 @@ async fn dispatch_translated(
     };
     let wants_usage = client_wants_usage(&req);
     let now = unix_now();
+    if wire == Wire::Anthropic {
+        dep.shape_messages_body(&mut body);
+    }
     if req.stream && wire == Wire::Anthropic {
         body.insert("stream".into(), Value::Bool(true));
     } else {
