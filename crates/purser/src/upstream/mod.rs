@@ -477,7 +477,7 @@ impl Registry {
                 listing
                     .entry(m.model_name.clone())
                     .or_default()
-                    .push(Arc::new(listed.0));
+                    .push(Arc::new(listed));
                 match wildcards.iter_mut().find(|w| w.pattern == m.model_name) {
                     Some(w) => w.templates.push(template),
                     None => wildcards.push(Wildcard {
@@ -487,7 +487,7 @@ impl Registry {
                 }
                 continue;
             }
-            let (dep, _) = template.build(
+            let dep = template.build(
                 &m.model_name,
                 &template.upstream_model,
                 &cost_map,
@@ -644,11 +644,10 @@ impl Registry {
         let mut counters: Vec<TokenCounter> = Vec::new();
         for t in &w.templates {
             let upstream = t.upstream_model.replacen('*', part, 1);
-            let Ok((dep, priced)) = t.build(name, &upstream, &self.cost_map, &self.policy, false)
-            else {
+            let Ok(dep) = t.build(name, &upstream, &self.cost_map, &self.policy, false) else {
                 return Err(Unserved::Unknown);
             };
-            if !priced {
+            if !dep.priced && !dep.is_mock() {
                 return Err(Unserved::Unpriced(w.pattern.clone()));
             }
             if !counters.contains(&dep.tokens) {
@@ -1153,12 +1152,10 @@ impl RouterPolicy {
             .group_retry_policy
             .get(group)
             .unwrap_or(&self.retry_policy);
-        let class = f.error_class();
         table
-            .iter()
-            .find(|(k, _)| k.strip_suffix("Retries") == Some(class))
-            .map(|(_, n)| *n)
-            .or_else(|| table.get("DefaultRetries").copied())
+            .get(&format!("{}Retries", f.error_class()))
+            .or_else(|| table.get("DefaultRetries"))
+            .copied()
             .unwrap_or(if f.class == FailureClass::Retryable {
                 self.num_retries
             } else {
@@ -1168,11 +1165,9 @@ impl RouterPolicy {
 
     /// `allowed_fails_policy`'s threshold for a failure's class, if it names one.
     fn allowed_fails_for(&self, f: &Failure) -> Option<u32> {
-        let class = f.error_class();
         self.allowed_fails_policy
-            .iter()
-            .find(|(k, _)| k.strip_suffix("AllowedFails") == Some(class))
-            .map(|(_, n)| *n)
+            .get(&format!("{}AllowedFails", f.error_class()))
+            .copied()
     }
 
     /// The groups a failure of `class` in `group` falls back to, in order.
@@ -1288,8 +1283,8 @@ struct Template {
 }
 
 impl Template {
-    /// The deployment of `model_name` calling `upstream_model`, and whether it is priced (its
-    /// own prices, else the cost map's). `at_startup`: log how it is priced.
+    /// The deployment of `model_name` calling `upstream_model`, priced by its own prices, else
+    /// the cost map's. `at_startup`: log how it is priced.
     fn build(
         &self,
         model_name: &str,
@@ -1297,7 +1292,7 @@ impl Template {
         cost_map: &cost_map::CostMap,
         policy: &RouterPolicy,
         at_startup: bool,
-    ) -> anyhow::Result<(Deployment, bool)> {
+    ) -> anyhow::Result<Deployment> {
         let (i, m, p) = (self.index, &self.entry, &self.entry.litellm_params);
         let provider = &self.provider;
         let own_in = p.input_cost_per_token.or(m.model_info.input_cost_per_token);
@@ -1396,7 +1391,7 @@ impl Template {
             cooling_until: AtomicU64::new(0),
             fails: Mutex::new((0, 0, [0; 8])),
         };
-        Ok((dep, priced || p.mock_response.is_some()))
+        Ok(dep)
     }
 }
 

@@ -446,21 +446,8 @@ async fn dispatch_messages_native(
         }
     };
     if req.stream {
-        let chunks = resp
-            .bytes_stream()
-            .map(|r| r.map_err(std::io::Error::other))
-            .boxed();
-        let out = stream_response(pump_stream(
-            chunks,
-            StreamMeter {
-                meter,
-                tap: SseTap::new(dep.tokens),
-                anthropic_tap: Some(anthropic::StreamTranslator::new(false, 0)),
-            },
-            req.stream_timeout_at(&dep),
-            req.timeout_at(&dep),
-            Relay::AsIs,
-        ));
+        let tap = Some(anthropic::StreamTranslator::new(false, 0));
+        let out = streamed(meter, &dep, &req, body_chunks(resp), tap, Relay::AsIs);
         return Ok(upstream_took(out, sent));
     }
     let bytes = match resp.bytes().await {
@@ -606,7 +593,6 @@ async fn dispatch_translated(
         Ok(b) => b,
         Err(u) => return Err(unsupported(meter, &dep, u)),
     };
-    let wants_usage = client_wants_usage(&req);
     let now = unix_now();
     if wire == Wire::Anthropic {
         dep.shape_messages_body(&mut body);
@@ -638,24 +624,9 @@ async fn dispatch_translated(
             }
             _ => WireStream::Anthropic(anthropic::StreamTranslator::new(json_mode, now)),
         };
-        let relay = if messages {
-            Relay::ToMessages(Box::new(anthropic::ToMessagesStream::new(&requested)))
-        } else if wants_usage {
-            Relay::AsIs
-        } else {
-            Relay::StripUsage(UsageChunkFilter::default())
-        };
-        let out = stream_response(pump_stream(
-            translated(resp, translator),
-            StreamMeter {
-                meter,
-                tap: SseTap::new(dep.tokens),
-                anthropic_tap: None,
-            },
-            req.stream_timeout_at(&dep),
-            req.timeout_at(&dep),
-            relay,
-        ));
+        let relay = relay_for(&req, &requested, messages);
+        let chunks = translated(resp, translator);
+        let out = streamed(meter, &dep, &req, chunks, None, relay);
         return Ok(upstream_took(out, sent));
     }
     let bytes = match resp.bytes().await {
@@ -798,6 +769,49 @@ fn broke_mid_body(
     crate::upstream::transport_error(dep, e)
 }
 
+/// How a stream reaches the client: as Anthropic events for a `/v1/messages` client; as sent
+/// when the client asked for the usage chunk (or the API ends with its usage anyway: Responses);
+/// else without the usage chunk the gateway asked the upstream for.
+fn relay_for(req: &CallRequest, requested: &str, messages: bool) -> Relay {
+    if messages {
+        Relay::ToMessages(Box::new(anthropic::ToMessagesStream::new(requested)))
+    } else if req.kind == CallKind::Responses || client_wants_usage(req) {
+        Relay::AsIs
+    } else {
+        Relay::StripUsage(UsageChunkFilter::default())
+    }
+}
+
+/// An upstream body as a stream of chunks.
+fn body_chunks(resp: reqwest::Response) -> BoxStream<'static, Result<Bytes, std::io::Error>> {
+    resp.bytes_stream()
+        .map(|r| r.map_err(std::io::Error::other))
+        .boxed()
+}
+
+/// The client's stream: `chunks` relayed through the meter (and, for a native Anthropic stream,
+/// its translator tap), bounded by the attempt's idle and overall timeouts.
+fn streamed(
+    meter: Meter,
+    dep: &Deployment,
+    req: &CallRequest,
+    chunks: BoxStream<'static, Result<Bytes, std::io::Error>>,
+    anthropic_tap: Option<anthropic::StreamTranslator>,
+    relay: Relay,
+) -> Response {
+    stream_response(pump_stream(
+        chunks,
+        StreamMeter {
+            meter,
+            tap: SseTap::new(dep.tokens),
+            anthropic_tap,
+        },
+        req.stream_timeout_at(dep),
+        req.timeout_at(dep),
+        relay,
+    ))
+}
+
 fn stream_response(body: Body) -> Response {
     let mut resp = Response::new(body);
     let h = resp.headers_mut();
@@ -819,31 +833,11 @@ async fn dispatch_openai(
     messages: bool,
 ) -> Result<Response, Attempt> {
     let dep = Arc::clone(&meter.slot.0);
-    let relay = || {
-        if messages {
-            Relay::ToMessages(Box::new(anthropic::ToMessagesStream::new(&requested)))
-        } else if req.kind == CallKind::Responses || client_wants_usage(&req) {
-            // Responses streams end with their usage in `response.completed`: nothing to drop.
-            Relay::AsIs
-        } else {
-            Relay::StripUsage(UsageChunkFilter::default())
-        }
-    };
     if dep.is_mock() {
         if req.stream {
-            let relay = relay();
+            let relay = relay_for(&req, &requested, messages);
             let chunks = mock_stream(&dep, &requested, &req);
-            return Ok(stream_response(pump_stream(
-                chunks,
-                StreamMeter {
-                    meter,
-                    tap: SseTap::new(dep.tokens),
-                    anthropic_tap: None,
-                },
-                req.stream_timeout_at(&dep),
-                req.timeout_at(&dep),
-                relay,
-            )));
+            return Ok(streamed(meter, &dep, &req, chunks, None, relay));
         }
         let (body, usage) = mock_body(&dep, &requested, &req);
         let cost = meter.settle(usage, "success");
@@ -861,7 +855,7 @@ async fn dispatch_openai(
         }
         return Ok(with_cost(axum::Json(body).into_response(), cost));
     }
-    let relay = req.stream.then(relay);
+    let relay = req.stream.then(|| relay_for(&req, &requested, messages));
     // The request body is not read again: moved, not deep-copied.
     let mut body = std::mem::take(&mut req.body);
     body.insert("model".into(), Value::String(dep.upstream_model.clone()));
@@ -891,21 +885,7 @@ async fn dispatch_openai(
         }
     };
     if let Some(relay) = relay {
-        let chunks = resp
-            .bytes_stream()
-            .map(|r| r.map_err(std::io::Error::other))
-            .boxed();
-        let out = stream_response(pump_stream(
-            chunks,
-            StreamMeter {
-                meter,
-                tap: SseTap::new(dep.tokens),
-                anthropic_tap: None,
-            },
-            req.stream_timeout_at(&dep),
-            req.timeout_at(&dep),
-            relay,
-        ));
+        let out = streamed(meter, &dep, &req, body_chunks(resp), None, relay);
         return Ok(upstream_took(out, sent));
     }
     // Read the body as it arrives: an upstream that answered and then failed mid-body (or sent
@@ -974,6 +954,8 @@ async fn dispatch_openai(
         },
     };
     let mut usage = usage;
+    // The per-unit kinds read what they are billed by in a second, typed pass (rare calls; the
+    // chat hot path parses only `usage`, and a stray field of another shape cannot break it).
     if req.kind == CallKind::Rerank
         && let Ok(r) = serde_json::from_slice::<RerankOnly>(&bytes)
     {
@@ -989,9 +971,8 @@ async fn dispatch_openai(
     }
     if req.kind == CallKind::Images {
         // Billed per image made (which may be fewer than asked for).
-        usage.units = serde_json::from_slice::<ImagesOnly>(&bytes)
-            .map(|a| a.data.len() as u64)
-            .unwrap_or(req.units);
+        usage.units =
+            serde_json::from_slice::<ImagesOnly>(&bytes).map_or(req.units, |a| a.data.len() as u64);
     }
     let cost = meter.settle(usage, "success");
     let mut out = if messages {
