@@ -17,6 +17,9 @@ pub enum Wire {
     /// Google AI Studio's Gemini API (`{api_base}/models/{model}:generateContent`,
     /// `x-goog-api-key`), translated from and to OpenAI chat.
     Gemini,
+    /// Amazon Bedrock's Converse API (`{endpoint}/model/{modelId}/converse`, SigV4 or a Bedrock
+    /// API key), translated from and to OpenAI chat; embeddings through `InvokeModel`.
+    Bedrock,
 }
 
 /// One provider prefix.
@@ -86,6 +89,15 @@ pub const PROVIDERS: &[Provider] = &[
         default_api_base: Some("https://generativelanguage.googleapis.com/v1beta"),
         key_env: Some("GEMINI_API_KEY"),
         key_required: true,
+    },
+    Provider {
+        // The endpoint is built from the region (`bedrock-runtime.{region}.amazonaws.com`);
+        // calls are signed with AWS credentials, or carry a Bedrock API key.
+        prefix: "bedrock",
+        wire: Wire::Bedrock,
+        default_api_base: None,
+        key_env: Some("AWS_BEARER_TOKEN_BEDROCK"),
+        key_required: false,
     },
     openai_compatible("hosted_vllm", None, "HOSTED_VLLM_API_KEY", false),
     openai_compatible(
@@ -242,6 +254,17 @@ pub fn gemini_action_url(api_base: &str, model: &str, action: &str) -> String {
     )
 }
 
+/// `{api_base}/model/{modelId}/{action}` of Bedrock's runtime (`converse`, `converse-stream`,
+/// `invoke`): the model id, an inference profile or an ARN, percent-encoded whole as one
+/// segment (`:` and `/` included), as AWS's SDKs send it.
+pub fn bedrock_url(api_base: &str, model: &str, action: &str) -> String {
+    format!(
+        "{}/model/{}/{action}",
+        api_base.trim_end_matches('/'),
+        encode_component(model)
+    )
+}
+
 pub fn gemini_url(api_base: &str, model: &str, stream: bool) -> String {
     let seg = encode_component(model);
     let base = api_base.trim_end_matches('/');
@@ -274,7 +297,23 @@ mod tests {
         );
         assert_eq!(provider("azure").unwrap().wire, Wire::Azure);
         assert_eq!(provider("anthropic").unwrap().wire, Wire::Anthropic);
-        assert!(provider("bedrock").is_none());
+        assert_eq!(provider("bedrock").unwrap().wire, Wire::Bedrock);
+        assert_eq!(
+            bedrock_url(
+                "https://bedrock-runtime.us-east-1.amazonaws.com/",
+                "us.anthropic.claude-sonnet-4-5-20250929-v1:0",
+                "converse"
+            ),
+            "https://bedrock-runtime.us-east-1.amazonaws.com/model/us.anthropic.claude-sonnet-4-5-20250929-v1%3A0/converse"
+        );
+        assert_eq!(
+            bedrock_url(
+                "http://h",
+                "arn:aws:bedrock:us-east-1:1:inference-profile/x",
+                "invoke"
+            ),
+            "http://h/model/arn%3Aaws%3Abedrock%3Aus-east-1%3A1%3Ainference-profile%2Fx/invoke"
+        );
         assert_eq!(
             gemini_url("https://g/v1beta/", "gemini-2.5-flash", true),
             "https://g/v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=sse"

@@ -109,6 +109,19 @@ pub struct LitellmParams {
     /// `GOOGLE_APPLICATION_CREDENTIALS` names).
     #[serde(default, alias = "vertex_ai_credentials")]
     pub vertex_credentials: Option<Value>,
+    /// Bedrock: AWS credentials (else `AWS_ACCESS_KEY_ID` / `AWS_SECRET_ACCESS_KEY` /
+    /// `AWS_SESSION_TOKEN`), the region (else `AWS_REGION`, `AWS_DEFAULT_REGION`, `us-west-2`)
+    /// and a runtime endpoint replacing `bedrock-runtime.{region}.amazonaws.com`.
+    #[serde(default)]
+    pub aws_access_key_id: Option<String>,
+    #[serde(default)]
+    pub aws_secret_access_key: Option<String>,
+    #[serde(default)]
+    pub aws_session_token: Option<String>,
+    #[serde(default)]
+    pub aws_region_name: Option<String>,
+    #[serde(default)]
+    pub aws_bedrock_runtime_endpoint: Option<String>,
     #[serde(flatten)]
     pub extra: BTreeMap<String, Value>,
 }

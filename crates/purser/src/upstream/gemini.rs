@@ -489,12 +489,8 @@ pub fn to_embeddings_response(
         .enumerate()
         .map(|(i, v)| {
             let embedding = if base64 {
-                use base64::Engine;
-                let bytes: Vec<u8> = v
-                    .iter()
-                    .flat_map(|x| (x.as_f64().unwrap_or(0.0) as f32).to_le_bytes())
-                    .collect();
-                Value::String(base64::engine::general_purpose::STANDARD.encode(bytes))
+                let floats: Vec<f64> = v.iter().map(|x| x.as_f64().unwrap_or(0.0)).collect();
+                base64_f32(&floats)
             } else {
                 Value::Array((*v).clone())
             };
@@ -507,6 +503,13 @@ pub fn to_embeddings_response(
                "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}),
         reported.filter(|n| *n > 0),
     ))
+}
+
+/// A vector as OpenAI's `encoding_format: base64` sends it: base64 of little-endian f32.
+pub fn base64_f32(v: &[f64]) -> Value {
+    use base64::Engine;
+    let bytes: Vec<u8> = v.iter().flat_map(|x| (*x as f32).to_le_bytes()).collect();
+    Value::String(base64::engine::general_purpose::STANDARD.encode(bytes))
 }
 
 pub fn to_chat_completion(resp: &Value, model: &str, created: u64) -> Value {

@@ -7,6 +7,7 @@
 //! each deployment's token counter is chosen (and its BPE encoding loaded) at startup too.
 
 pub mod anthropic;
+pub mod bedrock;
 pub mod cost_map;
 pub mod gemini;
 pub mod sse;
@@ -56,6 +57,8 @@ pub struct Deployment {
     azure_ad_token: Option<String>,
     /// Vertex AI: the OAuth token source (the Gemini wire, authorized by a bearer token).
     vertex: Option<Arc<vertex::VertexAuth>>,
+    /// Bedrock: SigV4 credentials and region, or an API key (every call is signed by `send_with`).
+    bedrock: Option<Arc<bedrock::BedrockAuth>>,
     pub mock_response: Option<String>,
     pub rpm: Option<u64>,
     pub tpm: Option<u64>,
@@ -154,6 +157,15 @@ impl Deployment {
                 provider::gemini_action_url(base, &self.upstream_model, action)
             }
             Wire::Gemini => provider::gemini_url(base, &self.upstream_model, stream),
+            Wire::Bedrock => provider::bedrock_url(
+                base,
+                &self.upstream_model,
+                match (endpoint, stream) {
+                    ("embeddings", _) => "invoke",
+                    (_, true) => "converse-stream",
+                    (_, false) => "converse",
+                },
+            ),
             Wire::OpenAi => format!("{base}/{endpoint}"),
             // Claude on Vertex: the model is in the path, the stream a different action.
             Wire::Anthropic if self.vertex.is_some() => provider::gemini_action_url(
@@ -191,6 +203,8 @@ impl Deployment {
                 Some(k) => req.header("x-goog-api-key", k),
                 None => req,
             },
+            // Signed (or given its API key) by `send_with`, over the exact body bytes.
+            Wire::Bedrock => req,
             // Vertex: the version goes in the body, the bearer token is added by `send_with`.
             Wire::Anthropic if self.vertex.is_some() => req,
             Wire::Anthropic => {
@@ -210,6 +224,11 @@ impl Deployment {
         for secret in [&self.api_key, &self.azure_ad_token].into_iter().flatten() {
             if !secret.is_empty() {
                 out = purser_core::redact::secret(&out, secret);
+            }
+        }
+        for secret in self.bedrock.iter().flat_map(|b| b.secrets()) {
+            if !secret.is_empty() {
+                out = purser_core::redact::secret(&out, &secret);
             }
         }
         if !self.api_base.is_empty() {
@@ -438,11 +457,25 @@ impl Registry {
         let mut wildcards: Vec<Wildcard> = Vec::new();
         for (i, m) in config.model_list.iter().enumerate() {
             let p = &m.litellm_params;
-            let (provider, upstream_model) = match p.model.split_once('/') {
+            let (provider, mut upstream_model) = match p.model.split_once('/') {
                 Some((a, b)) => (a.to_string(), b.to_string()),
                 None => ("openai".to_string(), p.model.clone()),
             };
             let at = format!("model_list[{i}].litellm_params");
+            if provider == "bedrock" {
+                // `bedrock/converse/<id>` forces Converse, which is how Purser calls every chat
+                // model; `bedrock/invoke/<id>` (InvokeModel's per-model bodies) only for embeddings.
+                if let Some(id) = upstream_model.strip_prefix("converse/") {
+                    upstream_model = id.to_string();
+                } else if let Some(id) = upstream_model.strip_prefix("invoke/") {
+                    if bedrock::embed_family(id).is_none() {
+                        anyhow::bail!(
+                            "{at}.model: bedrock/invoke/ chat models are not supported; use bedrock/{id} or bedrock/converse/{id} (Converse)"
+                        );
+                    }
+                    upstream_model = id.to_string();
+                }
+            }
             let conn = if p.mock_response.is_some() {
                 Connection::default()
             } else {
@@ -857,7 +890,41 @@ impl Registry {
         headers: &[(&str, &str)],
         timeout: Duration,
     ) -> Result<reqwest::Response, Failure> {
-        let mut req = dep.authorize(self.client.post(dep.url(kind.path(), stream)).json(body));
+        let url = dep.url(kind.path(), stream);
+        let mut req = match &dep.bedrock {
+            // SigV4 signs the exact bytes sent, so they are made here rather than by reqwest.
+            Some(auth) => {
+                let bytes = serde_json::to_vec(body).map_err(|e| Failure {
+                    error: Error::internal(format!("cannot encode the request: {e}")),
+                    class: FailureClass::Request,
+                    retry_after: None,
+                    status: None,
+                })?;
+                let signed = auth.headers(&url, &bytes).map_err(|e| Failure {
+                    error: Error::proxy(
+                        StatusCode::BAD_GATEWAY,
+                        "api_error",
+                        format!(
+                            "litellm.APIError: Bedrock request for model={} not signed: {e}",
+                            dep.model_name
+                        ),
+                    ),
+                    class: FailureClass::Deployment,
+                    retry_after: None,
+                    status: None,
+                })?;
+                let mut r = self
+                    .client
+                    .post(url)
+                    .header(reqwest::header::CONTENT_TYPE, "application/json")
+                    .body(bytes);
+                for (k, v) in signed {
+                    r = r.header(k, v);
+                }
+                r
+            }
+            None => dep.authorize(self.client.post(url).json(body)),
+        };
         for (name, value) in headers {
             req = req.header(*name, *value);
         }
@@ -993,7 +1060,9 @@ fn classify(status: u16, body: &str) -> FailureClass {
             if lower.contains("context_length_exceeded")
                 || lower.contains("maximum context length")
                 || lower.contains("prompt is too long")
-                || lower.contains("context window") =>
+                || lower.contains("context window")
+                || lower.contains("input is too long")
+                || lower.contains("too many input tokens") =>
         {
             FailureClass::ContextWindow
         }
@@ -1361,6 +1430,7 @@ impl Template {
             api_version: conn.api_version,
             azure_ad_token: conn.azure_ad_token,
             vertex: conn.vertex,
+            bedrock: conn.bedrock,
             mock_response: p.mock_response.clone(),
             rpm: p.rpm,
             tpm: p.tpm,
@@ -1405,6 +1475,8 @@ struct Connection {
     azure_ad_token: Option<String>,
     /// Vertex AI: the service account whose OAuth token authorizes each call.
     vertex: Option<Arc<vertex::VertexAuth>>,
+    /// Bedrock: how each call is signed or authorized.
+    bedrock: Option<Arc<bedrock::BedrockAuth>>,
 }
 
 impl Default for Connection {
@@ -1416,6 +1488,7 @@ impl Default for Connection {
             api_version: String::new(),
             azure_ad_token: None,
             vertex: None,
+            bedrock: None,
         }
     }
 }
@@ -1455,6 +1528,23 @@ fn connection(
 ) -> anyhow::Result<Connection> {
     if prov.prefix == "vertex_ai" {
         return vertex_connection(p, at, env);
+    }
+    if prov.wire == Wire::Bedrock {
+        return bedrock_connection(p, at, env);
+    }
+    for (k, set) in [
+        ("aws_access_key_id", p.aws_access_key_id.is_some()),
+        ("aws_secret_access_key", p.aws_secret_access_key.is_some()),
+        ("aws_session_token", p.aws_session_token.is_some()),
+        ("aws_region_name", p.aws_region_name.is_some()),
+        (
+            "aws_bedrock_runtime_endpoint",
+            p.aws_bedrock_runtime_endpoint.is_some(),
+        ),
+    ] {
+        if set {
+            anyhow::bail!("{at}.{k}: only bedrock/ deployments take it");
+        }
     }
     for (k, set) in [
         ("vertex_project", p.vertex_project.is_some()),
@@ -1496,6 +1586,7 @@ fn connection(
         api_version: String::new(),
         azure_ad_token: None,
         vertex: None,
+        bedrock: None,
     };
     if prov.wire == Wire::Azure {
         c.azure_ad_token = p.azure_ad_token.clone().filter(|t| !t.is_empty());
@@ -1603,6 +1694,110 @@ fn vertex_connection(
         api_version: String::new(),
         azure_ad_token: None,
         vertex: Some(Arc::new(auth)),
+        bedrock: None,
+    })
+}
+
+/// AWS credential sources of the reference that Purser does not implement yet: refused, so a
+/// deployment never silently signs with other credentials than the ones configured.
+const BEDROCK_UNSUPPORTED_CREDENTIALS: &[&str] = &[
+    "aws_profile_name",
+    "aws_role_name",
+    "aws_session_name",
+    "aws_web_identity_token",
+    "aws_sts_endpoint",
+    "aws_external_id",
+];
+
+/// A Bedrock deployment's connection: its region and runtime endpoint, and its credentials —
+/// a Bedrock API key (`api_key`, else `AWS_BEARER_TOKEN_BEDROCK`), else AWS keys from the config
+/// (`aws_access_key_id`, `aws_secret_access_key`, `aws_session_token`), else from the standard
+/// `AWS_ACCESS_KEY_ID` / `AWS_SECRET_ACCESS_KEY` / `AWS_SESSION_TOKEN`. Errors name the field.
+fn bedrock_connection(
+    p: &crate::config::LitellmParams,
+    at: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> anyhow::Result<Connection> {
+    if let Some(k) = BEDROCK_UNSUPPORTED_CREDENTIALS
+        .iter()
+        .find(|k| p.extra.contains_key(**k))
+    {
+        anyhow::bail!(
+            "{at}.{k}: not supported yet; give aws_access_key_id / aws_secret_access_key (and aws_session_token), the AWS_* environment variables, or a Bedrock api_key"
+        );
+    }
+    for (k, set) in [
+        ("api_version", p.api_version.is_some()),
+        ("azure_ad_token", p.azure_ad_token.is_some()),
+        ("vertex_project", p.vertex_project.is_some()),
+        ("vertex_location", p.vertex_location.is_some()),
+        ("vertex_credentials", p.vertex_credentials.is_some()),
+    ] {
+        if set {
+            anyhow::bail!("{at}.{k}: not a Bedrock setting");
+        }
+    }
+    let nonempty = |v: Option<String>| v.filter(|s| !s.trim().is_empty());
+    // The reference's default region when none is configured.
+    let region = nonempty(p.aws_region_name.clone())
+        .or_else(|| nonempty(env("AWS_REGION")))
+        .or_else(|| nonempty(env("AWS_DEFAULT_REGION")))
+        .unwrap_or_else(|| "us-west-2".into());
+    if !region
+        .chars()
+        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+    {
+        anyhow::bail!("{at}.aws_region_name: '{region}' is not a region name");
+    }
+    let api_base = nonempty(p.api_base.clone())
+        .or_else(|| nonempty(p.aws_bedrock_runtime_endpoint.clone()))
+        .unwrap_or_else(|| format!("https://bedrock-runtime.{region}.amazonaws.com"));
+    if reqwest::Url::parse(&api_base).map_or(true, |u| !matches!(u.scheme(), "http" | "https")) {
+        anyhow::bail!("{at}.api_base: must be an http:// or https:// URL");
+    }
+    let key = nonempty(p.api_key.clone()).or_else(|| nonempty(env("AWS_BEARER_TOKEN_BEDROCK")));
+    let auth = match key {
+        Some(k) => bedrock::BedrockAuth::ApiKey(k),
+        None => {
+            let from_config = p.aws_access_key_id.is_some() || p.aws_secret_access_key.is_some();
+            let (id, secret, token) = if from_config {
+                (
+                    nonempty(p.aws_access_key_id.clone()),
+                    nonempty(p.aws_secret_access_key.clone()),
+                    nonempty(p.aws_session_token.clone()),
+                )
+            } else {
+                (
+                    nonempty(env("AWS_ACCESS_KEY_ID")),
+                    nonempty(env("AWS_SECRET_ACCESS_KEY")),
+                    nonempty(p.aws_session_token.clone())
+                        .or_else(|| nonempty(env("AWS_SESSION_TOKEN"))),
+                )
+            };
+            match (id, secret) {
+                (Some(id), Some(secret)) => {
+                    bedrock::BedrockAuth::sigv4(&id, &secret, token, &region)
+                }
+                (None, Some(_)) => {
+                    anyhow::bail!("{at}.aws_access_key_id: required with aws_secret_access_key")
+                }
+                (Some(_), None) => {
+                    anyhow::bail!("{at}.aws_secret_access_key: required with aws_access_key_id")
+                }
+                (None, None) => anyhow::bail!(
+                    "{at}: a Bedrock deployment needs credentials: aws_access_key_id and aws_secret_access_key (os.environ/NAME works), AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or a Bedrock api_key (AWS_BEARER_TOKEN_BEDROCK)"
+                ),
+            }
+        }
+    };
+    Ok(Connection {
+        wire: Wire::Bedrock,
+        api_base,
+        api_key: None,
+        api_version: String::new(),
+        azure_ad_token: None,
+        vertex: None,
+        bedrock: Some(Arc::new(auth)),
     })
 }
 
@@ -1658,6 +1853,8 @@ fn status_error(dep: &Deployment, status: reqwest::StatusCode, body: &str) -> Er
         .and_then(|v| {
             v.pointer("/error/message")
                 .and_then(Value::as_str)
+                // Bedrock's errors are `{"message": …}`.
+                .or_else(|| bedrock::error_message(&v))
                 .map(str::to_string)
         })
         .map(|m| dep.scrub(&m))

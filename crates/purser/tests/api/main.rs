@@ -2,10 +2,12 @@
 //! real SQLite files and a real PostgreSQL schema per test. The only fake is the LLM upstream.
 
 mod helpers;
+mod mock_bedrock;
 mod mock_upstream;
 
 mod alerts;
 mod audit;
+mod bedrock;
 mod cli;
 mod cluster;
 mod completions;

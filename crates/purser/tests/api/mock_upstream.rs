@@ -41,6 +41,9 @@
 //! full event sequence; each refuses bodies the real API would (no `prompt` / `input`, `messages`,
 //! `stream_options.include_usage` on responses); mode `fail` answers 500.
 //!
+//! Amazon Bedrock's runtime at `/<mode>/model/<modelId>/{converse,converse-stream,invoke}`: see
+//! `mock_bedrock`.
+//!
 //! Every call counts a hit, so tests can assert that denials never reach the upstream.
 
 #![allow(dead_code)]
@@ -72,6 +75,8 @@ pub struct Seen {
     pub api_keys: Mutex<Vec<String>>,
     /// Anthropic routes: `x-api-key`, `anthropic-version` and `anthropic-beta` of each call.
     pub anthropic_headers: Mutex<Vec<(String, String, String)>>,
+    /// Bedrock routes: each call's path and how it was authorized (see `mock_bedrock`).
+    pub bedrock_calls: Mutex<Vec<String>>,
     /// Chunks of `long` streams actually written.
     pub long_chunks_sent: AtomicUsize,
     /// OAuth tokens the `/<mode>/token` endpoint granted (or refused).
@@ -133,6 +138,10 @@ impl MockUpstream {
                 post(vertex_generate),
             )
             .route("/{mode}/token", post(oauth_token))
+            .route(
+                "/{mode}/model/{model}/{action}",
+                post(crate::mock_bedrock::bedrock_runtime),
+            )
             .route(
                 "/{mode}/v1/projects/{project}/locations/{location}/publishers/anthropic/models/{action}",
                 post(vertex_claude),

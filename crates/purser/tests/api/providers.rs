@@ -816,8 +816,8 @@ fn unservable_deployments_refuse_to_start() {
     use purser::upstream::Registry;
     let cases: &[(&str, &str)] = &[
         (
-            "model: bedrock/anthropic.claude-v2\n      api_key: sk-ant-secret",
-            "provider 'bedrock' is not supported",
+            "model: ollama/llama3\n      api_key: sk-ant-secret",
+            "provider 'ollama' is not supported",
         ),
         ("model: anthropic/claude-sonnet-4-5", "ANTHROPIC_API_KEY"),
         ("model: azure/dep\n      api_key: k", "api_base: required"),

@@ -1,5 +1,5 @@
-//! The unmodified official SDKs as clients: the OpenAI Python SDK against a translated (Anthropic)
-//! deployment (chat) and an OpenAI one (Responses API and text completions, streaming too), and the Anthropic Python SDK against translated (OpenAI) and native (Anthropic)
+//! The unmodified official SDKs as clients: the OpenAI Python SDK against translated (Anthropic,
+//! Bedrock) deployments (chat) and an OpenAI one (Responses API and text completions, streaming too), and the Anthropic Python SDK against translated (OpenAI, Bedrock) and native (Anthropic)
 //! deployments, streaming and not. The interpreter is `PURSER_TEST_PYTHON` (default `python3`);
 //! `.ci/run` installs the pinned SDKs. Outside CI the test skips with a message when they are
 //! missing; with `CI=true` it fails instead.
@@ -69,6 +69,9 @@ with c.responses.stream(model="gpt-real", input="hi") as s:
 with c.responses.stream(model="local", input="hi") as s:
     local_stream = "".join(e.delta for e in s if e.type == "response.output_text.delta")
     local_final = s.get_final_response().output_text
+br = c.chat.completions.create(model="bedrock", messages=[{"role": "user", "content": "hi"}])
+br_stream = "".join(ch.choices[0].delta.content or "" for ch in c.chat.completions.create(
+    model="bedrock", stream=True, messages=[{"role": "user", "content": "hi"}]) if ch.choices)
 comp = c.completions.create(model="gpt-real", prompt="Say hello", max_tokens=8)
 comp_stream = "".join(ch.choices[0].text for ch in c.completions.create(
     model="gpt-real", prompt="Say hello", stream=True) if ch.choices)
@@ -77,14 +80,16 @@ print(json.dumps({"content": r.choices[0].message.content, "finish": r.choices[0
     "responses": resp.output_text, "responses_input_tokens": resp.usage.input_tokens,
     "responses_stream": resp_stream, "responses_final_output_tokens": resp_final.usage.output_tokens,
     "completion": comp.choices[0].text, "completion_stream": comp_stream,
-    "local_stream": local_stream, "local_final": local_final}))
+    "local_stream": local_stream, "local_final": local_final,
+    "bedrock": br.choices[0].message.content, "bedrock_prompt_tokens": br.usage.prompt_tokens,
+    "bedrock_stream": br_stream}))
 "#;
 
 const ANTHROPIC_SDK: &str = r#"
 import json, os, anthropic
 c = anthropic.Anthropic(base_url=os.environ["BASE"], api_key=os.environ["KEY"], max_retries=0)
 out = {}
-for model in ["gpt-real", "claude"]:
+for model in ["gpt-real", "claude", "bedrock"]:
     m = c.messages.create(model=model, max_tokens=32, system="Be brief.",
         messages=[{"role": "user", "content": "hi"}])
     with c.messages.stream(model=model, max_tokens=32, messages=[{"role": "user", "content": "hi"}]) as s:
@@ -127,12 +132,19 @@ model_list:
     litellm_params:
       model: openai/local
       mock_response: hi from the mock
+  - model_name: bedrock
+    litellm_params:
+      model: bedrock/anthropic.claude-3-5-haiku-20241022-v1:0
+      api_base: http://{addr}/ok
+      aws_access_key_id: AKIDMOCK
+      aws_secret_access_key: "{secret}"
 general_settings:
   master_key: sk-1234
   proxy_batch_write_at: 0.2
 "#,
         addr = m.addr,
         ok = m.base("ok"),
+        secret = crate::mock_bedrock::SECRET,
     );
     let app = TestApp::spawn_with(b, &yaml).await;
     let (s, k) = app.post("/key/generate", MASTER, json!({})).await;
@@ -153,6 +165,9 @@ general_settings:
     assert_eq!(o["completion_stream"], "Hello from completions.");
     assert_eq!(o["local_stream"], "hi from the mock");
     assert_eq!(o["local_final"], "hi from the mock");
+    assert_eq!(o["bedrock"], "Hello from Bedrock.", "{o}");
+    assert_eq!(o["bedrock_prompt_tokens"], 12);
+    assert_eq!(o["bedrock_stream"], "Hello from Bedrock.");
 
     let a = run(ANTHROPIC_SDK, &app.base, &key).await;
     assert_eq!(
@@ -166,6 +181,10 @@ general_settings:
     assert_eq!(a["claude"]["text"], "Hello from Claude.");
     assert_eq!(a["claude"]["stream"], "Hello from Claude.");
     assert_eq!(a["claude"]["stream_output_tokens"], 6);
+    assert_eq!(a["bedrock"]["text"], "Hello from Bedrock.", "{a}");
+    assert_eq!(a["bedrock"]["stop"], "end_turn");
+    assert_eq!(a["bedrock"]["stream"], "Hello from Bedrock.");
+    assert_eq!(a["bedrock"]["stream_output_tokens"], 5);
     assert_eq!(a["unauthorized"], 401);
     app.shutdown().await;
 }

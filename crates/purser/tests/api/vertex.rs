@@ -380,7 +380,7 @@ general_settings:
         b["error"]["message"]
             .as_str()
             .unwrap()
-            .contains("OpenAI, Azure, Gemini and Vertex AI"),
+            .contains("OpenAI, Azure, Gemini, Vertex AI and Bedrock"),
         "{b}"
     );
     assert_eq!(m.hits(), hits);

@@ -24,8 +24,8 @@ use crate::service::model_budget::ModelReservation;
 use crate::service::spend::Reservation;
 use crate::store::spend::SpendLogRow;
 use crate::upstream::sse::{SseTap, Usage, UsageChunkFilter};
+use crate::upstream::{self, FailureClass, anthropic, bedrock, gemini};
 use crate::upstream::{CallKind, Deployment, Failure, MAX_FALLBACKS, Slot};
-use crate::upstream::{anthropic, gemini};
 use purser_core::provider::Wire;
 
 /// What a settled call books.
@@ -385,7 +385,7 @@ async fn attempt(
     }
     match wire {
         Wire::Anthropic if messages => Box::pin(dispatch_messages_native(state, meter, req)).await,
-        Wire::Anthropic | Wire::Gemini => {
+        Wire::Anthropic | Wire::Gemini | Wire::Bedrock => {
             Box::pin(dispatch_translated(state, meter, req, requested, messages)).await
         }
         Wire::OpenAi | Wire::Azure => {
@@ -491,6 +491,7 @@ fn unix_now() -> u64 {
 enum WireStream {
     Anthropic(anthropic::StreamTranslator),
     Gemini(gemini::StreamTranslator),
+    Bedrock(Box<bedrock::StreamTranslator>),
 }
 
 impl WireStream {
@@ -498,6 +499,7 @@ impl WireStream {
         match self {
             WireStream::Anthropic(t) => t.push(b),
             WireStream::Gemini(t) => t.push(b),
+            WireStream::Bedrock(t) => t.push(b),
         }
     }
 
@@ -507,6 +509,7 @@ impl WireStream {
         match self {
             WireStream::Anthropic(_) => Vec::new(),
             WireStream::Gemini(t) => t.finish(),
+            WireStream::Bedrock(t) => t.finish(),
         }
     }
 }
@@ -562,10 +565,14 @@ async fn dispatch_translated(
     let wire = dep.wire();
     let provider = match wire {
         Wire::Gemini => "Gemini",
+        Wire::Bedrock => "Bedrock",
         _ => "Anthropic",
     };
     if req.kind == CallKind::Embeddings && wire == Wire::Gemini {
         return Box::pin(dispatch_gemini_embeddings(state, meter, req)).await;
+    }
+    if req.kind == CallKind::Embeddings && wire == Wire::Bedrock {
+        return Box::pin(dispatch_bedrock_embeddings(state, meter, req)).await;
     }
     if req.kind != CallKind::Chat {
         meter.refund();
@@ -573,20 +580,24 @@ async fn dispatch_translated(
             StatusCode::BAD_REQUEST,
             "bad_request_error",
             format!(
-                "litellm.BadRequestError: model={} is a {provider} model; {} is served for {} deployments only",
+                "litellm.BadRequestError: model={} is served by {provider}; {} is served for {} deployments only",
                 dep.model_name,
                 req.kind.route(),
                 if req.kind == CallKind::Embeddings {
-                    "OpenAI, Azure, Gemini and Vertex AI"
+                    "OpenAI, Azure, Gemini, Vertex AI and Bedrock"
                 } else {
                     "OpenAI and Azure"
                 }
             ),
         )));
     }
-    let json_mode = wire == Wire::Anthropic && anthropic::json_mode(&req.body);
+    // Anthropic's and Bedrock's JSON mode is a forced tool (the Converse body is made from the
+    // Messages one).
+    let json_mode =
+        matches!(wire, Wire::Anthropic | Wire::Bedrock) && anthropic::json_mode(&req.body);
     let translated_body = match wire {
         Wire::Gemini => gemini::to_generate_request(&req.body),
+        Wire::Bedrock => bedrock::to_converse_request(&req.body),
         _ => anthropic::to_messages_request(&req.body, &dep.upstream_model),
     };
     let mut body = match translated_body {
@@ -622,6 +633,11 @@ async fn dispatch_translated(
             Wire::Gemini => {
                 WireStream::Gemini(gemini::StreamTranslator::new(&dep.upstream_model, now))
             }
+            Wire::Bedrock => WireStream::Bedrock(Box::new(bedrock::StreamTranslator::new(
+                &dep.upstream_model,
+                json_mode,
+                now,
+            ))),
             _ => WireStream::Anthropic(anthropic::StreamTranslator::new(json_mode, now)),
         };
         let relay = relay_for(&req, &requested, messages);
@@ -649,6 +665,10 @@ async fn dispatch_translated(
         Wire::Gemini => (
             gemini::to_chat_completion(&raw, &dep.upstream_model, now),
             raw.get("usageMetadata").is_some(),
+        ),
+        Wire::Bedrock => (
+            bedrock::to_chat_completion(&raw, &dep.upstream_model, json_mode, now),
+            raw.get("usage").is_some(),
         ),
         _ => (
             anthropic::to_chat_completion(&raw, json_mode, now),
@@ -732,6 +752,146 @@ async fn dispatch_gemini_embeddings(
     let mut out = axum::Json(answer).into_response();
     out.extensions_mut().insert(upstream);
     Ok(with_cost(out, cost))
+}
+
+/// Embeddings through a Bedrock deployment (`InvokeModel`): Titan takes one text per call, so a
+/// list is sent as concurrent calls (eight at a time); Cohere takes the batch. Billed by Titan's
+/// reported token counts, else by the counted input; a call that fails part-way bills the
+/// inputs the upstream had already embedded.
+async fn dispatch_bedrock_embeddings(
+    state: AppState,
+    mut meter: Meter,
+    req: CallRequest,
+) -> Result<Response, Attempt> {
+    let dep = Arc::clone(&meter.slot.0);
+    let Some(family) = bedrock::embed_family(&dep.upstream_model) else {
+        meter.refund();
+        return Err(Attempt::Failed(Error::proxy(
+            StatusCode::BAD_REQUEST,
+            "bad_request_error",
+            format!(
+                "litellm.BadRequestError: model={} is not a Bedrock embedding model Purser speaks (amazon.titan-embed-*, cohere.embed-*)",
+                dep.model_name
+            ),
+        )));
+    };
+    let bodies = match bedrock::to_embed_requests(&req.body, family) {
+        Ok(b) => b,
+        Err(u) => return Err(unsupported(meter, &dep, u)),
+    };
+    let sent = Instant::now();
+    let timeout = req.timeout_at(&dep);
+    let results: Vec<Result<bedrock::Embedded, Failure>> =
+        futures_util::stream::iter(bodies.into_iter().map(|b| {
+            bedrock_embed_one(
+                state.clone(),
+                Arc::clone(&dep),
+                req.kind,
+                b,
+                timeout,
+                family,
+            )
+        }))
+        .buffered(8)
+        .collect()
+        .await;
+    let upstream = UpstreamTime(sent.elapsed());
+    let texts = results.len().max(1) as u64;
+    let mut vectors = Vec::new();
+    let mut reported: Option<u64> = None;
+    let mut failure = None;
+    let mut embedded = 0u64;
+    for r in results {
+        match r {
+            Ok((v, tokens)) => {
+                embedded += 1;
+                vectors.extend(v);
+                if let Some(t) = tokens {
+                    reported = Some(reported.unwrap_or(0) + t);
+                }
+            }
+            Err(f) => {
+                failure.get_or_insert(f);
+            }
+        }
+    }
+    if let Some(f) = failure {
+        if embedded == 0 {
+            return Err(Attempt::retry(f, meter, req));
+        }
+        // Part of the batch was embedded (and charged by AWS): bill that share of the input.
+        let share = reported.unwrap_or(req.prompt_tokens * embedded / texts);
+        meter.settle(
+            Usage {
+                prompt_tokens: share,
+                ..Usage::default()
+            },
+            "failure",
+        );
+        return Err(Attempt::Failed(f.error));
+    }
+    let base64 = req.body.get("encoding_format").and_then(Value::as_str) == Some("base64");
+    let tokens = reported.unwrap_or(req.prompt_tokens);
+    let data: Vec<Value> = vectors
+        .into_iter()
+        .enumerate()
+        .map(|(i, v)| {
+            let embedding = if base64 {
+                gemini::base64_f32(&v)
+            } else {
+                Value::from(v)
+            };
+            serde_json::json!({"object": "embedding", "index": i, "embedding": embedding})
+        })
+        .collect();
+    let answer = serde_json::json!({
+        "object": "list", "data": data, "model": req.model,
+        "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+    });
+    let cost = meter.settle(
+        Usage {
+            prompt_tokens: tokens,
+            ..Usage::default()
+        },
+        "success",
+    );
+    let mut out = axum::Json(answer).into_response();
+    out.extensions_mut().insert(upstream);
+    Ok(with_cost(out, cost))
+}
+
+/// One `InvokeModel` call of a Bedrock embeddings request: its vectors and reported tokens.
+async fn bedrock_embed_one(
+    state: AppState,
+    dep: Arc<Deployment>,
+    kind: CallKind,
+    body: Value,
+    timeout: Duration,
+    family: bedrock::EmbedFamily,
+) -> Result<bedrock::Embedded, Failure> {
+    let resp = state.models.send(&dep, kind, &body, false, timeout).await?;
+    let bytes = resp.bytes().await.map_err(|e| Failure {
+        error: upstream::transport_error(&dep, &e),
+        class: FailureClass::Retryable,
+        retry_after: None,
+        status: None,
+    })?;
+    serde_json::from_slice::<Value>(&bytes)
+        .ok()
+        .and_then(|raw| bedrock::embeddings_of(&raw, family))
+        .ok_or_else(|| Failure {
+            error: Error::proxy(
+                StatusCode::BAD_GATEWAY,
+                "api_error",
+                format!(
+                    "litellm.APIError: upstream of model={} returned no embeddings",
+                    dep.model_name
+                ),
+            ),
+            class: FailureClass::Request,
+            retry_after: None,
+            status: None,
+        })
 }
 
 /// A request the deployment's provider cannot take (a parameter it has no field for): refused
