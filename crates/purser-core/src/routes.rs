@@ -24,6 +24,8 @@ const LLM_API: &[&str] = &[
     "/images/generations",
     "/v1/audio/speech",
     "/audio/speech",
+    "/v1/audio/transcriptions",
+    "/audio/transcriptions",
     "/v1/rerank",
     "/rerank",
     "/v2/rerank",

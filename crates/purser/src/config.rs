@@ -72,6 +72,9 @@ pub struct LitellmParams {
     /// Price of one search (`/v1/rerank`; Cohere's search units).
     #[serde(default)]
     pub input_cost_per_query: Option<f64>,
+    /// Price of one second of audio transcribed (`/v1/audio/transcriptions`).
+    #[serde(default)]
+    pub input_cost_per_second: Option<f64>,
     /// When set, Purser answers itself with this text (offline quickstart, tests).
     #[serde(default)]
     pub mock_response: Option<String>,

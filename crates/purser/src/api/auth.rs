@@ -54,6 +54,8 @@ pub async fn authenticate(State(state): State<AppState>, mut req: Request, next:
             | "/images/generations"
             | "/v1/audio/speech"
             | "/audio/speech"
+            | "/v1/audio/transcriptions"
+            | "/audio/transcriptions"
             | "/v1/rerank"
             | "/rerank"
             | "/v2/rerank"

@@ -133,6 +133,22 @@ pub fn routes() -> Vec<Route> {
         )
         .answers(Shape::Wrapped),
         Route::post(
+            "/v1/audio/transcriptions",
+            Gate::Llm,
+            tag,
+            "Speech to text (multipart upload; OpenAI and Azure deployments; billed per second of audio or by tokens)",
+            audio_transcription,
+        )
+        .answers(Shape::Wrapped),
+        Route::post(
+            "/audio/transcriptions",
+            Gate::Llm,
+            tag,
+            "Speech to text (alias)",
+            audio_transcription,
+        )
+        .answers(Shape::Wrapped),
+        Route::post(
             "/v1/rerank",
             Gate::Llm,
             tag,
@@ -275,6 +291,16 @@ pub async fn audio_speech(
     RawBody(body): RawBody,
 ) -> Result<Response> {
     let req = CallRequest::parse_with_headers(CallKind::Speech, &body, &headers)?;
+    proxy::handle(state, caller, req).await
+}
+
+pub async fn audio_transcription(
+    State(state): State<AppState>,
+    caller: Caller,
+    headers: axum::http::HeaderMap,
+    RawBody(body): RawBody,
+) -> Result<Response> {
+    let req = CallRequest::parse_transcription(body, &headers).await?;
     proxy::handle(state, caller, req).await
 }
 

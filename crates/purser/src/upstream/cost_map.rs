@@ -25,6 +25,8 @@ struct Entry {
     input_cost_per_character: Option<f64>,
     #[serde(default)]
     input_cost_per_query: Option<f64>,
+    #[serde(default)]
+    input_cost_per_second: Option<f64>,
 }
 
 /// One model's prices, USD per token.
@@ -34,8 +36,9 @@ pub struct Prices {
     pub output: f64,
     pub cache_read: Option<f64>,
     pub cache_write: Option<f64>,
-    /// Per image made, per character spoken or per search (the entry's `output_cost_per_image`
-    /// / `input_cost_per_character` / `input_cost_per_query`).
+    /// Per image made, per character spoken, per search or per millisecond of audio (the
+    /// entry's `output_cost_per_image` / `input_cost_per_character` / `input_cost_per_query` /
+    /// `input_cost_per_second` ÷ 1000).
     pub per_unit: Option<f64>,
 }
 
@@ -56,7 +59,9 @@ impl CostMap {
             let ok = |v: Option<f64>| v.filter(|v| v.is_finite() && *v >= 0.0);
             let per_unit = ok(e.output_cost_per_image)
                 .or(ok(e.input_cost_per_character))
-                .or(ok(e.input_cost_per_query));
+                .or(ok(e.input_cost_per_query))
+                // Per millisecond: transcriptions are billed by the millisecond.
+                .or(ok(e.input_cost_per_second).map(|s| s / 1000.0));
             let input = ok(e.input_cost_per_token);
             if input.is_some() || per_unit.is_some() {
                 out.insert(

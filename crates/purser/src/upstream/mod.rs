@@ -7,6 +7,7 @@
 //! each deployment's token counter is chosen (and its BPE encoding loaded) at startup too.
 
 pub mod anthropic;
+pub mod audio;
 pub mod bedrock;
 pub mod cost_map;
 pub mod gemini;
@@ -354,6 +355,9 @@ pub enum CallKind {
     Speech,
     /// `/v1/rerank` (Cohere's shape; billed per search unit and by reported tokens).
     Rerank,
+    /// `/v1/audio/transcriptions` (a multipart upload; billed per millisecond of audio, or by
+    /// the tokens the model reports).
+    Transcription,
 }
 
 impl CallKind {
@@ -367,6 +371,7 @@ impl CallKind {
             CallKind::Images => "images/generations",
             CallKind::Speech => "audio/speech",
             CallKind::Rerank => "rerank",
+            CallKind::Transcription => "audio/transcriptions",
         }
     }
 
@@ -381,6 +386,7 @@ impl CallKind {
             CallKind::Images => "/v1/images/generations",
             CallKind::Speech => "/v1/audio/speech",
             CallKind::Rerank => "/v1/rerank",
+            CallKind::Transcription => "/v1/audio/transcriptions",
         }
     }
 
@@ -395,6 +401,7 @@ impl CallKind {
             CallKind::Images => "aimage_generation",
             CallKind::Speech => "aspeech",
             CallKind::Rerank => "arerank",
+            CallKind::Transcription => "atranscription",
         }
     }
 }
@@ -928,6 +935,33 @@ impl Registry {
         for (name, value) in headers {
             req = req.header(*name, *value);
         }
+        self.send_request(dep, req, stream, timeout).await
+    }
+
+    /// A multipart upload (`/v1/audio/transcriptions`) to an OpenAI-wire or Azure deployment.
+    pub async fn send_form(
+        &self,
+        dep: &Deployment,
+        kind: CallKind,
+        form: reqwest::multipart::Form,
+        timeout: Duration,
+    ) -> Result<reqwest::Response, Failure> {
+        let req = dep.authorize(
+            self.client
+                .post(dep.url(kind.path(), false))
+                .multipart(form),
+        );
+        self.send_request(dep, req, false, timeout).await
+    }
+
+    /// Sends a request built for `dep` (a Vertex token added first) and maps what comes back.
+    async fn send_request(
+        &self,
+        dep: &Deployment,
+        mut req: reqwest::RequestBuilder,
+        stream: bool,
+        timeout: Duration,
+    ) -> Result<reqwest::Response, Failure> {
         if let Some(v) = &dep.vertex {
             match v.token(&self.client).await {
                 Ok(t) => req = req.bearer_auth(&t.0),
@@ -1372,10 +1406,12 @@ impl Template {
         // map costs $0, said loudly (budgets cannot limit it).
         let mut cache_read = p.cache_read_input_token_cost;
         let mut cache_write = p.cache_creation_input_token_cost;
+        // Audio is billed per millisecond, so the per-second price is kept per millisecond.
         let mut per_unit = p
             .output_cost_per_image
             .or(p.input_cost_per_character)
-            .or(p.input_cost_per_query);
+            .or(p.input_cost_per_query)
+            .or(p.input_cost_per_second.map(|s| s / 1000.0));
         let (own_in, own_out) = if own_in.is_none()
             && own_out.is_none()
             && per_unit.is_none()

@@ -26,5 +26,6 @@ mod server;
 mod spend_and_resets;
 mod teams;
 mod tokens;
+mod transcriptions;
 mod users;
 mod vertex;

@@ -118,6 +118,11 @@ impl MockUpstream {
             .route("/{mode}/v1/images/generations", post(images))
             .route("/{mode}/v1/audio/speech", post(speech))
             .route("/{mode}/v1/rerank", post(rerank))
+            .route("/{mode}/v1/audio/transcriptions", post(transcriptions))
+            .route(
+                "/{mode}/openai/deployments/{dep}/audio/transcriptions",
+                post(azure_transcriptions),
+            )
             .route(
                 "/{mode}/openai/deployments/{dep}/images/generations",
                 post(azure_images),
@@ -370,6 +375,159 @@ async fn speech(
         .header("content-type", "audio/mpeg")
         .body(Body::from(&b"ID3\x04mock-mp3-audio"[..]))
         .unwrap()
+}
+
+/// Milliseconds of a PCM WAV file, read from its header here (independently of the gateway).
+fn wav_ms(file: &[u8]) -> Option<f64> {
+    if file.get(..4)? != b"RIFF" || file.get(8..12)? != b"WAVE" {
+        return None;
+    }
+    let mut at = 12;
+    let mut rate = 0u32;
+    while at + 8 <= file.len() {
+        let size = u32::from_le_bytes(file[at + 4..at + 8].try_into().ok()?) as usize;
+        match &file[at..at + 4] {
+            b"fmt " => rate = u32::from_le_bytes(file.get(at + 16..at + 20)?.try_into().ok()?),
+            b"data" if rate > 0 => return Some(size as f64 * 1000.0 / rate as f64),
+            _ => {}
+        }
+        at += 8 + size + (size & 1);
+    }
+    None
+}
+
+/// OpenAI's `/v1/audio/transcriptions`: a multipart form with a `file` (with a filename) and a
+/// `model`, only the API's own fields. Answers "Hello from whisper." with `usage` of type
+/// `duration` (the WAV's length) or, for `gpt-4o*` models, of type `tokens` (20 in, 6 out);
+/// `verbose_json` carries `duration`, `text`/`srt`/`vtt` plain text and no usage. Mode
+/// `nousage` accepts any file and reports nothing; mode `fail` answers 500. The form is
+/// recorded as a JSON object (`file_len`, `filename` and the text fields).
+async fn transcriptions(
+    State(seen): State<Arc<Seen>>,
+    Path(mode): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    transcription_answer(seen, mode, headers, body).await
+}
+
+async fn azure_transcriptions(
+    State(seen): State<Arc<Seen>>,
+    Path((mode, _dep)): Path<(String, String)>,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    record_azure(&seen, &uri, &headers);
+    transcription_answer(seen, mode, headers, body).await
+}
+
+async fn transcription_answer(
+    seen: Arc<Seen>,
+    mode: String,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let refuse = |m: String| {
+        (
+            StatusCode::BAD_REQUEST,
+            axum::Json(
+                json!({"error": {"message": m, "type": "invalid_request_error", "param": null}}),
+            ),
+        )
+            .into_response()
+    };
+    let ct = headers
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let Ok(boundary) = multer::parse_boundary(ct) else {
+        return refuse(format!("expected multipart/form-data, got {ct}"));
+    };
+    let mut form = multer::Multipart::new(
+        futures_util::stream::once(async move { Ok::<_, std::convert::Infallible>(body) }),
+        boundary,
+    );
+    let mut seen_form = serde_json::Map::new();
+    let mut file: Option<Bytes> = None;
+    while let Ok(Some(field)) = form.next_field().await {
+        let name = field.name().unwrap_or("").to_string();
+        if name == "file" {
+            let Some(filename) = field.file_name().map(str::to_string) else {
+                return refuse("file must have a filename".into());
+            };
+            seen_form.insert("filename".into(), json!(filename));
+            let data = field.bytes().await.unwrap();
+            seen_form.insert("file_len".into(), json!(data.len()));
+            file = Some(data);
+        } else {
+            const KNOWN: &[&str] = &[
+                "model",
+                "language",
+                "prompt",
+                "response_format",
+                "temperature",
+                "timestamp_granularities[]",
+                "include[]",
+                "chunking_strategy",
+            ];
+            if !KNOWN.contains(&name.as_str()) {
+                return refuse(format!("Unrecognized request argument supplied: {name}"));
+            }
+            let text = field.text().await.unwrap();
+            seen_form.insert(name, json!(text));
+        }
+    }
+    record(&seen, &headers, &Value::Object(seen_form.clone()));
+    if mode == "fail" {
+        return (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            axum::Json(json!({"error": {"message": "boom", "type": "server_error"}})),
+        )
+            .into_response();
+    }
+    let Some(model) = seen_form
+        .get("model")
+        .and_then(Value::as_str)
+        .map(str::to_string)
+    else {
+        return refuse("you must provide a model parameter".into());
+    };
+    let Some(file) = file else {
+        return refuse("file is required".into());
+    };
+    let text = "Hello from whisper.";
+    let format = seen_form
+        .get("response_format")
+        .and_then(Value::as_str)
+        .unwrap_or("json")
+        .to_string();
+    if mode == "nousage" {
+        return axum::Json(json!({"text": text})).into_response();
+    }
+    let Some(ms) = wav_ms(&file) else {
+        return refuse("Invalid file format. Supported formats: ['wav']".into());
+    };
+    match format.as_str() {
+        "text" | "srt" | "vtt" => Response::builder()
+            .header("content-type", "text/plain; charset=utf-8")
+            .body(Body::from(format!("{text}\n")))
+            .unwrap(),
+        "verbose_json" => axum::Json(json!({"task": "transcribe", "language": "english",
+            "duration": ms / 1000.0, "text": text,
+            "segments": [{"id": 0, "start": 0.0, "end": ms / 1000.0, "text": text}]}))
+        .into_response(),
+        _ if model.starts_with("gpt-4o") => {
+            axum::Json(json!({"text": text, "usage": {"type": "tokens",
+            "input_tokens": 20, "input_token_details": {"audio_tokens": 18, "text_tokens": 2},
+            "output_tokens": 6, "total_tokens": 26}}))
+            .into_response()
+        }
+        _ => {
+            axum::Json(json!({"text": text, "usage": {"type": "duration", "seconds": ms / 1000.0}}))
+                .into_response()
+        }
+    }
 }
 
 /// The Responses API `response` the mock answers (usage: 11 input of which 3 cached, 4 output).

@@ -1,5 +1,7 @@
 //! The unmodified official SDKs as clients: the OpenAI Python SDK against translated (Anthropic,
-//! Bedrock) deployments (chat) and an OpenAI one (Responses API and text completions, streaming too), and the Anthropic Python SDK against translated (OpenAI, Bedrock) and native (Anthropic)
+//! Bedrock) deployments (chat), OpenAI ones (Responses API and text completions, streaming too;
+//! an audio transcription upload), and the Anthropic Python SDK against translated (OpenAI,
+//! Bedrock) and native (Anthropic)
 //! deployments, streaming and not. The interpreter is `PURSER_TEST_PYTHON` (default `python3`);
 //! `.ci/run` installs the pinned SDKs. Outside CI the test skips with a message when they are
 //! missing; with `CI=true` it fails instead.
@@ -72,6 +74,11 @@ with c.responses.stream(model="local", input="hi") as s:
 br = c.chat.completions.create(model="bedrock", messages=[{"role": "user", "content": "hi"}])
 br_stream = "".join(ch.choices[0].delta.content or "" for ch in c.chat.completions.create(
     model="bedrock", stream=True, messages=[{"role": "user", "content": "hi"}]) if ch.choices)
+import io, wave
+buf = io.BytesIO()
+with wave.open(buf, "wb") as w:
+    w.setnchannels(1); w.setsampwidth(2); w.setframerate(16000); w.writeframes(b"\0\0" * 16000)
+tr = c.audio.transcriptions.create(model="whisper", file=("hello.wav", buf.getvalue(), "audio/wav"))
 comp = c.completions.create(model="gpt-real", prompt="Say hello", max_tokens=8)
 comp_stream = "".join(ch.choices[0].text for ch in c.completions.create(
     model="gpt-real", prompt="Say hello", stream=True) if ch.choices)
@@ -82,7 +89,7 @@ print(json.dumps({"content": r.choices[0].message.content, "finish": r.choices[0
     "completion": comp.choices[0].text, "completion_stream": comp_stream,
     "local_stream": local_stream, "local_final": local_final,
     "bedrock": br.choices[0].message.content, "bedrock_prompt_tokens": br.usage.prompt_tokens,
-    "bedrock_stream": br_stream}))
+    "bedrock_stream": br_stream, "transcript": tr.text}))
 "#;
 
 const ANTHROPIC_SDK: &str = r#"
@@ -132,6 +139,12 @@ model_list:
     litellm_params:
       model: openai/local
       mock_response: hi from the mock
+  - model_name: whisper
+    litellm_params:
+      model: openai/whisper-1
+      api_base: {ok}
+      api_key: openai-key
+      input_cost_per_second: 0.0001
   - model_name: bedrock
     litellm_params:
       model: bedrock/anthropic.claude-3-5-haiku-20241022-v1:0
@@ -168,6 +181,7 @@ general_settings:
     assert_eq!(o["bedrock"], "Hello from Bedrock.", "{o}");
     assert_eq!(o["bedrock_prompt_tokens"], 12);
     assert_eq!(o["bedrock_stream"], "Hello from Bedrock.");
+    assert_eq!(o["transcript"], "Hello from whisper.");
 
     let a = run(ANTHROPIC_SDK, &app.base, &key).await;
     assert_eq!(

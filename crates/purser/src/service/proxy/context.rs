@@ -247,6 +247,43 @@ pub struct CallRequest {
     /// The reference's per-request routing fields, taken out of the body (they are not the
     /// provider's parameters).
     pub routing: RequestRouting,
+    /// `/v1/audio/transcriptions`: the uploaded file and the form's other fields.
+    pub upload: Option<Arc<AudioUpload>>,
+}
+
+/// A multipart transcription request: the audio and every other form field in order (`body`
+/// holds the text fields too, for governance and logs).
+#[derive(Debug)]
+pub struct AudioUpload {
+    pub file: axum::body::Bytes,
+    pub filename: String,
+    pub content_type: Option<String>,
+    pub fields: Vec<(String, String)>,
+}
+
+impl AudioUpload {
+    /// The form for one attempt, with `model` set to the deployment's name for it.
+    pub fn form(&self, model: &str) -> Result<reqwest::multipart::Form, Error> {
+        let mut form = reqwest::multipart::Form::new().text("model", model.to_string());
+        for (k, v) in &self.fields {
+            if k != "model" {
+                form = form.text(k.clone(), v.clone());
+            }
+        }
+        let mut part =
+            reqwest::multipart::Part::bytes(self.file.to_vec()).file_name(self.filename.clone());
+        if let Some(ct) = &self.content_type {
+            part = part.mime_str(ct).map_err(|_| {
+                Error::proxy(
+                    StatusCode::BAD_REQUEST,
+                    "bad_request_error",
+                    "file: the part's Content-Type is not a media type",
+                )
+                .with_param("file")
+            })?;
+        }
+        Ok(form.part("file", part))
+    }
 }
 
 /// Per-request routing (`timeout`, `stream_timeout`, `num_retries`, `fallbacks`,
@@ -552,6 +589,8 @@ impl CallRequest {
                     return Err(bad("top_n must be a positive integer").with_param("top_n"));
                 }
             }
+            // Checked by `parse_transcription` (a multipart form, not JSON).
+            CallKind::Transcription => {}
             CallKind::Speech => {
                 if !body.get("input").is_some_and(Value::is_string) {
                     return Err(bad("input must be a string").with_param("input"));
@@ -572,6 +611,7 @@ impl CallRequest {
                     | CallKind::Images
                     | CallKind::Speech
                     | CallKind::Rerank
+                    | CallKind::Transcription
             )
         {
             return Err(bad(&format!(
@@ -615,7 +655,8 @@ impl CallRequest {
             | CallKind::Moderations
             | CallKind::Images
             | CallKind::Speech
-            | CallKind::Rerank => 0,
+            | CallKind::Rerank
+            | CallKind::Transcription => 0,
             CallKind::Chat => cap(&["max_completion_tokens", "max_tokens"])?,
             CallKind::Completions => cap(&["max_tokens"])?,
             CallKind::Responses => cap(&["max_output_tokens"])?,
@@ -632,7 +673,104 @@ impl CallRequest {
             received: std::time::Instant::now(),
             units,
             routing,
+            upload: None,
         })
+    }
+
+    /// A `/v1/audio/transcriptions` upload (`multipart/form-data` with a `file` and a `model`),
+    /// or the 400 naming what is wrong. Budget is reserved for the file's length (exact for WAV,
+    /// pessimistic otherwise) as milliseconds of audio.
+    pub async fn parse_transcription(
+        bytes: axum::body::Bytes,
+        headers: &axum::http::HeaderMap,
+    ) -> Result<CallRequest, Error> {
+        let bad = |m: &str, param: &str| {
+            Error::proxy(StatusCode::BAD_REQUEST, "bad_request_error", m).with_param(param)
+        };
+        let content_type = headers
+            .get(axum::http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        let boundary = multer::parse_boundary(content_type).map_err(|_| {
+            bad(
+                "/v1/audio/transcriptions takes multipart/form-data (a file and a model)",
+                "file",
+            )
+        })?;
+        let body_bytes = bytes.len();
+        let mut form = multer::Multipart::new(
+            futures_util::stream::once(async move { Ok::<_, std::convert::Infallible>(bytes) }),
+            boundary,
+        );
+        let malformed = |e: multer::Error| bad(&format!("malformed multipart body: {e}"), "file");
+        let mut file = None;
+        let mut fields: Vec<(String, String)> = Vec::new();
+        while let Some(field) = form.next_field().await.map_err(malformed)? {
+            let name = field.name().unwrap_or("").to_string();
+            if name == "file" {
+                if file.is_some() {
+                    return Err(bad("file: only one file may be sent", "file"));
+                }
+                let filename = field
+                    .file_name()
+                    .filter(|f| !f.is_empty())
+                    .unwrap_or("audio")
+                    .to_string();
+                let ct = field.content_type().map(|m| m.to_string());
+                let data = field.bytes().await.map_err(malformed)?;
+                if data.is_empty() {
+                    return Err(bad("file is empty", "file"));
+                }
+                file = Some((data, filename, ct));
+            } else if !name.is_empty() {
+                let text = field.text().await.map_err(malformed)?;
+                fields.push((name, text));
+            }
+        }
+        let Some((file, filename, content_type)) = file else {
+            return Err(bad("file is required (the audio to transcribe)", "file"));
+        };
+        if let Some((_, v)) = fields.iter().find(|(k, _)| k == "stream")
+            && v.trim() == "true"
+        {
+            return Err(bad(
+                "stream is not supported on /v1/audio/transcriptions yet",
+                "stream",
+            ));
+        }
+        if let Some((_, f)) = fields.iter().find(|(k, _)| k == "response_format")
+            && ![
+                "json",
+                "text",
+                "srt",
+                "verbose_json",
+                "vtt",
+                "diarized_json",
+            ]
+            .contains(&f.as_str())
+        {
+            return Err(bad(
+                "response_format must be json, text, srt, verbose_json, vtt or diarized_json",
+                "response_format",
+            ));
+        }
+        let mut body = serde_json::Map::new();
+        for (k, v) in &fields {
+            if k != "stream" {
+                body.insert(k.clone(), Value::String(v.clone()));
+            }
+        }
+        let mut req = Self::from_body(CallKind::Transcription, body, body_bytes)?;
+        req.routing.apply_headers(headers)?;
+        req.units = crate::upstream::audio::reserve_ms(&file);
+        fields.retain(|(k, _)| k != "stream");
+        req.upload = Some(Arc::new(AudioUpload {
+            file,
+            filename,
+            content_type,
+            fields,
+        }));
+        Ok(req)
     }
 
     /// Prompt tokens of the whole request by each of `counters` (the largest, so a group whose
@@ -666,6 +804,8 @@ impl CallRequest {
                             });
                     q + docs
                 }
+                // Billed by the audio's length (or the tokens the model reports).
+                CallKind::Transcription => 0,
                 CallKind::Images | CallKind::Speech => {
                     let field = if self.kind == CallKind::Images {
                         "prompt"

@@ -383,6 +383,9 @@ async fn attempt(
             .with_param(u.field),
         ));
     }
+    if req.kind == CallKind::Transcription {
+        return Box::pin(dispatch_transcription(state, meter, req, wire)).await;
+    }
     match wire {
         Wire::Anthropic if messages => Box::pin(dispatch_messages_native(state, meter, req)).await,
         Wire::Anthropic | Wire::Gemini | Wire::Bedrock => {
@@ -892,6 +895,110 @@ async fn bedrock_embed_one(
             retry_after: None,
             status: None,
         })
+}
+
+/// A transcription (`/v1/audio/transcriptions`) to an OpenAI-wire or Azure deployment (or an
+/// in-process mock): the client's form re-sent with the deployment's model, the answer relayed
+/// as received (JSON, text, srt or vtt). Billed by the tokens the answer reports (priced per
+/// token), else by its reported duration, else by the file's length (exact for WAV, estimated
+/// from its size otherwise), per millisecond of the per-second price.
+async fn dispatch_transcription(
+    state: AppState,
+    mut meter: Meter,
+    req: CallRequest,
+    wire: Wire,
+) -> Result<Response, Attempt> {
+    use crate::upstream::audio;
+    let dep = Arc::clone(&meter.slot.0);
+    let Some(upload) = req.upload.clone() else {
+        meter.refund();
+        return Err(Attempt::Failed(Error::internal(
+            "a transcription without its upload",
+        )));
+    };
+    if dep.is_mock() {
+        let text = dep.mock_response.clone().unwrap_or_default();
+        let cost = meter.settle(
+            Usage {
+                units: audio::billed_ms(&upload.file),
+                ..Usage::default()
+            },
+            "success",
+        );
+        return Ok(with_cost(
+            axum::Json(json!({ "text": text })).into_response(),
+            cost,
+        ));
+    }
+    if !matches!(wire, Wire::OpenAi | Wire::Azure) {
+        meter.refund();
+        return Err(Attempt::Failed(Error::proxy(
+            StatusCode::BAD_REQUEST,
+            "bad_request_error",
+            format!(
+                "litellm.BadRequestError: model={} cannot transcribe; /v1/audio/transcriptions is served for OpenAI-compatible and Azure deployments only",
+                dep.model_name
+            ),
+        )));
+    }
+    let form = match upload.form(&dep.upstream_model) {
+        Ok(f) => f,
+        Err(e) => {
+            meter.refund();
+            return Err(Attempt::Failed(e));
+        }
+    };
+    let sent = Instant::now();
+    let resp = match state
+        .models
+        .send_form(&dep, req.kind, form, req.timeout_at(&dep))
+        .await
+    {
+        Ok(r) => r,
+        Err(failure) => return Err(Attempt::retry(failure, meter, req)),
+    };
+    let content_type = resp.headers().get(header::CONTENT_TYPE).cloned();
+    let bytes = match resp.bytes().await {
+        Ok(b) => b,
+        Err(e) => {
+            // The upstream heard the audio: bill its length.
+            meter.settle(
+                Usage {
+                    units: audio::billed_ms(&upload.file),
+                    ..Usage::default()
+                },
+                "failure",
+            );
+            return Err(Attempt::Failed(crate::upstream::transport_error(&dep, &e)));
+        }
+    };
+    let upstream = UpstreamTime(sent.elapsed());
+    let token_priced = dep.prices.input != 0 || dep.prices.output != 0;
+    let usage = match audio::reported(&bytes) {
+        audio::Reported::Tokens { input, output } if token_priced || dep.prices.per_unit == 0 => {
+            Usage {
+                prompt_tokens: input,
+                completion_tokens: output,
+                ..Usage::default()
+            }
+        }
+        audio::Reported::Millis(ms) => Usage {
+            units: ms,
+            ..Usage::default()
+        },
+        _ => Usage {
+            units: audio::billed_ms(&upload.file),
+            ..Usage::default()
+        },
+    };
+    let cost = meter.settle(usage, "success");
+    let mut out = Response::new(Body::from(bytes));
+    out.headers_mut().insert(
+        header::CONTENT_TYPE,
+        content_type.unwrap_or(HeaderValue::from_static("application/json")),
+    );
+    out.extensions_mut().insert(upstream);
+    Ok(with_cost(out, cost))
 }
 
 /// A request the deployment's provider cannot take (a parameter it has no field for): refused

@@ -133,6 +133,14 @@ pub(super) fn mock_body(dep: &Deployment, model: &str, req: &CallRequest) -> (Va
                 usage,
             )
         }
+        // Answered by `dispatch_transcription` (it bills the upload's length); kept whole here.
+        CallKind::Transcription => (
+            json!({ "text": text }),
+            Usage {
+                units: req.units,
+                ..Usage::default()
+            },
+        ),
         // Audio is answered by `mock_speech`; this arm only bills.
         CallKind::Speech => (
             Value::Null,
