@@ -230,6 +230,8 @@ pub struct Inner {
     pub alerts: Arc<crate::service::alerts::Alerts>,
     /// The clock of rate-limit windows, ledger idle eviction and budget resets.
     pub clock: SharedClock,
+    /// `/metrics`: the reference's Prometheus metrics and Purser's own.
+    pub metrics: Arc<crate::metrics::Metrics>,
     pub shutdown: CancellationToken,
 }
 
@@ -272,7 +274,12 @@ impl Gateway {
             .await
             .context("connecting the spend writer to the database")?;
         let models = Registry::from_config(&config)?;
-        let routes = api::all_routes();
+        let mut routes = api::all_routes();
+        if config.litellm_settings.require_auth_for_metrics_endpoint == Some(true) {
+            for r in routes.iter_mut().filter(|r| r.path == "/metrics") {
+                r.gate = api::Gate::Admin;
+            }
+        }
         let gates = Gates::from_routes(&routes);
         let openapi = api::openapi::document(&routes);
         let cluster = crate::cluster::Cluster {
@@ -300,7 +307,9 @@ impl Gateway {
         );
         let (settings_webhook, budget_alert_ttl) =
             (settings.webhook.clone(), settings.budget_alert_ttl);
+        let metrics = Arc::new(crate::metrics::Metrics::new(config.metrics_policy()));
         let state = AppState(Arc::new(Inner {
+            metrics,
             config,
             settings,
             db,

@@ -217,6 +217,29 @@ pub struct LitellmSettings {
     pub budget_exceeded_status_code: Option<u16>,
     pub max_internal_user_budget: Option<f64>,
     pub internal_user_budget_duration: Option<String>,
+    /// `/metrics` only for proxy admins (and viewers) when true; public otherwise.
+    pub require_auth_for_metrics_endpoint: Option<bool>,
+    /// Per metric, the labels it keeps (`[{group, metrics: [...], include_labels: [...]}]`).
+    pub prometheus_metrics_config: Option<Vec<PrometheusMetricsGroup>>,
+    /// Whether metrics carry the request's `user` as `end_user` (off: cardinality).
+    pub enable_end_user_cost_tracking_prometheus_only: Option<bool>,
+    /// Purser: distinct keys (and end users) with their own label values before the rest read
+    /// `other` (default 1000).
+    pub prometheus_key_label_limit: Option<usize>,
+    /// Logging callbacks. Metrics are always on (`prometheus` is accepted and changes nothing);
+    /// any other callback is a config error: nothing would be sent to it.
+    pub callbacks: Option<Vec<String>>,
+    #[serde(flatten)]
+    pub extra: BTreeMap<String, Value>,
+}
+
+/// One entry of `litellm_settings.prometheus_metrics_config`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct PrometheusMetricsGroup {
+    pub group: Option<String>,
+    pub metrics: Vec<String>,
+    pub include_labels: Vec<String>,
     #[serde(flatten)]
     pub extra: BTreeMap<String, Value>,
 }
@@ -351,6 +374,7 @@ impl Config {
     }
 
     fn validate(&self) -> Result<(), (String, String)> {
+        self.validate_metrics()?;
         for (i, m) in self.model_list.iter().enumerate() {
             let at = |k: &str| format!("model_list[{i}].{k}");
             if m.model_name.trim().is_empty() {
@@ -807,6 +831,77 @@ impl Config {
             Some(p) => format!("redis://:{p}@{host}:{port}"),
             None => format!("redis://{host}:{port}"),
         })
+    }
+}
+
+impl Config {
+    /// `prometheus_metrics_config` names metrics and labels that exist; `callbacks` only ones
+    /// Purser delivers to.
+    fn validate_metrics(&self) -> Result<(), (String, String)> {
+        let l = &self.litellm_settings;
+        for (i, c) in l.callbacks.iter().flatten().enumerate() {
+            if c != "prometheus" {
+                return Err((
+                    format!("litellm_settings.callbacks[{i}]"),
+                    format!(
+                        "'{c}' is not supported (Purser serves Prometheus metrics at /metrics, always on; remove the callback)"
+                    ),
+                ));
+            }
+        }
+        for (i, g) in l.prometheus_metrics_config.iter().flatten().enumerate() {
+            let at = format!("litellm_settings.prometheus_metrics_config[{i}]");
+            if let Some(k) = g.extra.keys().next() {
+                return Err((
+                    format!("{at}.{k}"),
+                    "is not a field of a metrics group".into(),
+                ));
+            }
+            for (j, m) in g.metrics.iter().enumerate() {
+                let Some((_, labels)) = crate::metrics::LABELS.iter().find(|(n, _)| n == m) else {
+                    return Err((
+                        format!("{at}.metrics[{j}]"),
+                        format!("'{m}' is not a metric Purser serves"),
+                    ));
+                };
+                for (k, label) in g.include_labels.iter().enumerate() {
+                    if !labels.contains(&label.as_str()) {
+                        return Err((
+                            format!("{at}.include_labels[{k}]"),
+                            format!(
+                                "'{label}' is not a label of {m} (its labels: {})",
+                                labels.join(", ")
+                            ),
+                        ));
+                    }
+                }
+            }
+        }
+        if l.prometheus_key_label_limit == Some(0) {
+            return Err((
+                "litellm_settings.prometheus_key_label_limit".into(),
+                "must be at least 1".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The label bounds of `/metrics`.
+    pub fn metrics_policy(&self) -> crate::metrics::LabelPolicy {
+        let l = &self.litellm_settings;
+        let mut include: std::collections::HashMap<String, Vec<String>> = Default::default();
+        for g in l.prometheus_metrics_config.iter().flatten() {
+            for m in &g.metrics {
+                include.insert(m.clone(), g.include_labels.clone());
+            }
+        }
+        crate::metrics::LabelPolicy {
+            include,
+            key_label_limit: l
+                .prometheus_key_label_limit
+                .unwrap_or(crate::metrics::DEFAULT_KEY_LABEL_LIMIT),
+            end_user_labels: l.enable_end_user_cost_tracking_prometheus_only == Some(true),
+        }
     }
 }
 

@@ -115,6 +115,16 @@ impl Error {
         }
     }
 
+    /// The OpenAI error type of a ProxyException (`budget_exceeded`, `rate_limit_error`…);
+    /// `http_error` / `validation_error` for the others (metrics label it).
+    pub fn kind(&self) -> &str {
+        match self {
+            Error::Proxy { kind, .. } => kind,
+            Error::Http { .. } => "http_error",
+            Error::Validation { .. } => "validation_error",
+        }
+    }
+
     /// The human-readable text, without any wire framing (bulk results embed it).
     pub fn message(&self) -> &str {
         match self {

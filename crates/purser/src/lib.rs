@@ -13,6 +13,7 @@ pub mod config;
 pub mod error;
 pub mod jobs;
 pub mod limiter;
+pub mod metrics;
 pub mod server;
 pub mod service;
 pub mod store;

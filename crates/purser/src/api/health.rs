@@ -1,4 +1,4 @@
-//! Health checks (unauthenticated): liveliness answers while the process runs; readiness
+//! Health checks and `/metrics` (unauthenticated unless `require_auth_for_metrics_endpoint`): liveliness answers while the process runs; readiness
 //! reports whether the database answers and how far behind the spend writer is (Purser's
 //! `spend_writer` object: queued calls, capacity, backpressure waits, write errors).
 
@@ -28,6 +28,20 @@ pub fn routes() -> Vec<Route> {
             health_liveliness,
         ),
         Route::get(
+            "/metrics",
+            Gate::Public,
+            "health",
+            "Prometheus metrics (the reference's litellm_* names and labels, and purser_*); proxy admins only with require_auth_for_metrics_endpoint",
+            metrics,
+        ),
+        Route::get(
+            "/metrics/",
+            Gate::Public,
+            "health",
+            "Prometheus metrics (alias)",
+            metrics,
+        ),
+        Route::get(
             "/health/readiness",
             Gate::Public,
             "health",
@@ -35,6 +49,17 @@ pub fn routes() -> Vec<Route> {
             health_readiness,
         ),
     ]
+}
+
+/// `/metrics`: the exposition, with the gateway's state read now.
+pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            crate::metrics::CONTENT_TYPE,
+        )],
+        crate::service::metrics::render(&state),
+    )
 }
 
 pub async fn health_liveliness() -> Json<&'static str> {

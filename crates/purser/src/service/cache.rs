@@ -65,11 +65,13 @@ const STRIPES: usize = 4096;
 /// Fills rejected in a row (evictions racing with every load) before reading without caching.
 const ATTEMPTS: usize = 4;
 
-/// The eviction counter and the watermark of the last `clear`.
+/// The eviction counter and the watermark of the last `clear`; hits and loads for `/metrics`.
 #[derive(Default)]
 struct Epochs {
     epoch: AtomicU64,
     cleared: AtomicU64,
+    hits: AtomicU64,
+    misses: AtomicU64,
 }
 
 impl Epochs {
@@ -189,8 +191,14 @@ where
             if let Some(hit) = self.map.get(key).await
                 && hit.epoch >= newest()
             {
+                epochs
+                    .hits
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 return Ok(hit.value);
             }
+            epochs
+                .misses
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let filled = Box::pin(self.map.try_get_with_by_ref(key, async {
                 let epoch = epochs.epoch.load(SeqCst);
                 let value = read().await?;
@@ -251,6 +259,15 @@ impl Cache {
     }
 
     /// The key with this hash, loading it on a miss.
+    /// Lookups answered from memory and lookups that read the database, since start.
+    pub fn stats(&self) -> (u64, u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        (
+            self.epochs.hits.load(Relaxed),
+            self.epochs.misses.load(Relaxed),
+        )
+    }
+
     pub async fn key(&self, db: &Db, token: &str) -> store::Result<Option<Arc<KeyRow>>> {
         let k = token.to_string();
         self.keys

@@ -9,6 +9,7 @@ pub mod caller;
 pub mod keys;
 pub mod limits;
 pub mod members;
+pub mod metrics;
 pub mod model_budget;
 pub mod paging;
 pub mod patch;

@@ -18,6 +18,7 @@ mod governance;
 mod keys;
 mod media;
 mod members;
+mod metrics;
 mod providers;
 mod proxy;
 mod routing;

@@ -46,6 +46,10 @@ pub(super) struct Meter {
     pub(super) fallbacks: Vec<String>,
     /// When the current attempt began (latency-based routing learns from it).
     pub(super) attempt_started: Instant,
+    /// When the request was read (the total latency metric).
+    pub(super) received: Instant,
+    /// The capped key and team budgets, whose gauges follow the call.
+    pub(super) budgets: Vec<crate::service::metrics::BudgetWatch>,
 }
 
 impl Meter {
@@ -64,6 +68,14 @@ impl Meter {
     /// A call refused before anything was sent upstream (its request cannot be put to this
     /// deployment's provider): gives back its request and slots and its reservations, books
     /// nothing — it changes nothing, like any refusal.
+    /// The first byte of the answer's stream arrived (time to first token).
+    pub(super) fn first_byte(&self) {
+        self.state.metrics.first_token(
+            &crate::service::metrics::labels(&self.log, &self.slot.0),
+            self.attempt_started.elapsed(),
+        );
+    }
+
     fn refund(mut self) {
         self.reservation.take(); // released at its drop, cost 0
         self.model_reservation.take();
@@ -103,7 +115,22 @@ impl Meter {
         log.total_tokens = usage.total() as i64;
         log.end_time = crate::store::now();
         log.status = status.to_string();
+        let labels = crate::service::metrics::labels(&log, dep);
         res.settle(cost.0, log);
+        self.state.metrics.settled(
+            &labels,
+            &crate::metrics::Outcome {
+                spend_usd: purser_core::money::Nanos(cost.0).to_usd(),
+                input: usage.prompt_tokens,
+                output: usage.completion_tokens,
+                total: self.received.elapsed(),
+                upstream: self.attempt_started.elapsed(),
+                success: status == "success",
+            },
+        );
+        if !self.budgets.is_empty() {
+            crate::service::metrics::budgets_after(&self.state, &self.budgets);
+        }
         if !self.soft_budgets.is_empty() {
             Alerts::after_settle(&self.state, std::mem::take(&mut self.soft_budgets));
         }
@@ -210,6 +237,9 @@ pub(super) async fn dispatch(
         (meter, req) = (m, q);
         let policy = state.models.policy();
         state.models.record_failure(&meter.slot.0, &failure);
+        state
+            .metrics
+            .attempt_failed(&crate::service::metrics::labels(&meter.log, &meter.slot.0));
         if errors.len() < 8 {
             // Messages are already scrubbed of credentials; kept short for a header.
             let msg: String = failure.error.message().chars().take(200).collect();

@@ -17,6 +17,7 @@ use crate::error::Error;
 use crate::limiter::{Held, LimitKind, Limiter, RateDenied, RateLimit};
 use crate::service::alerts::{SoftBudgetWatch, WebhookEvent};
 use crate::service::caller::Caller;
+use crate::service::metrics::BudgetWatch;
 use crate::service::model_budget::{ModelBudgetCheck, ModelReservation, resolve};
 use crate::service::spend::{BudgetCheck, OverBudget, Reservation, SpendScope};
 use crate::store::spend::{SpendColumn, SpendLogRow};
@@ -58,6 +59,7 @@ pub(super) fn over_budget(state: &AppState, ctx: &CallContext, o: &OverBudget) -
         ..call_info(ctx)
     };
     state.alerts.budget_exceeded(&id, event);
+    state.metrics.rejected("budget", group);
     budget_error(state, ctx, o)
 }
 
@@ -137,7 +139,8 @@ pub(super) fn budget_error(state: &AppState, ctx: &CallContext, o: &OverBudget) 
     Error::proxy(status, "budget_exceeded", msg)
 }
 
-pub(super) fn rate_error(d: &RateDenied) -> Error {
+pub(super) fn rate_error(state: &AppState, d: &RateDenied) -> Error {
+    state.metrics.rejected("rate_limit", d.scope);
     let (kind, limit, remaining) = match d.kind {
         LimitKind::Requests => ("requests", d.limit_requests, d.remaining_requests),
         LimitKind::Tokens => ("tokens", d.limit_tokens, d.remaining_tokens),
@@ -240,6 +243,50 @@ pub async fn count_tokens(state: AppState, caller: Caller, req: CallRequest) -> 
 }
 
 pub async fn handle(state: AppState, caller: Caller, req: CallRequest) -> Result<Response, Error> {
+    let requested = req.model.clone();
+    let end_user = req
+        .body
+        .get("user")
+        .and_then(Value::as_str)
+        .map(str::to_string);
+    let answer = handle_call(state.clone(), caller.clone(), req).await;
+    let (status, class) = match &answer {
+        Ok(r) => (r.status().as_u16(), None),
+        Err(e) => (e.status().as_u16(), Some(e.kind().to_string())),
+    };
+    let key = caller.key.as_deref();
+    let team = key.and_then(|k| k.team_id.clone()).unwrap_or_default();
+    // The team was loaded by the call: a cache hit, no database read.
+    let team_alias = match key.and_then(|k| k.team_id.as_deref()) {
+        Some(t) => state
+            .cache
+            .team(&state.db, t)
+            .await
+            .ok()
+            .flatten()
+            .and_then(|e| e.team.team_alias.clone())
+            .unwrap_or_default(),
+        None => String::new(),
+    };
+    let labels = crate::metrics::CallLabels {
+        hashed_api_key: caller.api_key_hash().to_string(),
+        api_key_alias: key.and_then(|k| k.key_alias.clone()).unwrap_or_default(),
+        team,
+        team_alias,
+        user: key
+            .and_then(|k| k.user_id.clone())
+            .or(caller.user_id.clone())
+            .unwrap_or_default(),
+        end_user: end_user.unwrap_or_default(),
+        requested_model: requested,
+        ..Default::default()
+    };
+    state.metrics.request(&labels, status, class.as_deref());
+    answer
+}
+
+/// [`handle`] without the request metrics.
+async fn handle_call(state: AppState, caller: Caller, req: CallRequest) -> Result<Response, Error> {
     // Backpressure: wait while the spend writer is a full queue behind (bounded memory).
     state.ledger.admit().await;
     let ctx = CallContext::load(&state, &caller).await?;
@@ -455,6 +502,7 @@ pub async fn handle(state: AppState, caller: Caller, req: CallRequest) -> Result
         status: "success".into(),
         metadata: sqlx::types::Json(json!({
             "user_api_key_alias": key.as_ref().and_then(|k| k.key_alias.clone()),
+            "user_api_key_team_alias": ctx.team.as_ref().and_then(|t| t.team.team_alias.clone()),
             "requested_model": requested,
         })),
     };
@@ -487,7 +535,31 @@ pub async fn handle(state: AppState, caller: Caller, req: CallRequest) -> Result
     } else {
         Vec::new()
     };
+    // The budgets whose gauges follow this call (those with a cap).
+    let mut budgets = Vec::new();
+    if let (Some(k), Some(c)) = (&key, &key_check)
+        && let Some(max) = c.max
+    {
+        budgets.push(BudgetWatch {
+            scope: c.scope.clone(),
+            alias: k.key_alias.clone().unwrap_or_default(),
+            max,
+            reset_at: k.budget_reset_at,
+        });
+    }
+    if let (Some(t), Some(c)) = (&ctx.team, &team_check)
+        && let Some(max) = c.max
+    {
+        budgets.push(BudgetWatch {
+            scope: c.scope.clone(),
+            alias: t.team.team_alias.clone().unwrap_or_default(),
+            max,
+            reset_at: t.team.budget_reset_at,
+        });
+    }
     let meter = Meter {
+        budgets,
+        received: req.received,
         fallbacks,
         state: state.clone(),
         soft_budgets: soft_budget_watches(&ctx),
@@ -559,6 +631,7 @@ async fn admit(state: &AppState, ctx: &CallContext, a: Admission<'_>) -> Result<
                 ));
             }
             Ok(Some(Refused::SpendWindow { index, spend })) => {
+                state.metrics.rejected("budget", "model");
                 let status = StatusCode::from_u16(state.settings.budget_exceeded_status)
                     .unwrap_or(StatusCode::UNPROCESSABLE_ENTITY);
                 return Err(Error::proxy(
@@ -568,11 +641,10 @@ async fn admit(state: &AppState, ctx: &CallContext, a: Admission<'_>) -> Result<
                 ));
             }
             Ok(Some(Refused::Window(full))) => {
-                return Err(rate_error(&Limiter::denied_at(
-                    &a.limits[idx[full.index]],
-                    full,
-                    now,
-                )));
+                return Err(rate_error(
+                    state,
+                    &Limiter::denied_at(&a.limits[idx[full.index]], full, now),
+                ));
             }
             // Marked down: this instance's counters govern the call.
             Err(_) => {}
@@ -581,7 +653,7 @@ async fn admit(state: &AppState, ctx: &CallContext, a: Admission<'_>) -> Result<
     state
         .limiter
         .acquire_local(a.limits)
-        .map_err(|d| rate_error(&d))
+        .map_err(|d| rate_error(state, &d))
 }
 
 /// The per-model budget windows a call of `target` (requested as `requested`) is checked

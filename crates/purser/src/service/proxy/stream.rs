@@ -89,6 +89,7 @@ pub(super) fn pump_stream(
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(STREAM_BUFFER);
     let end = tokio::time::Instant::now() + deadline;
     tokio::spawn(async move {
+        let mut first = true;
         let timed_out = |what: &str| {
             Err(std::io::Error::new(
                 std::io::ErrorKind::TimedOut,
@@ -105,6 +106,10 @@ pub(super) fn pump_stream(
             };
             let item = match next {
                 Ok(Some(Ok(b))) => {
+                    if first {
+                        first = false;
+                        meter.meter.first_byte();
+                    }
                     meter.feed(&b);
                     let out = relay.push(b);
                     if out.is_empty() {
