@@ -129,7 +129,7 @@ pub struct LabelPolicy {
 }
 
 /// Who and what a call was, for its labels.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
 pub struct CallLabels {
     pub hashed_api_key: String,
     pub api_key_alias: String,
@@ -181,8 +181,30 @@ pub struct Snapshot {
     pub deployments: Vec<(String, String, String, String, bool)>,
 }
 
+/// The series one (caller, deployment) combination books into, resolved once: a call then
+/// books by atomic adds (and one histogram lock each), with no label built or hashed per family.
+struct CallSeries {
+    spend: FloatCounter,
+    input: Counter,
+    output: Counter,
+    total: Counter,
+    total_latency: Histogram,
+    llm_latency: Histogram,
+    time_to_first_token: Histogram,
+    overhead: Histogram,
+    deployment_total: Counter,
+    deployment_success: Counter,
+    deployment_failure: Counter,
+}
+
+/// Resolved series kept at once; past this the map starts over (values live in the families).
+const MAX_RESOLVED: usize = 20_000;
+
 pub struct Metrics {
     registry: Registry,
+    resolved: dashmap::DashMap<CallLabels, std::sync::Arc<CallSeries>, foldhash::fast::RandomState>,
+    /// `litellm_proxy_total_requests_metric{status_code="200"}` by the caller's labels.
+    ok_requests: dashmap::DashMap<CallLabels, Counter, foldhash::fast::RandomState>,
     policy: LabelPolicy,
     /// Keys and end users that have their own label value.
     seen_keys: Mutex<std::collections::HashSet<String>>,
@@ -344,6 +366,8 @@ impl Metrics {
                 "1 for the counter backend in use (memory or redis) and its state (up or degraded)"
             ),
             registry: r,
+            resolved: dashmap::DashMap::with_hasher(foldhash::fast::RandomState::default()),
+            ok_requests: dashmap::DashMap::with_hasher(foldhash::fast::RandomState::default()),
             policy,
             seen_keys: Mutex::new(Default::default()),
             seen_end_users: Mutex::new(Default::default()),
@@ -432,88 +456,133 @@ impl Metrics {
         ]
     }
 
+    /// The resolved series of a call's labels (built on first use).
+    fn series(&self, c: &CallLabels) -> std::sync::Arc<CallSeries> {
+        if let Some(s) = self.resolved.get(c) {
+            return std::sync::Arc::clone(s.value());
+        }
+        let b = self.bound(c);
+        let u = Self::user_labels(&b);
+        let mut l = Self::request_labels(&b);
+        l.push(("model", b.model.clone()));
+        let o = vec![
+            ("model_group", b.model_group.clone()),
+            ("api_provider", b.api_provider.clone()),
+            ("api_base", b.api_base.clone()),
+            ("litellm_model_name", b.model.clone()),
+            ("hashed_api_key", b.hashed_api_key.clone()),
+            ("api_key_alias", b.api_key_alias.clone()),
+        ];
+        let d = Self::deployment_labels(&b);
+        let counter = |f: &Family<Labels, Counter>, name: &str, labels: &Labels| {
+            f.get_or_create(&self.only(name, labels.clone())).clone()
+        };
+        let histogram = |f: &Histograms, name: &str, labels: &Labels| {
+            f.get_or_create(&self.only(name, labels.clone())).clone()
+        };
+        let series = std::sync::Arc::new(CallSeries {
+            spend: self
+                .spend
+                .get_or_create(&self.only("litellm_spend_metric", u.clone()))
+                .clone(),
+            input: counter(&self.input_tokens, "litellm_input_tokens", &u),
+            output: counter(&self.output_tokens, "litellm_output_tokens", &u),
+            total: counter(&self.total_tokens, "litellm_total_tokens", &u),
+            total_latency: histogram(
+                &self.total_latency,
+                "litellm_request_total_latency_metric",
+                &l,
+            ),
+            llm_latency: histogram(&self.llm_latency, "litellm_llm_api_latency_metric", &l),
+            time_to_first_token: histogram(
+                &self.time_to_first_token,
+                "litellm_llm_api_time_to_first_token_metric",
+                &l,
+            ),
+            overhead: histogram(
+                &self.overhead_latency,
+                "litellm_overhead_latency_metric",
+                &o,
+            ),
+            deployment_total: counter(
+                &self.deployment_total,
+                "litellm_deployment_total_requests",
+                &d,
+            ),
+            deployment_success: counter(
+                &self.deployment_success,
+                "litellm_deployment_success_responses",
+                &d,
+            ),
+            deployment_failure: counter(
+                &self.deployment_failure,
+                "litellm_deployment_failure_responses",
+                &d,
+            ),
+        });
+        if self.resolved.len() >= MAX_RESOLVED {
+            self.resolved.clear();
+        }
+        self.resolved
+            .insert(c.clone(), std::sync::Arc::clone(&series));
+        series
+    }
+
     /// A settled call: its spend, tokens and latencies.
     pub fn settled(&self, c: &CallLabels, o: &Outcome) {
-        let Outcome {
-            spend_usd,
-            input,
-            output,
-            total,
-            upstream,
-            success,
-        } = *o;
-        let c = self.bound(c);
-        let u = Self::user_labels(&c);
-        self.spend
-            .get_or_create(&self.only("litellm_spend_metric", u.clone()))
-            .inc_by(spend_usd);
-        self.input_tokens
-            .get_or_create(&self.only("litellm_input_tokens", u.clone()))
-            .inc_by(input);
-        self.output_tokens
-            .get_or_create(&self.only("litellm_output_tokens", u.clone()))
-            .inc_by(output);
-        self.total_tokens
-            .get_or_create(&self.only("litellm_total_tokens", u))
-            .inc_by(input + output);
-        let mut l = Self::request_labels(&c);
-        l.push(("model", c.model.clone()));
-        self.total_latency
-            .get_or_create(&self.only("litellm_request_total_latency_metric", l.clone()))
-            .observe(total.as_secs_f64());
-        self.llm_latency
-            .get_or_create(&self.only("litellm_llm_api_latency_metric", l))
-            .observe(upstream.as_secs_f64());
-        let o = vec![
-            ("model_group", c.model_group.clone()),
-            ("api_provider", c.api_provider.clone()),
-            ("api_base", c.api_base.clone()),
-            ("litellm_model_name", c.model.clone()),
-            ("hashed_api_key", c.hashed_api_key.clone()),
-            ("api_key_alias", c.api_key_alias.clone()),
-        ];
-        self.overhead_latency
-            .get_or_create(&self.only("litellm_overhead_latency_metric", o))
-            .observe(total.saturating_sub(upstream).as_secs_f64());
-        let d = Self::deployment_labels(&c);
-        self.deployment_total
-            .get_or_create(&self.only("litellm_deployment_total_requests", d.clone()))
-            .inc();
-        if success {
-            self.deployment_success
-                .get_or_create(&self.only("litellm_deployment_success_responses", d))
-                .inc();
+        let s = self.series(c);
+        s.spend.inc_by(o.spend_usd);
+        s.input.inc_by(o.input);
+        s.output.inc_by(o.output);
+        s.total.inc_by(o.input + o.output);
+        s.total_latency.observe(o.total.as_secs_f64());
+        s.llm_latency.observe(o.upstream.as_secs_f64());
+        s.overhead
+            .observe(o.total.saturating_sub(o.upstream).as_secs_f64());
+        s.deployment_total.inc();
+        if o.success {
+            s.deployment_success.inc();
         } else {
-            self.deployment_failure
-                .get_or_create(&self.only("litellm_deployment_failure_responses", d))
-                .inc();
+            s.deployment_failure.inc();
         }
     }
 
     /// An attempt at a deployment that failed before answering (it may be retried elsewhere).
     pub fn attempt_failed(&self, c: &CallLabels) {
-        let c = self.bound(c);
-        let d = Self::deployment_labels(&c);
-        self.deployment_total
-            .get_or_create(&self.only("litellm_deployment_total_requests", d.clone()))
-            .inc();
-        self.deployment_failure
-            .get_or_create(&self.only("litellm_deployment_failure_responses", d))
-            .inc();
+        let s = self.series(c);
+        s.deployment_total.inc();
+        s.deployment_failure.inc();
     }
 
     /// The first byte of a stream reached the gateway `after` the attempt began.
     pub fn first_token(&self, c: &CallLabels, after: Duration) {
-        let c = self.bound(c);
-        let mut l = Self::request_labels(&c);
-        l.push(("model", c.model.clone()));
-        self.time_to_first_token
-            .get_or_create(&self.only("litellm_llm_api_time_to_first_token_metric", l))
+        self.series(c)
+            .time_to_first_token
             .observe(after.as_secs_f64());
     }
 
     /// A call answered with `status` (`exception_class`: the error's type when it failed).
     pub fn request(&self, c: &CallLabels, status: u16, exception_class: Option<&str>) {
+        if status == 200 && exception_class.is_none() {
+            // The common answer: its series resolved once per caller.
+            if let Some(counter) = self.ok_requests.get(c) {
+                counter.inc();
+                return;
+            }
+            let b = self.bound(c);
+            let mut l = Self::request_labels(&b);
+            l.push(("status_code", "200".to_string()));
+            let counter = self
+                .requests
+                .get_or_create(&self.only("litellm_proxy_total_requests_metric", l))
+                .clone();
+            counter.inc();
+            if self.ok_requests.len() >= MAX_RESOLVED {
+                self.ok_requests.clear();
+            }
+            self.ok_requests.insert(c.clone(), counter);
+            return;
+        }
         let c = self.bound(c);
         let mut l = Self::request_labels(&c);
         l.push(("status_code", status.to_string()));
