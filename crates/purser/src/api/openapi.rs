@@ -13,13 +13,77 @@ use super::{Gate, Route};
 use crate::app::AppState;
 
 pub fn routes() -> Vec<Route> {
-    vec![Route::get(
-        "/openapi.json",
-        Gate::Public,
-        "docs",
-        "This OpenAPI document",
-        openapi_json,
-    )]
+    vec![
+        Route::get(
+            "/openapi.json",
+            Gate::Public,
+            "docs",
+            "This OpenAPI document",
+            openapi_json,
+        ),
+        Route::get(
+            "/docs",
+            Gate::Public,
+            "docs",
+            "Interactive API docs (Swagger UI, every asset served by the gateway)",
+            docs_root,
+        ),
+        Route::get(
+            "/docs/",
+            Gate::Public,
+            "docs",
+            "Interactive API docs (Swagger UI)",
+            docs_index,
+        ),
+        Route::get(
+            "/docs/{*file}",
+            Gate::Public,
+            "docs",
+            "Interactive API docs: the page's assets",
+            docs_file,
+        ),
+    ]
+}
+
+/// `/docs` → `/docs/` (the page's relative asset paths need the slash).
+pub async fn docs_root() -> axum::response::Redirect {
+    axum::response::Redirect::permanent("/docs/")
+}
+
+pub async fn docs_index() -> axum::response::Response {
+    swagger_file("")
+}
+
+pub async fn docs_file(
+    axum::extract::Path(file): axum::extract::Path<String>,
+) -> axum::response::Response {
+    swagger_file(&file)
+}
+
+/// One file of the vendored Swagger UI (embedded at build time from the crate registry), its
+/// initializer pointed at `/openapi.json`.
+fn swagger_file(path: &str) -> axum::response::Response {
+    use axum::http::{StatusCode, header};
+    use axum::response::IntoResponse;
+    // No validator: Swagger UI's default badge is fetched from validator.swagger.io.
+    let config =
+        std::sync::Arc::new(utoipa_swagger_ui::Config::from("/openapi.json").validator_url("none"));
+    match utoipa_swagger_ui::serve(path, config) {
+        Ok(Some(f)) => (
+            [(header::CONTENT_TYPE, f.content_type)],
+            f.bytes.into_owned(),
+        )
+            .into_response(),
+        Ok(None) => (
+            StatusCode::NOT_FOUND,
+            Json(serde_json::json!({"detail": "Not Found"})),
+        )
+            .into_response(),
+        Err(e) => {
+            tracing::error!(error = %e, "swagger ui asset");
+            StatusCode::INTERNAL_SERVER_ERROR.into_response()
+        }
+    }
 }
 
 pub async fn openapi_json(State(state): State<AppState>) -> Json<OpenApi> {

@@ -33,6 +33,67 @@ async fn health_and_errors(b: Backend) {
 
 both_backends!(health_and_errors);
 
+/// `/docs`: Swagger UI served whole by the gateway — every asset the page names is served here,
+/// nothing points at another host, and its initializer loads `/openapi.json`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn interactive_docs_are_served_without_a_cdn() {
+    let app = TestApp::spawn(Backend::Sqlite).await;
+    let no_redirects = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let r = no_redirects.get(app.url("/docs")).send().await.unwrap();
+    assert_eq!(r.status(), 308);
+    assert_eq!(r.headers()["location"], "/docs/");
+    let r = app.client.get(app.url("/docs/")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(
+        r.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/html")
+    );
+    let html = r.text().await.unwrap();
+    assert!(html.contains("swagger-ui"), "{html}");
+    // Every script and stylesheet the page loads is relative, and served.
+    let mut assets = Vec::new();
+    for attr in ["src=\"", "href=\""] {
+        for part in html.split(attr).skip(1) {
+            let url = part.split('"').next().unwrap();
+            assert!(
+                !url.contains("//"),
+                "the page loads {url} from another host"
+            );
+            assets.push(url.trim_start_matches("./").to_string());
+        }
+    }
+    assert!(
+        assets.iter().any(|a| a == "swagger-initializer.js"),
+        "{assets:?}"
+    );
+    for a in &assets {
+        let r = app
+            .client
+            .get(app.url(&format!("/docs/{a}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{a}");
+        let body = r.text().await.unwrap();
+        if a.ends_with("swagger-initializer.js") {
+            assert!(body.contains("/openapi.json"), "{body}");
+            assert!(!body.contains("petstore"), "{body}");
+            assert!(
+                body.replace(' ', "").contains("\"validatorUrl\":\"none\""),
+                "no validator badge from another host: {body}"
+            );
+        }
+    }
+    let (s, _) = app.get_anon("/docs/no-such-file.js").await;
+    assert_eq!(s, 404);
+    app.shutdown().await;
+}
+
 /// Virtual keys through every credential header, malformed headers, and expiry.
 async fn virtual_key_credentials(b: Backend) {
     let app = TestApp::spawn(b).await;
