@@ -200,8 +200,19 @@ struct CallSeries {
 /// Resolved series kept at once; past this the map starts over (values live in the families).
 const MAX_RESOLVED: usize = 20_000;
 
+/// A capped budget a call was charged to: its gauges are read at scrape time.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WatchedBudget {
+    pub alias: String,
+    /// Nano-USD.
+    pub max: i64,
+    pub reset_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
 pub struct Metrics {
     registry: Registry,
+    /// (is a team, team id or key hash) → the budget whose gauges a scrape sets.
+    budgets: dashmap::DashMap<(bool, String), WatchedBudget, foldhash::fast::RandomState>,
     resolved: dashmap::DashMap<CallLabels, std::sync::Arc<CallSeries>, foldhash::fast::RandomState>,
     /// `litellm_proxy_total_requests_metric{status_code="200"}` by the caller's labels.
     ok_requests: dashmap::DashMap<CallLabels, Counter, foldhash::fast::RandomState>,
@@ -367,6 +378,7 @@ impl Metrics {
             ),
             registry: r,
             resolved: dashmap::DashMap::with_hasher(foldhash::fast::RandomState::default()),
+            budgets: dashmap::DashMap::with_hasher(foldhash::fast::RandomState::default()),
             ok_requests: dashmap::DashMap::with_hasher(foldhash::fast::RandomState::default()),
             policy,
             seen_keys: Mutex::new(Default::default()),
@@ -607,6 +619,27 @@ impl Metrics {
                 ("scope", scope.to_string()),
             ])
             .inc();
+    }
+
+    /// Remembers a budget a call was charged to (a lookup when nothing changed); keys past the
+    /// label limit are not watched.
+    pub fn watch_budget(&self, team: bool, id: &str, b: WatchedBudget) {
+        let key = (team, id.to_string());
+        if self.budgets.get(&key).is_some_and(|w| *w == b) {
+            return;
+        }
+        if !team && Self::bounded(&self.seen_keys, self.policy.key_label_limit, id) == "other" {
+            return;
+        }
+        self.budgets.insert(key, b);
+    }
+
+    /// The budgets being watched, for the scrape.
+    pub fn watched_budgets(&self) -> Vec<((bool, String), WatchedBudget)> {
+        self.budgets
+            .iter()
+            .map(|e| (e.key().clone(), e.value().clone()))
+            .collect()
     }
 
     /// A team's budget after a call.

@@ -47,11 +47,40 @@ pub fn labels(log: &SpendLogRow, dep: &Deployment) -> CallLabels {
     }
 }
 
-/// Sets the gauges of the budgets a settled call was charged to (their ledger values now).
-pub fn budgets_after(state: &AppState, watches: &[BudgetWatch]) {
-    let now = state.clock.now();
+/// Remembers the capped budgets a settled call was charged to; their gauges are set from the
+/// ledger at scrape time, so a call pays one map lookup per budget.
+pub fn watch_budgets(state: &AppState, watches: &[BudgetWatch]) {
     for w in watches {
-        let spend = state.ledger.spend(&w.scope).unwrap_or(0);
+        let (team, id) = match &w.scope {
+            SpendScope::Team(id) => (true, id),
+            SpendScope::Key(hash) => (false, hash),
+            _ => continue,
+        };
+        state.metrics.watch_budget(
+            team,
+            id,
+            crate::metrics::WatchedBudget {
+                alias: w.alias.clone(),
+                max: w.max,
+                reset_at: w.reset_at,
+            },
+        );
+    }
+}
+
+/// Sets the watched budgets' gauges from the ledger (a budget whose counter went idle keeps its
+/// last values).
+fn budget_gauges(state: &AppState) {
+    let now = state.clock.now();
+    for ((team, id), w) in state.metrics.watched_budgets() {
+        let scope = if team {
+            SpendScope::Team(id.clone())
+        } else {
+            SpendScope::Key(id.clone())
+        };
+        let Some(spend) = state.ledger.spend(&scope) else {
+            continue;
+        };
         let b = BudgetState {
             remaining_usd: purser_core::money::Nanos(w.max - spend).to_usd(),
             max_usd: purser_core::money::Nanos(w.max).to_usd(),
@@ -59,16 +88,17 @@ pub fn budgets_after(state: &AppState, watches: &[BudgetWatch]) {
                 .reset_at
                 .map(|r| ((r - now).num_seconds().max(0) as f64) / 3600.0),
         };
-        match &w.scope {
-            SpendScope::Team(id) => state.metrics.team_budget(id, &w.alias, b),
-            SpendScope::Key(hash) => state.metrics.key_budget(hash, &w.alias, b),
-            _ => {}
+        if team {
+            state.metrics.team_budget(&id, &w.alias, b);
+        } else {
+            state.metrics.key_budget(&id, &w.alias, b);
         }
     }
 }
 
 /// The exposition of `/metrics`, with the gateway's state read now.
 pub fn render(state: &AppState) -> String {
+    budget_gauges(state);
     let spend = state.ledger.snapshot();
     let n = |k: &str| spend.get(k).and_then(Value::as_u64).unwrap_or(0);
     let (hits, misses) = state.cache.stats();

@@ -129,7 +129,7 @@ impl Meter {
             },
         );
         if !self.budgets.is_empty() {
-            crate::service::metrics::budgets_after(&self.state, &self.budgets);
+            crate::service::metrics::watch_budgets(&self.state, &self.budgets);
         }
         if !self.soft_budgets.is_empty() {
             Alerts::after_settle(&self.state, std::mem::take(&mut self.soft_budgets));

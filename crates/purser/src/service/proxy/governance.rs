@@ -249,25 +249,14 @@ pub async fn handle(state: AppState, caller: Caller, req: CallRequest) -> Result
         .get("user")
         .and_then(Value::as_str)
         .map(str::to_string);
-    let answer = handle_call(state.clone(), caller.clone(), req).await;
+    let mut team_alias = String::new();
+    let answer = handle_call(state.clone(), &caller, req, &mut team_alias).await;
     let (status, class) = match &answer {
         Ok(r) => (r.status().as_u16(), None),
         Err(e) => (e.status().as_u16(), Some(e.kind().to_string())),
     };
     let key = caller.key.as_deref();
     let team = key.and_then(|k| k.team_id.clone()).unwrap_or_default();
-    // The team was loaded by the call: a cache hit, no database read.
-    let team_alias = match key.and_then(|k| k.team_id.as_deref()) {
-        Some(t) => state
-            .cache
-            .team(&state.db, t)
-            .await
-            .ok()
-            .flatten()
-            .and_then(|e| e.team.team_alias.clone())
-            .unwrap_or_default(),
-        None => String::new(),
-    };
     let labels = crate::metrics::CallLabels {
         hashed_api_key: caller.api_key_hash().to_string(),
         api_key_alias: key.and_then(|k| k.key_alias.clone()).unwrap_or_default(),
@@ -285,11 +274,19 @@ pub async fn handle(state: AppState, caller: Caller, req: CallRequest) -> Result
     answer
 }
 
-/// [`handle`] without the request metrics.
-async fn handle_call(state: AppState, caller: Caller, req: CallRequest) -> Result<Response, Error> {
+/// [`handle`] without the request metrics; `team_alias` is set once the caller's team is known.
+async fn handle_call(
+    state: AppState,
+    caller: &Caller,
+    req: CallRequest,
+    team_alias: &mut String,
+) -> Result<Response, Error> {
     // Backpressure: wait while the spend writer is a full queue behind (bounded memory).
     state.ledger.admit().await;
-    let ctx = CallContext::load(&state, &caller).await?;
+    let ctx = CallContext::load(&state, caller).await?;
+    if let Some(a) = ctx.team.as_ref().and_then(|t| t.team.team_alias.as_ref()) {
+        team_alias.clone_from(a);
+    }
     let requested = req.model.clone();
     let target = ctx.resolve_alias(&requested);
     let now = Utc::now();
