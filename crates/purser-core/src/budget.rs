@@ -307,3 +307,199 @@ mod tests {
         );
     }
 }
+
+/// The forecast window: spend of the last day (or since creation, if younger).
+pub const FORECAST_WINDOW_SECS: i64 = 86_400;
+/// Below this many calls in the window, or this much observed time, a rate would be a guess.
+pub const FORECAST_MIN_CALLS: u64 = 5;
+pub const FORECAST_MIN_OBSERVED_SECS: i64 = 3_600;
+
+/// What a budget's forecast is made from (nano-USD and seconds).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ForecastInput {
+    /// Spend and calls logged in the observed window.
+    pub window_spend: i64,
+    pub window_calls: u64,
+    /// Length of the observed window: `FORECAST_WINDOW_SECS`, or the budget's age if younger.
+    pub observed_secs: i64,
+    /// Spend now, and the cap (none: nothing runs out).
+    pub spend: i64,
+    pub max_budget: Option<i64>,
+    /// Seconds until the budget resets, when it has a period.
+    pub reset_in_secs: Option<i64>,
+}
+
+/// What a forecast can say.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ForecastStatus {
+    /// A rate and, with a cap, when it runs out.
+    Projected,
+    /// The budget is spent already.
+    Exhausted,
+    /// Calls happen, but there is no cap to run out of.
+    NoBudget,
+    /// Nothing was spent in the window: it never runs out at this rate.
+    Idle,
+    /// Too few calls or too short a window for an honest rate.
+    InsufficientData,
+}
+
+impl ForecastStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ForecastStatus::Projected => "projected",
+            ForecastStatus::Exhausted => "exhausted",
+            ForecastStatus::NoBudget => "no_budget",
+            ForecastStatus::Idle => "idle",
+            ForecastStatus::InsufficientData => "insufficient_data",
+        }
+    }
+}
+
+/// A budget's burn rate and how long it lasts at that rate.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Forecast {
+    pub status: ForecastStatus,
+    /// Why the forecast says less than a projection (insufficient data, idle).
+    pub reason: Option<String>,
+    /// Nano-USD per hour over the observed window (None when the data is insufficient).
+    pub burn_rate_per_hour: Option<f64>,
+    /// Seconds until `spend` reaches the cap at that rate (0 when exhausted).
+    pub secs_until_exhausted: Option<i64>,
+    /// Whether that comes before the next reset (None: no reset or no projection).
+    pub exhausts_before_reset: Option<bool>,
+}
+
+/// The forecast of one budget: the window's spend over its length is the burn rate; the
+/// remaining budget over the rate is how long it lasts. Honest about thin data: fewer than
+/// [`FORECAST_MIN_CALLS`] calls or less than [`FORECAST_MIN_OBSERVED_SECS`] observed is
+/// `InsufficientData` with the reason, never a number.
+pub fn forecast(i: &ForecastInput) -> Forecast {
+    let none = |status, reason: Option<String>| Forecast {
+        status,
+        reason,
+        burn_rate_per_hour: None,
+        secs_until_exhausted: None,
+        exhausts_before_reset: None,
+    };
+    if let Some(max) = i.max_budget
+        && i.spend >= max
+    {
+        return Forecast {
+            status: ForecastStatus::Exhausted,
+            reason: None,
+            burn_rate_per_hour: None,
+            secs_until_exhausted: Some(0),
+            exhausts_before_reset: i.reset_in_secs.map(|r| r > 0),
+        };
+    }
+    if i.window_calls == 0 || i.window_spend <= 0 {
+        return none(
+            ForecastStatus::Idle,
+            Some("nothing was spent in the last 24 hours".into()),
+        );
+    }
+    if i.window_calls < FORECAST_MIN_CALLS || i.observed_secs < FORECAST_MIN_OBSERVED_SECS {
+        return none(
+            ForecastStatus::InsufficientData,
+            Some(format!(
+                "{} call(s) over {} minute(s): a rate needs at least {FORECAST_MIN_CALLS} calls over at least {} minutes",
+                i.window_calls,
+                i.observed_secs.max(0) / 60,
+                FORECAST_MIN_OBSERVED_SECS / 60
+            )),
+        );
+    }
+    let per_hour = i.window_spend as f64 * 3600.0 / i.observed_secs as f64;
+    let Some(max) = i.max_budget else {
+        return Forecast {
+            status: ForecastStatus::NoBudget,
+            reason: None,
+            burn_rate_per_hour: Some(per_hour),
+            secs_until_exhausted: None,
+            exhausts_before_reset: None,
+        };
+    };
+    let secs = ((max - i.spend) as f64 / per_hour * 3600.0).round() as i64;
+    Forecast {
+        status: ForecastStatus::Projected,
+        reason: None,
+        burn_rate_per_hour: Some(per_hour),
+        secs_until_exhausted: Some(secs),
+        exhausts_before_reset: i.reset_in_secs.map(|r| secs < r),
+    }
+}
+
+#[cfg(test)]
+mod forecast_tests {
+    use super::*;
+
+    const USD: i64 = 1_000_000_000;
+
+    fn input() -> ForecastInput {
+        ForecastInput {
+            window_spend: 3 * USD,
+            window_calls: 12,
+            observed_secs: 86_400,
+            spend: 4 * USD,
+            max_budget: Some(10 * USD),
+            reset_in_secs: Some(72 * 3600),
+        }
+    }
+
+    #[test]
+    fn a_steady_burn_projects_when_the_budget_runs_out() {
+        // $3 a day is $0.125 an hour; $6 left lasts 48 hours, before the reset in 72.
+        let f = forecast(&input());
+        assert_eq!(f.status, ForecastStatus::Projected);
+        assert_eq!(f.burn_rate_per_hour, Some(0.125 * USD as f64));
+        assert_eq!(f.secs_until_exhausted, Some(48 * 3600));
+        assert_eq!(f.exhausts_before_reset, Some(true));
+        let f = forecast(&ForecastInput {
+            reset_in_secs: Some(24 * 3600),
+            ..input()
+        });
+        assert_eq!(f.exhausts_before_reset, Some(false));
+        // A young budget: its rate is over its age, not the whole day.
+        let f = forecast(&ForecastInput {
+            observed_secs: 7_200,
+            window_spend: USD / 4,
+            ..input()
+        });
+        assert_eq!(f.burn_rate_per_hour, Some(0.125 * USD as f64));
+    }
+
+    #[test]
+    fn thin_data_idle_budgets_and_spent_ones_say_so() {
+        let f = forecast(&ForecastInput {
+            window_calls: 3,
+            ..input()
+        });
+        assert_eq!(f.status, ForecastStatus::InsufficientData);
+        assert!(f.reason.unwrap().contains("3 call(s)"));
+        assert_eq!(f.secs_until_exhausted, None);
+        let f = forecast(&ForecastInput {
+            observed_secs: 600,
+            ..input()
+        });
+        assert_eq!(f.status, ForecastStatus::InsufficientData);
+        let f = forecast(&ForecastInput {
+            window_calls: 0,
+            window_spend: 0,
+            ..input()
+        });
+        assert_eq!(f.status, ForecastStatus::Idle);
+        let f = forecast(&ForecastInput {
+            spend: 10 * USD,
+            ..input()
+        });
+        assert_eq!(f.status, ForecastStatus::Exhausted);
+        assert_eq!(f.secs_until_exhausted, Some(0));
+        let f = forecast(&ForecastInput {
+            max_budget: None,
+            ..input()
+        });
+        assert_eq!(f.status, ForecastStatus::NoBudget);
+        assert!(f.burn_rate_per_hour.is_some());
+    }
+}

@@ -123,10 +123,12 @@ pub async fn key_info(
     caller: Caller,
     QueryParams(q): QueryParams<KeyInfoQuery>,
 ) -> Result<Json<Value>> {
-    let (shown, row) = keys::info(&state, &caller, q.key.as_deref()).await?;
+    let (shown, row, forecast) = keys::info(&state, &caller, q.key.as_deref()).await?;
     let mut info = views::key_json(&row, false);
     info["status"] = json!(views::key_status(&row, store::now()));
-    Ok(Json(json!({ "key": shown, "info": info })))
+    Ok(Json(
+        json!({ "key": shown, "info": info, "spend_forecast": forecast }),
+    ))
 }
 
 #[derive(Debug, Deserialize)]

@@ -1144,12 +1144,12 @@ pub async fn generate(
 }
 
 /// `GET /key/info`: the named key (raw or hash), else the caller's own; returns the key as the
-/// caller named it and the row.
+/// caller named it, the row and its spend forecast.
 pub async fn info(
     state: &AppState,
     caller: &Caller,
     key: Option<&str>,
-) -> Result<(String, KeyRow), Error> {
+) -> Result<(String, KeyRow, Value), Error> {
     let mut h = state.db.conn().await?;
     let (shown, row) = match key {
         Some(k) => (k.to_string(), find(&mut h, k).await?),
@@ -1165,7 +1165,21 @@ pub async fn info(
         return Err(key_not_found());
     };
     authorize_read(&mut h, caller, &row).await?;
-    Ok((shown, row))
+    let forecast = crate::service::forecast::spend_forecast(
+        state,
+        &mut h,
+        crate::service::forecast::Subject {
+            column: store::spend::SpendColumn::ApiKey,
+            id: &row.token,
+            scope: crate::service::spend::SpendScope::Key(row.token.clone()),
+            created_at: row.created_at,
+            spend: row.spend,
+            max_budget: row.max_budget,
+            budget_reset_at: row.budget_reset_at,
+        },
+    )
+    .await?;
+    Ok((shown, row, forecast))
 }
 
 /// `GET /key/list`: one page of keys and the total. Callers that cannot read everything only

@@ -6,6 +6,7 @@ pub mod audit;
 pub mod auth;
 pub mod cache;
 pub mod caller;
+pub mod forecast;
 pub mod keys;
 pub mod limits;
 pub mod members;

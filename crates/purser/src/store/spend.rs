@@ -375,6 +375,26 @@ pub async fn window_spend(
     on_conn!(h, c => sqlx::query_scalar::<_, i64>(sql).bind(id).bind(since).fetch_one(c).await)
 }
 
+const KEY_WINDOW_ACTIVITY: &str = "SELECT COUNT(*), CAST(COALESCE(SUM(spend), 0) AS BIGINT) \
+     FROM spend_logs WHERE api_key = $1 AND start_time >= $2";
+const TEAM_WINDOW_ACTIVITY: &str = "SELECT COUNT(*), CAST(COALESCE(SUM(spend), 0) AS BIGINT) \
+     FROM spend_logs WHERE team_id = $1 AND start_time >= $2";
+
+/// Calls and spend logged for a key (hash) or a team since `since` (the spend forecast's
+/// window), through the same indexes as [`window_spend`].
+pub async fn window_activity(
+    h: &mut Handle,
+    column: SpendColumn,
+    id: &str,
+    since: DateTime<Utc>,
+) -> Result<(i64, i64)> {
+    let sql = match column {
+        SpendColumn::ApiKey => KEY_WINDOW_ACTIVITY,
+        SpendColumn::Team => TEAM_WINDOW_ACTIVITY,
+    };
+    on_conn!(h, c => sqlx::query_as::<_, (i64, i64)>(sql).bind(id).bind(since).fetch_one(c).await)
+}
+
 #[cfg(test)]
 mod tests {
     use super::pow2_parts;

@@ -13,6 +13,7 @@ mod cluster;
 mod completions;
 mod durability;
 mod e2e;
+mod forecast;
 mod foundation;
 mod governance;
 mod keys;

@@ -1,4 +1,5 @@
-//! `GET /team/info`: the team with roster, budgets and keys in a constant number of statements;
+//! `GET /team/info`: the team with roster, budgets, keys and its spend forecast in a constant
+//! number of statements;
 //! visible to readers of everything, the team's own keys and its members. Key hashes are never
 //! shown here (members would learn other members' key ids).
 
@@ -150,11 +151,26 @@ pub async fn team_info(
             v
         })
         .collect();
+    let spend_forecast = crate::service::forecast::spend_forecast(
+        state,
+        &mut h,
+        crate::service::forecast::Subject {
+            column: store::spend::SpendColumn::Team,
+            id: team_id,
+            scope: crate::service::spend::SpendScope::Team(team_id.to_string()),
+            created_at: team.created_at,
+            spend: team.spend,
+            max_budget: team.max_budget,
+            budget_reset_at: team.budget_reset_at,
+        },
+    )
+    .await?;
     Ok(TeamInfo {
         team_id: team_id.to_string(),
         team_info: info,
         keys,
         team_memberships: memberships,
+        spend_forecast,
     })
 }
 
@@ -168,6 +184,8 @@ pub struct TeamInfo {
     #[serde(serialize_with = "keys_without_token")]
     keys: Vec<KeyRow>,
     team_memberships: Vec<Value>,
+    /// Purser: the burn rate and when the budget runs out (`service::forecast`).
+    spend_forecast: Value,
 }
 
 fn keys_without_token<S: serde::Serializer>(keys: &[KeyRow], s: S) -> Result<S::Ok, S::Error> {
