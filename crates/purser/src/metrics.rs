@@ -434,28 +434,26 @@ impl Metrics {
         }
     }
 
-    fn user_labels(c: &CallLabels) -> Labels {
+    /// Who called, and the model under `model_label` (the reference's label sets differ only
+    /// there).
+    fn caller_labels(c: &CallLabels, model_label: &'static str, model: &str) -> Labels {
         vec![
             ("end_user", c.end_user.clone()),
             ("hashed_api_key", c.hashed_api_key.clone()),
             ("api_key_alias", c.api_key_alias.clone()),
-            ("model", c.model.clone()),
+            (model_label, model.to_string()),
             ("team", c.team.clone()),
             ("team_alias", c.team_alias.clone()),
             ("user", c.user.clone()),
         ]
     }
 
+    fn user_labels(c: &CallLabels) -> Labels {
+        Self::caller_labels(c, "model", &c.model)
+    }
+
     fn request_labels(c: &CallLabels) -> Labels {
-        vec![
-            ("end_user", c.end_user.clone()),
-            ("hashed_api_key", c.hashed_api_key.clone()),
-            ("api_key_alias", c.api_key_alias.clone()),
-            ("requested_model", c.requested_model.clone()),
-            ("team", c.team.clone()),
-            ("team_alias", c.team_alias.clone()),
-            ("user", c.user.clone()),
-        ]
+        Self::caller_labels(c, "requested_model", &c.requested_model)
     }
 
     fn deployment_labels(c: &CallLabels) -> Labels {

@@ -538,12 +538,7 @@ impl StreamTranslator {
     }
 
     fn chunk(&self, delta: Value, finish: Option<&str>, out: &mut Vec<u8>) {
-        let v = json!({
-            "id": self.id, "object": "chat.completion.chunk", "created": self.created,
-            "model": self.model,
-            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
-        });
-        out.extend_from_slice(format!("data: {v}\n\n").as_bytes());
+        super::sse::write_chunk(out, &self.id, self.created, &self.model, delta, finish);
     }
 
     fn on_event(&mut self, v: &Value, out: &mut Vec<u8>) {

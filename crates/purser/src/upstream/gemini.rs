@@ -577,10 +577,8 @@ impl StreamTranslator {
     }
 
     fn chunk(&self, delta: Value, finish: Option<&str>, out: &mut Vec<u8>) {
-        let v = json!({"id": format!("chatcmpl-gemini-{}", self.created), "object": "chat.completion.chunk",
-            "created": self.created, "model": self.model,
-            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]});
-        out.extend_from_slice(format!("data: {v}\n\n").as_bytes());
+        let id = format!("chatcmpl-gemini-{}", self.created);
+        super::sse::write_chunk(out, &id, self.created, &self.model, delta, finish);
     }
 
     /// The OpenAI SSE bytes for `bytes` of Gemini's stream (possibly empty).

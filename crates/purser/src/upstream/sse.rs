@@ -223,6 +223,22 @@ fn is_usage_only(event: &[u8]) -> bool {
         && v.get("usage").is_some_and(Value::is_object)
 }
 
+/// Appends one OpenAI `chat.completion.chunk` SSE event (the translators' common frame).
+pub(super) fn write_chunk(
+    out: &mut Vec<u8>,
+    id: &str,
+    created: u64,
+    model: &str,
+    delta: serde_json::Value,
+    finish: Option<&str>,
+) {
+    let v = serde_json::json!({
+        "id": id, "object": "chat.completion.chunk", "created": created, "model": model,
+        "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+    });
+    out.extend_from_slice(format!("data: {v}\n\n").as_bytes());
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -219,14 +219,7 @@ async fn bedrock_streams_are_translated_from_the_event_stream() {
     let mut req = hi("claude-bedrock");
     req["stream"] = json!(true);
     req["stream_options"] = json!({"include_usage": true});
-    let r = app
-        .client
-        .post(app.url("/v1/chat/completions"))
-        .bearer_auth(&key)
-        .json(&req)
-        .send()
-        .await
-        .unwrap();
+    let r = app.call("/v1/chat/completions", &key, &req).await;
     assert_eq!(r.status(), 200);
     assert!(
         r.headers()["content-type"]
@@ -272,14 +265,7 @@ async fn bedrock_streams_are_translated_from_the_event_stream() {
     let key = app.key_with(json!({"models": []})).await;
     let mut req = hi("claude-bedrock");
     req["stream"] = json!(true);
-    let r = app
-        .client
-        .post(app.url("/v1/chat/completions"))
-        .bearer_auth(&key)
-        .json(&req)
-        .send()
-        .await
-        .unwrap();
+    let r = app.call("/v1/chat/completions", &key, &req).await;
     let text = r.text().await.unwrap();
     assert!(
         sse_events(&text)
@@ -294,14 +280,7 @@ async fn bedrock_streams_are_translated_from_the_event_stream() {
     let key = app.key_with(json!({"models": []})).await;
     let mut req = hi("claude-broken");
     req["stream"] = json!(true);
-    let r = app
-        .client
-        .post(app.url("/v1/chat/completions"))
-        .bearer_auth(&key)
-        .json(&req)
-        .send()
-        .await
-        .unwrap();
+    let r = app.call("/v1/chat/completions", &key, &req).await;
     let text = r.text().await.unwrap();
     assert!(text.contains("throttlingException"), "{text}");
     assert!(text.contains("Hello"), "{text}");
@@ -330,14 +309,7 @@ async fn bedrock_tools_json_mode_and_tool_results_round_trip() {
         req["tools"] = tools.clone();
         req["tool_choice"] = json!({"type": "function", "function": {"name": "get_weather"}});
         req["stream"] = json!(stream);
-        let r = app
-            .client
-            .post(app.url("/v1/chat/completions"))
-            .bearer_auth(MASTER)
-            .json(&req)
-            .send()
-            .await
-            .unwrap();
+        let r = app.call("/v1/chat/completions", MASTER, &req).await;
         assert_eq!(r.status(), 200);
         let text = r.text().await.unwrap();
         let (id, name, args, finish) = if stream {

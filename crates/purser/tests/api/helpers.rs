@@ -181,6 +181,18 @@ impl TestApp {
         read(r).await
     }
 
+    /// POST `body` as JSON with `key` as the Bearer key; the response as it came (streams,
+    /// headers).
+    pub async fn call(&self, path: &str, key: &str, body: &Value) -> reqwest::Response {
+        self.client
+            .post(self.url(path))
+            .bearer_auth(key)
+            .json(body)
+            .send()
+            .await
+            .expect("request")
+    }
+
     /// POST raw bytes (hostile input).
     pub async fn post_raw(
         &self,
