@@ -125,8 +125,8 @@ async fn metrics_count_spend_tokens_requests_and_budgets() {
     assert_eq!(s, 403);
     // A key over its budget: a budget rejection by scope.
     let broke = app.key_with(json!({"max_budget": 0.0})).await;
-    let (s, _) = app.post("/v1/chat/completions", &broke, chat(false)).await;
-    assert_eq!(s, 422);
+    let (s, refusal) = app.post("/v1/chat/completions", &broke, chat(false)).await;
+    assert_eq!(s, 422, "{refusal}");
 
     // The spend logs are the truth the metrics must agree with.
     let mut logs = Value::Null;
@@ -256,13 +256,20 @@ async fn metrics_count_spend_tokens_requests_and_budgets() {
         ),
         1.0
     );
+    // The suite runs on both counter backends (`PURSER_TEST_REDIS_BACKEND=1`).
+    let backend = if crate::helpers::redis_backend().is_some() {
+        "redis"
+    } else {
+        "memory"
+    };
     assert_eq!(
         sum(
             &p,
             "purser_counter_backend",
-            &[("backend", "memory"), ("state", "up")]
+            &[("backend", backend), ("state", "up")]
         ),
-        1.0
+        1.0,
+        "{text}"
     );
     assert!(sum(&p, "purser_spend_rows_written", &[]) >= 3.0);
     assert!(sum(&p, "purser_cache_hits", &[]) > 0.0);
