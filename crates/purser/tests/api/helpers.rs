@@ -236,6 +236,23 @@ impl TestApp {
         b["key"].as_str().unwrap().to_string()
     }
 
+    /// The rows of `/spend/logs` once it holds at least `n` (waiting up to 5 s for the spend
+    /// writer); whatever it holds then otherwise.
+    pub async fn spend_logs_at_least(&self, n: usize) -> Vec<Value> {
+        let mut logs = Vec::new();
+        for _ in 0..100 {
+            logs = match self.get("/spend/logs", MASTER).await.1 {
+                Value::Array(rows) => rows,
+                _ => Vec::new(),
+            };
+            if logs.len() >= n {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        logs
+    }
+
     /// Waits (up to 5 s) until the spend writer has booked the key's spend, then asserts it is
     /// exactly `expected` USD (to the nano-dollar).
     pub async fn expect_key_spend(&self, key: &str, expected: f64) {

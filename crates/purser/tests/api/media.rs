@@ -4,7 +4,7 @@
 //! their tokens; audio relayed as bytes; `mock_response` models answer all three; bad bodies and
 //! providers without the API refused before the upstream.
 
-use serde_json::{Value, json};
+use serde_json::json;
 
 use crate::helpers::{Backend, MASTER, TestApp};
 use crate::mock_upstream::MockUpstream;
@@ -297,20 +297,10 @@ async fn moderations_are_proxied() {
     assert_eq!(s, 400, "{b}");
     assert_eq!(b["error"]["param"], "input");
     assert_eq!(m.hits(), hits);
-    let mut logs = Value::Null;
-    for _ in 0..100 {
-        logs = app.get("/spend/logs", MASTER).await.1;
-        if logs.as_array().is_some_and(|l| l.len() >= 2) {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    let logs = app.spend_logs_at_least(2).await;
     assert!(
-        logs.as_array()
-            .unwrap()
-            .iter()
-            .all(|l| l["call_type"] == "amoderation"),
-        "{logs}"
+        logs.iter().all(|l| l["call_type"] == "amoderation"),
+        "{logs:?}"
     );
     app.shutdown().await;
 }

@@ -6,7 +6,7 @@
 //! labels or callbacks that do not exist.
 
 use prometheus_parse::{Sample, Scrape, Value as PValue};
-use serde_json::{Value, json};
+use serde_json::json;
 
 use crate::helpers::{Backend, MASTER, TestApp};
 use crate::mock_upstream::MockUpstream;
@@ -129,15 +129,7 @@ async fn metrics_count_spend_tokens_requests_and_budgets() {
     assert_eq!(s, 422, "{refusal}");
 
     // The spend logs are the truth the metrics must agree with.
-    let mut logs = Value::Null;
-    for _ in 0..100 {
-        logs = app.get("/spend/logs", MASTER).await.1;
-        if logs.as_array().is_some_and(|l| l.len() >= 3) {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
-    let logs = logs.as_array().unwrap();
+    let logs = app.spend_logs_at_least(3).await;
     let logged_spend: f64 = logs.iter().map(|l| l["spend"].as_f64().unwrap()).sum();
     let logged_tokens: f64 = logs
         .iter()

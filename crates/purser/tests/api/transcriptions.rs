@@ -7,7 +7,7 @@
 use reqwest::multipart::{Form, Part};
 use serde_json::{Value, json};
 
-use crate::helpers::{Backend, MASTER, TestApp};
+use crate::helpers::{Backend, TestApp};
 use crate::mock_upstream::MockUpstream;
 
 fn config(m: &MockUpstream) -> String {
@@ -204,20 +204,10 @@ async fn transcriptions_are_relayed_and_billed_by_the_second() {
     app.expect_key_spend(&key, 2e-3).await;
 
     // The spend log names the call type.
-    let mut logs = Value::Null;
-    for _ in 0..100 {
-        logs = app.get("/spend/logs", MASTER).await.1;
-        if logs.as_array().is_some_and(|l| l.len() >= 7) {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    let logs = app.spend_logs_at_least(7).await;
     assert!(
-        logs.as_array()
-            .unwrap()
-            .iter()
-            .all(|l| l["call_type"] == "atranscription"),
-        "{logs}"
+        logs.iter().all(|l| l["call_type"] == "atranscription"),
+        "{logs:?}"
     );
     app.shutdown().await;
 }
